@@ -1,0 +1,182 @@
+"""The Connection aggregate: one socket's life, under one ID, from first
+request to CLOSED.
+
+Every transition is one ``Transitioned`` event whose wire type is the state it
+enters (``ACCEPTED``, ``AUTHENTICATED``, ...); the created event enters the
+initial state (``CONNECTING``). An attempt the lifecycle refuses is recorded
+as ``TransitionRefused``, changes no state, and raises InvalidTransition.
+Subclasses may name another lifecycle class (see
+docs/adr/0003-model-the-lifecycle-as-one-statemachine-class.md); the events
+stay the same, so logs written before a state existed replay unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from statemachine import StateMachine
+
+from domain.base import Aggregate, utcnow
+from domain.errors import InvalidTransition
+from domain.ids import connection_stream
+from domain.lifecycle import ConnectionLifecycle, consult, final_states, initial_state
+
+
+class Connection(Aggregate):
+    """One connection and where it stands in its lifecycle."""
+
+    lifecycle: ClassVar[type[StateMachine]] = ConnectionLifecycle
+
+    # --- events -----------------------------------------------------------
+
+    @dataclass(frozen=True, kw_only=True)
+    class Opened(Aggregate.Created):
+        connection_id: str
+        session_id: str
+        node: str
+        state: str
+        proposed: bool
+
+        def type_name(self) -> str:
+            return self.state
+
+        def apply(self, aggregate: Connection) -> None:
+            aggregate.connection_id = self.connection_id
+            aggregate.session_id = self.session_id
+            aggregate.node = self.node
+            aggregate.state = self.state
+            aggregate.user_id = None
+            aggregate.roles = []
+            aggregate.close_code = None
+            aggregate.close_reason = None
+            aggregate.closed_at = None
+            aggregate.live_position = None
+            aggregate.refused = 0
+
+    @dataclass(frozen=True, kw_only=True)
+    class Transitioned(Aggregate.Event):
+        transition: str
+        state: str
+        details: dict[str, Any]
+
+        def type_name(self) -> str:
+            return self.state
+
+        def apply(self, aggregate: Connection) -> None:
+            aggregate.state = self.state
+            details = self.details
+            if "user_id" in details:
+                aggregate.user_id = details["user_id"]
+                aggregate.roles = list(details.get("roles", []))
+            if "position" in details:
+                aggregate.live_position = details["position"]
+            if "code" in details:
+                aggregate.close_code = details["code"]
+                aggregate.close_reason = details.get("reason")
+            if self.state in final_states(type(aggregate).lifecycle):
+                aggregate.closed_at = self.timestamp
+
+    @dataclass(frozen=True, kw_only=True)
+    class TransitionRefused(Aggregate.Event):
+        transition: str
+        state: str
+        reason: str
+
+        def apply(self, aggregate: Connection) -> None:
+            aggregate.refused += 1
+
+    # --- state (assigned only by the events above) -------------------------
+    # Declared for type checkers only: at run time the annotations would make
+    # eventsourcing treat the aggregate as a dataclass with a generated __init__.
+
+    if TYPE_CHECKING:
+        connection_id: str
+        session_id: str
+        node: str
+        state: str
+        user_id: str | None
+        roles: list[str]
+        close_code: int | None
+        close_reason: str | None
+        closed_at: datetime | None
+        live_position: int | None
+        refused: int
+
+    # --- commands ---------------------------------------------------------
+
+    @classmethod
+    def open(cls, connection_id: str, session_id: str, *, node: str, proposed: bool) -> Connection:
+        """Record a connection entering the lifecycle's initial state."""
+        return cls._create(
+            cls.Opened,
+            id=connection_stream(connection_id),
+            connection_id=connection_id,
+            session_id=session_id,
+            node=node,
+            state=initial_state(cls.lifecycle),
+            proposed=proposed,
+            timestamp=utcnow(),
+        )
+
+    @property
+    def is_closed(self) -> bool:
+        return self.state in final_states(type(self).lifecycle)
+
+    def transition(self, transition: str, **details: Any) -> str:
+        """Ask the lifecycle, then record the transition; returns the new state.
+
+        A refused transition is recorded as ``TransitionRefused`` (for the
+        audit), leaves the state as it was, and raises InvalidTransition.
+        """
+        target = consult(type(self).lifecycle, self.state, transition)
+        if target is None:
+            reason = f"{transition!r} is not allowed in {self.state}"
+            self.trigger_event(
+                self.TransitionRefused,
+                transition=transition,
+                state=self.state,
+                reason=reason,
+                timestamp=utcnow(),
+            )
+            raise InvalidTransition(reason, transition=transition, state=self.state)
+        self.trigger_event(
+            self.Transitioned,
+            transition=transition,
+            state=target,
+            details=details,
+            timestamp=utcnow(),
+        )
+        return target
+
+    def accept(self) -> str:
+        return self.transition("accept")
+
+    def authenticate(self, *, user_id: str, roles: list[str]) -> str:
+        return self.transition("authenticate", user_id=user_id, roles=list(roles))
+
+    def attach(self, *, session_id: str, superseded: list[str]) -> str:
+        return self.transition("attach", session_id=session_id, superseded=list(superseded))
+
+    def go_live(self, *, position: int) -> str:
+        return self.transition("go_live", position=position)
+
+    def close(self, *, code: int, reason: str) -> str:
+        return self.transition("close", code=code, reason=reason)
+
+    def view(self) -> dict[str, Any]:
+        """The connection view of PROTOCOL.md, as it stands at this version."""
+        return {
+            "connection_id": self.connection_id,
+            "session_id": self.session_id,
+            "user_id": self.user_id,
+            "state": self.state,
+            "opened_at": self.created_on,
+            "updated_at": self.modified_on,
+            "closed_at": self.closed_at,
+            "close_code": self.close_code,
+            "close_reason": self.close_reason,
+            "node": self.node,
+            "position": self.version,
+        }

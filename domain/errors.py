@@ -1,0 +1,60 @@
+"""The domain's errors. Each has a stable snake_case ``code`` (the wire code)."""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    code = "domain_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidId(DomainError):
+    code = "invalid_id"
+
+
+class InvalidCommand(DomainError):
+    """A command carried a value the domain cannot accept (a negative count...)."""
+
+    code = "invalid_body"
+
+
+class SessionNotFound(DomainError):
+    code = "session_not_found"
+
+
+class SessionEnded(DomainError):
+    code = "session_ended"
+
+
+class SessionOwnedByOther(DomainError):
+    code = "session_owned_by_other"
+
+
+class ConnectionNotFound(DomainError):
+    code = "connection_not_found"
+
+
+class ConnectionIdTaken(DomainError):
+    code = "connection_id_taken"
+
+
+class InvalidTransition(DomainError):
+    """The lifecycle refused a transition. The refusal itself was recorded."""
+
+    code = "invalid_transition"
+
+    def __init__(self, message: str, *, transition: str, state: str) -> None:
+        super().__init__(message)
+        self.transition = transition
+        self.state = state
+
+
+class TaskNotFound(DomainError):
+    code = "task_not_found"
+
+
+class TaskFinished(DomainError):
+    code = "task_finished"

@@ -1,0 +1,128 @@
+"""The connection lifecycle: the one table of what may follow what.
+
+Theory of operation
+-------------------
+A connection walks
+
+    CONNECTING -> ACCEPTED -> AUTHENTICATED -> SERVICES_READY -> PROCESSING_READY
+
+and may go to CLOSED from any of them. :class:`ConnectionLifecycle` is that
+walk, written once as a python-statemachine class; the docs' diagram is
+rendered from it (``sessiond lifecycle --mermaid``), so picture and code
+cannot drift apart.
+
+The machine *decides*; the Connection aggregate *records*. Before recording a
+transition the aggregate asks :func:`consult` what the machine says: the
+target state, or a refusal. The machine is never the place where state is
+kept: the aggregate's ``state`` attribute is, and it is only ever changed by
+applying a recorded event. That is what lets a connection be rebuilt from its
+events without running any machine callback a second time: replay assigns the
+recorded state, it does not re-send the transition.
+
+The machine here has no callbacks at all (it is the table, with no I/O); the
+service reacts to recorded events instead. To add a state, see
+docs/adr/0003-model-the-lifecycle-as-one-statemachine-class.md.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from statemachine import State, StateMachine
+from statemachine.exceptions import TransitionNotAllowed
+
+
+class ConnectionLifecycle(StateMachine):
+    """The states a connection walks, and the transitions between them."""
+
+    CONNECTING = State("Connecting", value="CONNECTING", initial=True)
+    ACCEPTED = State("Accepted", value="ACCEPTED")
+    AUTHENTICATED = State("Authenticated", value="AUTHENTICATED")
+    SERVICES_READY = State("Services ready", value="SERVICES_READY")
+    PROCESSING_READY = State("Processing ready", value="PROCESSING_READY")
+    CLOSED = State("Closed", value="CLOSED", final=True)
+
+    accept = CONNECTING.to(ACCEPTED)
+    authenticate = ACCEPTED.to(AUTHENTICATED)
+    attach = AUTHENTICATED.to(SERVICES_READY)
+    go_live = SERVICES_READY.to(PROCESSING_READY)
+    close = (
+        CONNECTING.to(CLOSED)
+        | ACCEPTED.to(CLOSED)
+        | AUTHENTICATED.to(CLOSED)
+        | SERVICES_READY.to(CLOSED)
+        | PROCESSING_READY.to(CLOSED)
+    )
+
+
+class _Probe:
+    """A bare model the machine is bound to; holds a state value, nothing else."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, state: str) -> None:
+        self.state = state
+
+
+class _Referee(threading.local):
+    """One machine per lifecycle class per thread, bound to a probe.
+
+    Building a machine costs far more than asking it, so it is reused: the
+    probe is set to the state being asked about, and the machine reads its
+    configuration from the probe.
+    """
+
+    def __init__(self) -> None:
+        self.machines: dict[type[StateMachine], tuple[_Probe, StateMachine]] = {}
+
+    def get(self, machine_class: type[StateMachine], state: str) -> tuple[_Probe, StateMachine]:
+        entry = self.machines.get(machine_class)
+        if entry is None:
+            probe = _Probe(state)
+            entry = (probe, machine_class(model=probe))
+            self.machines[machine_class] = entry
+        entry[0].state = state
+        return entry
+
+
+_referee = _Referee()
+
+
+def consult(machine_class: type[StateMachine], state: str, transition: str) -> str | None:
+    """Ask the machine where ``transition`` leads from ``state``.
+
+    Returns the target state's value, or None if the machine refuses. Nothing
+    outside the probe changes either way.
+    """
+    probe, machine = _referee.get(machine_class, state)
+    try:
+        machine.send(transition)
+    except TransitionNotAllowed:
+        return None
+    target = probe.state
+    probe.state = state
+    return target
+
+
+def state_values(machine_class: type[StateMachine]) -> list[str]:
+    """Every state's value, in definition order."""
+    return [str(s.value) for s in machine_class.states]
+
+
+def initial_state(machine_class: type[StateMachine]) -> str:
+    initial: Any = machine_class.initial_state
+    return str(initial.value)
+
+
+def final_states(machine_class: type[StateMachine]) -> set[str]:
+    return {str(s.value) for s in machine_class.states if s.final}
+
+
+def transition_names(machine_class: type[StateMachine]) -> list[str]:
+    return [str(e) for e in machine_class._events]
+
+
+def mermaid(machine_class: type[StateMachine] = ConnectionLifecycle) -> str:
+    """The lifecycle diagram, rendered from the class itself."""
+    return f"{machine_class:mermaid}"

@@ -1,0 +1,164 @@
+"""The one app factory: the CLI, the tests and the benchmarks all call it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from aiohttp import web
+
+from domain.base import Aggregate
+from domain.errors import DomainError
+from domain.ids import id_from_stream
+from service import http, ws
+from service.auth import TokenSigner, load_or_create_key
+from service.context import (
+    HUB,
+    METRICS,
+    READERS,
+    SETTINGS,
+    SIGNER,
+    SOCKETS,
+    STORE,
+    STORE_CONFIG,
+    WRITER,
+)
+from service.cors import cors_middleware
+from service.errors import ApiError, error_response
+from service.hub import Hub
+from service.metrics import Metrics
+from service.settings import Settings
+from service.store import SessiondApplication, StoreConfig, open_store, parse_store_url
+from service.wire import wire_event
+from service.writer import Writer
+
+log = logging.getLogger("sessiond")
+
+
+@web.middleware
+async def error_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    metrics = request.app[METRICS]
+    try:
+        return await handler(request)
+    except ApiError as e:
+        metrics.inc("sessiond_http_errors_total", code=e.code)
+        return error_response(e.code, e.message, e.status)
+    except DomainError as e:
+        metrics.inc("sessiond_http_errors_total", code=e.code)
+        return error_response(e.code, e.message)
+    except web.HTTPRequestEntityTooLarge as e:
+        metrics.inc("sessiond_http_errors_total", code="too_large")
+        return error_response("too_large", f"the body is larger than {e.text or 'allowed'}", 413)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status, "bad_request")
+        metrics.inc("sessiond_http_errors_total", code=code)
+        return error_response(code, e.reason, e.status)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled error", extra={"path": request.path})
+        metrics.inc("sessiond_http_errors_total", code="internal")
+        return error_response("internal", "internal error; nothing was recorded twice", 500)
+
+
+def _publisher(app: web.Application) -> Callable[[list[Aggregate.Event]], None]:
+    hub = app[HUB]
+
+    def publish(events: list[Aggregate.Event]) -> None:
+        by_session: dict[str, list[dict[str, object]]] = {}
+        for event in events:
+            kind, client_id = id_from_stream(event.originator_id)
+            if kind == "session":
+                by_session.setdefault(client_id, []).append(wire_event(event))
+        for session_id, wire in by_session.items():
+            hub.publish(session_id, wire)
+
+    return publish
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    config = app[STORE_CONFIG]
+    loop = asyncio.get_running_loop()
+    store = await loop.run_in_executor(None, open_store, config)
+    app[STORE] = store
+    readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="sessiond-read")
+    app[READERS] = readers
+    writer = Writer(store, on_commit=_publisher(app), max_batch=settings.writer_max_batch)
+    writer.start(loop)
+    app[WRITER] = writer
+    log.info("store open", extra={"store": config.kind, "node": settings.node_id})
+    try:
+        yield
+    finally:
+        await writer.stop()
+        readers.shutdown(wait=True)
+        store.close()
+        log.info("store closed", extra={"store": config.kind})
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    settings = app[SETTINGS]
+    await app[SOCKETS].close_all(ws.CLOSE_GOING_AWAY, "server_shutdown", settings.shutdown_timeout)
+
+
+def _register_metrics(app: web.Application) -> Metrics:
+    metrics = Metrics()
+    metrics.describe("sessiond_http_errors_total", "counter", "HTTP error answers by code")
+    metrics.describe("sessiond_ws_errors_total", "counter", "WebSocket error frames by code")
+    metrics.describe("sessiond_ws_closes_total", "counter", "WebSocket closes by code and reason")
+
+    def connections() -> dict[tuple[tuple[str, str], ...], float]:
+        counts = app[SOCKETS].count_by_state()
+        states = ["CONNECTING", "ACCEPTED", "AUTHENTICATED", "SERVICES_READY", "PROCESSING_READY"]
+        return {(("state", s),): float(counts.get(s, 0)) for s in states}
+
+    def appended() -> dict[tuple[tuple[str, str], ...], float]:
+        return {(): float(app[WRITER].events_appended) if WRITER in app else 0.0}
+
+    def transactions() -> dict[tuple[tuple[str, str], ...], float]:
+        return {(): float(app[WRITER].transactions) if WRITER in app else 0.0}
+
+    def conflicts() -> dict[tuple[tuple[str, str], ...], float]:
+        return {(): float(app[WRITER].conflicts) if WRITER in app else 0.0}
+
+    metrics.gauge("sessiond_connections", "live connections on this node by state", connections)
+    metrics.gauge(
+        "sessiond_events_appended_total", "events appended by this node", appended, "counter"
+    )
+    metrics.gauge(
+        "sessiond_store_transactions_total", "write transactions committed", transactions, "counter"
+    )
+    metrics.gauge("sessiond_write_conflicts_total", "write conflicts retried", conflicts, "counter")
+    return metrics
+
+
+def create_app(settings: Settings | None = None) -> web.Application:
+    """Build the whole service. Nothing connects until the app starts."""
+    settings = settings or Settings.from_env()
+    config: StoreConfig = parse_store_url(settings.store_url)
+    secret = settings.secret or load_or_create_key(config.key_dir)
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[error_middleware, cors_middleware],
+    )
+    app[SETTINGS] = settings
+    app[STORE_CONFIG] = config
+    app[SIGNER] = TokenSigner(secret)
+    app[HUB] = Hub()
+    app[SOCKETS] = ws.SocketRegistry()
+    app[METRICS] = _register_metrics(app)
+    app.cleanup_ctx.append(_store_ctx)
+    app.on_shutdown.append(_on_shutdown)
+    app.router.add_routes(http.routes)
+    app.router.add_get("/v1/ws", ws.websocket)
+    return app
+
+
+__all__ = ["SessiondApplication", "create_app"]

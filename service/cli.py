@@ -1,0 +1,156 @@
+"""``sessiond``: serve, mint tokens, print the lifecycle diagram."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import socket
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from domain.lifecycle import mermaid
+from service import logs
+from service.app import create_app
+from service.auth import ROLES, TokenSigner, load_or_create_key
+from service.settings import Settings, SettingsError
+from service.store import StoreError, open_store, parse_store_url
+
+log = logging.getLogger("sessiond")
+
+
+class CliError(Exception):
+    """A readable error for the command line; exit status 2 unless given."""
+
+    def __init__(self, message: str, status: int = 2) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    try:
+        return Settings.from_env(
+            store_url=getattr(args, "store", None),
+            host=getattr(args, "host", None),
+            port=getattr(args, "port", None),
+        )
+    except SettingsError as e:
+        raise CliError(str(e)) from None
+
+
+def _check_port_free(host: str, port: int) -> None:
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    for family, kind, proto, _, addr in infos[:1]:
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(addr)
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE:
+                    raise CliError(f"port {port} on {host} is already in use", 1) from None
+                raise CliError(f"cannot listen on {host}:{port}: {e.strerror}", 1) from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    logs.configure(args.log_level)
+    try:
+        config = parse_store_url(settings.store_url)
+        open_store(config).close()  # fail fast, with a readable message
+    except StoreError as e:
+        raise CliError(str(e), 1) from None
+    _check_port_free(settings.host, settings.port)
+    app = create_app(settings)
+
+    def announce(_: object) -> None:
+        print(
+            f"sessiond serving on http://{settings.host}:{settings.port} "
+            f"(store {settings.store_url}, node {settings.node_id})",
+            flush=True,
+        )
+
+    try:
+        web.run_app(
+            app,
+            host=settings.host,
+            port=settings.port,
+            print=announce,
+            access_log=None,
+            shutdown_timeout=settings.shutdown_timeout,
+        )
+    except OSError as e:
+        raise CliError(f"cannot serve on {settings.host}:{settings.port}: {e}", 1) from None
+    except StoreError as e:
+        raise CliError(str(e), 1) from None
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    try:
+        config = parse_store_url(settings.store_url)
+    except StoreError as e:
+        raise CliError(str(e)) from None
+    secret = settings.secret or load_or_create_key(config.key_dir)
+    roles = args.role or ["user"]
+    try:
+        token = TokenSigner(secret).mint(args.user, roles, ttl=args.ttl)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    print(token)
+    return 0
+
+
+def cmd_lifecycle(args: argparse.Namespace) -> int:
+    print(mermaid())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sessiond",
+        description="Event-sourced sessions and connections: one ID, one lifecycle.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the service")
+    serve.add_argument("--host", help="address to listen on (SESSIOND_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (SESSIOND_PORT, default 8080)")
+    serve.add_argument(
+        "--store",
+        help="sqlite:///path.db (default sqlite:///./sessiond.db), memory://, postgresql://...",
+    )
+    serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    serve.set_defaults(func=cmd_serve)
+
+    token = sub.add_parser("token", help="print a signed token, with the key serve uses")
+    token.add_argument("--user", required=True, help="the user ID (the token's sub)")
+    token.add_argument(
+        "--role", action="append", choices=ROLES, help="a role; repeat for several (default user)"
+    )
+    token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
+    token.add_argument("--store", help="the store whose key file to use (as for serve)")
+    token.set_defaults(func=cmd_token)
+
+    lifecycle = sub.add_parser("lifecycle", help="print the connection lifecycle as Mermaid")
+    lifecycle.set_defaults(func=cmd_lifecycle)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        status: int = args.func(args)
+        return status
+    except CliError as e:
+        print(f"sessiond: error: {e}", file=sys.stderr)
+        return e.status
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""Write commands: plain functions of a UnitOfWork, run by the writer thread.
+
+Each checks what the caller may do against the aggregates it loads, calls
+their command methods, and returns a JSON-ready result. They never do I/O
+themselves; the writer commits whatever events they leave pending.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from domain.connection import Connection
+from domain.errors import (
+    ConnectionIdTaken,
+    ConnectionNotFound,
+    DomainError,
+    SessionNotFound,
+)
+from domain.session import Session
+from service.auth import Principal
+from service.wire import wire_view
+from service.writer import Command, UnitOfWork
+
+
+class Forbidden(DomainError):
+    code = "forbidden"
+
+
+def _session(uow: UnitOfWork, session_id: str) -> Session:
+    session = uow.session(session_id)
+    if session is None:
+        raise SessionNotFound(f"no session {session_id!r}")
+    return session
+
+
+def _connection(uow: UnitOfWork, connection_id: str) -> Connection:
+    connection = uow.connection(connection_id)
+    if connection is None:
+        raise ConnectionNotFound(f"no connection {connection_id!r}")
+    return connection
+
+
+def _check_writer(actor: Principal, session: Session) -> None:
+    if not actor.can_write_to(session.owner):
+        raise Forbidden(f"you may not write to session {session.session_id!r}")
+
+
+# --- sessions -----------------------------------------------------------------
+
+
+def create_session(
+    session_id: str, actor: Principal, metadata: dict[str, Any] | None
+) -> Command[tuple[dict[str, Any], bool]]:
+    """Create the session, or answer with it if the caller already has it."""
+
+    def run(uow: UnitOfWork) -> tuple[dict[str, Any], bool]:
+        if not actor.can_write:
+            raise Forbidden("auditors read; they do not create sessions")
+        session = uow.session(session_id)
+        if session is not None:
+            if session.owner != actor.user_id and not actor.is_service:
+                session.check_owner(actor.user_id)
+            return wire_view(session.view()), False
+        session = Session.create(session_id, actor.user_id, metadata)
+        uow.add(session)
+        return wire_view(session.view()), True
+
+    return run
+
+
+def end_session(session_id: str, actor: Principal) -> Command[dict[str, Any]]:
+    def run(uow: UnitOfWork) -> dict[str, Any]:
+        session = _session(uow, session_id)
+        _check_writer(actor, session)
+        session.end(user_id=actor.user_id)
+        return wire_view(session.view())
+
+    return run
+
+
+def record_message(
+    session_id: str,
+    actor: Principal,
+    *,
+    message_id: str,
+    role: str,
+    content: str,
+    model: str | None = None,
+    tokens: int | None = None,
+    metadata: dict[str, Any] | None = None,
+    connection_id: str | None = None,
+) -> Command[tuple[int, bool]]:
+    def run(uow: UnitOfWork) -> tuple[int, bool]:
+        session = _session(uow, session_id)
+        _check_writer(actor, session)
+        return session.record_message(
+            message_id=message_id,
+            role=role,
+            content=content,
+            user_id=actor.user_id,
+            model=model,
+            tokens=tokens,
+            metadata=metadata,
+            connection_id=connection_id,
+        )
+
+    return run
+
+
+def start_task(
+    session_id: str, actor: Principal, *, task_id: str, name: str, total: float | None
+) -> Command[tuple[int, bool]]:
+    def run(uow: UnitOfWork) -> tuple[int, bool]:
+        session = _session(uow, session_id)
+        _check_writer(actor, session)
+        return session.start_task(task_id=task_id, name=name, total=total, user_id=actor.user_id)
+
+    return run
+
+
+def report_progress(
+    session_id: str,
+    actor: Principal,
+    *,
+    task_id: str,
+    done: float,
+    total: float | None,
+    note: str | None,
+) -> Command[int]:
+    def run(uow: UnitOfWork) -> int:
+        session = _session(uow, session_id)
+        _check_writer(actor, session)
+        return session.report_progress(task_id=task_id, done=done, total=total, note=note)
+
+    return run
+
+
+def complete_task(session_id: str, actor: Principal, *, task_id: str, result: Any) -> Command[int]:
+    def run(uow: UnitOfWork) -> int:
+        session = _session(uow, session_id)
+        _check_writer(actor, session)
+        return session.complete_task(task_id=task_id, result=result)
+
+    return run
+
+
+def fail_task(session_id: str, actor: Principal, *, task_id: str, error: str) -> Command[int]:
+    def run(uow: UnitOfWork) -> int:
+        session = _session(uow, session_id)
+        _check_writer(actor, session)
+        return session.fail_task(task_id=task_id, error=error)
+
+    return run
+
+
+# --- connections --------------------------------------------------------------
+
+
+def open_connection(
+    connection_id: str, session_id: str, *, node: str, proposed: bool
+) -> Command[str]:
+    """Record CONNECTING under the connection's one ID; refuse an ID in use."""
+
+    def run(uow: UnitOfWork) -> str:
+        if uow.connection(connection_id) is not None:
+            raise ConnectionIdTaken(f"connection ID {connection_id!r} is already recorded")
+        connection = Connection.open(connection_id, session_id, node=node, proposed=proposed)
+        uow.add(connection)
+        return connection.state
+
+    return run
+
+
+def accept(connection_id: str) -> Command[str]:
+    return lambda uow: _connection(uow, connection_id).accept()
+
+
+def authenticate(connection_id: str, actor: Principal) -> Command[str]:
+    return lambda uow: _connection(uow, connection_id).authenticate(
+        user_id=actor.user_id, roles=sorted(actor.roles)
+    )
+
+
+def attach(
+    connection_id: str,
+    session_id: str,
+    actor: Principal,
+    *,
+    node: str,
+    max_connections: int,
+) -> Command[list[str]]:
+    """SERVICES_READY: create the session if need be, check its owner, attach
+    the connection and supersede the oldest beyond the limit, in one commit."""
+
+    def run(uow: UnitOfWork) -> list[str]:
+        connection = _connection(uow, connection_id)
+        if not actor.can_write:
+            raise Forbidden("auditors read history over HTTP; they do not attach sockets")
+        session = uow.session(session_id)
+        if session is None:
+            session = Session.create(session_id, actor.user_id, None)
+            uow.add(session)
+        elif session.owner != actor.user_id and not actor.is_service:
+            raise Forbidden(f"session {session_id!r} belongs to another user")
+        superseded = session.attach(
+            connection_id=connection_id,
+            user_id=actor.user_id,
+            node=node,
+            max_connections=max_connections,
+        )
+        connection.attach(session_id=session_id, superseded=superseded)
+        return superseded
+
+    return run
+
+
+def go_live(connection_id: str, position: int) -> Command[str]:
+    return lambda uow: _connection(uow, connection_id).go_live(position=position)
+
+
+def close_connection(connection_id: str, *, code: int, reason: str) -> Command[bool]:
+    """CLOSED with its code and reason, and detached from its session.
+
+    Closing a closed connection records nothing (the socket's last word may
+    arrive after a supersede or a shutdown already closed it)."""
+
+    def run(uow: UnitOfWork) -> bool:
+        connection = uow.connection(connection_id)
+        if connection is None or connection.is_closed:
+            return False
+        session = uow.session(connection.session_id)
+        if session is not None:
+            session.detach(connection_id=connection_id, reason=reason)
+        connection.close(code=code, reason=reason)
+        return True
+
+    return run

@@ -1,0 +1,28 @@
+"""Typed keys for what the app factory puts on the aiohttp application."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from service.auth import TokenSigner
+from service.hub import Hub
+from service.metrics import Metrics
+from service.settings import Settings
+from service.store import SessiondApplication, StoreConfig
+from service.writer import Writer
+
+if TYPE_CHECKING:
+    from service.ws import SocketRegistry
+
+SETTINGS = web.AppKey("settings", Settings)
+STORE_CONFIG = web.AppKey("store_config", StoreConfig)
+STORE = web.AppKey("store", SessiondApplication)
+WRITER = web.AppKey("writer", Writer)
+HUB = web.AppKey("hub", Hub)
+METRICS = web.AppKey("metrics", Metrics)
+SIGNER = web.AppKey("signer", TokenSigner)
+READERS = web.AppKey("readers", ThreadPoolExecutor)
+SOCKETS: web.AppKey[SocketRegistry] = web.AppKey("sockets")

@@ -1,0 +1,60 @@
+"""CORS for browser pages on other origins, and the Origin check on upgrades.
+
+Allowed: the origins in SESSIOND_CORS_ORIGINS, and always the service's own
+origin. A preflight from an allowed origin gets the CORS headers; from any
+other, 403 ``forbidden_origin``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from service.context import SETTINGS
+from service.errors import error_response
+
+ALLOW_METHODS = "GET, POST, DELETE, OPTIONS"
+ALLOW_HEADERS = "Authorization, Content-Type"
+MAX_AGE = "600"
+
+
+def own_origin(request: web.Request) -> str:
+    return f"{request.scheme}://{request.host}"
+
+
+def origin_allowed(request: web.Request, allowed: tuple[str, ...]) -> bool:
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    origin = origin.rstrip("/")
+    return origin == own_origin(request) or origin in allowed or "*" in allowed
+
+
+@web.middleware
+async def cors_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    origin = request.headers.get("Origin")
+    allowed = request.app[SETTINGS].cors_origins
+    is_preflight = (
+        request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
+    )
+    if is_preflight:
+        if origin is None or not origin_allowed(request, allowed):
+            return error_response("forbidden_origin", f"origin {origin!r} is not allowed")
+        return web.Response(
+            status=204,
+            headers={
+                "Access-Control-Allow-Origin": origin,
+                "Access-Control-Allow-Methods": ALLOW_METHODS,
+                "Access-Control-Allow-Headers": ALLOW_HEADERS,
+                "Access-Control-Max-Age": MAX_AGE,
+                "Vary": "Origin",
+            },
+        )
+    response = await handler(request)
+    if origin is not None and origin_allowed(request, allowed) and not response.prepared:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Vary"] = "Origin"
+    return response

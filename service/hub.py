@@ -1,0 +1,82 @@
+"""The live hub: recorded session events, pushed to the sockets that watch
+the session on this node.
+
+The writer publishes each committed batch here (on the event loop, after the
+commit). A socket subscribes *before* it reads its backlog from the store, so
+nothing recorded meanwhile can fall between the two; it then drops whatever
+it has already sent and fills any hole from the store (see
+docs/adr/0006-make-the-backlog-live-seam-gap-free.md). Each subscription holds
+at most ``limit`` undelivered events: one that overflows is marked, and its
+socket is closed with 4408 (slow consumer) rather than let memory grow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Any
+
+
+class SlowConsumer(Exception):
+    """The subscriber fell more than ``limit`` events behind."""
+
+
+class Subscription:
+    def __init__(self, hub: Hub, session_id: str, limit: int) -> None:
+        self.hub = hub
+        self.session_id = session_id
+        self.limit = limit
+        self.overflowed = False
+        self._items: deque[dict[str, Any]] = deque()
+        self._ready = asyncio.Event()
+
+    def push(self, event: dict[str, Any]) -> None:
+        if self.overflowed:
+            return
+        if len(self._items) >= self.limit:
+            self.overflowed = True
+            self._items.clear()
+        else:
+            self._items.append(event)
+        self._ready.set()
+
+    def pending(self) -> int:
+        return len(self._items)
+
+    async def get(self) -> dict[str, Any]:
+        while not self._items:
+            if self.overflowed:
+                raise SlowConsumer(self.session_id)
+            self._ready.clear()
+            await self._ready.wait()
+        if self.overflowed:
+            raise SlowConsumer(self.session_id)
+        return self._items.popleft()
+
+    def close(self) -> None:
+        self.hub.unsubscribe(self)
+
+
+class Hub:
+    def __init__(self) -> None:
+        self._subs: dict[str, set[Subscription]] = {}
+
+    def subscribe(self, session_id: str, limit: int) -> Subscription:
+        sub = Subscription(self, session_id, limit)
+        self._subs.setdefault(session_id, set()).add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        subs = self._subs.get(sub.session_id)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._subs[sub.session_id]
+
+    def publish(self, session_id: str, events: list[dict[str, Any]]) -> None:
+        for sub in tuple(self._subs.get(session_id, ())):
+            for event in events:
+                sub.push(event)
+
+    def subscriber_count(self) -> int:
+        return sum(len(s) for s in self._subs.values())

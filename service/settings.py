@@ -1,0 +1,99 @@
+"""Settings: flags first, then SESSIOND_* environment variables, then defaults."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+DEFAULT_STORE = "sqlite:///./sessiond.db"
+MIB = 1024 * 1024
+
+
+class SettingsError(ValueError):
+    """A setting has a value the service cannot use."""
+
+
+def _env_int(env: Mapping[str, str], key: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(key)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{key} must be a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{key} must be at least {minimum}, got {value}")
+    return value
+
+
+def _env_float(env: Mapping[str, str], key: str, default: float, minimum: float = 0.0) -> float:
+    raw = env.get(key)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{key} must be a number, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{key} must be at least {minimum}, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    store_url: str = DEFAULT_STORE
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # Token signing key; None means "the key file beside the store".
+    secret: str | None = None
+    node_id: str = field(default_factory=socket.gethostname)
+    cors_origins: tuple[str, ...] = ()
+    max_body_bytes: int = MIB
+    max_frame_bytes: int = MIB
+    auth_timeout: float = 10.0
+    # aiohttp pings every `heartbeat` seconds and closes a socket whose pong
+    # has not come back within half of it.
+    heartbeat: float = 20.0
+    max_connections_per_session: int = 1
+    bad_frames_per_minute: int = 10
+    # Events queued for one socket before it is closed as a slow consumer (4408).
+    send_queue_limit: int = 1000
+    # Commands the writer commits in one transaction at most.
+    writer_max_batch: int = 256
+    shutdown_timeout: float = 10.0
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        env = os.environ if env is None else env
+        origins = tuple(
+            o.strip().rstrip("/")
+            for o in env.get("SESSIOND_CORS_ORIGINS", "").split(",")
+            if o.strip()
+        )
+        base = cls(
+            store_url=env.get("SESSIOND_STORE") or DEFAULT_STORE,
+            host=env.get("SESSIOND_HOST") or "127.0.0.1",
+            port=_env_int(env, "SESSIOND_PORT", 8080),
+            secret=env.get("SESSIOND_SECRET") or None,
+            node_id=env.get("SESSIOND_NODE") or socket.gethostname(),
+            cors_origins=origins,
+            max_body_bytes=_env_int(env, "SESSIOND_MAX_BODY_BYTES", MIB, minimum=1024),
+            max_frame_bytes=_env_int(env, "SESSIOND_MAX_FRAME_BYTES", MIB, minimum=1024),
+            auth_timeout=_env_float(env, "SESSIOND_AUTH_TIMEOUT", 10.0, minimum=0.01),
+            heartbeat=_env_float(env, "SESSIOND_HEARTBEAT", 20.0, minimum=0.01),
+            max_connections_per_session=_env_int(
+                env, "SESSIOND_MAX_CONNECTIONS_PER_SESSION", 1, minimum=1
+            ),
+            bad_frames_per_minute=_env_int(env, "SESSIOND_BAD_FRAMES_PER_MINUTE", 10, minimum=10),
+            send_queue_limit=_env_int(env, "SESSIOND_SEND_QUEUE_LIMIT", 1000, minimum=1),
+            writer_max_batch=_env_int(env, "SESSIOND_WRITER_MAX_BATCH", 256, minimum=1),
+        )
+        if not 0 < base.port < 65536:
+            raise SettingsError(f"SESSIOND_PORT must be between 1 and 65535, got {base.port}")
+        return base.with_overrides(**overrides)

@@ -1,0 +1,181 @@
+"""The event store: an eventsourcing Application configured by a store URL.
+
+``sqlite:///path`` (the embedded default, WAL), ``memory://`` (throwaway),
+``postgresql://user[:password]@host[:port]/db`` (the shared store for several
+nodes). Streams are keyed by text IDs (``ORIGINATOR_ID_TYPE=text``), and events
+are (de)serialised with orjson.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import orjson
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.persistence import PersistenceError, Transcoder
+
+from domain.base import Aggregate
+from domain.connection import Connection
+from domain.ids import connection_stream, session_stream
+from domain.session import Session
+
+
+class StoreError(Exception):
+    """The store URL is wrong, or the store cannot be opened or reached."""
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    url: str
+    kind: str  # "memory" | "sqlite" | "postgres"
+    env: dict[str, str]
+    path: Path | None = None  # the SQLite file, for a sqlite store
+
+    @property
+    def key_dir(self) -> Path:
+        """Where the token key file lives when SESSIOND_SECRET is not set."""
+        if self.path is not None:
+            return self.path.parent
+        return Path.cwd()
+
+
+def parse_store_url(url: str) -> StoreConfig:
+    """Turn a store URL into eventsourcing settings, or raise StoreError."""
+    base = {"ORIGINATOR_ID_TYPE": "text", "CREATE_TABLE": "y"}
+    if url in ("memory://", "memory:"):
+        return StoreConfig(url, "memory", {**base, "PERSISTENCE_MODULE": "eventsourcing.popo"})
+    if url.startswith("sqlite://"):
+        # SQLAlchemy's convention: sqlite:///relative/path, sqlite:////absolute/path.
+        if not url.startswith("sqlite:///"):
+            raise StoreError(f"bad store URL {url!r}: a SQLite URL is sqlite:///path/to/file.db")
+        path_text = unquote(url[len("sqlite:///") :].split("?", 1)[0])
+        if path_text in ("", "/") or path_text.endswith("/"):
+            raise StoreError(f"bad store URL {url!r}: no file name")
+        if path_text in (":memory:", "/:memory:"):
+            raise StoreError("use memory:// for a throwaway store, not sqlite:///:memory:")
+        path = Path(path_text).expanduser().absolute()
+        return StoreConfig(
+            url,
+            "sqlite",
+            {
+                **base,
+                "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+                "SQLITE_DBNAME": str(path),
+                "SQLITE_LOCK_TIMEOUT": "10",
+            },
+            path=path,
+        )
+    if url.startswith(("postgresql://", "postgres://")):
+        parts = urlsplit(url)
+        dbname = unquote(parts.path.lstrip("/"))
+        if not dbname or not parts.hostname:
+            raise StoreError(
+                f"bad store URL {url!r}: expected postgresql://user[:password]@host[:port]/db"
+            )
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        try:
+            port = parts.port or 5432
+        except ValueError:
+            raise StoreError(f"bad store URL {url!r}: the port is not a number") from None
+        env = {
+            **base,
+            "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            "POSTGRES_DBNAME": dbname,
+            "POSTGRES_HOST": parts.hostname,
+            "POSTGRES_PORT": str(port),
+            "POSTGRES_USER": unquote(parts.username or os.environ.get("PGUSER", "postgres")),
+            "POSTGRES_PASSWORD": unquote(parts.password or os.environ.get("PGPASSWORD", "")),
+            "POSTGRES_CONNECT_TIMEOUT": query.get("connect_timeout", "5"),
+            "POSTGRES_POOL_SIZE": query.get("pool_size", "5"),
+            "POSTGRES_MAX_OVERFLOW": query.get("max_overflow", "10"),
+            "POSTGRES_PRE_PING": "y",
+            "POSTGRES_LOCK_TIMEOUT": query.get("lock_timeout", "5"),
+        }
+        if "schema" in query:
+            env["POSTGRES_SCHEMA"] = query["schema"]
+        return StoreConfig(url, "postgres", env)
+    raise StoreError(
+        f"bad store URL {url!r}: use sqlite:///path/to/file.db, memory:// or "
+        "postgresql://user@host:port/db"
+    )
+
+
+class OrjsonTranscoder(Transcoder):
+    """orjson for every stored event.
+
+    Every sessiond event's state is JSON-native except its ``timestamp`` (a
+    datetime), which orjson writes as RFC 3339 and we read back here.
+    """
+
+    def encode(self, obj: Any) -> bytes:
+        return orjson.dumps(obj)
+
+    def decode(self, data: bytes) -> Any:
+        state = orjson.loads(data)
+        ts = state.get("timestamp") if isinstance(state, dict) else None
+        if isinstance(ts, str):
+            state["timestamp"] = datetime.fromisoformat(ts)
+        return state
+
+
+class SessiondApplication(Application[str]):
+    """The one event-sourced application: sessions and connections in one log."""
+
+    name = "sessiond"
+
+    def construct_transcoder(self) -> Transcoder:
+        return OrjsonTranscoder()
+
+    # --- reads (thread-safe; called from executor threads) ------------------
+
+    def get_session(self, session_id: str, version: int | None = None) -> Session | None:
+        try:
+            agg: object = self.repository.get(session_stream(session_id), version=version)
+        except AggregateNotFoundError:
+            return None
+        assert isinstance(agg, Session)
+        return agg
+
+    def get_connection(self, connection_id: str) -> Connection | None:
+        try:
+            agg: object = self.repository.get(connection_stream(connection_id))
+        except AggregateNotFoundError:
+            return None
+        assert isinstance(agg, Connection)
+        return agg
+
+    def stream_events(
+        self, stream_id: str, *, after: int = 0, limit: int | None = None
+    ) -> list[Aggregate.Event]:
+        events = self.events.get(stream_id, gt=after or None, limit=limit)
+        return [e for e in events if isinstance(e, Aggregate.Event)]
+
+    def ping(self) -> int:
+        return self.recorder.max_notification_id() or 0
+
+
+def open_store(config: StoreConfig) -> SessiondApplication:
+    """Open the store (creating its tables), or raise StoreError saying why."""
+    if config.path is not None:
+        parent = config.path.parent
+        if not parent.is_dir():
+            raise StoreError(f"cannot open store {config.url!r}: folder {parent} does not exist")
+        if config.path.is_dir():
+            raise StoreError(f"cannot open store {config.url!r}: {config.path} is a folder")
+    env = dict(config.env)
+    env.setdefault("AGGREGATE_CACHE_MAXSIZE", "1000")
+    try:
+        app = SessiondApplication(env=env)
+        app.ping()
+    except (PersistenceError, OSError, ValueError) as e:
+        raise StoreError(f"cannot open store {config.url!r}: {e}") from e
+    except Exception as e:
+        # psycopg and sqlite3 raise their own errors for unreachable servers and
+        # unreadable files; anything here means "cannot open", never a traceback.
+        raise StoreError(f"cannot open store {config.url!r}: {type(e).__name__}: {e}") from e
+    return app

@@ -1,0 +1,292 @@
+"""The bridge between asyncio and the synchronous store: one writer thread
+that commits many commands in one transaction (group commit).
+
+Handlers never touch the store on the event loop. A write is a *command*: a
+plain function of a :class:`UnitOfWork` that loads aggregates, calls their
+command methods and returns a result. Handlers ``await writer.execute(cmd)``;
+the writer thread takes every command waiting in its queue (up to
+``max_batch``), runs them one after another against the same aggregates, and
+saves all their events in one transaction. Then, back on the event loop, it
+publishes the recorded events to the live hub and resolves each handler's
+future, in that order, so a socket sees an event no later than the client
+that caused it hears "done".
+
+Because this thread is the only writer on the node, it keeps recently used
+aggregates in memory and never re-reads them. Another node writing the same
+aggregate makes the save fail with an IntegrityError: the touched aggregates
+are then dropped from the cache and the batch runs again on fresh state, so
+optimistic-concurrency conflicts are retried here and never reach a client.
+See docs/adr/0004-commit-commands-in-one-writer-thread.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.persistence import IntegrityError, PersistenceError
+
+from domain.base import Aggregate
+from domain.connection import Connection
+from domain.errors import DomainError
+from domain.ids import connection_stream, session_stream
+from domain.session import Session
+from service.store import SessiondApplication
+
+log = logging.getLogger("sessiond.writer")
+
+T = TypeVar("T")
+A = TypeVar("A", bound=Aggregate)
+
+MAX_CONFLICT_RETRIES = 8
+
+
+class StoreUnavailable(Exception):
+    """The store could not be reached or refused the write; nothing was recorded."""
+
+
+class UnitOfWork:
+    """What one batch of commands sees: aggregates by ID, loaded once."""
+
+    def __init__(self, writer: Writer) -> None:
+        self._writer = writer
+        self.touched: dict[str, Aggregate] = {}
+
+    def _get(self, stream_id: str, kind: type[A]) -> A | None:
+        agg = self.touched.get(stream_id)
+        if agg is None:
+            agg = self._writer._load(stream_id)
+            if agg is None:
+                return None
+            self.touched[stream_id] = agg
+        if not isinstance(agg, kind):
+            return None
+        return agg
+
+    def session(self, session_id: str) -> Session | None:
+        return self._get(session_stream(session_id), Session)
+
+    def connection(self, connection_id: str) -> Connection | None:
+        return self._get(connection_stream(connection_id), Connection)
+
+    def add(self, aggregate: Aggregate) -> None:
+        """Register a newly created aggregate, to be saved with the batch."""
+        self.touched[aggregate.id] = aggregate
+
+
+Command = Callable[[UnitOfWork], T]
+
+
+@dataclass
+class _Item(Generic[T]):
+    command: Command[T]
+    future: asyncio.Future[T]
+    outcome: tuple[bool, Any] = field(default=(False, None))
+
+
+_STOP = object()
+
+
+class Writer:
+    """Runs commands on one thread, committing each batch in one transaction."""
+
+    def __init__(
+        self,
+        app: SessiondApplication,
+        *,
+        on_commit: Callable[[list[Aggregate.Event]], None],
+        max_batch: int = 256,
+        cache_size: int = 20_000,
+    ) -> None:
+        self.app = app
+        self._on_commit = on_commit
+        self._max_batch = max_batch
+        self._cache_size = cache_size
+        self._cache: OrderedDict[str, Aggregate] = OrderedDict()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.events_appended = 0
+        self.transactions = 0
+        self.conflicts = 0
+
+    # --- life -------------------------------------------------------------
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._thread = threading.Thread(target=self._run, name="sessiond-writer", daemon=True)
+        self._thread.start()
+
+    async def stop(self) -> None:
+        """Finish every command already queued, then stop the thread."""
+        if self._thread is None:
+            return
+        self._queue.put(_STOP)
+        await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+        self._thread = None
+
+    # --- the async side ---------------------------------------------------
+
+    async def execute(self, command: Command[T]) -> T:
+        """Run ``command`` in the next batch; its result once committed.
+
+        Raises the command's DomainError (its events, if any, such as a
+        refused transition, are still recorded), or StoreUnavailable.
+        """
+        if self._thread is None or self._loop is None:
+            raise StoreUnavailable("the writer is not running")
+        future: asyncio.Future[T] = self._loop.create_future()
+        self._queue.put(_Item(command, future))
+        return await asyncio.shield(future)
+
+    # --- the writer thread --------------------------------------------------
+
+    def _load(self, stream_id: str) -> Aggregate | None:
+        agg = self._cache.get(stream_id)
+        if agg is not None:
+            self._cache.move_to_end(stream_id)
+            return agg
+        try:
+            # A deep copy: the repository's own cache is shared with readers.
+            loaded: object = self.app.repository.get(stream_id)
+        except AggregateNotFoundError:
+            return None
+        assert isinstance(loaded, Aggregate)
+        return loaded
+
+    def _remember(self, aggregates: list[Aggregate]) -> None:
+        for agg in aggregates:
+            self._cache[agg.id] = agg
+            self._cache.move_to_end(agg.id)
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+
+    def _forget(self, aggregates: list[Aggregate]) -> None:
+        for agg in aggregates:
+            self._cache.pop(agg.id, None)
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is _STOP:
+                break
+            batch: list[_Item[Any]] = [first]
+            while len(batch) < self._max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stopping = True
+                    break
+                batch.append(item)
+            try:
+                self._process(batch)
+            except BaseException as e:  # never let the writer thread die silently
+                log.exception("writer batch failed")
+                for item in batch:
+                    item.outcome = (False, StoreUnavailable(f"internal writer error: {e}"))
+                self._resolve(batch, [])
+
+    def _process(self, batch: list[_Item[Any]]) -> None:
+        for attempt in range(MAX_CONFLICT_RETRIES):
+            uow = UnitOfWork(self)
+            isolated = len(batch) == 1
+            try:
+                for item in batch:
+                    item.outcome = self._run_command(item.command, uow, isolated)
+            except _NeedsIsolation:
+                self._forget(list(uow.touched.values()))
+                for item in batch:
+                    self._process([item])
+                return
+            touched = list(uow.touched.values())
+            pending = [a for a in touched if a.pending_events]
+            try:
+                recorded = self._save(pending)
+            except IntegrityError:
+                self.conflicts += 1
+                self._forget(touched)
+                log.info("write conflict, retrying batch", extra={"attempt": attempt + 1})
+                continue
+            except (PersistenceError, OSError) as e:
+                self._forget(touched)
+                for item in batch:
+                    item.outcome = (False, StoreUnavailable(f"store unavailable: {e}"))
+                self._resolve(batch, [])
+                return
+            except Exception as e:  # driver errors not wrapped by eventsourcing
+                self._forget(touched)
+                log.exception("store write failed")
+                for item in batch:
+                    item.outcome = (False, StoreUnavailable(f"store write failed: {e}"))
+                self._resolve(batch, [])
+                return
+            self._remember(touched)
+            self._resolve(batch, recorded)
+            return
+        for item in batch:
+            item.outcome = (False, StoreUnavailable("too many write conflicts; try again"))
+        self._resolve(batch, [])
+
+    def _run_command(
+        self, command: Command[Any], uow: UnitOfWork, isolated: bool
+    ) -> tuple[bool, Any]:
+        try:
+            return True, command(uow)
+        except DomainError as e:
+            return False, e
+        except Exception as e:
+            if not isolated:
+                # A bug in one command must not leak half-made events into the
+                # others' transaction: run every command of the batch alone.
+                raise _NeedsIsolation from e
+            for agg in uow.touched.values():
+                agg.collect_events()
+            self._forget(list(uow.touched.values()))
+            uow.touched.clear()
+            log.exception("command failed")
+            return False, e
+
+    def _save(self, aggregates: list[Aggregate]) -> list[Aggregate.Event]:
+        if not aggregates:
+            return []
+        recordings = self.app.save(*aggregates)
+        self.transactions += 1
+        events = [r.domain_event for r in recordings]
+        self.events_appended += len(events)
+        return [e for e in events if isinstance(e, Aggregate.Event)]
+
+    def _resolve(self, batch: list[_Item[Any]], recorded: list[Aggregate.Event]) -> None:
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(self._deliver, batch, recorded)
+        except RuntimeError:
+            log.warning("event loop closed before a batch could be answered")
+
+    def _deliver(self, batch: list[_Item[Any]], recorded: list[Aggregate.Event]) -> None:
+        if recorded:
+            try:
+                self._on_commit(recorded)
+            except Exception:
+                log.exception("publishing recorded events failed")
+        for item in batch:
+            if item.future.done():
+                continue
+            ok, value = item.outcome
+            if ok:
+                item.future.set_result(value)
+            else:
+                item.future.set_exception(value)
+
+
+class _NeedsIsolation(Exception):
+    pass

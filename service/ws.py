@@ -1,0 +1,529 @@
+"""The WebSocket endpoint: one connection's walk through its lifecycle.
+
+    CONNECTING       the upgrade request arrived; recorded before upgrading
+    ACCEPTED         upgraded; announced by the ``welcome`` frame
+    AUTHENTICATED    a valid token (``auth`` frame or Authorization header)
+    SERVICES_READY   attached to its session (created if need be), owner
+                     checked, older connections superseded: one commit
+    PROCESSING_READY every event after ``after`` sent; live from here on
+    CLOSED           however it ended, with its code and reason
+
+Each step is recorded under the connection's one ID *before* it is announced
+with a ``state`` frame. Two tasks serve a socket: the receive loop (frames
+from the client) and the driver (the lifecycle, then the session's events).
+Whichever decides to end the connection records CLOSED, says so in a last
+``state`` frame, and closes the socket with the code of PROTOCOL.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+import uuid
+from collections import Counter, deque
+from typing import Any
+
+import orjson
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from domain.errors import DomainError, InvalidId, InvalidTransition
+from domain.ids import check_id, new_connection_id, session_stream
+from domain.session import MESSAGE_ROLES
+from service import commands
+from service.auth import AuthError, Principal, bearer_token
+from service.context import HUB, METRICS, READERS, SETTINGS, SIGNER, SOCKETS, STORE, WRITER
+from service.cors import origin_allowed
+from service.errors import ApiError
+from service.hub import SlowConsumer, Subscription
+from service.wire import dumps, wire_event
+from service.writer import Command, StoreUnavailable
+
+log = logging.getLogger("sessiond.ws")
+
+BACKLOG_PAGE = 500
+
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_TOO_LARGE = 1009
+CLOSE_PROTOCOL = 4400
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_FORBIDDEN = 4403
+CLOSE_SLOW_CONSUMER = 4408
+CLOSE_SUPERSEDED = 4409
+
+
+class SocketRegistry:
+    """The live sockets of this node, so shutdown can close every one."""
+
+    def __init__(self) -> None:
+        self.sockets: dict[str, LiveConnection] = {}
+
+    def add(self, conn: LiveConnection) -> None:
+        self.sockets[conn.connection_id] = conn
+
+    def remove(self, conn: LiveConnection) -> None:
+        if self.sockets.get(conn.connection_id) is conn:
+            del self.sockets[conn.connection_id]
+
+    def count_by_state(self) -> Counter[str]:
+        return Counter(c.state for c in self.sockets.values())
+
+    async def close_all(self, code: int, reason: str, grace: float) -> None:
+        conns = list(self.sockets.values())
+        if not conns:
+            return
+        await asyncio.gather(*(c.end(code, reason) for c in conns), return_exceptions=True)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await asyncio.gather(*(c.finished.wait() for c in conns))
+
+
+class LiveConnection:
+    """One socket of this node and where it stands."""
+
+    def __init__(
+        self,
+        request: web.Request,
+        ws: web.WebSocketResponse,
+        *,
+        connection_id: str,
+        session_id: str,
+        after: int,
+    ) -> None:
+        self.app = request.app
+        self.request = request
+        self.ws = ws
+        self.connection_id = connection_id
+        self.session_id = session_id
+        self.after = after
+        self.settings = request.app[SETTINGS]
+        self.writer = request.app[WRITER]
+        self.metrics = request.app[METRICS]
+        self.state = "CONNECTING"
+        self.principal: Principal | None = None
+        self.auth_token: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.subscription: Subscription | None = None
+        self.closed_recorded = False
+        self.close_code: int | None = None
+        self.close_reason: str | None = None
+        self.finished = asyncio.Event()
+        self.bad_frames: deque[float] = deque()
+        self.last_sent = after
+        self._ending: asyncio.Task[None] | None = None
+
+    # --- sending ------------------------------------------------------------
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        if self.ws.closed:
+            return
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await self.ws.send_frame(dumps(frame), WSMsgType.TEXT)
+
+    async def send_error(self, code: str, message: str, ref: Any = None) -> None:
+        self.metrics.inc("sessiond_ws_errors_total", code=code)
+        frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
+        if isinstance(ref, str):
+            frame["ref"] = ref
+        await self.send(frame)
+
+    async def announce(self, **extra: Any) -> None:
+        await self.send(
+            {"type": "state", "connection_id": self.connection_id, "state": self.state, **extra}
+        )
+
+    # --- recording ----------------------------------------------------------
+
+    async def record(self, command: Command[Any]) -> Any:
+        return await self.writer.execute(command)
+
+    async def record_closed(self, code: int, reason: str) -> None:
+        if self.closed_recorded:
+            return
+        self.closed_recorded = True
+        self.close_code, self.close_reason = code, reason
+        try:
+            await self.writer.execute(
+                commands.close_connection(self.connection_id, code=code, reason=reason)
+            )
+        except (DomainError, StoreUnavailable) as e:
+            log.error(
+                "could not record CLOSED",
+                extra={"connection_id": self.connection_id, "error": str(e)},
+            )
+        self.state = "CLOSED"
+        self.metrics.inc("sessiond_ws_closes_total", code=str(code), reason=reason)
+        log.info(
+            "connection closed",
+            extra={
+                "connection_id": self.connection_id,
+                "session_id": self.session_id,
+                "code": code,
+                "reason": reason,
+            },
+        )
+
+    async def end(self, code: int, reason: str) -> None:
+        """Server-side end: record CLOSED, announce it, close the socket."""
+        if self._ending is None:
+            self._ending = asyncio.ensure_future(self._end(code, reason))
+        await asyncio.shield(self._ending)
+
+    async def _end(self, code: int, reason: str) -> None:
+        await self.record_closed(code, reason)
+        await self.send(
+            {
+                "type": "state",
+                "connection_id": self.connection_id,
+                "state": "CLOSED",
+                "code": code,
+                "reason": reason,
+            }
+        )
+        with contextlib.suppress(Exception):
+            await self.ws.close(code=code, message=reason.encode()[:120])
+
+    # --- the lifecycle (driver task) ------------------------------------------
+
+    async def drive(self, header_token: str | None) -> None:
+        try:
+            await self._drive(header_token)
+        except asyncio.CancelledError:
+            raise
+        except StoreUnavailable as e:
+            log.warning("store unavailable", extra={"connection_id": self.connection_id})
+            await self.end(CLOSE_GOING_AWAY, f"store unavailable: {e}"[:100])
+        except Exception:
+            log.exception("connection driver failed", extra={"connection_id": self.connection_id})
+            await self.end(WSCloseCode.INTERNAL_ERROR, "internal_error")
+
+    async def _drive(self, header_token: str | None) -> None:
+        self.state = await self.record(commands.accept(self.connection_id))
+        await self.send(
+            {
+                "type": "welcome",
+                "connection_id": self.connection_id,
+                "session_id": self.session_id,
+                "state": self.state,
+            }
+        )
+
+        # AUTHENTICATED
+        if header_token is not None:
+            token: object = header_token
+        else:
+            try:
+                async with asyncio.timeout(self.settings.auth_timeout):
+                    token = await self.auth_token
+            except TimeoutError:
+                await self.end(CLOSE_UNAUTHENTICATED, "auth_timeout")
+                return
+        try:
+            self.principal = self.app[SIGNER].verify(token)
+        except AuthError as e:
+            await self.end(CLOSE_UNAUTHENTICATED, f"unauthenticated: {e}"[:100])
+            return
+        self.state = await self.record(commands.authenticate(self.connection_id, self.principal))
+        await self.announce(user_id=self.principal.user_id)
+
+        # SERVICES_READY: subscribe first, so nothing recorded from here on is missed.
+        self.subscription = self.app[HUB].subscribe(self.session_id, self.settings.send_queue_limit)
+        try:
+            superseded = await self.record(
+                commands.attach(
+                    self.connection_id,
+                    self.session_id,
+                    self.principal,
+                    node=self.settings.node_id,
+                    max_connections=self.settings.max_connections_per_session,
+                )
+            )
+        except commands.Forbidden as e:
+            await self.end(CLOSE_FORBIDDEN, f"forbidden: {e.message}"[:100])
+            return
+        except DomainError as e:
+            await self.end(CLOSE_FORBIDDEN, e.code)
+            return
+        self.state = "SERVICES_READY"
+        await self.announce(session_id=self.session_id, superseded=superseded)
+
+        # Backlog: every event after `after`, from the store, in pages.
+        await self.send_from_store(until=None)
+        if self._ending is not None:
+            return
+
+        # PROCESSING_READY, then live.
+        self.state = await self.record(commands.go_live(self.connection_id, self.last_sent))
+        await self.announce(session_id=self.session_id, position=self.last_sent)
+        log.info(
+            "connection live",
+            extra={
+                "connection_id": self.connection_id,
+                "session_id": self.session_id,
+                "position": self.last_sent,
+            },
+        )
+        while self._ending is None:
+            try:
+                event = await self.subscription.get()
+            except SlowConsumer:
+                await self.end(CLOSE_SLOW_CONSUMER, "slow_consumer")
+                return
+            await self.deliver(event, live=True)
+
+    async def send_from_store(self, until: int | None) -> None:
+        """Send stored events after ``last_sent`` (up to ``until``), in order."""
+        store = self.app[STORE]
+        loop = asyncio.get_running_loop()
+        while self._ending is None:
+            limit = BACKLOG_PAGE if until is None else min(BACKLOG_PAGE, until - self.last_sent)
+            if limit <= 0:
+                return
+            read = functools.partial(
+                store.stream_events,
+                session_stream(self.session_id),
+                after=self.last_sent,
+                limit=limit,
+            )
+            events = await loop.run_in_executor(self.app[READERS], read)
+            for event in events:
+                await self.deliver(wire_event(event), live=False)
+            if len(events) < limit:
+                return
+
+    async def deliver(self, event: dict[str, Any], *, live: bool) -> None:
+        """Send one session event exactly once, in order, filling any gap."""
+        position = event["position"]
+        if position > self.last_sent:
+            if live and position > self.last_sent + 1:
+                await self.send_from_store(until=position - 1)
+            if position == self.last_sent + 1:
+                await self.send({"type": "event", "event": event})
+                self.last_sent = position
+        if (
+            event["type"] == "ConnectionDetached"
+            and event["data"].get("connection_id") == self.connection_id
+            and event["data"].get("reason") == "superseded"
+        ):
+            await self.end(CLOSE_SUPERSEDED, "superseded")
+
+    # --- frames from the client (receive loop) ---------------------------------
+
+    async def receive_loop(self) -> None:
+        async for msg in self.ws:
+            if msg.type == WSMsgType.TEXT:
+                await self.on_text(msg.data)
+            elif msg.type == WSMsgType.BINARY:
+                await self.bad_frame("bad_frame", "frames are JSON text", None)
+            if self._ending is not None:
+                break
+
+    async def bad_frame(self, code: str, message: str, ref: Any) -> None:
+        now = time.monotonic()
+        self.bad_frames.append(now)
+        while self.bad_frames and now - self.bad_frames[0] > 60:
+            self.bad_frames.popleft()
+        await self.send_error(code, message, ref)
+        if len(self.bad_frames) > self.settings.bad_frames_per_minute:
+            await self.end(CLOSE_PROTOCOL, "protocol_error")
+
+    async def on_text(self, data: str) -> None:
+        try:
+            frame = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            await self.bad_frame("bad_frame", "the frame is not valid JSON", None)
+            return
+        if not isinstance(frame, dict):
+            await self.bad_frame("bad_frame", "a frame is a JSON object", None)
+            return
+        ref = frame.get("ref")
+        if ref is not None and not isinstance(ref, str):
+            await self.bad_frame("bad_frame", "ref must be a string", None)
+            return
+        kind = frame.get("type")
+        if kind == "auth":
+            await self.on_auth(frame, ref)
+        elif kind == "message":
+            await self.on_message(frame, ref)
+        elif isinstance(kind, str):
+            await self.bad_frame("unknown_type", f"unknown frame type {kind[:40]!r}", ref)
+        else:
+            await self.bad_frame("bad_frame", "a frame needs a string 'type'", ref)
+
+    async def on_auth(self, frame: dict[str, Any], ref: Any) -> None:
+        if not self.auth_token.done() and self.state in ("CONNECTING", "ACCEPTED"):
+            token = frame.get("token")
+            self.auth_token.set_result(token if isinstance(token, str) else "")
+            return
+        # Authenticating twice is a transition the lifecycle refuses: record
+        # the attempt for the audit, and tell the client.
+        try:
+            assert self.principal is not None
+            await self.record(commands.authenticate(self.connection_id, self.principal))
+        except InvalidTransition as e:
+            await self.send_error("invalid_transition", e.message, ref)
+        except (AssertionError, DomainError, StoreUnavailable):
+            await self.send_error("invalid_transition", "already authenticating", ref)
+
+    async def on_message(self, frame: dict[str, Any], ref: Any) -> None:
+        if self.state != "PROCESSING_READY":
+            await self.send_error(
+                "not_ready", f"messages are accepted in PROCESSING_READY, not {self.state}", ref
+            )
+            return
+        allowed = {"type", "ref", "role", "content", "message_id", "model", "tokens", "metadata"}
+        unknown = sorted(set(frame) - allowed)
+        role = frame.get("role", "user")
+        content = frame.get("content")
+        message_id = frame.get("message_id")
+        problem = None
+        if unknown:
+            problem = f"unknown field(s): {', '.join(unknown)}"
+        elif not isinstance(content, str):
+            problem = "content must be a string"
+        elif role not in MESSAGE_ROLES:
+            problem = f"role must be one of {', '.join(MESSAGE_ROLES)}"
+        elif frame.get("model") is not None and not isinstance(frame.get("model"), str):
+            problem = "model must be a string"
+        elif frame.get("metadata") is not None and not isinstance(frame.get("metadata"), dict):
+            problem = "metadata must be an object"
+        elif frame.get("tokens") is not None and (
+            isinstance(frame.get("tokens"), bool) or not isinstance(frame.get("tokens"), int)
+        ):
+            problem = "tokens must be a whole number"
+        elif message_id is not None:
+            try:
+                check_id(message_id, "message_id")
+            except InvalidId as e:
+                problem = e.message
+        if problem is not None:
+            await self.bad_frame("bad_frame", problem, ref)
+            return
+        assert self.principal is not None and isinstance(content, str)
+        try:
+            await self.record(
+                commands.record_message(
+                    self.session_id,
+                    self.principal,
+                    message_id=message_id or "msg_" + uuid.uuid4().hex,
+                    role=role,
+                    content=content,
+                    model=frame.get("model"),
+                    tokens=frame.get("tokens"),
+                    metadata=frame.get("metadata"),
+                    connection_id=self.connection_id,
+                )
+            )
+        except DomainError as e:
+            await self.send_error(e.code, e.message, ref)
+        except StoreUnavailable as e:
+            await self.send_error("unavailable", str(e), ref)
+
+
+def _query_params(request: web.Request) -> tuple[str, str | None, int]:
+    q = request.query
+    try:
+        session_id = check_id(q.get("session_id"), "session_id")
+        proposed = q.get("connection_id")
+        if proposed is not None:
+            check_id(proposed, "connection_id")
+    except InvalidId as e:
+        raise ApiError("invalid_id", e.message) from None
+    raw_after = q.get("after") or "0"
+    try:
+        after = int(raw_after)
+    except ValueError:
+        raise ApiError(
+            "invalid_query", f"after must be a whole number, got {raw_after!r}"
+        ) from None
+    if after < 0:
+        raise ApiError("invalid_query", "after must not be negative")
+    return session_id, proposed, after
+
+
+def _close_of(ws: web.WebSocketResponse) -> tuple[int, str]:
+    """The code and reason of a close the server did not decide itself."""
+    exc = ws.exception()
+    code = ws.close_code if ws.close_code is not None else WSCloseCode.ABNORMAL_CLOSURE
+    if isinstance(exc, asyncio.TimeoutError):
+        return int(code), "timeout"
+    if code == CLOSE_TOO_LARGE:
+        return CLOSE_TOO_LARGE, "too_large"
+    if code == CLOSE_NORMAL:
+        return CLOSE_NORMAL, "normal"
+    if code == CLOSE_GOING_AWAY:
+        return CLOSE_GOING_AWAY, "client_going_away"
+    if code == WSCloseCode.ABNORMAL_CLOSURE:
+        return int(code), "dropped"
+    return int(code), "client_closed"
+
+
+async def websocket(request: web.Request) -> web.StreamResponse:
+    settings = request.app[SETTINGS]
+    session_id, proposed, after = _query_params(request)
+    if not origin_allowed(request, settings.cors_origins):
+        raise ApiError(
+            "forbidden_origin", f"origin {request.headers.get('Origin')!r} is not allowed"
+        )
+    ws = web.WebSocketResponse(
+        heartbeat=settings.heartbeat, max_msg_size=settings.max_frame_bytes, autoping=True
+    )
+    if not ws.can_prepare(request).ok:
+        raise ApiError("upgrade_required", "this endpoint speaks WebSocket only", status=426)
+    header = request.headers.get("Authorization")
+    header_token: str | None = None
+    if header is not None:
+        try:
+            header_token = bearer_token(header)
+        except AuthError:
+            header_token = ""  # present but malformed: refused with 4401 after the upgrade
+
+    connection_id = proposed or new_connection_id()
+    try:
+        await request.app[WRITER].execute(
+            commands.open_connection(
+                connection_id, session_id, node=settings.node_id, proposed=proposed is not None
+            )
+        )
+    except DomainError as e:
+        raise ApiError(e.code, e.message) from None
+    except StoreUnavailable as e:
+        raise ApiError("unavailable", str(e)) from None
+
+    conn = LiveConnection(
+        request, ws, connection_id=connection_id, session_id=session_id, after=after
+    )
+    registry = request.app[SOCKETS]
+    registry.add(conn)
+    log.info(
+        "connection opened",
+        extra={"connection_id": connection_id, "session_id": session_id, "after": after},
+    )
+    try:
+        try:
+            await ws.prepare(request)
+        except Exception:
+            await conn.record_closed(int(WSCloseCode.ABNORMAL_CLOSURE), "upgrade_failed")
+            raise
+        driver = asyncio.ensure_future(conn.drive(header_token))
+        try:
+            await conn.receive_loop()
+        finally:
+            if conn._ending is not None:
+                await asyncio.shield(conn._ending)
+            driver.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await driver
+        if not conn.closed_recorded:
+            code, reason = _close_of(ws)
+            await conn.record_closed(code, reason)
+        return ws
+    finally:
+        if not conn.closed_recorded:
+            await conn.record_closed(int(WSCloseCode.ABNORMAL_CLOSURE), "dropped")
+        if conn.subscription is not None:
+            conn.subscription.close()
+        registry.remove(conn)
+        conn.finished.set()
