@@ -1,0 +1,47 @@
+"""The style gate runs with the tests: ruff (lint and format) and mypy
+(strict on domain/), so `pytest` alone is the whole check."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(*cmd: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is not installed: pip install -e '.[test]'")
+    return path
+
+
+def test_ruff_finds_nothing_to_lint() -> None:
+    result = _run(_tool("ruff"), "check", ".")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ruff_format_leaves_every_file_unchanged() -> None:
+    result = _run(_tool("ruff"), "format", "--check", ".")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mypy_passes_strict_on_domain_and_typed_on_the_rest() -> None:
+    result = _run(sys.executable, "-m", "mypy", "domain", "service", "projections")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_domain_imports_no_io() -> None:
+    forbidden = ("aiohttp", "asyncio", "sqlite3", "psycopg", "socket", "open(")
+    for path in (ROOT / "domain").glob("*.py"):
+        text = path.read_text()
+        for word in forbidden:
+            assert word not in text, f"{path.name} mentions {word}: domain/ stays free of I/O"
