@@ -12,12 +12,13 @@ from aiohttp import web
 from domain.base import Aggregate
 from domain.errors import DomainError
 from domain.ids import id_from_stream
-from service import http, ws
+from service import commands, http, ws
 from service.auth import TokenSigner, load_or_create_key
 from service.context import (
     HUB,
     METRICS,
     READERS,
+    READMODELS,
     SETTINGS,
     SIGNER,
     SOCKETS,
@@ -29,6 +30,7 @@ from service.cors import cors_middleware
 from service.errors import ApiError, error_response
 from service.hub import Hub
 from service.metrics import Metrics
+from service.readmodels import ReadModels
 from service.settings import Settings
 from service.store import SessiondApplication, StoreConfig, open_store, parse_store_url
 from service.wire import wire_event
@@ -90,17 +92,55 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     app[STORE] = store
     readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="sessiond-read")
     app[READERS] = readers
-    writer = Writer(store, on_commit=_publisher(app), max_batch=settings.writer_max_batch)
+    readmodels = ReadModels(store, config)
+    await loop.run_in_executor(None, readmodels.start, loop)
+    app[READMODELS] = readmodels
+    publish = _publisher(app)
+
+    def on_commit(events: list[Aggregate.Event]) -> None:
+        publish(events)
+        readmodels.notify()
+
+    writer = Writer(store, on_commit=on_commit, max_batch=settings.writer_max_batch)
     writer.start(loop)
     app[WRITER] = writer
     log.info("store open", extra={"store": config.kind, "node": settings.node_id})
     try:
+        await _record_lost_connections(app)
         yield
     finally:
         await writer.stop()
+        await loop.run_in_executor(None, readmodels.stop)
         readers.shutdown(wait=True)
         store.close()
         log.info("store closed", extra={"store": config.kind})
+
+
+async def _record_lost_connections(app: web.Application) -> None:
+    """Connections this node left open when it died are CLOSED ``lost``.
+
+    At start this node holds no sockets, so every connection the read model
+    still shows open on this node belonged to a previous run that did not
+    shut down cleanly (kill -9, power loss). Each is recorded CLOSED with code
+    1006 and reason ``lost``, and detached from its session.
+    """
+    settings = app[SETTINGS]
+    loop = asyncio.get_running_loop()
+    readmodels = app[READMODELS]
+    leftovers = await loop.run_in_executor(
+        app[READERS], readmodels.tables.open_connections, settings.node_id
+    )
+    for row in leftovers:
+        connection_id = row["connection_id"]
+        if connection_id in app[SOCKETS].sockets:
+            continue
+        await app[WRITER].execute(
+            commands.close_connection(connection_id, code=1006, reason="lost")
+        )
+        log.warning(
+            "connection lost by a previous run recorded CLOSED",
+            extra={"connection_id": connection_id, "session_id": row["session_id"]},
+        )
 
 
 async def _on_shutdown(app: web.Application) -> None:

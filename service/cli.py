@@ -1,4 +1,4 @@
-"""``sessiond``: serve, mint tokens, print the lifecycle diagram."""
+"""``sessiond``: serve, mint tokens, replay history, rebuild projections, draw the lifecycle."""
 
 from __future__ import annotations
 
@@ -7,16 +7,22 @@ import errno
 import logging
 import socket
 import sys
+import time
 from collections.abc import Sequence
+from typing import TextIO
 
 from aiohttp import web
 
+from domain.errors import InvalidId
+from domain.ids import check_id
 from domain.lifecycle import mermaid
-from service import logs
+from service import logs, replay
 from service.app import create_app
 from service.auth import ROLES, TokenSigner, load_or_create_key
+from service.readmodels import make_projector, open_tables
 from service.settings import Settings, SettingsError
-from service.store import StoreError, open_store, parse_store_url
+from service.store import SessiondApplication, StoreError, open_store, parse_store_url
+from service.wire import dumps_str, wire_view
 
 log = logging.getLogger("sessiond")
 
@@ -103,6 +109,93 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open(args: argparse.Namespace) -> SessiondApplication:
+    settings = _settings(args)
+    try:
+        return open_store(parse_store_url(settings.store_url))
+    except StoreError as e:
+        raise CliError(str(e), 1) from None
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    try:
+        check_id(args.session_id, "session_id")
+    except InvalidId as e:
+        raise CliError(e.message) from None
+    store = _open(args)
+    try:
+        if store.get_session(args.session_id, version=1) is None:
+            raise CliError(f"no session {args.session_id!r} in {store_label(args)}", 1)
+        events = replay.iter_session_events(store, args.session_id, at=args.at)
+        if args.json:
+            replay.write_json_lines(events, sys.stdout.buffer)
+            sys.stdout.buffer.flush()
+        else:
+            replay.write_timeline(events, sys.stdout)
+            if args.at is not None:
+                state = store.get_session(args.session_id, version=args.at)
+                if state is not None:
+                    print(f"# state at position {state.version}:")
+                    print(dumps_str(wire_view(state.view())))
+    finally:
+        store.close()
+    return 0
+
+
+def store_label(args: argparse.Namespace) -> str:
+    return _settings(args).store_url
+
+
+def cmd_projections(args: argparse.Namespace) -> int:
+    store = _open(args)
+    config = parse_store_url(_settings(args).store_url)
+    tables = open_tables(config)
+    projector = make_projector(store, tables, batch_size=args.batch_size)
+    try:
+        projector.setup()
+        if args.action == "rebuild":
+            head = store.ping()
+            bar = ProgressBar(head, sys.stderr)
+            applied = projector.rebuild(lambda position, head: bar.update(position, head))
+            bar.done()
+            counts = tables.counts()
+            print(
+                f"rebuilt from position 0 to {projector.position}: {applied} events, "
+                f"{counts['sessions']} sessions, {counts['connections']} connections"
+            )
+        else:
+            print(f"{'projection':<12} {'position':>10} {'head':>10} {'lag':>8}")
+            for status in projector.status():
+                print(f"{status.name:<12} {status.position:>10} {status.head:>10} {status.lag:>8}")
+    finally:
+        tables.close()
+        store.close()
+    return 0
+
+
+class ProgressBar:
+    def __init__(self, total: int, out: TextIO, width: int = 30) -> None:
+        self.total = max(total, 1)
+        self.out = out
+        self.width = width
+        self.started = time.monotonic()
+
+    def update(self, position: int, head: int) -> None:
+        self.total = max(head, 1)
+        frac = min(1.0, position / self.total)
+        filled = int(frac * self.width)
+        rate = position / max(time.monotonic() - self.started, 1e-9)
+        self.out.write(
+            f"\r[{'#' * filled}{' ' * (self.width - filled)}] {frac:6.1%} "
+            f"{position}/{self.total} ({rate:,.0f} events/s)"
+        )
+        self.out.flush()
+
+    def done(self) -> None:
+        self.out.write("\n")
+        self.out.flush()
+
+
 def cmd_lifecycle(args: argparse.Namespace) -> int:
     print(mermaid())
     return 0
@@ -133,6 +226,19 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
     token.add_argument("--store", help="the store whose key file to use (as for serve)")
     token.set_defaults(func=cmd_token)
+
+    replay_cmd = sub.add_parser("replay", help="a session's audit history, from the store")
+    replay_cmd.add_argument("session_id")
+    replay_cmd.add_argument("--store", help="the store to read (as for serve)")
+    replay_cmd.add_argument("--at", type=int, help="stop at this position, and show the state then")
+    replay_cmd.add_argument("--json", action="store_true", help="JSON lines instead of a timeline")
+    replay_cmd.set_defaults(func=cmd_replay)
+
+    proj = sub.add_parser("projections", help="rebuild or inspect the read models")
+    proj.add_argument("action", choices=["rebuild", "status"])
+    proj.add_argument("--store", help="the store (as for serve)")
+    proj.add_argument("--batch-size", type=int, default=5000, help="events per transaction")
+    proj.set_defaults(func=cmd_projections)
 
     lifecycle = sub.add_parser("lifecycle", help="print the connection lifecycle as Mermaid")
     lifecycle.set_defaults(func=cmd_lifecycle)

@@ -15,6 +15,7 @@ from service.store import SessiondApplication, StoreConfig
 from service.writer import Writer
 
 if TYPE_CHECKING:
+    from service.readmodels import ReadModels
     from service.ws import SocketRegistry
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -26,3 +27,4 @@ METRICS = web.AppKey("metrics", Metrics)
 SIGNER = web.AppKey("signer", TokenSigner)
 READERS = web.AppKey("readers", ThreadPoolExecutor)
 SOCKETS: web.AppKey[SocketRegistry] = web.AppKey("sockets")
+READMODELS: web.AppKey[ReadModels] = web.AppKey("readmodels")

@@ -8,6 +8,7 @@ documented shape; a client's mistake is never a 500.
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import math
 import uuid
@@ -22,7 +23,16 @@ from domain.ids import check_id, connection_stream, new_session_id, session_stre
 from domain.session import MESSAGE_ROLES
 from service import commands
 from service.auth import AuthError, Principal, bearer_token
-from service.context import METRICS, READERS, SETTINGS, SIGNER, STORE, STORE_CONFIG, WRITER
+from service.context import (
+    METRICS,
+    READERS,
+    READMODELS,
+    SETTINGS,
+    SIGNER,
+    STORE,
+    STORE_CONFIG,
+    WRITER,
+)
 from service.errors import ApiError
 from service.wire import dumps, wire_event, wire_view
 from service.writer import Command, StoreUnavailable
@@ -30,6 +40,10 @@ from service.writer import Command, StoreUnavailable
 T = TypeVar("T")
 
 routes = web.RouteTableDef()
+
+# How long a view waits for the projection to include the latest write before
+# answering from the log instead.
+VIEW_PATIENCE = 5.0
 
 MISSING = object()
 
@@ -165,22 +179,69 @@ async def create_session(request: web.Request) -> web.Response:
     return json_response(view, 201 if created else 200)
 
 
-async def _readable_session(request: web.Request, session_id: str, actor: Principal) -> Any:
-    app = request.app[STORE]
-    session = await run_read(request, app.get_session, session_id)
-    if session is None:
+async def _caught_up(request: web.Request) -> bool:
+    """Wait until the read models hold every event recorded so far (read your
+    writes, also those made through another node); False if they lag."""
+    head = await run_read(request, request.app[STORE].ping)
+    return await request.app[READMODELS].wait_for(head, VIEW_PATIENCE)
+
+
+async def _session_view(request: web.Request, session_id: str) -> dict[str, Any] | None:
+    """The session view from the projection, or from the log if it lags."""
+    if await _caught_up(request):
+        return await run_read(request, request.app[READMODELS].tables.session, session_id)
+    session = await run_read(request, request.app[STORE].get_session, session_id)
+    return None if session is None else wire_view(session.view())
+
+
+async def _readable_session(
+    request: web.Request, session_id: str, actor: Principal
+) -> dict[str, Any]:
+    view = await _session_view(request, session_id)
+    if view is None:
         raise ApiError("session_not_found", f"no session {session_id!r}")
-    if not actor.can_read(session.owner):
+    if not actor.can_read(view["owner"]):
         raise ApiError("forbidden", f"session {session_id!r} belongs to another user")
-    return session
+    return view
+
+
+@routes.get("/v1/sessions")
+async def list_sessions(request: web.Request) -> web.Response:
+    actor = principal(request)
+    limit = query_int(request, "limit", 50, minimum=1, maximum=500)
+    before = _decode_cursor(request.query.get("cursor"))
+    await _caught_up(request)
+    owner = None if actor.is_auditor else actor.user_id
+    rows = await run_read(
+        request, request.app[READMODELS].tables.list_sessions, owner, limit + 1, before
+    )
+    next_cursor = _encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+    return json_response({"sessions": rows[:limit], "next_cursor": next_cursor})
+
+
+def _encode_cursor(row: dict[str, Any]) -> str:
+    raw = orjson.dumps([row["created_at"], row["session_id"]])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str | None) -> tuple[str, str] | None:
+    if not cursor:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at, session_id = orjson.loads(raw)
+        if not isinstance(created_at, str) or not isinstance(session_id, str):
+            raise ValueError
+    except (ValueError, TypeError, orjson.JSONDecodeError):
+        raise ApiError("invalid_query", "cursor is not one this service handed out") from None
+    return created_at, session_id
 
 
 @routes.get("/v1/sessions/{session_id}")
 async def get_session(request: web.Request) -> web.Response:
     actor = principal(request)
     session_id = path_id(request, "session_id")
-    session = await _readable_session(request, session_id, actor)
-    return json_response(wire_view(session.view()))
+    return json_response(await _readable_session(request, session_id, actor))
 
 
 @routes.delete("/v1/sessions/{session_id}")
@@ -308,8 +369,8 @@ async def session_state_at(request: web.Request) -> web.Response:
     session_id = path_id(request, "session_id")
     at = query_int(request, "at", 0, minimum=1) if request.query.get("at") else None
     current = await _readable_session(request, session_id, actor)
-    if at is None or at >= current.version:
-        return json_response(wire_view(current.view()))
+    if at is None or at >= current["position"]:
+        return json_response(current)
     app = request.app[STORE]
     past = await run_read(request, app.get_session, session_id, at)
     if past is None:
@@ -320,16 +381,21 @@ async def session_state_at(request: web.Request) -> web.Response:
 # --- connections ------------------------------------------------------------------
 
 
-async def _readable_connection(request: web.Request, connection_id: str, actor: Principal) -> Any:
-    app = request.app[STORE]
-    connection = await run_read(request, app.get_connection, connection_id)
-    if connection is None:
+async def _readable_connection(
+    request: web.Request, connection_id: str, actor: Principal
+) -> dict[str, Any]:
+    if await _caught_up(request):
+        view = await run_read(request, request.app[READMODELS].tables.connection, connection_id)
+    else:
+        connection = await run_read(request, request.app[STORE].get_connection, connection_id)
+        view = None if connection is None else wire_view(connection.view())
+    if view is None:
         raise ApiError("connection_not_found", f"no connection {connection_id!r}")
-    if actor.is_auditor or actor.is_service or connection.user_id == actor.user_id:
-        return connection
-    session = await run_read(request, app.get_session, connection.session_id)
-    if session is not None and session.owner == actor.user_id:
-        return connection
+    if actor.is_auditor or actor.is_service or view["user_id"] == actor.user_id:
+        return view
+    session = await _session_view(request, view["session_id"])
+    if session is not None and session["owner"] == actor.user_id:
+        return view
     raise ApiError("forbidden", f"connection {connection_id!r} belongs to another user")
 
 
@@ -337,8 +403,7 @@ async def _readable_connection(request: web.Request, connection_id: str, actor: 
 async def get_connection(request: web.Request) -> web.Response:
     actor = principal(request)
     connection_id = path_id(request, "connection_id")
-    connection = await _readable_connection(request, connection_id, actor)
-    return json_response(wire_view(connection.view()))
+    return json_response(await _readable_connection(request, connection_id, actor))
 
 
 @routes.get("/v1/connections/{connection_id}/events")

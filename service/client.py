@@ -1,0 +1,197 @@
+"""A Python client for aiohttp users.
+
+    async with SessionClient("http://127.0.0.1:8080", "session-1", token) as client:
+        async for event in client:
+            print(event["position"], event["type"], event["data"])
+
+It opens a WebSocket on the session, walks the lifecycle, and yields the
+session's events in order. When the socket drops (the server restarts, a
+proxy cuts it, the server closes a slow consumer with 4408 or shuts down with
+1001) it reconnects by itself with exponential backoff, resuming with
+``after`` = the last position it yielded, so no position is ever yielded twice
+or skipped. It stops for good on 4401/4403 (raising :class:`ClientRefused`)
+and when superseded by a newer connection of the session (4409, raising
+:class:`Superseded`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import uuid
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+
+log = logging.getLogger("sessiond.client")
+
+RETRYABLE_CLOSES = {1001, 1006, 1011, 1012, 1013, 4408}
+
+
+class ClientRefused(Exception):
+    """The server refused this client (bad token, another user's session)."""
+
+    def __init__(self, code: int | None, reason: str) -> None:
+        super().__init__(f"refused with {code}: {reason}")
+        self.code = code
+        self.reason = reason
+
+
+class Superseded(Exception):
+    """A newer connection of the same session replaced this one (4409)."""
+
+
+class SessionClient:
+    def __init__(
+        self,
+        base_url: str,
+        session_id: str,
+        token: str,
+        *,
+        after: int = 0,
+        connection_prefix: str | None = None,
+        http: aiohttp.ClientSession | None = None,
+        min_backoff: float = 0.05,
+        max_backoff: float = 5.0,
+        max_attempts: int | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.session_id = session_id
+        self.token = token
+        self.last_position = after
+        self.connection_prefix = connection_prefix or "py-" + uuid.uuid4().hex[:12]
+        self.connection_id: str | None = None
+        self.state = "CLOSED"
+        self.attempts = 0
+        self.reconnects = 0
+        self._http = http
+        self._own_http = http is None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._min_backoff = min_backoff
+        self._max_backoff = max_backoff
+        self._max_attempts = max_attempts
+        self._closed = False
+        self._live = asyncio.Event()
+
+    async def __aenter__(self) -> SessionClient:
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._ws is not None and not self._ws.closed:
+            await self._ws.close()
+        if self._own_http and self._http is not None:
+            await self._http.close()
+            self._http = None
+        self.state = "CLOSED"
+
+    async def wait_live(self) -> None:
+        """Wait until the current connection is in PROCESSING_READY."""
+        await self._live.wait()
+
+    async def send_message(
+        self, content: str, *, role: str = "user", message_id: str | None = None
+    ) -> str:
+        """Send a message frame on the live socket; returns its message_id.
+
+        The message comes back as an event like every other (the sender's
+        socket included); a repeated message_id is recorded once.
+        """
+        await self.wait_live()
+        assert self._ws is not None
+        message_id = message_id or "msg_" + uuid.uuid4().hex
+        await self._ws.send_json(
+            {"type": "message", "role": role, "content": content, "message_id": message_id}
+        )
+        return message_id
+
+    def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[dict[str, Any]]:
+        backoff = self._min_backoff
+        while not self._closed:
+            if self._max_attempts is not None and self.attempts >= self._max_attempts:
+                raise ConnectionError(f"gave up after {self.attempts} attempts")
+            self.attempts += 1
+            delivered = False
+            try:
+                async for event in self._one_connection():
+                    delivered = True
+                    yield event
+            except (TimeoutError, aiohttp.ClientError, ConnectionError) as e:
+                log.info("connection lost", extra={"session_id": self.session_id, "error": e})
+            finally:
+                self._live.clear()
+                self.state = "CLOSED"
+            if self._closed:
+                return
+            if delivered:
+                backoff = self._min_backoff
+            self.reconnects += 1
+            await asyncio.sleep(backoff * (0.5 + random.random()))
+            backoff = min(self._max_backoff, backoff * 2)
+
+    async def _one_connection(self) -> AsyncIterator[dict[str, Any]]:
+        assert self._http is not None, "use 'async with SessionClient(...)'"
+        self.connection_id = f"{self.connection_prefix}.{self.attempts}"
+        url = (
+            f"{self.base_url}/v1/ws?session_id={self.session_id}"
+            f"&connection_id={self.connection_id}&after={self.last_position}"
+        )
+        async with self._http.ws_connect(url, heartbeat=None) as ws:
+            self._ws = ws
+            async for msg in ws:
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    break
+                frame = msg.json()
+                kind = frame.get("type")
+                if kind == "welcome":
+                    self.state = frame.get("state", "ACCEPTED")
+                    await ws.send_json({"type": "auth", "token": self.token})
+                elif kind == "state":
+                    self.state = frame["state"]
+                    if self.state == "PROCESSING_READY":
+                        self._live.set()
+                elif kind == "event":
+                    event = frame["event"]
+                    position = event["position"]
+                    if position <= self.last_position:
+                        continue
+                    if position != self.last_position + 1:
+                        # Never skip: drop this socket and resume from the last one seen.
+                        log.warning(
+                            "gap in positions; resuming",
+                            extra={"session_id": self.session_id, "position": position},
+                        )
+                        await ws.close()
+                        return
+                    self.last_position = position
+                    yield event
+            code = ws.close_code
+            reason = ""
+            with contextlib.suppress(Exception):
+                reason = str(ws.exception() or "")
+        self._ws = None
+        if code == 4409:
+            raise Superseded(f"connection {self.connection_id} was superseded")
+        if code in (4401, 4403):
+            raise ClientRefused(code, reason)
+        if code == 1000 and self._closed:
+            return
+        if code is not None and code not in RETRYABLE_CLOSES and code != 1000:
+            log.info("closed", extra={"session_id": self.session_id, "code": code})

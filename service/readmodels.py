@@ -1,0 +1,129 @@
+"""The read models inside the running service: the projector on its own
+thread, woken after every commit (and polling, for other nodes' writes), and
+what handlers await to read their own writes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from typing import Any
+
+from projections.projector import Projector, event_decoder
+from projections.tables import PostgresTables, SQLiteTables, Tables
+from service.store import SessiondApplication, StoreConfig
+from service.wire import wire_event
+
+log = logging.getLogger("sessiond.projections")
+
+
+def open_tables(config: StoreConfig) -> Tables:
+    """The read-model tables, in the same database as the event log."""
+    if config.kind == "sqlite":
+        assert config.path is not None
+        return SQLiteTables(str(config.path))
+    if config.kind == "postgres":
+        env = config.env
+        conninfo = (
+            f"host={env['POSTGRES_HOST']} port={env['POSTGRES_PORT']} "
+            f"dbname={env['POSTGRES_DBNAME']} user={env['POSTGRES_USER']} "
+            f"connect_timeout={env.get('POSTGRES_CONNECT_TIMEOUT', '5')}"
+        )
+        if env.get("POSTGRES_PASSWORD"):
+            conninfo += f" password={env['POSTGRES_PASSWORD']}"
+        return PostgresTables(conninfo)
+    return SQLiteTables(None)
+
+
+def make_projector(store: SessiondApplication, tables: Tables, batch_size: int = 2000) -> Projector:
+    return Projector(
+        lambda start, limit: store.recorder.select_notifications(start, limit),
+        store.ping,
+        event_decoder(store.mapper.to_domain_event, wire_event),
+        tables,
+        batch_size=batch_size,
+    )
+
+
+class ReadModels:
+    """Keeps the projection tables up to date while the service runs."""
+
+    def __init__(
+        self, store: SessiondApplication, config: StoreConfig, *, poll_interval: float = 1.0
+    ) -> None:
+        self.tables = open_tables(config)
+        self.projector = make_projector(store, self.tables)
+        self._poll = poll_interval
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self.applied = 0
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Create the tables and catch up (on the calling thread), then follow."""
+        self._loop = loop
+        self.projector.setup()
+        self.applied += self.projector.catch_up()
+        self._thread = threading.Thread(target=self._run, name="sessiond-projector", daemon=True)
+        self._thread.start()
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self.tables.close()
+
+    @property
+    def position(self) -> int:
+        return self.projector.position
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            self._wake.wait(self._poll)
+            self._wake.clear()
+            try:
+                self.applied += self.projector.catch_up()
+                failures = 0
+            except Exception as e:
+                failures += 1
+                log.warning("projector failed; retrying", extra={"error": e, "failures": failures})
+                self._stopping.wait(min(5.0, 0.1 * 2**failures))
+                continue
+            if self._loop is not None and not self._loop.is_closed():
+                with contextlib.suppress(RuntimeError):
+                    self._loop.call_soon_threadsafe(self._advanced, self.projector.position)
+
+    def _advanced(self, position: int) -> None:
+        keep: list[tuple[int, asyncio.Future[None]]] = []
+        for target, future in self._waiters:
+            if target <= position:
+                if not future.done():
+                    future.set_result(None)
+            else:
+                keep.append((target, future))
+        self._waiters = keep
+
+    async def wait_for(self, position: int, patience: float) -> bool:
+        """Wait until the tables include ``position``; False if they did not in time."""
+        if self.projector.position >= position:
+            return True
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((position, future))
+        self._wake.set()
+        try:
+            async with asyncio.timeout(patience):
+                await future
+            return True
+        except TimeoutError:
+            return False
+
+    def describe(self) -> dict[str, Any]:
+        return {"position": self.projector.position, "applied": self.applied}
