@@ -86,6 +86,10 @@ class _Referee(threading.local):
         return entry
 
 
+    def forget(self, machine_class: type[StateMachine]) -> None:
+        self.machines.pop(machine_class, None)
+
+
 _referee = _Referee()
 
 
@@ -102,6 +106,10 @@ def consult(machine_class: type[StateMachine], state: str, transition: str) -> s
         return None
     target = probe.state
     probe.state = state
+    if machine.is_terminated:
+        # A machine that reached a final state refuses every later event,
+        # whatever its probe says: build a fresh one next time.
+        _referee.forget(machine_class)
     return target
 
 
