@@ -23,6 +23,7 @@ import orjson
 from projections.views import Row
 
 PROJECTIONS = ("sessions", "connections")
+SCHEMA_LOCK_KEY = 0x5E5510D
 
 DDL = [
     """CREATE TABLE IF NOT EXISTS sessiond_tracking (
@@ -66,7 +67,7 @@ class Tables:
 
     placeholder = "?"
 
-    def _sql(self, sql: str) -> str:
+    def sql(self, sql: str) -> str:
         return sql if self.placeholder == "?" else sql.replace("?", self.placeholder)
 
     @contextmanager
@@ -82,13 +83,16 @@ class Tables:
     def close(self) -> None:
         pass
 
-    def create(self) -> None:
+    def create(self, extra_ddl: Sequence[str] = ()) -> None:
         with self.write() as c:
-            for statement in DDL:
+            if self.placeholder != "?":
+                # Nodes starting together must not race on CREATE ... IF NOT EXISTS.
+                c.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
+            for statement in [*DDL, *extra_ddl]:
                 c.execute(statement)
             for name in PROJECTIONS:
                 c.execute(
-                    self._sql(
+                    self.sql(
                         "INSERT INTO sessiond_tracking (name, position) VALUES (?, 0) "
                         "ON CONFLICT (name) DO NOTHING"
                     ),
@@ -107,7 +111,7 @@ class Tables:
             return {name: int(pos) for name, pos in c.fetchall()}
 
     def set_positions(self, c: Cursor, position: int) -> None:
-        c.execute(self._sql("UPDATE sessiond_tracking SET position = ?"), (position,))
+        c.execute(self.sql("UPDATE sessiond_tracking SET position = ?"), (position,))
 
     def load(self, c: Cursor, table: str, key: str, ids: Sequence[str]) -> dict[str, Row]:
         rows: dict[str, Row] = {}
@@ -115,7 +119,7 @@ class Tables:
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            c.execute(self._sql(f"SELECT {key}, view FROM {table} WHERE {key} IN ({marks})"), chunk)
+            c.execute(self.sql(f"SELECT {key}, view FROM {table} WHERE {key} IN ({marks})"), chunk)
             for ident, view in c.fetchall():
                 rows[ident] = orjson.loads(view)
         return rows
@@ -124,7 +128,7 @@ class Tables:
         if not rows:
             return
         c.executemany(
-            self._sql(
+            self.sql(
                 "INSERT INTO sessiond_sessions "
                 "(session_id, owner, state, created_at, position, view) VALUES (?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (session_id) DO UPDATE SET state = excluded.state, "
@@ -147,7 +151,7 @@ class Tables:
         if not rows:
             return
         c.executemany(
-            self._sql(
+            self.sql(
                 "INSERT INTO sessiond_connections "
                 "(connection_id, session_id, node, state, position, view) "
                 "VALUES (?, ?, ?, ?, ?, ?) "
@@ -177,7 +181,7 @@ class Tables:
     def session(self, session_id: str) -> Row | None:
         with self.read() as c:
             c.execute(
-                self._sql("SELECT view FROM sessiond_sessions WHERE session_id = ?"),
+                self.sql("SELECT view FROM sessiond_sessions WHERE session_id = ?"),
                 (session_id,),
             )
             found = c.fetchone()
@@ -186,7 +190,7 @@ class Tables:
     def connection(self, connection_id: str) -> Row | None:
         with self.read() as c:
             c.execute(
-                self._sql("SELECT view FROM sessiond_connections WHERE connection_id = ?"),
+                self.sql("SELECT view FROM sessiond_connections WHERE connection_id = ?"),
                 (connection_id,),
             )
             found = c.fetchone()
@@ -210,7 +214,7 @@ class Tables:
         sql += " ORDER BY created_at DESC, session_id DESC LIMIT ?"
         params.append(limit)
         with self.read() as c:
-            c.execute(self._sql(sql), params)
+            c.execute(self.sql(sql), params)
             return [orjson.loads(v) for (v,) in c.fetchall()]
 
     def open_connections(self, node: str | None) -> list[Row]:
@@ -221,7 +225,7 @@ class Tables:
             sql += " AND node = ?"
             params.append(node)
         with self.read() as c:
-            c.execute(self._sql(sql), params)
+            c.execute(self.sql(sql), params)
             return [orjson.loads(v) for (v,) in c.fetchall()]
 
     def counts(self) -> dict[str, int]:

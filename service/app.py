@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,9 +29,11 @@ from service.context import (
 )
 from service.cors import cors_middleware
 from service.errors import ApiError, error_response
+from service.follower import LogFollower
 from service.hub import Hub
 from service.metrics import Metrics
-from service.readmodels import ReadModels
+from service.nodes import NodeRegistry
+from service.readmodels import ReadModels, postgres_conninfo
 from service.settings import Settings
 from service.store import SessiondApplication, StoreConfig, open_store, parse_store_url
 from service.wire import wire_event
@@ -104,11 +107,31 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     writer = Writer(store, on_commit=on_commit, max_batch=settings.writer_max_batch)
     writer.start(loop)
     app[WRITER] = writer
+    follower: LogFollower | None = None
+    if config.kind == "postgres":
+        # Other nodes' writes reach this node's sockets and projector.
+        follower = LogFollower(
+            store,
+            postgres_conninfo(config),
+            on_commit,
+            poll_interval=settings.poll_interval,
+        )
+        follower.start(loop)
+    nodes = NodeRegistry(readmodels.tables, settings.node_id)
+    await loop.run_in_executor(app[READERS], nodes.setup)
     log.info("store open", extra={"store": config.kind, "node": settings.node_id})
+    watchdog: asyncio.Task[None] | None = None
     try:
-        await _record_lost_connections(app)
+        await _record_lost_connections(app, settings.node_id)
+        watchdog = asyncio.create_task(_watch_nodes(app, nodes))
         yield
     finally:
+        if watchdog is not None:
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
+        if follower is not None:
+            await loop.run_in_executor(None, follower.stop)
         await writer.stop()
         await loop.run_in_executor(None, readmodels.stop)
         readers.shutdown(wait=True)
@@ -116,20 +139,39 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         log.info("store closed", extra={"store": config.kind})
 
 
-async def _record_lost_connections(app: web.Application) -> None:
-    """Connections this node left open when it died are CLOSED ``lost``.
+async def _watch_nodes(app: web.Application, nodes: NodeRegistry) -> None:
+    """Heartbeat this node; record the connections of dead peers as lost."""
+    settings = app[SETTINGS]
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            await loop.run_in_executor(app[READERS], nodes.heartbeat)
+            dead = await loop.run_in_executor(app[READERS], nodes.dead_nodes, settings.node_timeout)
+            for node in dead:
+                log.warning("node presumed dead", extra={"node": node})
+                await _record_lost_connections(app, node)
+                await loop.run_in_executor(app[READERS], nodes.forget, node)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.warning("node watch failed", extra={"error": str(e)[:200]})
+        await asyncio.sleep(settings.node_timeout / 3)
+
+
+async def _record_lost_connections(app: web.Application, node: str) -> None:
+    """Connections ``node`` left open when it died are CLOSED ``lost``.
 
     At start this node holds no sockets, so every connection the read model
     still shows open on this node belonged to a previous run that did not
-    shut down cleanly (kill -9, power loss). Each is recorded CLOSED with code
-    1006 and reason ``lost``, and detached from its session.
+    shut down cleanly (kill -9, power loss); for a dead peer, every one of
+    its open connections. Each is recorded CLOSED with code 1006 and reason
+    ``lost``, and detached from its session.
     """
-    settings = app[SETTINGS]
     loop = asyncio.get_running_loop()
     readmodels = app[READMODELS]
-    leftovers = await loop.run_in_executor(
-        app[READERS], readmodels.tables.open_connections, settings.node_id
-    )
+    head = await loop.run_in_executor(app[READERS], app[STORE].ping)
+    await readmodels.wait_for(head, 10.0)
+    leftovers = await loop.run_in_executor(app[READERS], readmodels.tables.open_connections, node)
     for row in leftovers:
         connection_id = row["connection_id"]
         if connection_id in app[SOCKETS].sockets:
@@ -138,7 +180,7 @@ async def _record_lost_connections(app: web.Application) -> None:
             commands.close_connection(connection_id, code=1006, reason="lost")
         )
         log.warning(
-            "connection lost by a previous run recorded CLOSED",
+            "connection left open by a dead run recorded CLOSED lost",
             extra={"connection_id": connection_id, "session_id": row["session_id"]},
         )
 

@@ -58,8 +58,16 @@ class Subscription:
 
 
 class Hub:
+    """Fan-out of recorded session events to this node's subscriptions.
+
+    The same event may be published twice, by this node's writer and by the
+    log follower (which sees every node's writes on PostgreSQL); a per-session
+    high-water mark, kept while the session has subscribers, drops the second.
+    """
+
     def __init__(self) -> None:
         self._subs: dict[str, set[Subscription]] = {}
+        self._marks: dict[str, int] = {}
 
     def subscribe(self, session_id: str, limit: int) -> Subscription:
         sub = Subscription(self, session_id, limit)
@@ -72,10 +80,19 @@ class Hub:
             subs.discard(sub)
             if not subs:
                 del self._subs[sub.session_id]
+                self._marks.pop(sub.session_id, None)
 
     def publish(self, session_id: str, events: list[dict[str, Any]]) -> None:
-        for sub in tuple(self._subs.get(session_id, ())):
-            for event in events:
+        subs = self._subs.get(session_id)
+        if not subs:
+            return
+        mark = self._marks.get(session_id, 0)
+        fresh = [e for e in events if e["position"] > mark]
+        if not fresh:
+            return
+        self._marks[session_id] = fresh[-1]["position"]
+        for sub in tuple(subs):
+            for event in fresh:
                 sub.push(event)
 
     def subscriber_count(self) -> int:

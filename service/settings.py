@@ -64,6 +64,11 @@ class Settings:
     # Commands the writer commits in one transaction at most.
     writer_max_batch: int = 256
     shutdown_timeout: float = 10.0
+    # Several nodes on one PostgreSQL: a node whose heartbeat is older than
+    # this is dead, and its open connections are recorded CLOSED lost.
+    node_timeout: float = 15.0
+    # The longest a lost NOTIFY can delay cross-node delivery.
+    poll_interval: float = 1.0
 
     def with_overrides(self, **overrides: Any) -> Settings:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
@@ -93,6 +98,8 @@ class Settings:
             bad_frames_per_minute=_env_int(env, "SESSIOND_BAD_FRAMES_PER_MINUTE", 10, minimum=10),
             send_queue_limit=_env_int(env, "SESSIOND_SEND_QUEUE_LIMIT", 1000, minimum=1),
             writer_max_batch=_env_int(env, "SESSIOND_WRITER_MAX_BATCH", 256, minimum=1),
+            node_timeout=_env_float(env, "SESSIOND_NODE_TIMEOUT", 15.0, minimum=0.1),
+            poll_interval=_env_float(env, "SESSIOND_POLL_INTERVAL", 1.0, minimum=0.01),
         )
         if not 0 < base.port < 65536:
             raise SettingsError(f"SESSIOND_PORT must be between 1 and 65535, got {base.port}")

@@ -9,6 +9,8 @@ are (de)serialised with orjson.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -159,6 +161,35 @@ class SessiondApplication(Application[str]):
         return self.recorder.max_notification_id() or 0
 
 
+# Held while a node creates tables, so several nodes starting at once on one
+# PostgreSQL database do not race on CREATE TABLE IF NOT EXISTS.
+SCHEMA_LOCK_KEY = 0x5E5510D
+
+
+@contextmanager
+def schema_lock(config: StoreConfig) -> Iterator[None]:
+    if config.kind != "postgres":
+        yield
+        return
+    import psycopg
+
+    env = config.env
+    with psycopg.connect(
+        host=env["POSTGRES_HOST"],
+        port=int(env["POSTGRES_PORT"]),
+        dbname=env["POSTGRES_DBNAME"],
+        user=env["POSTGRES_USER"],
+        password=env.get("POSTGRES_PASSWORD") or None,
+        connect_timeout=int(env.get("POSTGRES_CONNECT_TIMEOUT", "5")),
+        autocommit=True,
+    ) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK_KEY,))
+        try:
+            yield
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK_KEY,))
+
+
 def open_store(config: StoreConfig) -> SessiondApplication:
     """Open the store (creating its tables), or raise StoreError saying why."""
     if config.path is not None:
@@ -170,7 +201,8 @@ def open_store(config: StoreConfig) -> SessiondApplication:
     env = dict(config.env)
     env.setdefault("AGGREGATE_CACHE_MAXSIZE", "1000")
     try:
-        app = SessiondApplication(env=env)
+        with schema_lock(config):
+            app = SessiondApplication(env=env)
         app.ping()
     except (PersistenceError, OSError, ValueError) as e:
         raise StoreError(f"cannot open store {config.url!r}: {e}") from e

@@ -305,9 +305,15 @@ class LiveConnection:
         if (
             event["type"] == "ConnectionDetached"
             and event["data"].get("connection_id") == self.connection_id
-            and event["data"].get("reason") == "superseded"
+            and self._ending is None
         ):
-            await self.end(CLOSE_SUPERSEDED, "superseded")
+            # The log says this connection is no longer attached: superseded
+            # by a newer one, or given up for lost by a peer that thought this
+            # node dead. Either way the socket must not outlive the record.
+            if event["data"].get("reason") == "superseded":
+                await self.end(CLOSE_SUPERSEDED, "superseded")
+            else:
+                await self.end(CLOSE_GOING_AWAY, f"detached: {event['data'].get('reason')}")
 
     # --- frames from the client (receive loop) ---------------------------------
 

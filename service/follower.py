@@ -1,0 +1,112 @@
+"""Cross-node live delivery: follow the shared log on PostgreSQL.
+
+Every node publishes its own commits to its hub at once. Events recorded by
+*other* nodes reach it through this follower: a thread that LISTENs on the
+events table's channel (eventsourcing NOTIFYs it on every insert), and on each
+notification, or at the latest every ``poll_interval`` seconds, reads the
+notification log after the last position it has seen and publishes what it
+finds. The bounded poll is what makes a lost NOTIFY (eventsourcing issue 305)
+delay delivery by at most ``poll_interval`` rather than until the next write.
+If the database goes away, the thread reconnects with backoff and resumes
+from where it was: nothing recorded meanwhile is skipped. See
+docs/adr/0010-deliver-across-nodes-by-following-the-log.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from domain.base import Aggregate
+from service.store import SessiondApplication
+
+log = logging.getLogger("sessiond.follower")
+
+PAGE = 1000
+
+
+class LogFollower:
+    def __init__(
+        self,
+        store: SessiondApplication,
+        conninfo: str,
+        on_events: Callable[[list[Aggregate.Event]], None],
+        *,
+        poll_interval: float = 1.0,
+    ) -> None:
+        self.store = store
+        self.conninfo = conninfo
+        self.on_events = on_events
+        self.poll_interval = poll_interval
+        self.position = 0
+        self.delivered = 0
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def channel(self) -> str:
+        recorder: Any = self.store.recorder
+        return str(recorder.channel_name)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.position = self.store.ping()
+        self._thread = threading.Thread(target=self._run, name="sessiond-follower", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                with psycopg.connect(self.conninfo, autocommit=True) as conn:
+                    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+                    failures = 0
+                    while not self._stopping.is_set():
+                        self._catch_up()
+                        for _ in conn.notifies(timeout=self.poll_interval, stop_after=1):
+                            pass
+            except Exception as e:
+                failures += 1
+                log.warning(
+                    "following the log failed; reconnecting",
+                    extra={"error": str(e).strip()[:200], "failures": failures},
+                )
+                self._stopping.wait(min(5.0, 0.1 * 2**failures))
+
+    def _catch_up(self) -> None:
+        while not self._stopping.is_set():
+            notifications = self.store.recorder.select_notifications(self.position + 1, PAGE)
+            if not notifications:
+                return
+            events: list[Aggregate.Event] = []
+            for notification in notifications:
+                try:
+                    event = self.store.mapper.to_domain_event(notification)
+                except Exception:
+                    log.warning(
+                        "skipping an event this version cannot read",
+                        extra={"notification_id": notification.id, "topic": notification.topic},
+                    )
+                    continue
+                if isinstance(event, Aggregate.Event):
+                    events.append(event)
+            self.position = notifications[-1].id
+            if events and self._loop is not None and not self._loop.is_closed():
+                with contextlib.suppress(RuntimeError):
+                    self._loop.call_soon_threadsafe(self.on_events, events)
+                self.delivered += len(events)
+            if len(notifications) < PAGE:
+                return
