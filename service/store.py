@@ -92,11 +92,12 @@ def parse_store_url(url: str) -> StoreConfig:
             "POSTGRES_PORT": str(port),
             "POSTGRES_USER": unquote(parts.username or os.environ.get("PGUSER", "postgres")),
             "POSTGRES_PASSWORD": unquote(parts.password or os.environ.get("PGPASSWORD", "")),
-            "POSTGRES_CONNECT_TIMEOUT": query.get("connect_timeout", "5"),
+            "POSTGRES_CONNECT_TIMEOUT": query.get("connect_timeout", "2"),
             "POSTGRES_POOL_SIZE": query.get("pool_size", "5"),
             "POSTGRES_MAX_OVERFLOW": query.get("max_overflow", "10"),
             "POSTGRES_PRE_PING": "y",
             "POSTGRES_LOCK_TIMEOUT": query.get("lock_timeout", "5"),
+            "APPLICATION_RECORDER_TOPIC": "service.pgrecorder:FailFastPostgresRecorder",
         }
         if "schema" in query:
             env["POSTGRES_SCHEMA"] = query["schema"]

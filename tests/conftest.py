@@ -8,10 +8,13 @@ why.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -27,7 +30,7 @@ from service.app import create_app
 from service.auth import TokenSigner
 from service.settings import Settings
 
-TEST_SECRET = "test-secret-not-for-production"
+TEST_SECRET = "test-secret-not-for-production-0123456789"
 PG_ENV = "SESSIOND_TEST_POSTGRES_DSN"
 
 
@@ -195,10 +198,8 @@ class ServerProcess:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, log_path: Path) -> None:
-        self.log_path = log_path
-        log = open(log_path, "ab")  # noqa: SIM115 - owned by the process
-        self.proc = subprocess.Popen(
+    def _spawn(self, log: Any) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
             [
                 sys.executable,
                 "-m",
@@ -213,6 +214,11 @@ class ServerProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+
+    def start(self, log_path: Path) -> None:
+        self.log_path = log_path
+        with open(log_path, "ab") as log:  # the child keeps its own copy of the fd
+            self.proc = self._spawn(log)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -253,3 +259,71 @@ def server_process(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     yield start
     for p in procs:
         p.stop()
+
+
+# --- a throwaway PostgreSQL cluster, for tests that stop and restart it -------------
+
+
+class ThrowawayPostgres:
+    """A private PostgreSQL cluster (initdb in a temp folder, its own port).
+
+    Tests that stop or restart PostgreSQL use this, never the shared server.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.data = root / "data"
+        self.port = free_port()
+        bins = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
+        if not bins:
+            pytest.skip("no PostgreSQL server binaries (initdb) on this machine")
+        self.bin = bins[-1]
+        self.as_postgres: list[str] = []
+        if os.geteuid() == 0:  # initdb refuses to run as root
+            self.as_postgres = ["runuser", "-u", "postgres", "--"]
+            subprocess.run(["chown", "-R", "postgres", str(root)], check=True)
+
+    def _run(self, *args: str) -> None:
+        subprocess.run([*self.as_postgres, *args], check=True, capture_output=True, timeout=120)
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def init(self) -> None:
+        self._run(str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres")
+
+    def start(self) -> None:
+        self._run(
+            str(self.bin / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.root / "pg.log"),
+            "-o",
+            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1",
+            "-w",
+            "start",
+        )
+
+    def stop(self) -> None:
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+
+@pytest.fixture
+def throwaway_postgres() -> Iterator[ThrowawayPostgres]:
+    # Not under pytest's tmp folder: that one is private to root, and the
+    # cluster runs as the postgres user.
+    root = Path(tempfile.mkdtemp(prefix="sessiond-pg-"))
+    pg = ThrowawayPostgres(root)
+    try:
+        pg.init()
+        pg.start()
+    except (subprocess.CalledProcessError, FileNotFoundError) as e:
+        pytest.skip(f"cannot start a throwaway PostgreSQL cluster: {e}")
+    try:
+        yield pg
+    finally:
+        with contextlib.suppress(Exception):
+            pg.stop()
+        shutil.rmtree(root, ignore_errors=True)
