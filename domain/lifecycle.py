@@ -85,7 +85,6 @@ class _Referee(threading.local):
         entry[0].state = state
         return entry
 
-
     def forget(self, machine_class: type[StateMachine]) -> None:
         self.machines.pop(machine_class, None)
 

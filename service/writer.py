@@ -24,7 +24,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
+import random
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,7 +47,11 @@ log = logging.getLogger("sessiond.writer")
 T = TypeVar("T")
 A = TypeVar("A", bound=Aggregate)
 
-MAX_CONFLICT_RETRIES = 8
+# Another node writing the same session makes our save conflict; we reload and
+# run the batch again. Under sustained contention the window between load and
+# save must come free eventually; a short random pause breaks lockstep.
+MAX_CONFLICT_RETRIES = 64
+CONFLICT_PAUSE = 0.002
 
 
 class StoreUnavailable(Exception):
@@ -216,6 +222,7 @@ class Writer:
                 self.conflicts += 1
                 self._forget(touched)
                 log.info("write conflict, retrying batch", extra={"attempt": attempt + 1})
+                time.sleep(random.random() * CONFLICT_PAUSE * min(attempt + 1, 10))
                 continue
             except (PersistenceError, OSError) as e:
                 self._forget(touched)

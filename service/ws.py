@@ -27,7 +27,7 @@ from collections import Counter, deque
 from typing import Any
 
 import orjson
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 
 from domain.errors import DomainError, InvalidId, InvalidTransition
 from domain.ids import check_id, new_connection_id, session_stream
@@ -113,6 +113,7 @@ class LiveConnection:
         self.bad_frames: deque[float] = deque()
         self.last_sent = after
         self._ending: asyncio.Task[None] | None = None
+        self.receiver: asyncio.Task[None] | None = None
 
     # --- sending ------------------------------------------------------------
 
@@ -182,8 +183,23 @@ class LiveConnection:
                 "reason": reason,
             }
         )
+        await self._stop_receiving()
         with contextlib.suppress(Exception):
             await self.ws.close(code=code, message=reason.encode()[:120])
+
+    async def _stop_receiving(self) -> None:
+        """Stop the receive loop before closing.
+
+        aiohttp's ``close()`` waits for the client's close reply only when no
+        other task is inside ``receive()``; otherwise it drops the transport
+        right after sending the close frame, and clients then report 1006
+        instead of our code. With the loop stopped, the closing handshake
+        completes and the client sees 4409, 4401, 1001, ...
+        """
+        receiver = self.receiver
+        if receiver is not None and not receiver.done() and receiver is not asyncio.current_task():
+            receiver.cancel()
+            await asyncio.wait({receiver})
 
     # --- the lifecycle (driver task) ------------------------------------------
 
@@ -455,6 +471,10 @@ def _close_of(ws: web.WebSocketResponse) -> tuple[int, str]:
     code = ws.close_code if ws.close_code is not None else WSCloseCode.ABNORMAL_CLOSURE
     if isinstance(exc, asyncio.TimeoutError):
         return int(code), "timeout"
+    if isinstance(exc, WebSocketError) and exc.code == CLOSE_TOO_LARGE:
+        # aiohttp sent 1009 for the oversized frame, then failed to read the
+        # client's close reply and left 1006 as the close code.
+        return CLOSE_TOO_LARGE, "too_large"
     if code == CLOSE_TOO_LARGE:
         return CLOSE_TOO_LARGE, "too_large"
     if code == CLOSE_NORMAL:
@@ -514,11 +534,13 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             await conn.record_closed(int(WSCloseCode.ABNORMAL_CLOSURE), "upgrade_failed")
             raise
         driver = asyncio.ensure_future(conn.drive(header_token))
+        receiver = conn.receiver = asyncio.ensure_future(conn.receive_loop())
         try:
-            await conn.receive_loop()
-        finally:
+            await asyncio.wait({receiver})
             if conn._ending is not None:
                 await asyncio.shield(conn._ending)
+        finally:
+            receiver.cancel()
             driver.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await driver
@@ -528,7 +550,12 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         return ws
     finally:
         if not conn.closed_recorded:
-            await conn.record_closed(int(WSCloseCode.ABNORMAL_CLOSURE), "dropped")
+            # aiohttp cancels this handler when the transport goes away (a
+            # missed pong, a dropped client): still record why it ended.
+            code, reason = (
+                _close_of(ws) if ws.prepared else (int(WSCloseCode.ABNORMAL_CLOSURE), "dropped")
+            )
+            await conn.record_closed(code, reason)
         if conn.subscription is not None:
             conn.subscription.close()
         registry.remove(conn)

@@ -1,0 +1,615 @@
+"""The HTTP API of PROTOCOL.md against a real server on a real socket."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jwt
+import pytest
+
+from service.auth import TokenSigner
+from tests.conftest import TEST_SECRET, Api
+from tests.e2e.wsclient import open_live
+
+Serve = Callable[..., Any]
+
+
+def assert_error(body: Any, code: str) -> None:
+    """Every non-2xx answer is exactly {"error": {"code", "message"}}."""
+    assert isinstance(body, dict), body
+    assert set(body) == {"error"}, body
+    assert set(body["error"]) == {"code", "message"}, body
+    assert body["error"]["code"] == code, body
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"], body
+
+
+async def events(api: Api, session_id: str, **call: Any) -> list[dict[str, Any]]:
+    status, body = await api.call("GET", f"/v1/sessions/{session_id}/events?limit=1000", **call)
+    assert status == 200, body
+    return list(body["events"])
+
+
+async def metric(api: Api, name: str, **labels: str) -> float:
+    """One sample of /metrics, 0 when absent."""
+    status, text = await api.call("GET", "/metrics", user=None)
+    assert status == 200
+    label_text = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    wanted = f"{name}{{{label_text}}}" if labels else name
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        sample, _, value = line.rpartition(" ")
+        if sample == wanted:
+            return float(value)
+    return 0.0
+
+
+async def create(api: Api, session_id: str, user: str = "alice", **extra: Any) -> dict[str, Any]:
+    status, body = await api.call(
+        "POST", "/v1/sessions", user=user, json={"session_id": session_id, **extra}
+    )
+    assert status == 201, body
+    return dict(body)
+
+
+# --- sessions -----------------------------------------------------------------------
+
+
+async def test_creating_a_session_answers_201_then_200_with_the_same_session(
+    store_url: str, serve: Serve
+) -> None:
+    api = await serve(store_url)
+    sid = "session-1735095123-abc123"
+    status, first = await api.call(
+        "POST", "/v1/sessions", json={"session_id": sid, "metadata": {"page": "chat"}}
+    )
+    assert status == 201, first
+    assert first["session_id"] == sid
+    assert first["owner"] == "alice"
+    assert first["state"] == "ACTIVE"
+    assert first["metadata"] == {"page": "chat"}
+    assert first["position"] == 1
+    status, again = await api.call("POST", "/v1/sessions", json={"session_id": sid})
+    assert status == 200, again
+    assert again["session_id"] == sid
+    assert again["created_at"] == first["created_at"]
+    assert [e["type"] for e in await events(api, sid)] == ["SessionCreated"]
+
+
+async def test_a_session_created_without_an_id_gets_one_that_is_used_everywhere(
+    serve: Serve, sqlite_url: str
+) -> None:
+    api = await serve(sqlite_url)
+    status, body = await api.call("POST", "/v1/sessions", json={})
+    assert status == 201, body
+    sid = body["session_id"]
+    status, view = await api.call("GET", f"/v1/sessions/{sid}")
+    assert status == 200 and view["session_id"] == sid
+    (created,) = await events(api, sid)
+    assert created["session_id"] == sid and created["data"]["session_id"] == sid
+
+
+async def test_forty_concurrent_creates_of_one_client_id_make_exactly_one_session(
+    store_url: str, serve: Serve
+) -> None:
+    api = await serve(store_url)
+    sid = "sess_mgpresmh_6655kc3b0"
+    answers = await asyncio.gather(
+        *(api.call("POST", "/v1/sessions", json={"session_id": sid}) for _ in range(40))
+    )
+    statuses = sorted(status for status, _ in answers)
+    assert statuses == [200] * 39 + [201], answers
+    assert {body["session_id"] for _, body in answers} == {sid}
+    assert {body["created_at"] for _, body in answers} == {answers[0][1]["created_at"]}
+    history = await events(api, sid)
+    assert [e["type"] for e in history].count("SessionCreated") == 1
+    assert [e["position"] for e in history] == list(range(1, len(history) + 1))
+
+
+async def test_creating_another_users_session_id_is_refused_as_owned_by_other(
+    serve: Serve, sqlite_url: str
+) -> None:
+    api = await serve(sqlite_url)
+    await create(api, "shared-name")
+    status, body = await api.call(
+        "POST", "/v1/sessions", user="bob", json={"session_id": "shared-name"}
+    )
+    assert status == 409
+    assert_error(body, "session_owned_by_other")
+    status, view = await api.call("GET", "/v1/sessions/shared-name")
+    assert status == 200, view
+    assert view["owner"] == "alice" and view["position"] == 1
+
+
+async def test_get_session_shows_the_view_and_404_for_an_unknown_one(
+    serve: Serve, sqlite_url: str
+) -> None:
+    api = await serve(sqlite_url)
+    await create(api, "s-get", metadata={"k": "v"})
+    status, view = await api.call("GET", "/v1/sessions/s-get")
+    assert status == 200, view
+    for key in (
+        "session_id",
+        "owner",
+        "state",
+        "created_at",
+        "updated_at",
+        "position",
+        "metadata",
+        "message_count",
+        "tasks",
+        "connections",
+    ):
+        assert key in view, key
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", view["created_at"])
+    status, body = await api.call("GET", "/v1/sessions/no-such-session")
+    assert status == 404
+    assert_error(body, "session_not_found")
+
+
+async def test_a_deleted_session_refuses_writes_and_keeps_its_history_readable(
+    store_url: str, serve: Serve
+) -> None:
+    api = await serve(store_url)
+    await create(api, "s-end")
+    status, _ = await api.call(
+        "POST", "/v1/sessions/s-end/messages", json={"role": "user", "content": "before"}
+    )
+    assert status == 201
+    status, view = await api.call("DELETE", "/v1/sessions/s-end")
+    assert status == 200, view
+    assert view["state"] == "ENDED"
+    before = await events(api, "s-end")
+    status, body = await api.call(
+        "POST", "/v1/sessions/s-end/messages", json={"role": "user", "content": "after"}
+    )
+    assert status == 409
+    assert_error(body, "session_ended")
+    status, body = await api.call("POST", "/v1/sessions/s-end/tasks", json={"name": "job"})
+    assert status == 409
+    assert_error(body, "session_ended")
+    assert await events(api, "s-end") == before
+    assert [e["type"] for e in before] == ["SessionCreated", "MessageRecorded", "SessionEnded"]
+    assert before[1]["data"]["content"] == "before"
+    status, view = await api.call("GET", "/v1/sessions/s-end")
+    assert status == 200 and view["state"] == "ENDED"
+
+
+# --- messages and events -----------------------------------------------------------
+
+
+async def test_a_repeated_message_id_records_nothing_and_answers_the_first_position(
+    store_url: str, serve: Serve
+) -> None:
+    api = await serve(store_url)
+    await create(api, "s-msg")
+    message = {"role": "user", "content": "hello", "message_id": "msg-client-0001"}
+    status, first = await api.call("POST", "/v1/sessions/s-msg/messages", json=message)
+    assert status == 201, first
+    assert first == {"position": 2, "message_id": "msg-client-0001"}
+    status, again = await api.call("POST", "/v1/sessions/s-msg/messages", json=message)
+    assert status == 200, again
+    assert again == first
+    history = await events(api, "s-msg")
+    assert [e["type"] for e in history] == ["SessionCreated", "MessageRecorded"]
+    data = history[1]["data"]
+    assert data["message_id"] == "msg-client-0001"
+    assert data["role"] == "user" and data["content"] == "hello"
+    status, view = await api.call("GET", "/v1/sessions/s-msg")
+    assert status == 200, view
+    assert view["message_count"] == 1
+
+
+async def test_events_page_with_after_and_limit_and_next_after(
+    serve: Serve, sqlite_url: str
+) -> None:
+    api = await serve(sqlite_url)
+    await create(api, "s-page")
+    for i in range(6):
+        status, body = await api.call(
+            "POST", "/v1/sessions/s-page/messages", json={"role": "user", "content": f"m{i}"}
+        )
+        assert status == 201 and body["position"] == i + 2
+    seen: list[dict[str, Any]] = []
+    after = 0
+    pages = 0
+    while True:
+        status, page = await api.call("GET", f"/v1/sessions/s-page/events?after={after}&limit=3")
+        assert status == 200, page
+        pages += 1
+        assert len(page["events"]) <= 3
+        if not page["events"]:
+            assert page["next_after"] == after
+            break
+        assert page["next_after"] == page["events"][-1]["position"]
+        seen.extend(page["events"])
+        after = page["next_after"]
+        assert pages < 10, "paging does not end"
+    assert [e["position"] for e in seen] == list(range(1, 8))
+    assert [e["data"].get("content") for e in seen[1:]] == [f"m{i}" for i in range(6)]
+    for event in seen:
+        assert set(event) == {"session_id", "position", "type", "at", "data"}
+        assert event["session_id"] == "s-page"
+    status, page = await api.call("GET", "/v1/sessions/s-page/events?after=5")
+    assert status == 200, page
+    assert [e["position"] for e in page["events"]] == [6, 7]
+
+
+async def test_a_connection_and_its_lifecycle_are_readable_over_http(
+    serve: Serve, sqlite_url: str
+) -> None:
+    api = await serve(sqlite_url)
+    client = await open_live(api, "s-conn", connection_id="conn-http-1")
+    status, view = await api.call("GET", "/v1/connections/conn-http-1")
+    assert status == 200, view
+    assert view["connection_id"] == "conn-http-1"
+    assert view["session_id"] == "s-conn"
+    assert view["user_id"] == "alice"
+    assert view["state"] == "PROCESSING_READY"
+    for key in ("opened_at", "closed_at", "close_code", "close_reason", "node"):
+        assert key in view, key
+    status, body = await api.call("GET", "/v1/connections/conn-http-1/events")
+    assert status == 200, body
+    assert [e["type"] for e in body["events"]] == [
+        "CONNECTING",
+        "ACCEPTED",
+        "AUTHENTICATED",
+        "SERVICES_READY",
+        "PROCESSING_READY",
+    ]
+    assert {e["connection_id"] for e in body["events"]} == {"conn-http-1"}
+    await client.close()
+    status, body = await api.call("GET", "/v1/connections/no-such-conn")
+    assert status == 404
+    assert_error(body, "connection_not_found")
+    status, body = await api.call("GET", "/v1/connections/no-such-conn/events")
+    assert status == 404
+    assert_error(body, "connection_not_found")
+
+
+# --- operations ------------------------------------------------------------------------
+
+
+async def test_healthz_answers_ok_when_the_store_answers(store_url: str, serve: Serve) -> None:
+    api = await serve(store_url)
+    status, body = await api.call("GET", "/healthz", user=None)
+    assert status == 200, body
+    assert body["status"] == "ok"
+
+
+async def test_metrics_count_connections_by_state_events_and_errors_by_code(
+    serve: Serve, sqlite_url: str
+) -> None:
+    api = await serve(sqlite_url)
+    appended_before = await metric(api, "sessiond_events_appended_total")
+    await create(api, "s-metrics")
+    assert await metric(api, "sessiond_events_appended_total") == appended_before + 1
+    status, _ = await api.call("GET", "/v1/sessions/nope-nope")
+    assert status == 404
+    assert await metric(api, "sessiond_http_errors_total", code="session_not_found") == 1
+    client = await open_live(api, "s-metrics")
+    assert await metric(api, "sessiond_connections", state="PROCESSING_READY") == 1
+    assert await metric(api, "sessiond_connections", state="ACCEPTED") == 0
+    await client.send({"type": "nonsense", "ref": "r1"})
+    await client.until_type("error")
+    assert await metric(api, "sessiond_ws_errors_total", code="unknown_type") == 1
+    await client.close()
+    status, text = await api.call("GET", "/metrics", user=None)
+    assert status == 200, text
+    assert "# TYPE sessiond_connections gauge" in text
+    assert "# TYPE sessiond_events_appended_total counter" in text
+
+
+# --- authentication and authorisation ---------------------------------------------------
+
+
+def expired_token() -> str:
+    now = int(time.time())
+    return jwt.encode(
+        {"sub": "alice", "iat": now - 120, "exp": now - 60, "roles": ["user"]},
+        TEST_SECRET,
+        algorithm="HS256",
+    )
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        None,
+        "Bearer",
+        "Basic YWxpY2U6c2VjcmV0",
+        "Bearer not-a-jwt",
+        "EXPIRED",
+        "BAD_SIGNATURE",
+        "UNSIGNED",
+    ],
+    ids=["missing", "empty", "basic", "garbage", "expired", "bad-signature", "alg-none"],
+)
+async def test_a_request_without_a_valid_token_is_401_unauthenticated(
+    serve: Serve, sqlite_url: str, authorization: str | None
+) -> None:
+    api = await serve(sqlite_url)
+    await create(api, "s-auth")
+    if authorization == "EXPIRED":
+        authorization = "Bearer " + expired_token()
+    elif authorization == "BAD_SIGNATURE":
+        authorization = "Bearer " + TokenSigner("another-secret-of-enough-length-42").mint("alice")
+    elif authorization == "UNSIGNED":
+        authorization = "Bearer " + jwt.encode(
+            {"sub": "alice", "exp": int(time.time()) + 60}, key=None, algorithm="none"
+        )
+    headers = {} if authorization is None else {"Authorization": authorization}
+    for method, path, body in [
+        ("GET", "/v1/sessions/s-auth", None),
+        ("GET", "/v1/sessions/s-auth/events", None),
+        ("POST", "/v1/sessions", {"session_id": "s-auth-2"}),
+        ("POST", "/v1/sessions/s-auth/messages", {"role": "user", "content": "x"}),
+        ("DELETE", "/v1/sessions/s-auth", None),
+    ]:
+        status, answer = await api.call(method, path, user=None, headers=headers, json=body)
+        assert status == 401, (method, path, answer)
+        assert_error(answer, "unauthenticated")
+    assert [e["type"] for e in await events(api, "s-auth")] == ["SessionCreated"]
+
+
+async def test_another_users_session_is_403_forbidden_for_reads_and_writes(
+    serve: Serve, sqlite_url: str
+) -> None:
+    api = await serve(sqlite_url)
+    await create(api, "s-alice")
+    for method, path, body in [
+        ("GET", "/v1/sessions/s-alice", None),
+        ("GET", "/v1/sessions/s-alice/events", None),
+        ("GET", "/v1/sessions/s-alice/state?at=1", None),
+        ("POST", "/v1/sessions/s-alice/messages", {"role": "user", "content": "x"}),
+        ("POST", "/v1/sessions/s-alice/tasks", {"name": "job"}),
+        ("DELETE", "/v1/sessions/s-alice", None),
+    ]:
+        status, answer = await api.call(method, path, user="bob", json=body)
+        assert status == 403, (method, path, answer)
+        assert_error(answer, "forbidden")
+    assert [e["type"] for e in await events(api, "s-alice")] == ["SessionCreated"]
+
+
+async def test_an_auditor_reads_everything_and_every_write_is_403(
+    serve: Serve, sqlite_url: str
+) -> None:
+    api = await serve(sqlite_url)
+    client = await open_live(api, "s-audited", connection_id="conn-audited")
+    await client.close()
+    auditor: dict[str, Any] = {"user": "carol", "roles": ("auditor",)}
+    status, view = await api.call("GET", "/v1/sessions/s-audited", **auditor)
+    assert status == 200 and view["owner"] == "alice"
+    history = await events(api, "s-audited", **auditor)
+    assert history[0]["type"] == "SessionCreated"
+    status, view = await api.call("GET", "/v1/connections/conn-audited", **auditor)
+    assert status == 200, view
+    status, _ = await api.call("GET", "/v1/connections/conn-audited/events", **auditor)
+    assert status == 200
+    status, listing = await api.call("GET", "/v1/sessions", **auditor)
+    assert status == 200 and "s-audited" in [s["session_id"] for s in listing["sessions"]]
+    position = history[-1]["position"]
+    for method, path, body in [
+        ("POST", "/v1/sessions", {"session_id": "s-auditor-own"}),
+        ("POST", "/v1/sessions/s-audited/messages", {"role": "user", "content": "x"}),
+        ("POST", "/v1/sessions/s-audited/tasks", {"name": "job"}),
+        ("DELETE", "/v1/sessions/s-audited", None),
+    ]:
+        status, answer = await api.call(method, path, json=body, **auditor)
+        assert status == 403, (method, path, answer)
+        assert_error(answer, "forbidden")
+    after = await events(api, "s-audited")
+    assert after[-1]["position"] == position
+    status, _ = await api.call("GET", "/v1/sessions/s-auditor-own", **auditor)
+    assert status == 404
+
+
+async def test_the_service_role_may_post_to_any_session(serve: Serve, sqlite_url: str) -> None:
+    api = await serve(sqlite_url)
+    await create(api, "s-worker")
+    worker: dict[str, Any] = {"user": "worker-7", "roles": ("service",)}
+    status, body = await api.call(
+        "POST",
+        "/v1/sessions/s-worker/messages",
+        json={"role": "assistant", "content": "done thinking"},
+        **worker,
+    )
+    assert status == 201, body
+    status, task = await api.call(
+        "POST", "/v1/sessions/s-worker/tasks", json={"task_id": "t-1", "name": "crawl"}, **worker
+    )
+    assert status == 201, task
+    status, progress = await api.call(
+        "POST", "/v1/sessions/s-worker/tasks/t-1/progress", json={"done": 1, "total": 2}, **worker
+    )
+    assert status == 202, progress
+    status, view = await api.call("GET", "/v1/sessions/s-worker")
+    assert status == 200, view
+    assert view["owner"] == "alice"
+    assert [e["type"] for e in await events(api, "s-worker")] == [
+        "SessionCreated",
+        "MessageRecorded",
+        "TaskStarted",
+        "TaskProgressed",
+    ]
+
+
+# --- bad input: never a 500, never recorded ---------------------------------------------
+
+
+SESSIONS = "/v1/sessions"
+MESSAGES = "/v1/sessions/s-bad/messages"
+
+
+def raw(data: bytes, content_type: str = "application/json") -> dict[str, Any]:
+    return {"data": data, "headers": {"Content-Type": content_type}}
+
+
+def body(value: Any) -> dict[str, Any]:
+    return {"json": value}
+
+
+def message(**fields: Any) -> dict[str, Any]:
+    return {"json": {"role": "user", "content": "x", **fields}}
+
+
+BAD_REQUESTS: list[tuple[str, str, dict[str, Any], int, str]] = [
+    # (method, path, request kwargs, status, code)
+    ("POST", SESSIONS, raw(b"{not json"), 400, "invalid_json"),
+    ("POST", MESSAGES, raw(b'{"role": "user", "content": "x"'), 400, "invalid_json"),
+    ("POST", SESSIONS, body(["a", "list"]), 400, "invalid_body"),
+    ("POST", SESSIONS, body({"session_id": 42}), 400, "invalid_body"),
+    ("POST", SESSIONS, body({"metadata": "not an object"}), 400, "invalid_body"),
+    ("POST", SESSIONS, body({"session_id": "s-new", "colour": "red"}), 400, "invalid_body"),
+    ("POST", MESSAGES, body({"role": "user"}), 400, "invalid_body"),
+    ("POST", MESSAGES, message(content=7), 400, "invalid_body"),
+    ("POST", MESSAGES, message(role="wizard"), 400, "invalid_body"),
+    ("POST", MESSAGES, message(tokens="3"), 400, "invalid_body"),
+    ("POST", MESSAGES, message(tokens=True), 400, "invalid_body"),
+    ("POST", MESSAGES, message(extra=1), 400, "invalid_body"),
+    ("POST", MESSAGES, message(metadata=[1]), 400, "invalid_body"),
+    (
+        "POST",
+        "/v1/sessions/s-bad/tasks",
+        body({"name": "job", "total": "ten"}),
+        400,
+        "invalid_body",
+    ),
+    ("POST", SESSIONS, body({"session_id": "has space"}), 400, "invalid_id"),
+    ("POST", SESSIONS, body({"session_id": ""}), 400, "invalid_id"),
+    ("POST", SESSIONS, body({"session_id": "x" * 129}), 400, "invalid_id"),
+    ("POST", SESSIONS, body({"session_id": "sess/slash"}), 400, "invalid_id"),
+    ("POST", SESSIONS, body({"session_id": "séance"}), 400, "invalid_id"),
+    ("POST", MESSAGES, message(message_id="m 1"), 400, "invalid_id"),
+    ("GET", "/v1/sessions/bad%20id", {}, 400, "invalid_id"),
+    ("GET", "/v1/sessions/" + "y" * 129, {}, 400, "invalid_id"),
+    ("POST", "/v1/sessions/bad%24id/messages", message(), 400, "invalid_id"),
+    ("GET", "/v1/connections/bad%21id", {}, 400, "invalid_id"),
+    (
+        "POST",
+        SESSIONS,
+        raw(b"session_id=s", "application/x-www-form-urlencoded"),
+        415,
+        "unsupported_media_type",
+    ),
+    ("POST", MESSAGES, raw(b"hello", "text/plain"), 415, "unsupported_media_type"),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "status", "code"),
+    BAD_REQUESTS,
+    ids=[f"{code}-{i}" for i, (_, _, _, _, code) in enumerate(BAD_REQUESTS)],
+)
+async def test_bad_input_is_refused_with_its_code_and_records_nothing(
+    serve: Serve,
+    sqlite_url: str,
+    method: str,
+    path: str,
+    kwargs: dict[str, Any],
+    status: int,
+    code: str,
+) -> None:
+    api = await serve(sqlite_url)
+    await create(api, "s-bad")
+    appended = await metric(api, "sessiond_events_appended_total")
+    answer_status, body = await api.call(method, path, **kwargs)
+    assert answer_status == status, body
+    assert_error(body, code)
+    assert await metric(api, "sessiond_events_appended_total") == appended
+    assert await metric(api, "sessiond_http_errors_total", code=code) == 1
+    assert await metric(api, "sessiond_http_errors_total", code="internal") == 0
+    assert [e["type"] for e in await events(api, "s-bad")] == ["SessionCreated"]
+    _, listing = await api.call("GET", "/v1/sessions")
+    assert [s["session_id"] for s in listing["sessions"]] == ["s-bad"]
+
+
+async def test_a_body_larger_than_the_limit_is_413_too_large_and_records_nothing(
+    serve: Serve, sqlite_url: str
+) -> None:
+    api = await serve(sqlite_url, max_body_bytes=2048)
+    await create(api, "s-big")
+    status, body = await api.call(
+        "POST", "/v1/sessions/s-big/messages", json={"role": "user", "content": "x" * 4000}
+    )
+    assert status == 413, body
+    assert_error(body, "too_large")
+    status, body = await api.call(
+        "POST", "/v1/sessions", json={"session_id": "s-big-2", "metadata": {"blob": "y" * 4000}}
+    )
+    assert status == 413, body
+    assert_error(body, "too_large")
+    assert [e["type"] for e in await events(api, "s-big")] == ["SessionCreated"]
+    status, _ = await api.call("GET", "/v1/sessions/s-big-2")
+    assert status == 404
+    status, ok = await api.call(
+        "POST", "/v1/sessions/s-big/messages", json={"role": "user", "content": "small"}
+    )
+    assert status == 201, ok
+
+
+async def test_unknown_paths_and_methods_answer_in_the_error_shape(
+    serve: Serve, sqlite_url: str
+) -> None:
+    api = await serve(sqlite_url)
+    status, body = await api.call("GET", "/v1/nothing-here")
+    assert status == 404
+    assert_error(body, "not_found")
+    status, body = await api.call("PUT", "/v1/sessions")
+    assert status == 405
+    assert_error(body, "method_not_allowed")
+    status, body = await api.call("GET", "/v1/sessions/s/events?after=minus-one")
+    assert status == 400
+    assert_error(body, "invalid_query")
+
+
+# --- CORS and origins ---------------------------------------------------------------------
+
+
+async def test_a_preflight_from_an_allowed_origin_gets_the_cors_headers(
+    serve: Serve, sqlite_url: str
+) -> None:
+    api = await serve(sqlite_url, cors_origins=("http://localhost:3000",))
+    async with api.http.options(
+        api.url("/v1/sessions"),
+        headers={
+            "Origin": "http://localhost:3000",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        },
+    ) as r:
+        assert r.status in (200, 204), await r.text()
+        assert r.headers["Access-Control-Allow-Origin"] == "http://localhost:3000"
+        assert "POST" in r.headers["Access-Control-Allow-Methods"]
+        allowed_headers = r.headers["Access-Control-Allow-Headers"].lower()
+        assert "authorization" in allowed_headers and "content-type" in allowed_headers
+    status, _ = await api.call(
+        "POST",
+        "/v1/sessions",
+        json={"session_id": "s-cors"},
+        headers={"Origin": "http://localhost:3000"},
+    )
+    assert status == 201
+    async with api.http.get(
+        api.url("/v1/sessions/s-cors"),
+        headers={"Origin": "http://localhost:3000", **api.auth()},
+    ) as r:
+        assert r.status == 200
+        assert r.headers["Access-Control-Allow-Origin"] == "http://localhost:3000"
+
+
+async def test_a_preflight_from_an_origin_not_listed_gets_no_cors_headers(
+    serve: Serve, sqlite_url: str
+) -> None:
+    api = await serve(sqlite_url, cors_origins=("http://localhost:3000",))
+    async with api.http.options(
+        api.url("/v1/sessions"),
+        headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"},
+    ) as r:
+        assert r.status == 403
+        assert "Access-Control-Allow-Origin" not in r.headers
+        assert_error(await r.json(), "forbidden_origin")
