@@ -1,0 +1,147 @@
+"""The ``sessiond`` command line as a new user meets it: real processes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+
+from tests.conftest import free_port
+
+
+def sessiond(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SESSIOND_")}
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args],
+        cwd=cwd,
+        env={**base, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def start_server(*args: str, cwd: Path) -> tuple[subprocess.Popen[str], int]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SESSIOND_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service", "serve", "--port", str(port), *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[0]
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return proc, port
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    proc.communicate()
+    raise AssertionError("server did not start")
+
+
+def stop(proc: subprocess.Popen[str]) -> str:
+    proc.terminate()
+    output, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, output
+    return output
+
+
+async def test_a_token_from_sessiond_token_is_accepted_by_sessiond_serve_with_no_setup(
+    tmp_path: Path,
+) -> None:
+    proc, port = start_server(cwd=tmp_path)
+    try:
+        minted = sessiond("token", "--user", "alice", cwd=tmp_path)
+        assert minted.returncode == 0, minted.stderr
+        token = minted.stdout.strip()
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                f"http://127.0.0.1:{port}/v1/sessions",
+                json={"session_id": "from-the-cli"},
+                headers={"Authorization": f"Bearer {token}"},
+            ) as r,
+        ):
+            assert r.status == 201
+            assert (await r.json())["owner"] == "alice"
+    finally:
+        stop(proc)
+    key = tmp_path / "sessiond.key"
+    assert key.exists(), "the shared key file lives beside the default store"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert (tmp_path / "sessiond.db").exists()
+
+
+async def test_a_token_for_another_store_folder_uses_that_stores_key(tmp_path: Path) -> None:
+    store = tmp_path / "data"
+    store.mkdir()
+    url = f"sqlite:///{store / 'x.db'}"
+    proc, port = start_server("--store", url, cwd=tmp_path)
+    try:
+        token = sessiond("token", "--user", "bob", "--store", url, cwd=tmp_path).stdout.strip()
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(
+                f"http://127.0.0.1:{port}/v1/sessions",
+                headers={"Authorization": f"Bearer {token}"},
+            ) as r,
+        ):
+            assert r.status == 200
+    finally:
+        stop(proc)
+    assert (store / "sessiond.key").exists()
+
+
+def test_a_bad_store_url_is_a_one_line_error_not_a_traceback(tmp_path: Path) -> None:
+    result = sessiond("serve", "--store", "mysql://nope", "--port", str(free_port()), cwd=tmp_path)
+    assert result.returncode != 0
+    assert "bad store URL" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_a_store_that_cannot_be_opened_is_a_readable_error(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'missing-folder' / 'x.db'}"
+    result = sessiond("serve", "--store", url, "--port", str(free_port()), cwd=tmp_path)
+    assert result.returncode != 0
+    assert "cannot open store" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_a_port_in_use_is_a_readable_error(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = sessiond("serve", "--port", str(port), cwd=tmp_path)
+    assert result.returncode != 0
+    assert "already in use" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_an_unknown_role_is_refused_by_sessiond_token(tmp_path: Path) -> None:
+    result = sessiond("token", "--user", "u", "--role", "admin", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "invalid choice" in result.stderr
+
+
+def test_sessiond_lifecycle_prints_the_diagram_of_the_machine_class(tmp_path: Path) -> None:
+    result = sessiond("lifecycle", cwd=tmp_path)
+    assert result.returncode == 0
+    assert result.stdout.startswith("stateDiagram-v2")
+    for state in ("CONNECTING", "ACCEPTED", "AUTHENTICATED", "SERVICES_READY", "PROCESSING_READY"):
+        assert state in result.stdout
