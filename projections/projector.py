@@ -46,6 +46,10 @@ class Projector:
         *,
         batch_size: int = 2000,
     ) -> None:
+        if batch_size < 1:
+            # A batch of 0 reads nothing: a rebuild would empty the tables
+            # and stop at position 0, reporting success.
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self._read = read_notifications
         self._head = head
         self._decode = decode
@@ -88,6 +92,13 @@ class Projector:
         start = self.position
         notifications = self._read(start + 1, self.batch_size)
         if not notifications:
+            # Nothing new, but the tables may have been reset under us (a
+            # `projections rebuild` that truncated them, possibly interrupted):
+            # then this projector's position is stale and must go back too.
+            current = min(self.tables.positions().values(), default=0)
+            if current < start:
+                self.position = current
+                return -1
             return 0
         events = [e for e in map(self._decode, notifications) if e is not None]
         sessions: dict[str, list[dict[str, Any]]] = {}

@@ -110,11 +110,25 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def _open(args: argparse.Namespace) -> SessiondApplication:
+    """An existing store, for commands that read it (never create one)."""
     settings = _settings(args)
     try:
-        return open_store(parse_store_url(settings.store_url))
+        config = parse_store_url(settings.store_url)
+        if config.path is not None and not config.path.is_file():
+            raise StoreError(f"no store at {config.path} (from {settings.store_url!r})")
+        return open_store(config)
     except StoreError as e:
         raise CliError(str(e), 1) from None
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -230,14 +244,18 @@ def build_parser() -> argparse.ArgumentParser:
     replay_cmd = sub.add_parser("replay", help="a session's audit history, from the store")
     replay_cmd.add_argument("session_id")
     replay_cmd.add_argument("--store", help="the store to read (as for serve)")
-    replay_cmd.add_argument("--at", type=int, help="stop at this position, and show the state then")
+    replay_cmd.add_argument(
+        "--at", type=positive_int, help="stop at this position, and show the state then"
+    )
     replay_cmd.add_argument("--json", action="store_true", help="JSON lines instead of a timeline")
     replay_cmd.set_defaults(func=cmd_replay)
 
     proj = sub.add_parser("projections", help="rebuild or inspect the read models")
     proj.add_argument("action", choices=["rebuild", "status"])
     proj.add_argument("--store", help="the store (as for serve)")
-    proj.add_argument("--batch-size", type=int, default=5000, help="events per transaction")
+    proj.add_argument(
+        "--batch-size", type=positive_int, default=5000, help="events per transaction"
+    )
     proj.set_defaults(func=cmd_projections)
 
     lifecycle = sub.add_parser("lifecycle", help="print the connection lifecycle as Mermaid")

@@ -58,7 +58,13 @@ class SessionClient:
         min_backoff: float = 0.05,
         max_backoff: float = 5.0,
         max_attempts: int | None = None,
+        heartbeat: float | None = 30.0,
     ) -> None:
+        """``max_attempts``: give up (ConnectionError) after that many attempts
+        in a row that did not reach PROCESSING_READY (None: never give up).
+        ``heartbeat``: ping the server this often, so a connection that died
+        without a close (a vanished host, a NAT that forgot it) is noticed and
+        resumed instead of waited on forever."""
         self.base_url = base_url.rstrip("/")
         self.session_id = session_id
         self.token = token
@@ -66,7 +72,11 @@ class SessionClient:
         self.connection_prefix = connection_prefix or "py-" + uuid.uuid4().hex[:12]
         self.connection_id: str | None = None
         self.state = "CLOSED"
-        self.attempts = 0
+        # The server's last word on the current or last connection.
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.attempts = 0  # connections tried, in all
+        self.failures = 0  # attempts in a row that did not reach PROCESSING_READY
         self.reconnects = 0
         self._http = http
         self._own_http = http is None
@@ -74,6 +84,7 @@ class SessionClient:
         self._min_backoff = min_backoff
         self._max_backoff = max_backoff
         self._max_attempts = max_attempts
+        self._heartbeat = heartbeat
         self._closed = False
         self._live = asyncio.Event()
 
@@ -125,23 +136,28 @@ class SessionClient:
     async def _events(self) -> AsyncIterator[dict[str, Any]]:
         backoff = self._min_backoff
         while not self._closed:
-            if self._max_attempts is not None and self.attempts >= self._max_attempts:
-                raise ConnectionError(f"gave up after {self.attempts} attempts")
+            if self._max_attempts is not None and self.failures >= self._max_attempts:
+                raise ConnectionError(f"gave up after {self.failures} attempts in a row")
             self.attempts += 1
-            delivered = False
+            went_live = False
             try:
                 async for event in self._one_connection():
-                    delivered = True
+                    went_live = True
                     yield event
             except (TimeoutError, aiohttp.ClientError, ConnectionError) as e:
                 log.info("connection lost", extra={"session_id": self.session_id, "error": e})
             finally:
+                went_live = went_live or self._live.is_set()
                 self._live.clear()
                 self.state = "CLOSED"
             if self._closed:
                 return
-            if delivered:
+            if went_live:
+                # A connection that worked: the next attempt is a fresh start.
+                self.failures = 0
                 backoff = self._min_backoff
+            else:
+                self.failures += 1
             self.reconnects += 1
             await asyncio.sleep(backoff * (0.5 + random.random()))
             backoff = min(self._max_backoff, backoff * 2)
@@ -153,7 +169,8 @@ class SessionClient:
             f"{self.base_url}/v1/ws?session_id={self.session_id}"
             f"&connection_id={self.connection_id}&after={self.last_position}"
         )
-        async with self._http.ws_connect(url, heartbeat=None) as ws:
+        self.close_code, self.close_reason = None, ""
+        async with self._http.ws_connect(url, heartbeat=self._heartbeat) as ws:
             self._ws = ws
             async for msg in ws:
                 if msg.type != aiohttp.WSMsgType.TEXT:
@@ -167,6 +184,9 @@ class SessionClient:
                     self.state = frame["state"]
                     if self.state == "PROCESSING_READY":
                         self._live.set()
+                    elif self.state == "CLOSED":
+                        self._live.clear()
+                        self.close_reason = str(frame.get("reason") or "")
                 elif kind == "event":
                     event = frame["event"]
                     position = event["position"]
@@ -183,10 +203,14 @@ class SessionClient:
                     self.last_position = position
                     yield event
             code = ws.close_code
-            reason = ""
-            with contextlib.suppress(Exception):
-                reason = str(ws.exception() or "")
+            # The reason: the server's CLOSED frame says it best; else the
+            # close frame's message, or the error that ended the socket.
+            reason = self.close_reason
+            if not reason:
+                with contextlib.suppress(Exception):
+                    reason = str(ws.exception() or "")
         self._ws = None
+        self.close_code, self.close_reason = code, reason
         if code == 4409:
             raise Superseded(f"connection {self.connection_id} was superseded")
         if code in (4401, 4403):

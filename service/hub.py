@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 
@@ -22,10 +23,17 @@ class SlowConsumer(Exception):
 
 
 class Subscription:
-    def __init__(self, hub: Hub, session_id: str, limit: int) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        session_id: str,
+        limit: int,
+        on_overflow: Callable[[], None] | None = None,
+    ) -> None:
         self.hub = hub
         self.session_id = session_id
         self.limit = limit
+        self.on_overflow = on_overflow
         self.overflowed = False
         self._items: deque[dict[str, Any]] = deque()
         self._ready = asyncio.Event()
@@ -36,6 +44,10 @@ class Subscription:
         if len(self._items) >= self.limit:
             self.overflowed = True
             self._items.clear()
+            # The owner may be stuck writing to a client that stopped reading,
+            # so it is told now rather than at its next get().
+            if self.on_overflow is not None:
+                self.on_overflow()
         else:
             self._items.append(event)
         self._ready.set()
@@ -69,8 +81,10 @@ class Hub:
         self._subs: dict[str, set[Subscription]] = {}
         self._marks: dict[str, int] = {}
 
-    def subscribe(self, session_id: str, limit: int) -> Subscription:
-        sub = Subscription(self, session_id, limit)
+    def subscribe(
+        self, session_id: str, limit: int, on_overflow: Callable[[], None] | None = None
+    ) -> Subscription:
+        sub = Subscription(self, session_id, limit, on_overflow)
         self._subs.setdefault(session_id, set()).add(sub)
         return sub
 

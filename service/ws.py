@@ -44,6 +44,8 @@ from service.writer import Command, StoreUnavailable
 log = logging.getLogger("sessiond.ws")
 
 BACKLOG_PAGE = 500
+# How long a server-side close waits on a client that does not read.
+CLOSE_PATIENCE = 5.0
 
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
@@ -172,20 +174,34 @@ class LiveConnection:
             self._ending = asyncio.ensure_future(self._end(code, reason))
         await asyncio.shield(self._ending)
 
+    def _overflowed(self) -> None:
+        """The hub could not queue another event for this socket (4408)."""
+        if self._ending is None:
+            self._ending = asyncio.ensure_future(self._end(CLOSE_SLOW_CONSUMER, "slow_consumer"))
+
     async def _end(self, code: int, reason: str) -> None:
         await self.record_closed(code, reason)
-        await self.send(
-            {
-                "type": "state",
-                "connection_id": self.connection_id,
-                "state": "CLOSED",
-                "code": code,
-                "reason": reason,
-            }
-        )
-        await self._stop_receiving()
-        with contextlib.suppress(Exception):
-            await self.ws.close(code=code, message=reason.encode()[:120])
+        try:
+            # A client that stopped reading cannot take a last frame nor a
+            # closing handshake: give it a moment, then drop the transport.
+            async with asyncio.timeout(CLOSE_PATIENCE):
+                await self.send(
+                    {
+                        "type": "state",
+                        "connection_id": self.connection_id,
+                        "state": "CLOSED",
+                        "code": code,
+                        "reason": reason,
+                    }
+                )
+                await self._stop_receiving()
+                with contextlib.suppress(Exception):
+                    await self.ws.close(code=code, message=reason.encode()[:120])
+        except TimeoutError:
+            transport = self.request.transport
+            if transport is not None:
+                transport.abort()
+            await self._stop_receiving()
 
     async def _stop_receiving(self) -> None:
         """Stop the receive loop before closing.
@@ -245,7 +261,9 @@ class LiveConnection:
         await self.announce(user_id=self.principal.user_id)
 
         # SERVICES_READY: subscribe first, so nothing recorded from here on is missed.
-        self.subscription = self.app[HUB].subscribe(self.session_id, self.settings.send_queue_limit)
+        self.subscription = self.app[HUB].subscribe(
+            self.session_id, self.settings.send_queue_limit, on_overflow=self._overflowed
+        )
         try:
             superseded = await self.record(
                 commands.attach(

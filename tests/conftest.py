@@ -187,7 +187,7 @@ def free_port() -> int:
 class ServerProcess:
     """``sessiond serve`` as a separate process, for kill and restart tests."""
 
-    def __init__(self, store_url: str, port: int | None = None, **env: str) -> None:
+    def __init__(self, store_url: str, *, port: int | None = None, **env: str) -> None:
         self.store_url = store_url
         self.port = port or free_port()
         self.env = {**os.environ, "SESSIOND_SECRET": TEST_SECRET, **env}

@@ -13,7 +13,7 @@ import pytest
 
 from service.auth import TokenSigner
 from tests.conftest import TEST_SECRET, Api
-from tests.e2e.wsclient import open_live
+from tests.e2e.wsclient import connection_events, open_live
 
 Serve = Callable[..., Any]
 
@@ -382,6 +382,12 @@ async def test_an_auditor_reads_everything_and_every_write_is_403(
     client = await open_live(api, "s-audited", connection_id="conn-audited")
     await client.close()
     auditor: dict[str, Any] = {"user": "carol", "roles": ("auditor",)}
+    # The server records CLOSED (and the session's detach) once it has seen the
+    # close; wait for that, so the history taken below is complete.
+    for _ in range(200):
+        if (await connection_events(api, "conn-audited"))[-1]["type"] == "CLOSED":
+            break
+        await asyncio.sleep(0.05)
     status, view = await api.call("GET", "/v1/sessions/s-audited", **auditor)
     assert status == 200 and view["owner"] == "alice"
     history = await events(api, "s-audited", **auditor)
