@@ -1,0 +1,1 @@
+"""Benchmarks: sessiond against a bare aiohttp server and python-socketio."""
