@@ -188,20 +188,28 @@ def attach(
     *,
     node: str,
     max_connections: int,
-) -> Command[list[str]]:
+) -> Command[tuple[list[str], int]]:
     """SERVICES_READY: create the session if need be, check its owner, attach
-    the connection and supersede the oldest beyond the limit, in one commit."""
+    the connection and supersede the oldest beyond the limit, in one commit.
 
-    def run(uow: UnitOfWork) -> list[str]:
+    Returns the superseded connection IDs and the session's position *before*
+    this commit: everything after it reaches a socket subscribed beforehand
+    through the hub, so only positions up to it need reading from the store.
+    """
+
+    def run(uow: UnitOfWork) -> tuple[list[str], int]:
         connection = _connection(uow, connection_id)
         if not actor.can_write:
             raise Forbidden("auditors read history over HTTP; they do not attach sockets")
         session = uow.session(session_id)
+        position_before = 0
         if session is None:
             session = Session.create(session_id, actor.user_id, None)
             uow.add(session)
         elif session.owner != actor.user_id and not actor.is_service:
             raise Forbidden(f"session {session_id!r} belongs to another user")
+        else:
+            position_before = session.version
         superseded = session.attach(
             connection_id=connection_id,
             user_id=actor.user_id,
@@ -209,7 +217,7 @@ def attach(
             max_connections=max_connections,
         )
         connection.attach(session_id=session_id, superseded=superseded)
-        return superseded
+        return superseded, position_before
 
     return run
 

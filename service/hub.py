@@ -65,6 +65,14 @@ class Subscription:
             raise SlowConsumer(self.session_id)
         return self._items.popleft()
 
+    def drain(self) -> list[dict[str, Any]]:
+        """Everything buffered now, without waiting."""
+        if self.overflowed:
+            raise SlowConsumer(self.session_id)
+        items = list(self._items)
+        self._items.clear()
+        return items
+
     def close(self) -> None:
         self.hub.unsubscribe(self)
 

@@ -265,7 +265,7 @@ class LiveConnection:
             self.session_id, self.settings.send_queue_limit, on_overflow=self._overflowed
         )
         try:
-            superseded = await self.record(
+            superseded, position_before = await self.record(
                 commands.attach(
                     self.connection_id,
                     self.session_id,
@@ -283,8 +283,17 @@ class LiveConnection:
         self.state = "SERVICES_READY"
         await self.announce(session_id=self.session_id, superseded=superseded)
 
-        # Backlog: every event after `after`, from the store, in pages.
-        await self.send_from_store(until=None)
+        # Backlog: what was recorded before this connection subscribed comes
+        # from the store, in pages; the attach commit and everything after it
+        # is already waiting in the subscription (the writer publishes before
+        # it answers), and any hole there is filled from the store too.
+        await self.send_from_store(until=position_before)
+        try:
+            for event in self.subscription.drain():
+                await self.deliver(event, live=True)
+        except SlowConsumer:
+            await self.end(CLOSE_SLOW_CONSUMER, "slow_consumer")
+            return
         if self._ending is not None:
             return
 
