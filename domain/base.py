@@ -48,7 +48,17 @@ class Aggregate(BaseAggregate[str]):
             return data
 
         def type_name(self) -> str:
-            return self.wire_type or type(self).__name__
+            return type(self).wire_name(vars(self))
+
+        @classmethod
+        def wire_name(cls, state: dict[str, Any]) -> str:
+            """The wire type of an event of this class with this state.
+
+            A class method, so a reader holding only the stored state (the
+            fast paths in service/wire.py) names events exactly as the
+            domain does, without building event objects.
+            """
+            return cls.wire_type or cls.__name__
 
     @dataclass(frozen=True, kw_only=True)
     class Created(Event, CanInitAggregate[str]):

@@ -39,8 +39,9 @@ class Connection(Aggregate):
         state: str
         proposed: bool
 
-        def type_name(self) -> str:
-            return self.state
+        @classmethod
+        def wire_name(cls, state: dict[str, Any]) -> str:
+            return str(state["state"])
 
         def apply(self, aggregate: Connection) -> None:
             aggregate.connection_id = self.connection_id
@@ -61,8 +62,9 @@ class Connection(Aggregate):
         state: str
         details: dict[str, Any]
 
-        def type_name(self) -> str:
-            return self.state
+        @classmethod
+        def wire_name(cls, state: dict[str, Any]) -> str:
+            return str(state["state"])
 
         def apply(self, aggregate: Connection) -> None:
             aggregate.state = self.state

@@ -16,7 +16,6 @@ from typing import Any
 
 from eventsourcing.persistence import Notification
 
-from domain.base import Aggregate
 from projections.tables import PROJECTIONS, Tables
 from projections.views import Row, fold_connection, fold_session
 
@@ -143,26 +142,3 @@ def _fold_all(
         if row is not None:
             changed.append(row)
     return changed
-
-
-def event_decoder(
-    to_domain_event: Callable[[Notification], Any],
-    to_wire: Callable[[Aggregate.Event], dict[str, Any]],
-) -> Decode:
-    """Notifications to wire events; an event type this code does not know
-    (written by a newer node) is skipped with a warning, not a crash."""
-
-    def decode(notification: Notification) -> dict[str, Any] | None:
-        try:
-            event = to_domain_event(notification)
-        except Exception as e:
-            log.warning(
-                "skipping an event this version cannot read",
-                extra={"topic": notification.topic, "notification_id": notification.id, "error": e},
-            )
-            return None
-        if not isinstance(event, Aggregate.Event):
-            return None
-        return to_wire(event)
-
-    return decode

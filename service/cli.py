@@ -11,13 +11,10 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
-from aiohttp import web
-
 from domain.errors import InvalidId
 from domain.ids import check_id
 from domain.lifecycle import mermaid
 from service import logs, replay
-from service.app import create_app
 from service.auth import ROLES, TokenSigner, load_or_create_key
 from service.readmodels import make_projector, open_tables
 from service.settings import Settings, SettingsError
@@ -68,6 +65,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except StoreError as e:
         raise CliError(str(e), 1) from None
     _check_port_free(settings.host, settings.port)
+    # The server's imports (aiohttp, psycopg) load only when serving, so the
+    # offline commands (token, replay, projections) start fast.
+    from aiohttp import web
+
+    from service.app import create_app
+
     app = create_app(settings)
 
     def announce(_: object) -> None:

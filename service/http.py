@@ -34,7 +34,7 @@ from service.context import (
     WRITER,
 )
 from service.errors import ApiError
-from service.wire import dumps, wire_event, wire_view
+from service.wire import dumps, wire_view
 from service.writer import Command, StoreUnavailable
 
 T = TypeVar("T")
@@ -355,10 +355,9 @@ async def session_events(request: web.Request) -> web.Response:
     await _readable_session(request, session_id, actor)
     app = request.app[STORE]
     read = functools.partial(
-        app.stream_events, session_stream(session_id), after=after, limit=limit
+        app.stream_wire_events, session_stream(session_id), after=after, limit=limit
     )
-    events = await run_read(request, read)
-    wire = [wire_event(e) for e in events]
+    wire = await run_read(request, read)
     next_after = wire[-1]["position"] if wire else after
     return json_response({"events": wire, "next_after": next_after})
 
@@ -412,8 +411,8 @@ async def connection_events(request: web.Request) -> web.Response:
     connection_id = path_id(request, "connection_id")
     await _readable_connection(request, connection_id, actor)
     app = request.app[STORE]
-    events = await run_read(request, app.stream_events, connection_stream(connection_id))
-    return json_response({"events": [wire_event(e) for e in events]})
+    events = await run_read(request, app.stream_wire_events, connection_stream(connection_id))
+    return json_response({"events": events})
 
 
 # --- operations -------------------------------------------------------------------

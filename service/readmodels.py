@@ -10,10 +10,10 @@ import logging
 import threading
 from typing import Any
 
-from projections.projector import Projector, event_decoder
+from projections.projector import Projector
 from projections.tables import PostgresTables, SQLiteTables, Tables
 from service.store import SessiondApplication, StoreConfig
-from service.wire import wire_event
+from service.wire import wire_from_stored
 
 log = logging.getLogger("sessiond.projections")
 
@@ -44,7 +44,7 @@ def make_projector(store: SessiondApplication, tables: Tables, batch_size: int =
     return Projector(
         lambda start, limit: store.recorder.select_notifications(start, limit),
         store.ping,
-        event_decoder(store.mapper.to_domain_event, wire_event),
+        wire_from_stored,
         tables,
         batch_size=batch_size,
     )

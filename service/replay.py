@@ -10,9 +10,8 @@ import orjson
 
 from domain.ids import session_stream
 from service.store import SessiondApplication
-from service.wire import wire_event
 
-PAGE = 5000
+PAGE = 20000
 
 
 def iter_session_events(
@@ -23,12 +22,11 @@ def iter_session_events(
         limit = PAGE if at is None else min(PAGE, at - after)
         if limit <= 0:
             return
-        events = store.stream_events(session_stream(session_id), after=after, limit=limit)
-        for event in events:
-            yield wire_event(event)
+        events = store.stream_wire_events(session_stream(session_id), after=after, limit=limit)
+        yield from events
         if len(events) < limit:
             return
-        after = events[-1].originator_version
+        after = events[-1]["position"]
 
 
 def _summary(event: dict[str, Any]) -> str:

@@ -25,6 +25,7 @@ from domain.base import Aggregate
 from domain.connection import Connection
 from domain.ids import connection_stream, session_stream
 from domain.session import Session
+from service.wire import wire_from_stored
 
 
 class StoreError(Exception):
@@ -157,6 +158,13 @@ class SessiondApplication(Application[str]):
     ) -> list[Aggregate.Event]:
         events = self.events.get(stream_id, gt=after or None, limit=limit)
         return [e for e in events if isinstance(e, Aggregate.Event)]
+
+    def stream_wire_events(
+        self, stream_id: str, *, after: int = 0, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """A stream's events in wire shape, decoded straight from the rows."""
+        stored = self.recorder.select_events(stream_id, gt=after or None, limit=limit)
+        return [wire_from_stored(s) for s in stored]
 
     def ping(self) -> int:
         return self.recorder.max_notification_id() or 0

@@ -38,7 +38,7 @@ from service.context import HUB, METRICS, READERS, SETTINGS, SIGNER, SOCKETS, ST
 from service.cors import origin_allowed
 from service.errors import ApiError
 from service.hub import SlowConsumer, Subscription
-from service.wire import dumps, wire_event
+from service.wire import dumps
 from service.writer import Command, StoreUnavailable
 
 log = logging.getLogger("sessiond.ws")
@@ -325,14 +325,14 @@ class LiveConnection:
             if limit <= 0:
                 return
             read = functools.partial(
-                store.stream_events,
+                store.stream_wire_events,
                 session_stream(self.session_id),
                 after=self.last_sent,
                 limit=limit,
             )
             events = await loop.run_in_executor(self.app[READERS], read)
             for event in events:
-                await self.deliver(wire_event(event), live=False)
+                await self.deliver(event, live=False)
             if len(events) < limit:
                 return
 

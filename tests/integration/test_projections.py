@@ -179,7 +179,7 @@ async def connect(
         await world.run(commands.authenticate(connection_id, actor))
     if stop_at >= 4:
         try:
-            superseded = await world.run(
+            superseded, _ = await world.run(
                 commands.attach(connection_id, session_id, actor, node="n1", max_connections=2)
             )
         except DomainError:

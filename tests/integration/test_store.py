@@ -137,3 +137,31 @@ def test_a_sqlite_store_in_a_missing_folder_cannot_be_opened(tmp_path: object) -
 def test_an_unreachable_postgresql_is_a_store_error() -> None:
     with pytest.raises(StoreError, match="cannot open store"):
         open_store(parse_store_url("postgresql://postgres@127.0.0.1:1/nowhere?connect_timeout=1"))
+
+
+def test_the_fast_wire_path_shows_exactly_what_the_domain_events_show(
+    store: SessiondApplication,
+) -> None:
+    from service.wire import wire_event
+
+    session = Session.create("every-type", "alice", {"m": [1, None]})
+    session.record_message(message_id="m", role="user", content="x", user_id="alice", tokens=3)
+    session.start_task(task_id="t", name="job", total=2.5, user_id="w")
+    session.report_progress(task_id="t", done=1, total=None, note="n")
+    session.complete_task(task_id="t", result={"r": True})
+    session.start_task(task_id="u", name="job", total=None, user_id="w")
+    session.fail_task(task_id="u", error="boom")
+    session.attach(connection_id="c", user_id="alice", node="n", max_connections=1)
+    session.attach(connection_id="d", user_id="alice", node="n", max_connections=1)
+    session.end(user_id="alice")
+    connection = Connection.open("c", "every-type", node="n", proposed=False)
+    connection.accept()
+    with pytest.raises(Exception, match="not allowed"):
+        connection.go_live(position=1)
+    connection.close(code=4409, reason="superseded")
+    store.save(session, connection)
+    for stream in (session_stream("every-type"), connection_stream("c")):
+        fast = store.stream_wire_events(stream)
+        slow = [wire_event(e) for e in store.stream_events(stream)]
+        assert fast == slow
+        assert [e["position"] for e in fast] == list(range(1, len(fast) + 1))
