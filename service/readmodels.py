@@ -54,12 +54,23 @@ class ReadModels:
     """Keeps the projection tables up to date while the service runs."""
 
     def __init__(
-        self, store: SessiondApplication, config: StoreConfig, *, poll_interval: float = 1.0
+        self,
+        store: SessiondApplication,
+        config: StoreConfig,
+        *,
+        poll_interval: float = 1.0,
+        coalesce: float = 0.05,
     ) -> None:
         self.tables = open_tables(config)
         self.projector = make_projector(store, self.tables)
         self._poll = poll_interval
         self._wake = threading.Event()
+        # A reader waiting for its own write: catch up at once.
+        self._urgent = threading.Event()
+        # Otherwise commits are gathered for up to this long before the
+        # projector takes the database's write lock, so it does not take it
+        # once per commit and stall the writer (measured in bench/).
+        self._coalesce = coalesce
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -79,6 +90,7 @@ class ReadModels:
 
     def stop(self) -> None:
         self._stopping.set()
+        self._urgent.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
@@ -93,6 +105,9 @@ class ReadModels:
         while not self._stopping.is_set():
             self._wake.wait(self._poll)
             self._wake.clear()
+            if not self._urgent.is_set():
+                self._urgent.wait(self._coalesce)
+            self._urgent.clear()
             try:
                 self.applied += self.projector.catch_up()
                 failures = 0
@@ -121,6 +136,7 @@ class ReadModels:
             return True
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append((position, future))
+        self._urgent.set()
         self._wake.set()
         try:
             async with asyncio.timeout(patience):
