@@ -254,6 +254,46 @@ def replay_seconds(workdir: Path, events: int) -> float:
 # --- the run ---------------------------------------------------------------------------
 
 
+def cross_node_latency(seconds: float) -> tuple[float, float] | None:
+    """p50/p99 ms from a POST on node B to the event on a socket of node A,
+    two sessiond nodes on one PostgreSQL database made for the run."""
+    dsn = os.environ.get(
+        "SESSIOND_BENCH_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
+    )
+    try:
+        import psycopg
+
+        name = "sessiond_bench_" + os.urandom(4).hex()
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=3) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except Exception as e:
+        print(f"cross-node latency skipped: no PostgreSQL at {dsn} ({e})", file=sys.stderr)
+        return None
+    store = dsn.rsplit("/", 1)[0] + "/" + name
+    nodes = [
+        Server(f"node-{n}", [sys.executable, "-m", "service", "serve", "--store", store])
+        for n in "ab"
+    ]
+    try:
+        for n, node in zip("ab", nodes, strict=True):
+            os.environ["SESSIOND_NODE"] = f"bench-{n}"
+            node.start()
+        os.environ.pop("SESSIOND_NODE", None)
+        out = subprocess.run(
+            [sys.executable, "-m", "bench.load", "latency", "--url", nodes[0].url,
+             "--url-b", nodes[1].url, "--secret", SECRET, "--rate", "500",
+             "--duration", str(seconds)],
+            cwd=ROOT, capture_output=True, text=True, timeout=600, check=True,
+        )  # fmt: skip
+        result = orjson.loads(out.stdout.strip().splitlines()[-1])
+        return result["p50_ms"], result["p99_ms"]
+    finally:
+        for node in nodes:
+            node.stop()
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def machine() -> str:
     model = "unknown CPU"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -323,6 +363,10 @@ def main() -> int:
         rate, raw = rebuild_rate(workdir, n_rebuild)
         rows.append((f"projection rebuild events/s ({n_rebuild:,} events)", f"{rate:,.0f}",
                      f"{rate / raw:.2f}x raw read+decode ({raw:,.0f}/s)", ""))  # fmt: skip
+        latency = cross_node_latency(2.0 if q else 10.0)
+        if latency is not None:
+            rows.append(("cross-node delivery latency p50 / p99, 500 events/s",
+                         f"{latency[0]:.1f} / {latency[1]:.1f} ms", "", ""))  # fmt: skip
         n_replay = 5000 if q else 100000
         seconds = replay_seconds(workdir, n_replay)
         rows.append((f"replay --json of {n_replay:,} events", f"{seconds:.2f} s", "", ""))

@@ -173,6 +173,57 @@ async def delivery(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+async def latency(args: argparse.Namespace) -> dict[str, Any]:
+    """A socket on node A; messages posted to node B at a fixed rate; the time
+    from sending each POST to its event arriving on A's socket."""
+    tok = token(args.secret)
+    session_id = "lat-" + uuid.uuid4().hex[:20]
+    headers = {"Authorization": f"Bearer {tok}", "Content-Type": "application/json"}
+    sent: dict[str, float] = {}
+    delays: list[float] = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        ws = await ws_handshake(http, args.url, session_id, tok)
+        total = int(args.rate * args.duration)
+
+        async def produce() -> None:
+            interval = 1.0 / args.rate
+            start = time.perf_counter()
+            posts = []
+            for i in range(total):
+                delay = start + i * interval - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                message_id = f"l{i}"
+                sent[message_id] = time.perf_counter()
+                body = orjson.dumps({"role": "user", "content": "x", "message_id": message_id})
+                posts.append(
+                    asyncio.create_task(
+                        http.post(f"{args.url_b}/v1/sessions/{session_id}/messages", data=body,
+                                  headers=headers)
+                    )
+                )  # fmt: skip
+            for response in await asyncio.gather(*posts):
+                response.release()
+
+        async def consume() -> None:
+            while len(delays) < total:
+                frame = orjson.loads(await ws.receive_str(timeout=30))
+                if frame.get("type") != "event":
+                    continue
+                message_id = frame["event"]["data"].get("message_id")
+                if message_id in sent:
+                    delays.append(time.perf_counter() - sent[message_id])
+
+        await asyncio.gather(produce(), consume())
+        await ws.close()
+    delays.sort()
+    return {
+        "events": len(delays),
+        "p50_ms": 1000 * delays[len(delays) // 2],
+        "p99_ms": 1000 * delays[int(len(delays) * 0.99)],
+    }
+
+
 async def idle(args: argparse.Namespace) -> dict[str, Any]:
     """Open N sockets to PROCESSING_READY, report, then hold them until killed."""
     tok = token(args.secret)
@@ -198,7 +249,9 @@ async def idle(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("scenario", choices=["handshakes", "delivery", "idle"])
+    parser.add_argument("scenario", choices=["handshakes", "delivery", "idle", "latency"])
+    parser.add_argument("--url-b", help="latency: the node that producers post to")
+    parser.add_argument("--rate", type=float, default=500.0)
     parser.add_argument("--url", required=True)
     parser.add_argument("--kind", choices=["ws", "socketio"], default="ws")
     parser.add_argument("--clients", type=int, default=40)
@@ -208,7 +261,12 @@ def main() -> None:
     parser.add_argument("--sockets", type=int, default=500)
     parser.add_argument("--secret", default=SECRET_DEFAULT)
     args = parser.parse_args()
-    scenario = {"handshakes": handshakes, "delivery": delivery, "idle": idle}[args.scenario]
+    scenario = {
+        "handshakes": handshakes,
+        "delivery": delivery,
+        "idle": idle,
+        "latency": latency,
+    }[args.scenario]
     result = asyncio.run(scenario(args))
     print(orjson.dumps(result).decode())
 
