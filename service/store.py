@@ -23,7 +23,7 @@ from eventsourcing.persistence import PersistenceError, Transcoder
 
 from domain.base import Aggregate
 from domain.connection import Connection
-from domain.ids import connection_stream, session_stream
+from domain.ids import connection_stream, id_from_stream, session_stream
 from domain.session import Session
 from service.wire import wire_from_stored
 
@@ -164,7 +164,8 @@ class SessiondApplication(Application[str]):
     ) -> list[dict[str, Any]]:
         """A stream's events in wire shape, decoded straight from the rows."""
         stored = self.recorder.select_events(stream_id, gt=after or None, limit=limit)
-        return [wire_from_stored(s) for s in stored]
+        ident = id_from_stream(stream_id)
+        return [wire_from_stored(s, ident) for s in stored]
 
     def ping(self) -> int:
         return self.recorder.max_notification_id() or 0

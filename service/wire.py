@@ -58,18 +58,19 @@ def _event_class(topic: str) -> type[Aggregate.Event] | None:
     return cls if isinstance(cls, type) and issubclass(cls, Aggregate.Event) else None
 
 
-def wire_from_stored(stored: StoredEvent) -> dict[str, Any]:
+def wire_from_stored(stored: StoredEvent, ident: tuple[str, str] | None = None) -> dict[str, Any]:
     """A stored event straight to its wire shape, with no event object built.
 
     The same object as ``wire_event(mapper.to_domain_event(stored))`` (a test
     keeps them equal). An event class this code does not know (written by a
     newer node) is still shown, named after its class, so positions stay dense.
+    ``ident`` is the stream's (kind, client ID) when the caller knows it.
     """
     cls = _event_class(stored.topic)
     state = orjson.loads(stored.state)
     at = state.pop("timestamp")
     state.pop("originator_topic", None)
-    kind, client_id = id_from_stream(str(stored.originator_id))
+    kind, client_id = ident or id_from_stream(str(stored.originator_id))
     return {
         f"{kind}_id": client_id,
         "position": stored.originator_version,
