@@ -8,7 +8,6 @@ from typing import Any, ClassVar
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from statemachine import State, StateMachine
 
 from domain.connection import Connection
 from domain.errors import InvalidTransition
@@ -60,29 +59,10 @@ def test_recorded_events_replay_to_the_same_connection_and_refusals_change_nothi
     assert states.count("CLOSED") <= 1 and (not states or "CLOSED" not in states[:-1])
 
 
-class CountingLifecycle(StateMachine):
+class CountingLifecycle(ConnectionLifecycle):
     """The lifecycle with an entry callback, to prove replay never runs it."""
 
     entered: ClassVar[list[str]] = []
-
-    CONNECTING = State("Connecting", value="CONNECTING", initial=True)
-    ACCEPTED = State("Accepted", value="ACCEPTED")
-    AUTHENTICATED = State("Authenticated", value="AUTHENTICATED")
-    SERVICES_READY = State("Services ready", value="SERVICES_READY")
-    PROCESSING_READY = State("Processing ready", value="PROCESSING_READY")
-    CLOSED = State("Closed", value="CLOSED", final=True)
-
-    accept = CONNECTING.to(ACCEPTED)
-    authenticate = ACCEPTED.to(AUTHENTICATED)
-    attach = AUTHENTICATED.to(SERVICES_READY)
-    go_live = SERVICES_READY.to(PROCESSING_READY)
-    close = (
-        CONNECTING.to(CLOSED)
-        | ACCEPTED.to(CLOSED)
-        | AUTHENTICATED.to(CLOSED)
-        | SERVICES_READY.to(CLOSED)
-        | PROCESSING_READY.to(CLOSED)
-    )
 
     def on_enter_ACCEPTED(self) -> None:
         type(self).entered.append("ACCEPTED")
