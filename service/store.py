@@ -18,8 +18,8 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import orjson
-from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import PersistenceError, Transcoder
+from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
+from eventsourcing.persistence import PersistenceError, Recording, Transcoder
 
 from domain.base import Aggregate
 from domain.connection import Connection
@@ -166,6 +166,22 @@ class SessiondApplication(Application[str]):
         stored = self.recorder.select_events(stream_id, gt=after or None, limit=limit)
         ident = id_from_stream(stream_id)
         return [wire_from_stored(s, ident) for s in stored]
+
+    def save_aggregates(self, *aggregates: Aggregate) -> list[Recording[str]]:
+        """Save our own aggregates' pending events in one transaction.
+
+        ``Application.save`` accepts anything and sorts it with runtime
+        ``isinstance`` checks against Protocols, which measured 8% of the
+        server's CPU under the handshake load; the writer only ever saves
+        aggregates, so it takes this direct path to the same recording.
+        """
+        processing_event: ProcessingEvent[str] = ProcessingEvent()
+        for aggregate in aggregates:
+            processing_event.events.extend(aggregate.collect_events())
+            processing_event.aggregates[aggregate.id] = aggregate
+        recordings = self._record(processing_event)
+        self._notify(recordings)
+        return recordings
 
     def ping(self) -> int:
         return self.recorder.max_notification_id() or 0

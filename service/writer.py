@@ -266,7 +266,7 @@ class Writer:
     def _save(self, aggregates: list[Aggregate]) -> list[Aggregate.Event]:
         if not aggregates:
             return []
-        recordings = self.app.save(*aggregates)
+        recordings = self.app.save_aggregates(*aggregates)
         self.transactions += 1
         events = [r.domain_event for r in recordings]
         self.events_appended += len(events)

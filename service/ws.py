@@ -523,7 +523,11 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(
         heartbeat=settings.heartbeat, max_msg_size=settings.max_frame_bytes, autoping=True
     )
-    if not ws.can_prepare(request).ok:
+    # A cheap look at the upgrade header (aiohttp's can_prepare() runs the
+    # whole handshake check, which prepare() then runs again); a request that
+    # claims an upgrade but is otherwise malformed fails in prepare() and is
+    # recorded CLOSED upgrade_failed.
+    if request.headers.get("Upgrade", "").lower() != "websocket":
         raise ApiError("upgrade_required", "this endpoint speaks WebSocket only", status=426)
     header = request.headers.get("Authorization")
     header_token: str | None = None
