@@ -1,9 +1,12 @@
-"""The bare limit: the same wire protocol as sessiond, recording nothing.
+"""The bare limit: sessiond's wire protocol on aiohttp, recording nothing.
 
 welcome -> auth (token verified) -> AUTHENTICATED -> SERVICES_READY ->
-PROCESSING_READY, message frames and POSTed messages or progress broadcast as
-event frames to every socket of the session, with a per-session position
-counter. No store, no lifecycle machine, no projection.
+PROCESSING_READY; ``message`` frames and POSTed messages, tasks and progress
+are broadcast as ``event`` frames to every socket of the session, numbered by
+a per-session position counter. No store, no lifecycle machine, no
+projection: what any aiohttp WebSocket server has to do, and nothing more.
+
+    python -m bench.bare_server --port P      (SESSIOND_SECRET signs the tokens)
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import time
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import jwt
@@ -19,30 +24,51 @@ import orjson
 from aiohttp import WSMsgType, web
 
 SECRET = os.environ.get("SESSIOND_SECRET", "bench-secret-0123456789-0123456789-abcdef")
+Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 
-def make_app() -> web.Application:
+class Tokens:
+    """HS256 verification, each token remembered until it expires (as sessiond does)."""
+
+    def __init__(self, secret: str) -> None:
+        self.secret = secret
+        self.verified: dict[str, float] = {}
+
+    def ok(self, tok: object) -> bool:
+        if not isinstance(tok, str):
+            return False
+        expires = self.verified.get(tok)
+        if expires is not None and time.time() < expires:
+            return True
+        try:
+            claims = jwt.decode(tok, self.secret, algorithms=["HS256"])
+        except jwt.InvalidTokenError:
+            return False
+        if len(self.verified) >= 4096:
+            self.verified.pop(next(iter(self.verified)))
+        self.verified[tok] = float(claims["exp"])
+        return True
+
+
+def make_app(secret: str = SECRET) -> web.Application:
     # One outbound queue per socket, drained by its own task: frames to one
     # socket are written one at a time, in order (as sessiond's driver does).
     rooms: dict[str, set[asyncio.Queue[bytes]]] = defaultdict(set)
     positions: dict[str, int] = defaultdict(int)
+    tokens = Tokens(secret)
 
-    async def broadcast(session_id: str, kind: str, data: dict[str, Any]) -> int:
+    def broadcast(session_id: str, kind: str, data: dict[str, Any]) -> int:
         positions[session_id] += 1
         position = positions[session_id]
-        frame = orjson.dumps(
-            {
-                "type": "event",
-                "event": {
-                    "session_id": session_id,
-                    "position": position,
-                    "type": kind,
-                    "at": "",
-                    "data": data,
-                },
-            }
-        )
-        for queue in tuple(rooms[session_id]):
+        event = {
+            "session_id": session_id,
+            "position": position,
+            "type": kind,
+            "at": "",
+            "data": data,
+        }
+        frame = orjson.dumps({"type": "event", "event": event})
+        for queue in tuple(rooms.get(session_id, ())):
             queue.put_nowait(frame)
         return position
 
@@ -55,14 +81,16 @@ def make_app() -> web.Application:
 
         async def sender() -> None:
             while True:
-                frame = await outbound.get()
-                await ws.send_frame(frame, WSMsgType.TEXT)
+                await ws.send_frame(await outbound.get(), WSMsgType.TEXT)
+
+        def state(name: str, **extra: Any) -> bytes:
+            return orjson.dumps(
+                {"type": "state", "connection_id": connection_id, "state": name, **extra}
+            )
 
         sending = asyncio.create_task(sender())
-        await ws.send_str(
-            orjson.dumps(
-                {"type": "welcome", "connection_id": connection_id, "state": "ACCEPTED"}
-            ).decode()
+        outbound.put_nowait(
+            orjson.dumps({"type": "welcome", "connection_id": connection_id, "state": "ACCEPTED"})
         )
         try:
             async for msg in ws:
@@ -70,56 +98,57 @@ def make_app() -> web.Application:
                     continue
                 frame = orjson.loads(msg.data)
                 if frame.get("type") == "auth":
-                    try:
-                        jwt.decode(frame.get("token", ""), SECRET, algorithms=["HS256"])
-                    except jwt.InvalidTokenError:
-                        await ws.close(code=4401)
+                    if not tokens.ok(frame.get("token")):
+                        await ws.close(code=4401, message=b"unauthenticated")
                         break
-                    for state in ("AUTHENTICATED", "SERVICES_READY"):
-                        await ws.send_str(
-                            orjson.dumps(
-                                {"type": "state", "connection_id": connection_id, "state": state}
-                            ).decode()
-                        )
+                    outbound.put_nowait(state("AUTHENTICATED"))
+                    outbound.put_nowait(state("SERVICES_READY", session_id=session_id))
                     rooms[session_id].add(outbound)
-                    await ws.send_str(
-                        orjson.dumps(
-                            {
-                                "type": "state",
-                                "connection_id": connection_id,
-                                "state": "PROCESSING_READY",
-                                "session_id": session_id,
-                                "position": positions[session_id],
-                            }
-                        ).decode()
+                    outbound.put_nowait(
+                        state(
+                            "PROCESSING_READY",
+                            session_id=session_id,
+                            position=positions[session_id],
+                        )
                     )
                 elif frame.get("type") == "message":
-                    await broadcast(
-                        session_id, "MessageRecorded", {"content": frame.get("content")}
-                    )
+                    broadcast(session_id, "MessageRecorded", {"content": frame.get("content")})
         finally:
-            rooms[session_id].discard(outbound)
+            room = rooms.get(session_id)
+            if room is not None:
+                room.discard(outbound)
+                if not room:
+                    del rooms[session_id]
             sending.cancel()
         return ws
 
-    async def post_event(request: web.Request) -> web.Response:
-        session_id = request.match_info["session_id"]
-        body = orjson.loads(await request.read())
-        jwt.decode(request.headers["Authorization"].split(" ", 1)[1], SECRET, algorithms=["HS256"])
-        position = await broadcast(session_id, "TaskProgressed", body)
-        return web.Response(
-            body=orjson.dumps({"position": position}), status=202, content_type="application/json"
-        )
+    def post(kind: str, status: int) -> Handler:
+        async def handler(request: web.Request) -> web.Response:
+            header = request.headers.get("Authorization", "")
+            if not tokens.ok(header.removeprefix("Bearer ")):
+                raise web.HTTPUnauthorized()
+            body = orjson.loads(await request.read())
+            position = broadcast(request.match_info["session_id"], kind, body)
+            return web.Response(
+                body=orjson.dumps({"position": position, **request.match_info}),
+                status=status,
+                content_type="application/json",
+            )
+
+        return handler
 
     app = web.Application()
     app.router.add_get("/v1/ws", websocket)
-    app.router.add_post("/v1/sessions/{session_id}/tasks/{task_id}/progress", post_event)
-    app.router.add_post("/v1/sessions/{session_id}/messages", post_event)
+    app.router.add_post("/v1/sessions/{session_id}/messages", post("MessageRecorded", 201))
+    app.router.add_post("/v1/sessions/{session_id}/tasks", post("TaskStarted", 201))
+    app.router.add_post(
+        "/v1/sessions/{session_id}/tasks/{task_id}/progress", post("TaskProgressed", 202)
+    )
     return app
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(prog="python -m bench.bare_server")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
     web.run_app(make_app(), host="127.0.0.1", port=args.port, print=None, access_log=None)

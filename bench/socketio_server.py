@@ -1,45 +1,50 @@
-"""The peer a Python team would pick instead: python-socketio's AsyncServer
-on aiohttp, doing the same handshake and room broadcast, recording nothing."""
+"""The peer a Python team would pick instead: python-socketio's AsyncServer on
+aiohttp, doing the same handshake and room broadcast, recording nothing.
+
+    python -m bench.socketio_server --port P      (SESSIOND_SECRET signs the tokens)
+"""
 
 from __future__ import annotations
 
 import argparse
-import os
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import parse_qs
 
-import jwt
 import orjson
 import socketio
 from aiohttp import web
 
-SECRET = os.environ.get("SESSIOND_SECRET", "bench-secret-0123456789-0123456789-abcdef")
+from bench.bare_server import SECRET, Tokens
+
+Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 
-def make_app() -> web.Application:
+def make_app(secret: str = SECRET) -> web.Application:
     sio = socketio.AsyncServer(async_mode="aiohttp", cors_allowed_origins=[])
     app = web.Application()
     sio.attach(app)
     positions: dict[str, int] = defaultdict(int)
+    tokens = Tokens(secret)
 
-    @sio.event
     async def connect(sid: str, environ: dict[str, Any], auth: Any) -> None:
-        query = environ.get("QUERY_STRING", "")
-        params = dict(p.split("=", 1) for p in query.split("&") if "=" in p)
-        await sio.save_session(sid, {"session_id": params.get("session_id", "s")})
+        query = parse_qs(environ.get("QUERY_STRING", ""))
+        session_id = query.get("session_id", ["s"])[0]
+        await sio.save_session(sid, {"session_id": session_id})
         await sio.emit("welcome", {"connection_id": sid, "state": "ACCEPTED"}, to=sid)
 
-    @sio.event
     async def auth(sid: str, data: dict[str, Any]) -> None:
-        try:
-            jwt.decode(data.get("token", ""), SECRET, algorithms=["HS256"])
-        except jwt.InvalidTokenError:
+        if not tokens.ok(data.get("token")):
             await sio.disconnect(sid)
             return
-        session = await sio.get_session(sid)
-        session_id = session["session_id"]
-        for state in ("AUTHENTICATED", "SERVICES_READY"):
-            await sio.emit("state", {"connection_id": sid, "state": state}, to=sid)
+        session_id = (await sio.get_session(sid))["session_id"]
+        await sio.emit("state", {"connection_id": sid, "state": "AUTHENTICATED"}, to=sid)
+        await sio.emit(
+            "state",
+            {"connection_id": sid, "state": "SERVICES_READY", "session_id": session_id},
+            to=sid,
+        )
         await sio.enter_room(sid, session_id)
         await sio.emit(
             "state",
@@ -52,30 +57,46 @@ def make_app() -> web.Application:
             to=sid,
         )
 
-    async def post_event(request: web.Request) -> web.Response:
-        session_id = request.match_info["session_id"]
-        body = orjson.loads(await request.read())
-        jwt.decode(request.headers["Authorization"].split(" ", 1)[1], SECRET, algorithms=["HS256"])
+    async def message(sid: str, data: dict[str, Any]) -> None:
+        session_id = (await sio.get_session(sid))["session_id"]
+        await broadcast(session_id, "MessageRecorded", {"content": data.get("content")})
+
+    sio.on("connect", connect)
+    sio.on("auth", auth)
+    sio.on("message", message)
+
+    async def broadcast(session_id: str, kind: str, data: dict[str, Any]) -> int:
         positions[session_id] += 1
         position = positions[session_id]
-        event = {
-            "session_id": session_id,
-            "position": position,
-            "type": "TaskProgressed",
-            "data": body,
-        }
+        event = {"session_id": session_id, "position": position, "type": kind, "data": data}
         await sio.emit("event", event, room=session_id)
-        return web.Response(
-            body=orjson.dumps({"position": position}), status=202, content_type="application/json"
-        )
+        return position
 
-    app.router.add_post("/v1/sessions/{session_id}/tasks/{task_id}/progress", post_event)
-    app.router.add_post("/v1/sessions/{session_id}/messages", post_event)
+    def post(kind: str, status: int) -> Handler:
+        async def handler(request: web.Request) -> web.Response:
+            header = request.headers.get("Authorization", "")
+            if not tokens.ok(header.removeprefix("Bearer ")):
+                raise web.HTTPUnauthorized()
+            body = orjson.loads(await request.read())
+            position = await broadcast(request.match_info["session_id"], kind, body)
+            return web.Response(
+                body=orjson.dumps({"position": position, **request.match_info}),
+                status=status,
+                content_type="application/json",
+            )
+
+        return handler
+
+    app.router.add_post("/v1/sessions/{session_id}/messages", post("MessageRecorded", 201))
+    app.router.add_post("/v1/sessions/{session_id}/tasks", post("TaskStarted", 201))
+    app.router.add_post(
+        "/v1/sessions/{session_id}/tasks/{task_id}/progress", post("TaskProgressed", 202)
+    )
     return app
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(prog="python -m bench.socketio_server")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
     web.run_app(make_app(), host="127.0.0.1", port=args.port, print=None, access_log=None)

@@ -1,8 +1,10 @@
-"""The benchmark command still runs end to end (quick mode: tiny loads).
+"""The benchmark command still runs end to end (``python -m bench --quick``).
 
-No timing is asserted here; the figures are for docs/benchmarks.md. Without
-the bench extra (python-socketio, matplotlib) it measures sessiond and the
-bare server only, which is what this proves still works.
+No timing is asserted here: the figures are for docs/benchmarks.md. What is
+asserted is that the run completes, writes its table, and that no
+acknowledged event went missing on the way to the socket. It needs the bench
+extra (python-socketio, the peer it measures against), so without it the
+test is skipped and the main test command needs nothing more.
 """
 
 from __future__ import annotations
@@ -11,22 +13,34 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_the_quick_benchmark_runs_and_writes_its_table(tmp_path: Path) -> None:
-    out = tmp_path / "benchmarks.md"
+    pytest.importorskip("socketio", reason="the bench extra: pip install -e '.[bench]'")
+    out = tmp_path / "b.md"
     result = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
         check=False,
     )
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = out.read_text()
-    for figure in ("handshakes/s", "events/s delivered", "events appended/s", "rebuild", "replay"):
-        assert figure in report
-    assert "(0 lost)" in report and " lost)" in report
-    assert "lost)" not in report.replace("(0 lost)", ""), "an acknowledged event was lost"
+    assert "| figure | load | measured | baseline | ratio | server CPU |" in report
+    for figure in (
+        "full-lifecycle handshakes/s",
+        "progress events/s delivered to one socket",
+        "events appended/s",
+        "projection rebuild events/s",
+        "memory per idle live socket",
+        "cross-node delivery latency",
+        "service replay",
+    ):
+        assert figure in report, figure
+    assert "(0 lost, 0 repeated)" in report
+    assert "OUT OF ORDER" not in report

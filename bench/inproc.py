@@ -1,0 +1,261 @@
+"""Figures measured inside this process, on SQLite files: the store path alone
+(the writer against a raw batched insert), projection rebuild (against a raw
+read and decode), and the data for ``sessiond replay``.
+
+Large logs are made fast: one real session and connection are written
+through the writer once, and their stored rows (topic and state bytes) are
+copied under new IDs, with dense positions, straight into the app's recorder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+from eventsourcing.persistence import StoredEvent
+
+from service import commands
+from service.auth import Principal
+from service.readmodels import make_projector, open_tables
+from service.store import SessiondApplication, open_store, parse_store_url
+from service.writer import Writer
+
+ACTOR = Principal("bench", frozenset({"user"}))
+SID, CID = "SESSION-PLACEHOLDER", "CONNECTION-PLACEHOLDER"
+BODY = ("TaskProgressed", "MessageRecorded")
+Row = tuple[str, str, bytes]  # stream, topic, state
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+# --- a real session, as recorded ------------------------------------------------
+
+
+def template(workdir: Path) -> list[Row]:
+    """The stored rows of one real connection's life on one session: connect,
+    walk to PROCESSING_READY, a task, progress, a message, close."""
+    store = open_store(parse_store_url(sqlite_url(workdir / "template.db")))
+
+    async def record() -> None:
+        writer = Writer(store, on_commit=lambda events: None)
+        writer.start(asyncio.get_running_loop())
+        for command in (
+            commands.open_connection(CID, SID, node="bench", proposed=True),
+            commands.accept(CID),
+            commands.authenticate(CID, ACTOR),
+            commands.attach(CID, SID, ACTOR, node="bench", max_connections=1),
+            commands.go_live(CID, 2),
+            commands.start_task(SID, ACTOR, task_id="t1", name="export", total=1000),
+            commands.report_progress(SID, ACTOR, task_id="t1", done=1, total=None, note=None),
+            commands.record_message(
+                SID, ACTOR, message_id="m1", role="user", content="hello, world"
+            ),
+            commands.close_connection(CID, code=1000, reason="normal"),
+        ):
+            await writer.execute(command)
+        await writer.stop()
+
+    asyncio.run(record())
+    rows = [
+        (str(n.originator_id), n.topic, n.state)
+        for n in store.recorder.select_notifications(1, 100)
+    ]
+    store.close()
+    return rows
+
+
+def expand(rows: list[Row], session_id: str, connection_id: str, body: int) -> list[StoredEvent]:
+    """The template under new IDs, with ``body`` progress and message events
+    (alternating) in place of its one of each, positions dense per stream."""
+    sid, cid = session_id.encode(), connection_id.encode()
+    versions: dict[str, int] = defaultdict(int)
+    body_rows = [r for r in rows if r[1].endswith(BODY)]
+    out: list[StoredEvent] = []
+
+    def emit(row: Row) -> None:
+        stream = row[0].replace(SID, session_id).replace(CID, connection_id)
+        versions[stream] += 1
+        state = row[2].replace(SID.encode(), sid).replace(CID.encode(), cid)
+        out.append(StoredEvent(stream, versions[stream], row[1], state))
+
+    emitted_body = False
+    for row in rows:
+        if row[1].endswith(BODY):
+            if not emitted_body:
+                for i in range(body):
+                    emit(body_rows[i % len(body_rows)])
+                emitted_body = True
+            continue
+        emit(row)
+    return out
+
+
+def fill(store: SessiondApplication, events: Iterator[StoredEvent], chunk: int = 20_000) -> int:
+    """Insert stored events through the app's recorder, ``chunk`` per transaction."""
+    batch: list[StoredEvent] = []
+    n = 0
+    for event in events:
+        batch.append(event)
+        if len(batch) >= chunk:
+            store.recorder.insert_events(batch)
+            n += len(batch)
+            batch = []
+    if batch:
+        store.recorder.insert_events(batch)
+        n += len(batch)
+    return n
+
+
+def sessions_log(rows: list[Row], events: int, per_session: int) -> Iterator[StoredEvent]:
+    fixed = sum(1 for r in rows if not r[1].endswith(BODY))
+    for i in range(max(1, events // per_session)):
+        yield from expand(rows, f"session-{i:07d}", f"conn-{i:07d}", per_session - fixed)
+
+
+# --- (c) events appended/s: the writer vs a raw batched insert ------------------------
+
+
+@dataclass
+class Append:
+    rate: float
+    cpu_per_event: float
+    per_txn: float
+    raw_rate: float
+    raw_cpu_per_event: float
+    synchronous: str
+
+
+def append_rate(workdir: Path, events: int, concurrency: int, max_batch: int = 256) -> Append:
+    """``concurrency`` commands in flight at all times (each producer awaits its
+    command, then sends the next), through service.writer.Writer to a SQLite
+    file; then the same rows inserted with sqlite3 into a table of the same
+    schema, in transactions of the size the writer made, same durability."""
+    path = workdir / "append.db"
+    store = open_store(parse_store_url(sqlite_url(path)))
+    with store.recorder.datastore.transaction(commit=False) as c:  # type: ignore[attr-defined]
+        c.execute("PRAGMA synchronous")
+        synchronous = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}[c.fetchone()[0]]
+    per = max(1, events // concurrency)
+
+    async def run() -> tuple[float, float, int, int]:
+        writer = Writer(store, on_commit=lambda events: None, max_batch=max_batch)
+        writer.start(asyncio.get_running_loop())
+        sessions = [f"append-{i}" for i in range(concurrency)]
+        await asyncio.gather(
+            *(writer.execute(commands.create_session(s, ACTOR, None)) for s in sessions)
+        )
+        tx0, ev0 = writer.transactions, writer.events_appended
+        cpu0, t0 = time.process_time(), time.perf_counter()
+
+        async def producer(s: str) -> None:
+            for i in range(per):
+                await writer.execute(
+                    commands.record_message(
+                        s, ACTOR, message_id=f"m{i}", role="assistant", content="token " * 8
+                    )
+                )
+
+        await asyncio.gather(*(producer(s) for s in sessions))
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        txns, appended = writer.transactions - tx0, writer.events_appended - ev0
+        await writer.stop()
+        return elapsed, cpu, txns, appended
+
+    elapsed, cpu, txns, appended = asyncio.run(run())
+    store.close()
+    per_txn = appended / max(txns, 1)
+
+    db = sqlite3.connect(path)
+    schema = db.execute("SELECT sql FROM sqlite_master WHERE name = 'stored_events'").fetchone()[0]
+    rows = db.execute(
+        "SELECT originator_id, originator_version, topic, state FROM stored_events "
+        "WHERE topic LIKE '%MessageRecorded' ORDER BY rowid"
+    ).fetchall()
+    db.close()
+    raw = sqlite3.connect(workdir / "raw.db", isolation_level=None)
+    raw.execute("PRAGMA journal_mode=WAL")
+    raw.execute(f"PRAGMA synchronous={synchronous}")
+    raw.execute(schema)
+    size = max(1, round(per_txn))
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    for start in range(0, len(rows), size):
+        raw.execute("BEGIN")
+        raw.executemany("INSERT INTO stored_events VALUES (?, ?, ?, ?)", rows[start : start + size])
+        raw.execute("COMMIT")
+    raw_elapsed, raw_cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    raw.close()
+    return Append(
+        rate=appended / elapsed,
+        cpu_per_event=cpu / appended,
+        per_txn=per_txn,
+        raw_rate=len(rows) / raw_elapsed,
+        raw_cpu_per_event=raw_cpu / len(rows),
+        synchronous=synchronous,
+    )
+
+
+# --- (d) projection rebuild --------------------------------------------------------
+
+
+@dataclass
+class Rebuild:
+    events: int
+    rate: float
+    cpu_per_event: float
+    raw_rate: float
+    fill_seconds: float
+
+
+def rebuild_rate(workdir: Path, rows: list[Row], events: int, batch_size: int = 5000) -> Rebuild:
+    """``sessiond projections rebuild`` (its default batch) over ``events``
+    recorded events, against reading the same rows and decoding them with orjson."""
+    config = parse_store_url(sqlite_url(workdir / "rebuild.db"))
+    store = open_store(config)
+    t0 = time.perf_counter()
+    recorded = fill(store, sessions_log(rows, events, per_session=100))
+    fill_seconds = time.perf_counter() - t0
+    tables = open_tables(config)
+    projector = make_projector(store, tables, batch_size=batch_size)
+    projector.setup()
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    applied = projector.rebuild()
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    tables.close()
+    store.close()
+    if applied != recorded:
+        raise RuntimeError(f"rebuild applied {applied} of {recorded} events")
+
+    assert config.path is not None
+    db = sqlite3.connect(config.path)
+    t0 = time.perf_counter()
+    n = 0
+    for _rowid, _stream, _version, _topic, state in db.execute(
+        "SELECT rowid, originator_id, originator_version, topic, state FROM stored_events "
+        "ORDER BY rowid"
+    ):
+        orjson.loads(state)
+        n += 1
+    raw_rate = n / (time.perf_counter() - t0)
+    db.close()
+    return Rebuild(recorded, applied / elapsed, cpu / applied, raw_rate, fill_seconds)
+
+
+# --- (g) data for replay --------------------------------------------------------------
+
+
+def replay_store(workdir: Path, rows: list[Row], events: int, session_id: str) -> str:
+    """A store holding one session of ``events`` events (and its connection)."""
+    url = sqlite_url(workdir / f"replay-{events}.db")
+    store = open_store(parse_store_url(url))
+    fixed = sum(1 for r in rows if not r[1].endswith(BODY) and r[0].startswith("session:"))
+    fill(store, iter(expand(rows, session_id, f"{session_id}-conn", max(0, events - fixed))))
+    store.close()
+    return url

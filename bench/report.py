@@ -1,0 +1,126 @@
+"""The results table (terminal and Markdown), the machine, the plot."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+# Hand-written notes below this line in the output file survive a new run.
+NOTES_MARKER = "<!-- notes: kept by python -m bench -->"
+REPRODUCE = "pip install -e '.[bench]' && python -m bench --out docs/benchmarks.md"
+
+
+@dataclass
+class Row:
+    figure: str
+    load: str
+    value: str
+    baseline: str = ""
+    ratio: str = ""
+    cpu: str = ""
+    goal: str = ""
+
+
+COLUMNS = ("figure", "load", "measured", "baseline", "ratio", "server CPU", "goal (issue 5)")
+
+
+def table(rows: list[Row]) -> str:
+    lines = [
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + " --- |" * len(COLUMNS),
+    ]
+    for r in rows:
+        cells = (r.figure, r.load, r.value, r.baseline, r.ratio, r.cpu, r.goal)
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def verdict(ok: bool, goal: str, comparable: bool = True) -> str:
+    """The goal and whether this run meets it; a goal stated for a bigger load
+    than this run's is not judged."""
+    if not comparable:
+        return f"{goal}: not judged at this load"
+    return f"{goal}: {'met' if ok else 'NOT met'}"
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    return (
+        f"{model}, {os.cpu_count()} cores, Python {platform.python_version()} "
+        f"({platform.python_implementation()}), {platform.system()} {platform.release()}"
+    )
+
+
+def plot(png: Path, curves: dict[str, list[tuple[int, float, float]]]) -> str:
+    """Handshakes/s and median handshake time against concurrent clients; the
+    Markdown that shows it, or a note saying why there is none."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "(no plot: install the bench extra, `pip install -e '.[bench]'`)"
+    fig, (rate_ax, time_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, points in curves.items():
+        clients = [c for c, _, _ in points]
+        rate_ax.plot(clients, [r for _, r, _ in points], marker="o", label=name)
+        time_ax.plot(clients, [p for _, _, p in points], marker="o", label=name)
+    rate_ax.set(
+        xlabel="concurrent clients",
+        ylabel="full-lifecycle handshakes/s",
+        title="Throughput against load",
+    )
+    time_ax.set(
+        xlabel="concurrent clients",
+        ylabel="median handshake time (ms)",
+        title="Latency against load",
+    )
+    for ax in (rate_ax, time_ax):
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return f"![handshakes/s and handshake time against concurrent clients]({png.name})"
+
+
+def write(out: Path, rows: list[Row], curves: dict[str, list[tuple[int, float, float]]], *,
+          quick: bool, notes: list[str]) -> None:  # fmt: skip
+    """``out`` (Markdown) and the plot beside it (same name, .png)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    kept = ""
+    if out.exists():
+        previous = out.read_text()
+        if NOTES_MARKER in previous:
+            kept = previous[previous.index(NOTES_MARKER) :]
+    picture = plot(out.with_suffix(".png"), curves)
+    mode = (
+        "quick mode (tiny loads: proves the bench runs; not figures to quote)"
+        if quick
+        else "full mode"
+    )
+    command = (
+        REPRODUCE.replace("python -m bench", "python -m bench --quick") if quick else REPRODUCE
+    )
+    text = (
+        "# Benchmarks\n\n"
+        f"Measured {time.strftime('%Y-%m-%d')} in {mode} on {machine()}.\n\n"
+        f"Reproduce: `{command}`\n\n"
+        "Every server runs in its own process; the load generator (`bench/load.py`) runs in "
+        "another, on the same cores, which is why the server CPU per operation is shown "
+        "beside each rate. The goals are issue 5's, stated for the full loads.\n\n"
+        f"{table(rows)}\n\n" + "".join(f"- {n}\n" for n in notes) + f"\n{picture}\n"
+    )
+    if kept:
+        text += "\n" + kept
+    out.write_text(text)
