@@ -115,14 +115,34 @@ def consult(machine_class: type[StateMachine], state: str, transition: str) -> s
     outside the probe changes either way. A machine without guards is asked
     once per (state, transition) and its answer remembered: asking costs about
     0.17 ms, remembering about 0.1 µs, and the answer cannot change.
+
+    A name that is not one of the machine's transitions, or a state it does
+    not have (a log written by a node with a newer lifecycle), is refused:
+    python-statemachine would otherwise raise AttributeError or KeyError.
     """
     key = (machine_class, state, transition)
     if key in _answers:
         return _answers[key]
+    if not _knows(machine_class, state, transition):
+        return None
     target = _ask(machine_class, state, transition)
     if _is_pure_table(machine_class):
         _answers[key] = target
     return target
+
+
+def _knows(machine_class: type[StateMachine], state: str, transition: str) -> bool:
+    return state in _state_set(machine_class) and transition in _transition_set(machine_class)
+
+
+@functools.cache
+def _state_set(machine_class: type[StateMachine]) -> frozenset[str]:
+    return frozenset(state_values(machine_class))
+
+
+@functools.cache
+def _transition_set(machine_class: type[StateMachine]) -> frozenset[str]:
+    return frozenset(transition_names(machine_class))
 
 
 def _ask(machine_class: type[StateMachine], state: str, transition: str) -> str | None:

@@ -16,6 +16,7 @@ from domain.errors import (
     DomainError,
     SessionNotFound,
 )
+from domain.lifecycle import consult
 from domain.session import Session
 from service.auth import Principal
 from service.wire import wire_view
@@ -201,6 +202,11 @@ def attach(
         connection = _connection(uow, connection_id)
         if not actor.can_write:
             raise Forbidden("auditors read history over HTTP; they do not attach sockets")
+        if consult(type(connection).lifecycle, connection.state, "attach") is None:
+            # Ask before touching the session: a refused attach (the socket
+            # closed meanwhile) must not create, attach or supersede anything.
+            # This records the refusal and raises InvalidTransition.
+            connection.attach(session_id=session_id, superseded=[])
         session = uow.session(session_id)
         position_before = 0
         if session is None:
@@ -236,10 +242,11 @@ def close_connection(connection_id: str, *, code: int, reason: str) -> Command[b
         connection = uow.connection(connection_id)
         if connection is None or connection.is_closed:
             return False
+        # Close first: were it refused, the session must not lose the connection.
+        connection.close(code=code, reason=reason)
         session = uow.session(connection.session_id)
         if session is not None:
             session.detach(connection_id=connection_id, reason=reason)
-        connection.close(code=code, reason=reason)
         return True
 
     return run

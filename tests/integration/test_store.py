@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
+import domain.session
 from domain.connection import Connection
 from domain.ids import connection_stream, session_stream
 from domain.session import Session
@@ -18,8 +20,16 @@ from service.store import (
     open_store,
     parse_store_url,
 )
+from service.wire import wire_event
 
-SEED_IDS = ["session-1735095123-abc123", "sess_mgpresmh_6655kc3b0", "a:b.c-d_e", "z" * 128]
+ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-"
+SEED_IDS = [
+    "session-1735095123-abc123",
+    "sess_mgpresmh_6655kc3b0",
+    "a:b.c-d_e",
+    (ALPHABET * 2)[:128],
+]
+AT = datetime(2026, 11, 22, 6, 37, 37, 123456, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -29,30 +39,89 @@ def store(store_url: str) -> Iterator[SessiondApplication]:
     app.close()
 
 
+# --- IDs --------------------------------------------------------------------------
+
+
 @pytest.mark.parametrize("client_id", SEED_IDS)
-def test_sessions_and_connections_come_back_under_the_same_id_byte_for_byte(
+def test_a_session_comes_back_under_its_id_byte_for_byte(
     store: SessiondApplication, client_id: str
 ) -> None:
     session = Session.create(client_id, "alice", {"k": "v"})
     session.record_message(message_id="m1", role="user", content="héllo ✓", user_id="alice")
-    connection = Connection.open(client_id, client_id, node="n1", proposed=True)
-    connection.accept()
-    store.save(session, connection)
+    store.save(session)
 
     again = store.get_session(client_id)
-    assert again is not None and again.view() == session.view()
+    assert again is not None
     assert again.session_id == client_id
-    conn = store.get_connection(client_id)
-    assert conn is not None and conn.connection_id == client_id and conn.state == "ACCEPTED"
-    # Same client string for a session and a connection: two streams, no collision.
-    assert [e.type_name() for e in store.stream_events(session_stream(client_id))] == [
+    assert again.session_id.encode() == client_id.encode()
+    assert again.view() == session.view()
+    stored = store.recorder.select_events(session_stream(client_id))
+    assert [s.originator_id for s in stored] == ["session:" + client_id] * 2
+    wire = store.stream_wire_events(session_stream(client_id))
+    assert {e["session_id"] for e in wire} == {client_id}
+
+
+@pytest.mark.parametrize("client_id", SEED_IDS)
+def test_a_connection_comes_back_under_its_id_byte_for_byte(
+    store: SessiondApplication, client_id: str
+) -> None:
+    connection = Connection.open(client_id, "sess-of-" + client_id[:100], node="n1", proposed=True)
+    connection.accept()
+    connection.authenticate(user_id="alice", roles=["user"])
+    store.save(connection)
+
+    again = store.get_connection(client_id)
+    assert again is not None
+    assert again.connection_id == client_id
+    assert again.view() == connection.view()
+    assert again.state == "AUTHENTICATED" and again.user_id == "alice"
+    stored = store.recorder.select_events(connection_stream(client_id))
+    assert {s.originator_id for s in stored} == {"connection:" + client_id}
+    wire = store.stream_wire_events(connection_stream(client_id))
+    assert {e["connection_id"] for e in wire} == {client_id}
+    assert [e["type"] for e in wire] == ["CONNECTING", "ACCEPTED", "AUTHENTICATED"]
+
+
+def test_a_session_and_a_connection_with_one_id_do_not_collide(
+    store: SessiondApplication,
+) -> None:
+    shared = "sess_mgpresmh_6655kc3b0"
+    session = Session.create(shared, "alice")
+    session.record_message(message_id="m", role="user", content="x", user_id="alice")
+    connection = Connection.open(shared, shared, node="n1", proposed=True)
+    connection.accept()
+    store.save(session, connection)  # one transaction, two streams
+
+    assert [e.type_name() for e in store.stream_events(session_stream(shared))] == [
         "SessionCreated",
         "MessageRecorded",
     ]
-    assert [e.type_name() for e in store.stream_events(connection_stream(client_id))] == [
+    assert [e.type_name() for e in store.stream_events(connection_stream(shared))] == [
         "CONNECTING",
         "ACCEPTED",
     ]
+    again_session = store.get_session(shared)
+    again_connection = store.get_connection(shared)
+    assert isinstance(again_session, Session) and again_session.version == 2
+    assert isinstance(again_connection, Connection) and again_connection.version == 2
+
+
+def test_an_unknown_session_or_connection_is_none(store: SessiondApplication) -> None:
+    assert store.get_session("never") is None
+    assert store.get_connection("never") is None
+    assert store.stream_events(session_stream("never")) == []
+
+
+def test_a_connection_id_is_not_read_as_a_session_or_the_other_way_round(
+    store: SessiondApplication,
+) -> None:
+    store.save(Connection.open("only-a-connection", "s", node="n", proposed=True))
+    store.save(Session.create("only-a-session", "alice"))
+    assert store.get_session("only-a-connection") is None
+    assert store.get_connection("only-a-session") is None
+
+
+# --- reading ----------------------------------------------------------------------
 
 
 def test_events_are_read_back_after_a_position_and_up_to_a_limit(
@@ -62,9 +131,25 @@ def test_events_are_read_back_after_a_position_and_up_to_a_limit(
     for i in range(10):
         session.record_message(message_id=f"m{i}", role="user", content=str(i), user_id="alice")
     store.save(session)
-    page = store.stream_events(session_stream("paged"), after=3, limit=4)
-    assert [e.originator_version for e in page] == [4, 5, 6, 7]
-    assert store.stream_events(session_stream("paged"), after=11) == []
+    stream = session_stream("paged")
+
+    def positions(**kwargs: int) -> list[int]:
+        return [e.originator_version for e in store.stream_events(stream, **kwargs)]
+
+    assert positions() == list(range(1, 12))
+    assert positions(after=0) == list(range(1, 12))
+    assert positions(after=3, limit=4) == [4, 5, 6, 7]
+    assert positions(limit=2) == [1, 2]
+    assert positions(after=9) == [10, 11]
+    assert positions(after=11) == []
+    assert positions(after=50) == []
+    # Paging with after=last-seen walks the whole history once, in order.
+    seen: list[int] = []
+    while page := positions(after=seen[-1] if seen else 0, limit=3):
+        seen.extend(page)
+    assert seen == list(range(1, 12))
+    wire = store.stream_wire_events(stream, after=3, limit=4)
+    assert [e["position"] for e in wire] == [4, 5, 6, 7]
 
 
 def test_a_session_can_be_read_as_it_stood_at_any_position(store: SessiondApplication) -> None:
@@ -72,66 +157,184 @@ def test_a_session_can_be_read_as_it_stood_at_any_position(store: SessiondApplic
     session.start_task(task_id="t", name="job", total=10, user_id="w")
     store.save(session)
     session.report_progress(task_id="t", done=5, total=None, note=None)
+    session.record_message(message_id="m", role="user", content="x", user_id="alice")
     session.end(user_id="alice")
     store.save(session)
+
+    at_1 = store.get_session("travel", version=1)
+    assert at_1 is not None and at_1.version == 1 and at_1.tasks == {}
     at_2 = store.get_session("travel", version=2)
     assert at_2 is not None
     assert at_2.view()["tasks"][0]["done"] == 0 and at_2.state == "ACTIVE"
+    at_3 = store.get_session("travel", version=3)
+    assert at_3 is not None and at_3.view()["tasks"][0]["done"] == 5 and at_3.message_count == 0
+    at_4 = store.get_session("travel", version=4)
+    assert at_4 is not None and at_4.message_count == 1 and at_4.state == "ACTIVE"
     now = store.get_session("travel")
-    assert now is not None and now.state == "ENDED" and now.version == 4
+    assert now is not None and now.state == "ENDED" and now.version == 5
+    assert now.view() == session.view()
+    # Reading the past does not disturb the present (the repository caches).
+    again = store.get_session("travel")
+    assert again is not None and again.version == 5
 
 
-def test_timestamps_round_trip_in_utc_with_microseconds(store: SessiondApplication) -> None:
-    session = Session.create("clock", "alice")
-    created = session.created_on
-    store.save(session)
+@pytest.fixture(params=["sqlite", "postgres"])
+def shared_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A store two applications can share (memory:// is private to one)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'shared.db'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+def test_two_applications_on_one_store_see_each_others_writes(shared_store_url: str) -> None:
+    first = open_store(parse_store_url(shared_store_url))
+    second = open_store(parse_store_url(shared_store_url))
+    try:
+        session = Session.create("seen", "alice")
+        first.save(session)
+        read = second.get_session("seen")
+        assert read is not None
+        read.record_message(message_id="m", role="user", content="x", user_id="alice")
+        second.save(read)
+        again = first.get_session("seen")  # cached in `first`, fast-forwarded
+        assert again is not None and again.version == 2 and again.message_count == 1
+    finally:
+        first.close()
+        second.close()
+
+
+# --- timestamps -------------------------------------------------------------------
+
+
+def test_timestamps_round_trip_in_utc_with_microseconds(
+    store: SessiondApplication, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(domain.session, "utcnow", lambda: AT)
+    store.save(Session.create("clock", "alice"))
     again = store.get_session("clock")
     assert again is not None
-    assert again.created_on == created
-    assert again.created_on.tzinfo is not None
-    assert again.created_on.utcoffset() == UTC.utcoffset(None)
+    assert again.created_on == AT
+    assert again.created_on.microsecond == 123456
+    assert again.created_on.utcoffset() == timedelta(0)
+    (event,) = store.stream_events(session_stream("clock"))
+    assert event.timestamp == AT
+    (row,) = store.recorder.select_events(session_stream("clock"))
+    assert b'"timestamp":"2026-11-22T06:37:37.123456+00:00"' in bytes(row.state)
 
 
-def test_the_transcoder_reads_back_what_it_writes() -> None:
+def test_a_timestamp_on_a_whole_second_round_trips_too(
+    store: SessiondApplication, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    whole = AT.replace(microsecond=0)
+    monkeypatch.setattr(domain.session, "utcnow", lambda: whole)
+    store.save(Session.create("whole", "alice"))
+    again = store.get_session("whole")
+    assert again is not None and again.created_on == whole
+    assert again.created_on.utcoffset() == timedelta(0)
+
+
+@pytest.mark.parametrize(
+    "ts",
+    [
+        AT,
+        AT.replace(microsecond=0),
+        AT.replace(microsecond=1),
+        datetime(2026, 11, 22, 8, 37, 37, 999999, tzinfo=timezone(timedelta(hours=2))),
+    ],
+)
+def test_the_transcoder_reads_back_what_it_writes(ts: datetime) -> None:
     t = OrjsonTranscoder()
-    ts = datetime(2026, 11, 22, 6, 37, 37, 123456, tzinfo=UTC)
-    state = {"timestamp": ts, "data": {"a": [1, 2.5, None, "é"]}}
-    assert t.decode(t.encode(state)) == state
+    state = {"timestamp": ts, "data": {"a": [1, 2.5, None, "é", True], "n": {"k": "✓"}}}
+    back = t.decode(t.encode(state))
+    assert back == state
+    assert back["timestamp"].utcoffset() == ts.utcoffset()
 
 
-def test_an_unknown_session_or_connection_is_none(store: SessiondApplication) -> None:
-    assert store.get_session("never") is None
-    assert store.get_connection("never") is None
+def test_the_transcoder_leaves_states_without_a_timestamp_alone() -> None:
+    t = OrjsonTranscoder()
+    assert t.decode(t.encode({"x": "2026-11-22T06:37:37+00:00"})) == {
+        "x": "2026-11-22T06:37:37+00:00"
+    }
+    assert t.decode(t.encode([1, 2])) == [1, 2]
+
+
+# --- opening ----------------------------------------------------------------------
 
 
 def test_the_sqlite_file_is_in_wal_mode(sqlite_url: str) -> None:
     app = open_store(parse_store_url(sqlite_url))
+    app.save(Session.create("wal", "alice"))
     app.close()
     path = parse_store_url(sqlite_url).path
-    assert path is not None
+    assert path is not None and path.is_file()
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_sqlite_store_reopened_finds_what_it_wrote(sqlite_url: str) -> None:
+    app = open_store(parse_store_url(sqlite_url))
+    app.save(Session.create("kept", "alice"))
+    app.close()
+    again = open_store(parse_store_url(sqlite_url))
+    try:
+        session = again.get_session("kept")
+        assert session is not None and session.owner == "alice"
+    finally:
+        again.close()
+
+
+def test_store_urls_name_the_backend_and_its_settings(tmp_path: Path) -> None:
+    memory = parse_store_url("memory://")
+    assert memory.kind == "memory"
+    assert memory.env["PERSISTENCE_MODULE"] == "eventsourcing.popo"
+    sqlite = parse_store_url(f"sqlite:///{tmp_path}/a%20b.db")
+    assert sqlite.kind == "sqlite" and sqlite.path == tmp_path / "a b.db"
+    assert sqlite.env["SQLITE_DBNAME"] == str(tmp_path / "a b.db")
+    pg = parse_store_url("postgresql://u:p%40ss@db.example:6543/sessions?schema=s1")
+    assert pg.kind == "postgres"
+    assert (pg.env["POSTGRES_HOST"], pg.env["POSTGRES_PORT"]) == ("db.example", "6543")
+    assert (pg.env["POSTGRES_USER"], pg.env["POSTGRES_PASSWORD"]) == ("u", "p@ss")
+    assert (pg.env["POSTGRES_DBNAME"], pg.env["POSTGRES_SCHEMA"]) == ("sessions", "s1")
+    for config in (memory, sqlite, pg):
+        assert config.env["ORIGINATOR_ID_TYPE"] == "text"
 
 
 @pytest.mark.parametrize(
     ("url", "says"),
     [
+        ("", "bad store URL"),
         ("mysql://x", "bad store URL"),
         ("sqlite://relative.db", "bad store URL"),
         ("sqlite:///", "no file name"),
+        ("sqlite:///some/folder/", "no file name"),
         ("sqlite:///:memory:", "memory://"),
         ("postgresql://host-only", "bad store URL"),
+        ("postgresql:///db-without-host", "bad store URL"),
         ("postgresql://u@h:notaport/db", "port"),
     ],
 )
 def test_bad_store_urls_are_refused_with_a_readable_message(url: str, says: str) -> None:
-    with pytest.raises(StoreError, match=says):
+    with pytest.raises(StoreError, match=says) as refused:
         parse_store_url(url)
+    assert "Traceback" not in str(refused.value)
 
 
-def test_a_sqlite_store_in_a_missing_folder_cannot_be_opened(tmp_path: object) -> None:
+def test_a_sqlite_store_in_a_missing_folder_cannot_be_opened() -> None:
     with pytest.raises(StoreError, match="does not exist"):
         open_store(parse_store_url("sqlite:////nonexistent-folder-xyz/s.db"))
+
+
+def test_a_sqlite_store_on_a_folder_cannot_be_opened(tmp_path: Path) -> None:
+    (tmp_path / "dir.db").mkdir()
+    with pytest.raises(StoreError, match="is a folder"):
+        open_store(parse_store_url(f"sqlite:///{tmp_path / 'dir.db'}"))
+
+
+def test_a_sqlite_file_that_is_not_a_database_is_a_store_error(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not a database file, not even close " * 100)
+    with pytest.raises(StoreError, match="cannot open store"):
+        open_store(parse_store_url(f"sqlite:///{junk}"))
 
 
 def test_an_unreachable_postgresql_is_a_store_error() -> None:
@@ -139,11 +342,15 @@ def test_an_unreachable_postgresql_is_a_store_error() -> None:
         open_store(parse_store_url("postgresql://postgres@127.0.0.1:1/nowhere?connect_timeout=1"))
 
 
+def test_a_missing_postgresql_database_is_a_store_error(pg_dsn: str) -> None:
+    base = pg_dsn.rsplit("/", 1)[0]
+    with pytest.raises(StoreError, match="cannot open store"):
+        open_store(parse_store_url(f"{base}/sessiond_no_such_database_x"))
+
+
 def test_the_fast_wire_path_shows_exactly_what_the_domain_events_show(
     store: SessiondApplication,
 ) -> None:
-    from service.wire import wire_event
-
     session = Session.create("every-type", "alice", {"m": [1, None]})
     session.record_message(message_id="m", role="user", content="x", user_id="alice", tokens=3)
     session.start_task(task_id="t", name="job", total=2.5, user_id="w")

@@ -1,38 +1,66 @@
 """The writer thread on real stores: group commit, no lost updates, conflicts
-retried and never surfaced, errors kept to the command that caused them."""
+retried and never surfaced, errors kept to the command that caused them.
+
+To put commands in one batch without relying on timing, a test *holds* the
+writer: a first command blocks the writer thread on an Event, the test queues
+its commands, then releases it; the writer then takes everything waiting
+(up to ``max_batch``) as one batch.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from domain.errors import InvalidTransition, SessionNotFound
+from domain.errors import (
+    ConnectionIdTaken,
+    InvalidCommand,
+    InvalidTransition,
+    SessionNotFound,
+    SessionOwnedByOther,
+    TaskNotFound,
+)
 from domain.ids import connection_stream, session_stream
 from domain.session import Session
 from service import commands
 from service.auth import Principal
 from service.store import SessiondApplication, open_store, parse_store_url
-from service.writer import UnitOfWork, Writer
+from service.writer import Command, UnitOfWork, Writer
 
 ALICE = Principal("alice", frozenset({"user"}))
+BOB = Principal("bob", frozenset({"user"}))
+MAX_BATCH = 64
+WAIT = 60.0  # a guard against hanging forever, never an assertion about speed
 
 
 class Running:
-    def __init__(self, store: SessiondApplication, writer: Writer) -> None:
+    """An application and its writer, recording what the writer published."""
+
+    def __init__(self, store: SessiondApplication) -> None:
         self.store = store
-        self.writer = writer
         self.published: list[Any] = []
+        self.writer = Writer(store, on_commit=self.published.extend, max_batch=MAX_BATCH)
+
+    def types(self, stream_id: str) -> list[str]:
+        return [e.type_name() for e in self.store.stream_events(stream_id)]
+
+    def positions(self, stream_id: str) -> list[int]:
+        return [e.originator_version for e in self.store.stream_events(stream_id)]
+
+    async def stop(self) -> None:
+        await self.writer.stop()
+        self.store.close()
 
 
 async def start(url: str) -> Running:
-    store = open_store(parse_store_url(url))
-    running = Running(store, None)  # type: ignore[arg-type]
-    writer = Writer(store, on_commit=running.published.extend, max_batch=64)
-    writer.start(asyncio.get_running_loop())
-    running.writer = writer
+    running = Running(open_store(parse_store_url(url)))
+    running.writer.start(asyncio.get_running_loop())
     return running
 
 
@@ -40,70 +68,221 @@ async def start(url: str) -> Running:
 async def running(store_url: str) -> AsyncIterator[Running]:
     r = await start(store_url)
     yield r
-    await r.writer.stop()
-    r.store.close()
+    await r.stop()
 
 
-async def test_concurrent_messages_on_one_session_lose_no_update(running: Running) -> None:
+@pytest.fixture(params=["sqlite", "postgres"])
+def shared_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A store two applications can share (memory:// is private to one)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'shared.db'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+async def two_nodes(shared_store_url: str) -> AsyncIterator[tuple[Running, Running]]:
+    first = await start(shared_store_url)
+    second = await start(shared_store_url)
+    yield first, second
+    for r in (first, second):
+        await r.stop()
+
+
+@asynccontextmanager
+async def held(writer: Writer) -> AsyncIterator[None]:
+    """Keep the writer thread busy until the block ends."""
+    started, release = threading.Event(), threading.Event()
+
+    def hold(uow: UnitOfWork) -> None:
+        started.set()
+        release.wait(WAIT)
+
+    blocker = asyncio.ensure_future(writer.execute(hold))
+    assert await asyncio.to_thread(started.wait, WAIT), "the writer never ran"
+    try:
+        yield
+    finally:
+        release.set()
+        await blocker
+
+
+async def queue(writer: Writer, *cmds: Command[Any]) -> list[asyncio.Future[Any]]:
+    """Queue commands (in this order) and return their futures, without waiting."""
+    futures = [asyncio.ensure_future(writer.execute(c)) for c in cmds]
+    await asyncio.sleep(0)  # each task runs up to its await: every command is queued
+    return futures
+
+
+async def in_one_batch(writer: Writer, *cmds: Command[Any]) -> list[Any]:
+    """Run the commands as one batch; their results or exceptions, in order."""
+    assert len(cmds) < MAX_BATCH
+    async with held(writer):
+        futures = await queue(writer, *cmds)
+    return list(await asyncio.gather(*futures, return_exceptions=True))
+
+
+def message(session_id: str, message_id: str, actor: Principal = ALICE) -> Command[Any]:
+    return commands.record_message(
+        session_id, actor, message_id=message_id, role="user", content=message_id
+    )
+
+
+async def walk_to_authenticated(w: Writer, connection_id: str, session_id: str) -> None:
+    await w.execute(commands.open_connection(connection_id, session_id, node="n", proposed=True))
+    await w.execute(commands.accept(connection_id))
+    await w.execute(commands.authenticate(connection_id, ALICE))
+
+
+async def walk_to_live(w: Writer, connection_id: str, session_id: str) -> list[str]:
+    await walk_to_authenticated(w, connection_id, session_id)
+    superseded, position = await w.execute(
+        commands.attach(connection_id, session_id, ALICE, node="n", max_connections=1)
+    )
+    await w.execute(commands.go_live(connection_id, position))
+    return list(superseded)
+
+
+# --- no lost updates, one session, group commit ------------------------------------
+
+
+async def test_two_hundred_concurrent_messages_on_one_session_lose_no_update(
+    running: Running,
+) -> None:
     w = running.writer
     await w.execute(commands.create_session("hot", ALICE, None))
-    results = await asyncio.gather(
-        *(
-            w.execute(
-                commands.record_message(
-                    "hot", ALICE, message_id=f"m{i}", role="user", content=str(i)
-                )
-            )
-            for i in range(200)
-        )
-    )
-    positions = sorted(p for p, created in results if created)
-    assert positions == list(range(2, 202))
-    events = running.store.stream_events(session_stream("hot"))
-    assert [e.originator_version for e in events] == list(range(1, 202))
-    assert w.transactions < 200, "commands shared transactions (group commit)"
+    results = await asyncio.gather(*(w.execute(message("hot", f"m{i}")) for i in range(200)))
+
+    assert all(created for _, created in results)
+    assert sorted(p for p, _ in results) == list(range(2, 202))
+    assert running.positions(session_stream("hot")) == list(range(1, 202))
+    recorded = {
+        e.payload()["message_id"]: e.originator_version
+        for e in running.store.stream_events(session_stream("hot"), after=1)
+    }
+    assert recorded == {f"m{i}": p for i, (p, _) in enumerate(results)}
+    session = running.store.get_session("hot")
+    assert session is not None and session.message_count == 200 and session.position == 201
+
+
+async def test_commands_waiting_together_are_committed_in_one_transaction_per_batch(
+    running: Running,
+) -> None:
+    w = running.writer
+    await w.execute(commands.create_session("grouped", ALICE, None))
+    transactions_before = w.transactions
+    async with held(w):
+        futures = await queue(w, *(message("grouped", f"m{i}") for i in range(200)))
+    results = await asyncio.gather(*futures)
+
+    # 200 waiting commands, at most 64 a batch: four commits, in queue order.
+    assert w.transactions - transactions_before == 4
+    assert [p for p, _ in results] == list(range(2, 202))
+    assert running.positions(session_stream("grouped")) == list(range(1, 202))
 
 
 async def test_forty_concurrent_creates_of_one_id_record_one_session(running: Running) -> None:
     results = await asyncio.gather(
-        *(running.writer.execute(commands.create_session("once", ALICE, None)) for _ in range(40))
+        *(
+            running.writer.execute(commands.create_session("once", ALICE, {"n": 1}))
+            for _ in range(40)
+        )
     )
     assert sorted(created for _, created in results) == [False] * 39 + [True]
-    assert [e.type_name() for e in running.store.stream_events(session_stream("once"))] == [
-        "SessionCreated"
-    ]
+    assert {view["session_id"] for view, _ in results} == {"once"}
+    assert {view["owner"] for view, _ in results} == {"alice"}
+    assert running.types(session_stream("once")) == ["SessionCreated"]
 
 
-async def test_a_failing_command_does_not_affect_the_others_in_its_batch(
+async def test_forty_creates_of_one_id_in_one_batch_record_one_session(running: Running) -> None:
+    results = await in_one_batch(
+        running.writer, *(commands.create_session("batched", ALICE, None) for _ in range(40))
+    )
+    assert [created for _, created in results] == [True] + [False] * 39
+    assert running.types(session_stream("batched")) == ["SessionCreated"]
+
+
+async def test_creating_another_users_session_is_refused_and_records_nothing(
+    running: Running,
+) -> None:
+    w = running.writer
+    await w.execute(commands.create_session("mine", ALICE, None))
+    with pytest.raises(SessionOwnedByOther):
+        await w.execute(commands.create_session("mine", BOB, None))
+    assert running.types(session_stream("mine")) == ["SessionCreated"]
+
+
+async def test_the_client_id_is_what_every_result_and_event_carries(running: Running) -> None:
+    w = running.writer
+    sid, cid = "session-1735095123-abc123", "sess_mgpresmh_6655kc3b0"
+    view, created = await w.execute(commands.create_session(sid, ALICE, None))
+    assert created and view["session_id"] == sid
+    await walk_to_live(w, cid, sid)
+    assert {e.originator_id for e in running.published} == {
+        session_stream(sid),
+        connection_stream(cid),
+    }
+    connection = running.store.get_connection(cid)
+    assert connection is not None and connection.session_id == sid
+    session = running.store.get_session(sid)
+    assert session is not None and session.connections == [cid]
+
+
+# --- errors stay with the command that caused them ---------------------------------
+
+
+async def test_domain_errors_in_a_batch_leave_the_other_commands_untouched(
     running: Running,
 ) -> None:
     w = running.writer
     await w.execute(commands.create_session("mixed", ALICE, None))
-    ok_1 = w.execute(
-        commands.record_message("mixed", ALICE, message_id="a", role="user", content="a")
-    )
-    bad = w.execute(
-        commands.record_message("missing", ALICE, message_id="b", role="user", content="b")
+    await w.execute(commands.open_connection("c-mixed", "mixed", node="n", proposed=True))
+    transactions_before = w.transactions
+
+    results = await in_one_batch(
+        w,
+        message("mixed", "a"),
+        message("missing", "b"),
+        commands.record_message("mixed", ALICE, message_id="x", role="robot", content="x"),
+        commands.report_progress("mixed", ALICE, task_id="nope", done=1, total=None, note=None),
+        commands.go_live("c-mixed", 0),
+        message("mixed", "c"),
     )
 
+    assert results[0] == (2, True)
+    assert isinstance(results[1], SessionNotFound)
+    assert isinstance(results[2], InvalidCommand)
+    assert isinstance(results[3], TaskNotFound)
+    assert isinstance(results[4], InvalidTransition)
+    assert results[5] == (3, True)
+    assert w.transactions - transactions_before == 1, "one batch, one commit"
+    assert [e.payload().get("message_id") for e in running.store.stream_events("session:mixed")][
+        1:
+    ] == ["a", "c"]
+    assert running.types(connection_stream("c-mixed")) == ["CONNECTING", "TransitionRefused"]
+    assert running.store.get_session("missing") is None
+
+
+async def test_an_unexpected_exception_in_a_batch_commits_none_of_its_half_made_events(
+    running: Running,
+) -> None:
+    w = running.writer
+    await w.execute(commands.create_session("buggy", ALICE, None))
+
     def explode(uow: UnitOfWork) -> None:
-        session = uow.session("mixed")
+        session = uow.session("buggy")
         assert session is not None
         session.record_message(message_id="half", role="user", content="x", user_id="alice")
         raise RuntimeError("a bug after recording")
 
-    buggy = w.execute(explode)
-    ok_2 = w.execute(
-        commands.record_message("mixed", ALICE, message_id="c", role="user", content="c")
-    )
-    results = await asyncio.gather(ok_1, bad, buggy, ok_2, return_exceptions=True)
-    assert isinstance(results[1], SessionNotFound)
-    assert isinstance(results[2], RuntimeError)
-    kinds = [
-        e.payload().get("message_id") for e in running.store.stream_events(session_stream("mixed"))
-    ]
-    assert "half" not in kinds, "a failed command's events were committed"
-    assert {"a", "c"} <= set(kinds)
+    results = await in_one_batch(w, message("buggy", "a"), explode, message("buggy", "c"))
+
+    assert isinstance(results[1], RuntimeError)
+    assert results[0] == (2, True) and results[2] == (3, True)
+    ids = [e.payload().get("message_id") for e in running.store.stream_events("session:buggy")]
+    assert ids == [None, "a", "c"], "a failed command's events were committed"
+    # The writer's memory of the session is the store's, not the half-made one.
+    assert await w.execute(message("buggy", "d")) == (4, True)
+    assert running.positions(session_stream("buggy")) == [1, 2, 3, 4]
 
 
 async def test_a_refused_transition_is_recorded_even_though_the_command_raised(
@@ -111,58 +290,191 @@ async def test_a_refused_transition_is_recorded_even_though_the_command_raised(
 ) -> None:
     w = running.writer
     await w.execute(commands.open_connection("c-ref", "s", node="n", proposed=True))
-    with pytest.raises(InvalidTransition):
+    with pytest.raises(InvalidTransition) as refused:
         await w.execute(commands.go_live("c-ref", 0))
-    types = [e.type_name() for e in running.store.stream_events(connection_stream("c-ref"))]
-    assert types == ["CONNECTING", "TransitionRefused"]
+    assert (refused.value.state, refused.value.transition) == ("CONNECTING", "go_live")
+
+    assert running.types(connection_stream("c-ref")) == ["CONNECTING", "TransitionRefused"]
+    assert [e.type_name() for e in running.published] == ["CONNECTING", "TransitionRefused"]
+    connection = running.store.get_connection("c-ref")
+    assert connection is not None and connection.state == "CONNECTING"
+    assert connection.refused == 1
+    # The refusal changed nothing: the walk goes on from where it was.
+    assert await w.execute(commands.accept("c-ref")) == "ACCEPTED"
+
+
+async def test_a_refused_attach_neither_attaches_nor_supersedes_nor_creates(
+    running: Running,
+) -> None:
+    w = running.writer
+    # The live tab of session "tabs".
+    await w.execute(commands.create_session("tabs", ALICE, None))
+    assert await walk_to_live(w, "tab-live", "tabs") == []
+    # A second socket authenticates, then closes (the client went away, or the
+    # server shut down) before its attach command runs.
+    await walk_to_authenticated(w, "tab-gone", "tabs")
+    assert await w.execute(commands.close_connection("tab-gone", code=1001, reason="shutdown"))
+    position_before = running.positions(session_stream("tabs"))[-1]
+
+    with pytest.raises(InvalidTransition):
+        await w.execute(commands.attach("tab-gone", "tabs", ALICE, node="n", max_connections=1))
+
+    session = running.store.get_session("tabs")
+    assert session is not None and session.connections == ["tab-live"]
+    assert running.positions(session_stream("tabs"))[-1] == position_before
+    assert running.types(connection_stream("tab-gone"))[-2:] == ["CLOSED", "TransitionRefused"]
+
+    # The same for a session that does not exist yet: it is not created.
+    await w.execute(commands.open_connection("early", "not-yet", node="n", proposed=True))
+    with pytest.raises(InvalidTransition):
+        await w.execute(commands.attach("early", "not-yet", ALICE, node="n", max_connections=1))
+    assert running.store.get_session("not-yet") is None
+
+
+async def test_attaching_a_new_tab_supersedes_the_old_one_in_one_commit(
+    running: Running,
+) -> None:
+    w = running.writer
+    assert await walk_to_live(w, "old-tab", "reload") == []
+    transactions_before = w.transactions
+    await walk_to_authenticated(w, "new-tab", "reload")
+    superseded, position = await w.execute(
+        commands.attach("new-tab", "reload", ALICE, node="n", max_connections=1)
+    )
+    assert superseded == ["old-tab"]
+    assert w.transactions - transactions_before == 4  # open, accept, authenticate, attach
+    types = running.types(session_stream("reload"))
+    assert types[position:] == ["ConnectionAttached", "ConnectionDetached"]
+    session = running.store.get_session("reload")
+    assert session is not None and session.connections == ["new-tab"]
+
+
+async def test_closing_a_closed_connection_records_nothing(running: Running) -> None:
+    w = running.writer
+    await walk_to_live(w, "c-close", "s-close")
+    assert await w.execute(commands.close_connection("c-close", code=1000, reason="normal"))
+    before = running.positions(connection_stream("c-close"))
+    assert not await w.execute(commands.close_connection("c-close", code=1001, reason="again"))
+    assert running.positions(connection_stream("c-close")) == before
+    assert running.types(session_stream("s-close"))[-1] == "ConnectionDetached"
+    connection = running.store.get_connection("c-close")
+    assert connection is not None and (connection.close_code, connection.close_reason) == (
+        1000,
+        "normal",
+    )
 
 
 async def test_a_connection_id_can_be_recorded_only_once(running: Running) -> None:
     w = running.writer
     await w.execute(commands.open_connection("dup", "s", node="n", proposed=True))
-    with pytest.raises(Exception, match="already recorded"):
+    with pytest.raises(ConnectionIdTaken, match="already recorded"):
         await w.execute(commands.open_connection("dup", "s", node="n", proposed=True))
+    assert running.types(connection_stream("dup")) == ["CONNECTING"]
 
 
-async def test_committed_events_are_published_after_the_commit(running: Running) -> None:
-    await running.writer.execute(commands.create_session("pub", ALICE, None))
-    assert [e.type_name() for e in running.published] == ["SessionCreated"]
-
-
-async def test_a_conflict_with_another_writer_is_retried_and_never_surfaced(
-    store_url: str,
+async def test_committed_events_are_published_after_the_commit_in_order(
+    running: Running,
 ) -> None:
-    if store_url == "memory://":
-        pytest.skip("two writers need a shared store; memory:// lives in one application")
-    first = await start(store_url)
-    second = await start(store_url)
-    try:
-        await first.writer.execute(commands.create_session("shared", ALICE, None))
-        # Both writers now hold the session; each write makes the other's stale.
-        for i in range(10):
-            writer = first.writer if i % 2 == 0 else second.writer
-            await writer.execute(
-                commands.record_message(
-                    "shared", ALICE, message_id=f"m{i}", role="user", content=str(i)
-                )
-            )
-        results = await asyncio.gather(
-            *(
-                (first.writer if i % 2 else second.writer).execute(
-                    commands.record_message(
-                        "shared", ALICE, message_id=f"x{i}", role="user", content=str(i)
-                    )
-                )
-                for i in range(40)
-            )
+    w = running.writer
+    await w.execute(commands.create_session("pub", ALICE, None))
+    assert [e.type_name() for e in running.published] == ["SessionCreated"]
+    await in_one_batch(w, message("pub", "a"), message("pub", "b"))
+    assert [(e.type_name(), e.originator_version) for e in running.published] == [
+        ("SessionCreated", 1),
+        ("MessageRecorded", 2),
+        ("MessageRecorded", 3),
+    ]
+
+
+# --- conflicts with another writer --------------------------------------------------
+
+
+async def test_a_stale_writer_retries_its_conflict_and_never_surfaces_it(
+    two_nodes: tuple[Running, Running],
+) -> None:
+    first, second = two_nodes
+    await first.writer.execute(commands.create_session("shared", ALICE, None))
+    await first.writer.execute(message("shared", "m-first-1"))  # first now holds version 2
+    assert await second.writer.execute(message("shared", "m-second")) == (3, True)
+
+    # first's remembered session is at version 2; the store is at 3.
+    assert await first.writer.execute(message("shared", "m-first-2")) == (4, True)
+    assert first.writer.conflicts == 1
+    assert second.writer.conflicts == 0
+    assert first.positions(session_stream("shared")) == [1, 2, 3, 4]
+    ids = [e.payload().get("message_id") for e in first.store.stream_events("session:shared")]
+    assert ids == [None, "m-first-1", "m-second", "m-first-2"]
+    # An idempotent repeat after the retry still finds the first position.
+    assert await first.writer.execute(message("shared", "m-second")) == (3, False)
+
+
+async def test_a_conflict_retries_the_whole_batch_without_doubling_its_other_writes(
+    two_nodes: tuple[Running, Running],
+) -> None:
+    first, second = two_nodes
+    await first.writer.execute(commands.create_session("contended", ALICE, None))
+    await first.writer.execute(commands.create_session("calm", ALICE, None))
+    await second.writer.execute(message("contended", "from-second"))
+
+    results = await in_one_batch(
+        first.writer,
+        message("calm", "c1"),
+        message("contended", "from-first"),
+        commands.create_session("born-in-batch", ALICE, None),
+        message("calm", "c2"),
+    )
+
+    assert first.writer.conflicts == 1
+    assert results[0] == (2, True) and results[3] == (3, True)
+    assert results[1] == (3, True)
+    assert results[2][1] is True
+    assert first.types(session_stream("calm")) == [
+        "SessionCreated",
+        "MessageRecorded",
+        "MessageRecorded",
+    ]
+    assert first.types(session_stream("born-in-batch")) == ["SessionCreated"]
+    assert first.positions(session_stream("contended")) == [1, 2, 3]
+
+
+async def test_two_writers_interleaving_on_one_session_lose_nothing(
+    two_nodes: tuple[Running, Running],
+) -> None:
+    first, second = two_nodes
+    await first.writer.execute(commands.create_session("shared", ALICE, None))
+    for i in range(10):
+        writer = first.writer if i % 2 == 0 else second.writer
+        await writer.execute(message("shared", f"m{i}"))
+    results = await asyncio.gather(
+        *(
+            (first.writer if i % 2 else second.writer).execute(message("shared", f"x{i}"))
+            for i in range(40)
         )
-        assert all(created for _, created in results)
-        events = first.store.stream_events(session_stream("shared"))
-        assert [e.originator_version for e in events] == list(range(1, 52))
-        assert first.writer.conflicts + second.writer.conflicts > 0
-        again = first.store.get_session("shared")
+    )
+
+    assert all(created for _, created in results)
+    assert sorted(p for p, _ in results) == list(range(12, 52))
+    assert first.positions(session_stream("shared")) == list(range(1, 52))
+    assert first.writer.conflicts + second.writer.conflicts > 0
+    for node in (first, second):
+        again = node.store.get_session("shared")
         assert isinstance(again, Session) and again.message_count == 50
+
+
+# --- life ---------------------------------------------------------------------------
+
+
+async def test_stopping_finishes_every_queued_command_first(store_url: str) -> None:
+    r = await start(store_url)
+    try:
+        await r.writer.execute(commands.create_session("draining", ALICE, None))
+        async with held(r.writer):
+            futures = await queue(r.writer, *(message("draining", f"m{i}") for i in range(100)))
+            stopping = asyncio.ensure_future(r.writer.stop())
+            await asyncio.sleep(0)
+        await stopping
+        results = await asyncio.gather(*futures)
+        assert sorted(p for p, _ in results) == list(range(2, 102))
+        assert r.positions(session_stream("draining")) == list(range(1, 102))
     finally:
-        for r in (first, second):
-            await r.writer.stop()
-            r.store.close()
+        await r.stop()
