@@ -21,7 +21,7 @@ from projections.views import Row, fold_connection, fold_session
 
 log = logging.getLogger("sessiond.projections")
 
-Decode = Callable[[Notification], dict[str, Any] | None]
+Decode = Callable[[Notification], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ class Projector:
                 self.position = current
                 return -1
             return 0
-        events = [e for e in map(self._decode, notifications) if e is not None]
+        events = [self._decode(n) for n in notifications]
         sessions: dict[str, list[dict[str, Any]]] = {}
         connections: dict[str, list[dict[str, Any]]] = {}
         for event in events:

@@ -7,12 +7,12 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from aiohttp import web
 
 from domain.base import Aggregate
 from domain.errors import DomainError
-from domain.ids import id_from_stream
 from service import commands, http, ws
 from service.auth import TokenSigner, load_or_create_key
 from service.context import (
@@ -35,7 +35,7 @@ from service.metrics import Metrics
 from service.nodes import NodeRegistry
 from service.readmodels import ReadModels, postgres_conninfo
 from service.settings import Settings
-from service.store import SessiondApplication, StoreConfig, open_store, parse_store_url
+from service.store import StoreConfig, open_store, parse_store_url
 from service.wire import wire_event
 from service.writer import Writer
 
@@ -72,15 +72,16 @@ async def error_middleware(
         return error_response("internal", "internal error; nothing was recorded twice", 500)
 
 
-def _publisher(app: web.Application) -> Callable[[list[Aggregate.Event]], None]:
+def _publisher(app: web.Application) -> Callable[[list[dict[str, Any]]], None]:
+    """Wire events to the hub, grouped by session (connection events stay out)."""
     hub = app[HUB]
 
-    def publish(events: list[Aggregate.Event]) -> None:
-        by_session: dict[str, list[dict[str, object]]] = {}
+    def publish(events: list[dict[str, Any]]) -> None:
+        by_session: dict[str, list[dict[str, Any]]] = {}
         for event in events:
-            kind, client_id = id_from_stream(event.originator_id)
-            if kind == "session":
-                by_session.setdefault(client_id, []).append(wire_event(event))
+            session_id = event.get("session_id")
+            if session_id is not None:
+                by_session.setdefault(session_id, []).append(event)
         for session_id, wire in by_session.items():
             hub.publish(session_id, wire)
 
@@ -101,6 +102,10 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     publish = _publisher(app)
 
     def on_commit(events: list[Aggregate.Event]) -> None:
+        publish([wire_event(e) for e in events])
+        readmodels.notify()
+
+    def on_followed(events: list[dict[str, Any]]) -> None:
         publish(events)
         readmodels.notify()
 
@@ -113,7 +118,7 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         follower = LogFollower(
             store,
             postgres_conninfo(config),
-            on_commit,
+            on_followed,
             poll_interval=settings.poll_interval,
         )
         follower.start(loop)
@@ -241,6 +246,3 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.router.add_routes(http.routes)
     app.router.add_get("/v1/ws", ws.websocket)
     return app
-
-
-__all__ = ["SessiondApplication", "create_app"]

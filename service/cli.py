@@ -142,7 +142,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     store = _open(args)
     try:
         if store.get_session(args.session_id, version=1) is None:
-            raise CliError(f"no session {args.session_id!r} in {store_label(args)}", 1)
+            raise CliError(f"no session {args.session_id!r} in {_settings(args).store_url}", 1)
         events = replay.iter_session_events(store, args.session_id, at=args.at)
         if args.json:
             replay.write_json_lines(events, sys.stdout.buffer)
@@ -157,10 +157,6 @@ def cmd_replay(args: argparse.Namespace) -> int:
     finally:
         store.close()
     return 0
-
-
-def store_label(args: argparse.Namespace) -> str:
-    return _settings(args).store_url
 
 
 def cmd_projections(args: argparse.Namespace) -> int:

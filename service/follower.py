@@ -24,8 +24,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from domain.base import Aggregate
+from domain.ids import SESSION_PREFIX as SESSION
 from service.store import SessiondApplication
+from service.wire import wire_from_stored
 
 log = logging.getLogger("sessiond.follower")
 
@@ -37,7 +38,7 @@ class LogFollower:
         self,
         store: SessiondApplication,
         conninfo: str,
-        on_events: Callable[[list[Aggregate.Event]], None],
+        on_events: Callable[[list[dict[str, Any]]], None],
         *,
         poll_interval: float = 1.0,
     ) -> None:
@@ -91,18 +92,13 @@ class LogFollower:
             notifications = self.store.recorder.select_notifications(self.position + 1, PAGE)
             if not notifications:
                 return
-            events: list[Aggregate.Event] = []
-            for notification in notifications:
-                try:
-                    event = self.store.mapper.to_domain_event(notification)
-                except Exception:
-                    log.warning(
-                        "skipping an event this version cannot read",
-                        extra={"notification_id": notification.id, "topic": notification.topic},
-                    )
-                    continue
-                if isinstance(event, Aggregate.Event):
-                    events.append(event)
+            # Only session events go to sockets; they are decoded with the
+            # same raw-row decoder as every other read path.
+            events = [
+                wire_from_stored(n)
+                for n in notifications
+                if str(n.originator_id).startswith(SESSION)
+            ]
             self.position = notifications[-1].id
             if events and self._loop is not None and not self._loop.is_closed():
                 with contextlib.suppress(RuntimeError):
