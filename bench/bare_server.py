@@ -139,16 +139,25 @@ def make_app(secret: str = SECRET) -> web.Application:
 
     app = web.Application()
     app.router.add_get("/v1/ws", websocket)
+    add_write_routes(app, post)
+    return app
+
+
+def add_write_routes(app: web.Application, post: Any) -> None:
+    """The HTTP writes the benchmark drives, the same on every peer server."""
     app.router.add_post("/v1/sessions/{session_id}/messages", post("MessageRecorded", 201))
     app.router.add_post("/v1/sessions/{session_id}/tasks", post("TaskStarted", 201))
     app.router.add_post(
         "/v1/sessions/{session_id}/tasks/{task_id}/progress", post("TaskProgressed", 202)
     )
-    return app
+
+
+def serve(make: Any, prog: str) -> None:
+    parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    web.run_app(make(), host="127.0.0.1", port=args.port, print=None, access_log=None)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="python -m bench.bare_server")
-    parser.add_argument("--port", type=int, required=True)
-    args = parser.parse_args()
-    web.run_app(make_app(), host="127.0.0.1", port=args.port, print=None, access_log=None)
+    serve(make_app, "python -m bench.bare_server")

@@ -6,7 +6,6 @@ aiohttp, doing the same handshake and room broadcast, recording nothing.
 
 from __future__ import annotations
 
-import argparse
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -16,7 +15,7 @@ import orjson
 import socketio
 from aiohttp import web
 
-from bench.bare_server import SECRET, Tokens
+from bench.bare_server import SECRET, Tokens, add_write_routes, serve
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 
@@ -87,16 +86,9 @@ def make_app(secret: str = SECRET) -> web.Application:
 
         return handler
 
-    app.router.add_post("/v1/sessions/{session_id}/messages", post("MessageRecorded", 201))
-    app.router.add_post("/v1/sessions/{session_id}/tasks", post("TaskStarted", 201))
-    app.router.add_post(
-        "/v1/sessions/{session_id}/tasks/{task_id}/progress", post("TaskProgressed", 202)
-    )
+    add_write_routes(app, post)
     return app
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="python -m bench.socketio_server")
-    parser.add_argument("--port", type=int, required=True)
-    args = parser.parse_args()
-    web.run_app(make_app(), host="127.0.0.1", port=args.port, print=None, access_log=None)
+    serve(make_app, "python -m bench.socketio_server")
