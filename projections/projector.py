@@ -88,6 +88,8 @@ class Projector:
     def run_batch(self) -> int:
         """Apply one batch: events applied, 0 if none waited, -1 if another
         projector moved the position meanwhile (read again from there)."""
+        if self.tables.lock_before_read:
+            return self._run_batch_locked()
         start = self.position
         notifications = self._read(start + 1, self.batch_size)
         if not notifications:
@@ -99,6 +101,40 @@ class Projector:
                 self.position = current
                 return -1
             return 0
+        with self.tables.write() as c:
+            if not self._owns(c, start):
+                return -1
+            applied = self._apply(c, notifications)
+        self.position = notifications[-1].id
+        return applied
+
+    def _run_batch_locked(self) -> int:
+        """The same, taking the tracking rows before reading: where several
+        nodes project one database, the one that finds the position moved
+        has read and decoded nothing (PostgreSQL; SQLite has one node, and
+        its write lock would stall the writer for the length of the read)."""
+        start = self.position
+        with self.tables.write() as c:
+            if not self._owns(c, start):
+                return -1
+            notifications = self._read(start + 1, self.batch_size)
+            if not notifications:
+                return 0
+            applied = self._apply(c, notifications)
+        self.position = notifications[-1].id
+        return applied
+
+    def _owns(self, c: Any, start: int) -> bool:
+        """Lock the tracking rows; False (and the position moved to theirs)
+        when they no longer say ``start``: another projector, or a rebuild."""
+        positions = self.tables.lock_positions(c)
+        current = min(positions.values()) if positions else 0
+        if current != start:
+            self.position = current
+            return False
+        return True
+
+    def _apply(self, c: Any, notifications: Sequence[Notification]) -> int:
         events = [self._decode(n) for n in notifications]
         sessions: dict[str, list[dict[str, Any]]] = {}
         connections: dict[str, list[dict[str, Any]]] = {}
@@ -107,23 +143,13 @@ class Projector:
                 sessions.setdefault(event["session_id"], []).append(event)
             else:
                 connections.setdefault(event["connection_id"], []).append(event)
-        last = notifications[-1].id
-        with self.tables.write() as c:
-            positions = self.tables.lock_positions(c)
-            current = min(positions.values()) if positions else 0
-            if current != start:
-                self.position = current
-                return -1
-            session_rows = self.tables.load(c, "sessiond_sessions", "session_id", list(sessions))
-            connection_rows = self.tables.load(
-                c, "sessiond_connections", "connection_id", list(connections)
-            )
-            self.tables.upsert_sessions(c, _fold_all(session_rows, sessions, fold_session))
-            self.tables.upsert_connections(
-                c, _fold_all(connection_rows, connections, fold_connection)
-            )
-            self.tables.set_positions(c, last)
-        self.position = last
+        session_rows = self.tables.load(c, "sessiond_sessions", "session_id", list(sessions))
+        connection_rows = self.tables.load(
+            c, "sessiond_connections", "connection_id", list(connections)
+        )
+        self.tables.upsert_sessions(c, _fold_all(session_rows, sessions, fold_session))
+        self.tables.upsert_connections(c, _fold_all(connection_rows, connections, fold_connection))
+        self.tables.set_positions(c, notifications[-1].id)
         return len(events)
 
 

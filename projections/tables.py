@@ -66,6 +66,8 @@ class Tables:
     """SQL for both dialects; subclasses provide connections and placeholders."""
 
     placeholder = "?"
+    # Take the tracking rows before reading the log (see Projector.run_batch).
+    lock_before_read = False
 
     def sql(self, sql: str) -> str:
         return sql if self.placeholder == "?" else sql.replace("?", self.placeholder)
@@ -295,6 +297,7 @@ class SQLiteTables(Tables):
 
 class PostgresTables(Tables):
     placeholder = "%s"
+    lock_before_read = True
 
     def __init__(self, conninfo: str) -> None:
         from psycopg_pool import ConnectionPool

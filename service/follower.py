@@ -2,14 +2,17 @@
 
 Every node publishes its own commits to its hub at once. Events recorded by
 *other* nodes reach it through this follower: a thread that LISTENs on the
-events table's channel (eventsourcing NOTIFYs it on every insert), and on each
-notification, or at the latest every ``poll_interval`` seconds, reads the
-notification log after the last position it has seen and publishes what it
-finds. The bounded poll is what makes a lost NOTIFY (eventsourcing issue 305)
-delay delivery by at most ``poll_interval`` rather than until the next write.
-If the database goes away, the thread reconnects with backoff and resumes
-from where it was: nothing recorded meanwhile is skipped. See
-docs/adr/0010-deliver-across-nodes-by-following-the-log.md.
+events table's channel (service/pgrecorder.py NOTIFYs it on every insert), and on each
+notification from another node (or a gap), or at the latest every
+``poll_interval`` seconds, reads the notification log after the last position
+it has seen and publishes what it finds; a notification of the node's own next
+commit only moves the position (its writer published it already). The bounded
+poll is what makes a lost NOTIFY (eventsourcing issue 305) delay delivery by
+at most ``poll_interval`` rather than until the next write. If the database
+goes away, the thread reconnects with backoff and resumes from where it was:
+nothing recorded meanwhile is skipped. See
+docs/adr/0010-deliver-across-nodes-by-following-the-log.md and
+docs/adr/0013-record-a-batch-on-postgresql-in-one-round-trip.md.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +35,7 @@ from service.wire import wire_from_stored
 log = logging.getLogger("sessiond.follower")
 
 PAGE = 1000
+STOP_SLICE = 0.25
 
 
 class LogFollower:
@@ -48,6 +53,7 @@ class LogFollower:
         self.poll_interval = poll_interval
         self.position = 0
         self.delivered = 0
+        self.skipped = 0
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -56,6 +62,10 @@ class LogFollower:
     def channel(self) -> str:
         recorder: Any = self.store.recorder
         return str(recorder.channel_name)
+
+    @property
+    def origin(self) -> str:
+        return str(getattr(self.store.recorder, "origin", ""))
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -75,10 +85,17 @@ class LogFollower:
                 with psycopg.connect(self.conninfo, autocommit=True) as conn:
                     conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
                     failures = 0
+                    self._catch_up()
+                    polled = time.monotonic()
                     while not self._stopping.is_set():
-                        self._catch_up()
-                        for _ in conn.notifies(timeout=self.poll_interval, stop_after=1):
-                            pass
+                        # Wait in short slices, so that stop() is prompt.
+                        for notify in conn.notifies(timeout=STOP_SLICE, stop_after=1):
+                            if not self._own_commit(notify.payload):
+                                self._catch_up()
+                                polled = time.monotonic()
+                        if time.monotonic() - polled >= self.poll_interval:
+                            self._catch_up()  # the bounded poll
+                            polled = time.monotonic()
             except Exception as e:
                 failures += 1
                 log.warning(
@@ -86,6 +103,29 @@ class LogFollower:
                     extra={"error": str(e).strip()[:200], "failures": failures},
                 )
                 self._stopping.wait(min(5.0, 0.1 * 2**failures))
+
+    def _own_commit(self, payload: str) -> bool:
+        """True when the notification is this process's own next commit, which
+        its writer has already published: the position moves past it unread.
+
+        The payload is ``<origin> <first> <last>`` (service/pgrecorder.py).
+        Commits reach LISTENers in commit order, and the table lock makes that
+        notification-ID order, so when ``first`` is the next position nothing
+        of another node's can lie before it. Anything else (another node's
+        commit, a gap left by a rolled-back insert, an old payload) is read.
+        """
+        parts = payload.split()
+        if len(parts) != 3 or parts[0] != self.origin:
+            return False
+        try:
+            first, last = int(parts[1]), int(parts[2])
+        except ValueError:
+            return False
+        if first != self.position + 1:
+            return False
+        self.position = last
+        self.skipped += last - first + 1
+        return True
 
     def _catch_up(self) -> None:
         while not self._stopping.is_set():

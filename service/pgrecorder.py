@@ -1,20 +1,39 @@
-"""eventsourcing's PostgreSQL recorder, failing fast when the database is away.
+"""eventsourcing's PostgreSQL recorder, failing fast and writing in one round trip.
 
-The stock recorder retries each operation ten times on a connection error,
-each try waiting up to the connect timeout: a write then hangs for most of a
-minute before it fails, holding the writer thread and every command queued
-behind it. sessiond answers 503 ``unavailable`` instead and lets the client
-retry (ADR 0004), so two attempts are enough to ride over a dropped pooled
-connection, and a dead database is reported within a few seconds.
+Failing fast: the stock recorder retries each operation ten times on a
+connection error, each try waiting up to the connect timeout: a write then
+hangs for most of a minute before it fails, holding the writer thread and
+every command queued behind it. sessiond answers 503 ``unavailable`` instead
+and lets the client retry (ADR 0004), so two attempts are enough to ride over
+a dropped pooled connection (the pool is checked before the second), and a
+dead database is reported within a few seconds. Pooled connections are not
+pinged before use: the retry is what notices a dead one.
+
+One round trip: the stock insert is a pipeline of BEGIN, SET LOCAL, LOCK
+TABLE, NOTIFY, INSERT, a sync, and then COMMIT, which is two round trips (three
+with the ping) and a dozen trips through psycopg's Python layers per
+transaction. Here the same steps run inside one server-side function, called
+by one statement on an autocommit connection, so the statement is the
+transaction: the table is locked EXCLUSIVE exactly as the stock recorder
+does (so notification IDs commit in order and a follower never passes over a
+gap that fills in later), and the rows go in as four arrays. The NOTIFY carries
+``<origin> <first> <last>``: the recording process's own token and the range
+of notification IDs, so that a node's follower can tell its own commits,
+which it has already published, from other nodes'. See
+docs/adr/0013-record-a-batch-on-postgresql-in-one-round-trip.md.
 """
 
 from __future__ import annotations
 
+import functools
+import os
+import time
+from collections.abc import Sequence
 from typing import Any
 
-from eventsourcing.persistence import InterfaceError, OperationalError
-from eventsourcing.postgres import PostgresApplicationRecorder
-from eventsourcing.utils import retry
+from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+from psycopg.sql import SQL, Identifier, Literal
 
 ATTEMPTS = 2
 WAIT = 0.2
@@ -22,11 +41,83 @@ WAIT = 0.2
 
 def _fail_fast(method: Any) -> Any:
     raw = getattr(method, "__wrapped__", method)
-    return retry((InterfaceError, OperationalError), max_attempts=ATTEMPTS, wait=WAIT)(raw)
+
+    @functools.wraps(raw)
+    def attempt(self: FailFastPostgresRecorder, *args: Any, **kwargs: Any) -> Any:
+        for remaining in range(ATTEMPTS - 1, -1, -1):
+            try:
+                return raw(self, *args, **kwargs)
+            except (InterfaceError, OperationalError):
+                if not remaining:
+                    raise
+                # The connection we were given may have died with its server:
+                # make the pool test its idle connections before trying again.
+                time.sleep(WAIT)
+                self.datastore.pool.check()
+        raise AssertionError("unreachable")
+
+    return attempt
 
 
 class FailFastPostgresRecorder(PostgresApplicationRecorder):
-    insert_events = _fail_fast(PostgresApplicationRecorder.insert_events)
+    def __init__(self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events"):
+        super().__init__(datastore, events_table_name=events_table_name)
+        # Which process recorded a batch, for the NOTIFY payload.
+        self.origin = os.urandom(8).hex()
+        schema = Identifier(self.datastore.schema)
+        self.append_function = f"sessiond_append_{events_table_name}"[:63]
+        self.check_identifier_length(self.append_function)
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE OR REPLACE FUNCTION {schema}.{fn}("
+                "ids text[], versions bigint[], topics text[], states bytea[], origin text) "
+                "RETURNS bigint[] LANGUAGE plpgsql AS $BODY$ "
+                "DECLARE recorded bigint[]; "
+                "BEGIN "
+                "SET LOCAL lock_timeout = {lock_timeout}; "
+                "LOCK TABLE {schema}.{table} IN EXCLUSIVE MODE; "
+                "WITH inserted AS ("
+                "  INSERT INTO {schema}.{table} (originator_id, originator_version, topic, state)"
+                "  SELECT * FROM unnest(ids, versions, topics, states)"
+                "  RETURNING notification_id"
+                ") SELECT array_agg(notification_id ORDER BY notification_id) "
+                "INTO recorded FROM inserted; "
+                "PERFORM pg_notify({channel}, origin || ' ' || recorded[1] || ' ' "
+                "|| recorded[array_length(recorded, 1)]); "
+                "RETURN recorded; "
+                "END; $BODY$"
+            ).format(
+                schema=schema,
+                fn=Identifier(self.append_function),
+                table=Identifier(self.events_table_name),
+                channel=Literal(self.channel_name),
+                lock_timeout=Literal(f"{int(self.datastore.lock_timeout)}s"),
+            )
+        )
+        self.append_statement = SQL(
+            "SELECT {schema}.{fn}(%s::text[], %s::bigint[], %s::text[], %s::bytea[], %s) AS ids"
+        ).format(schema=schema, fn=Identifier(self.append_function))
+
+    @_fail_fast
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        if not stored_events:
+            return []
+        params = (
+            [e.originator_id for e in stored_events],
+            [e.originator_version for e in stored_events],
+            [e.topic for e in stored_events],
+            [e.state for e in stored_events],
+            self.origin,
+        )
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(self.append_statement, params, prepare=True)
+            row = curs.fetchone()
+        assert row is not None
+        ids: list[int] = row["ids"]
+        return ids
+
     select_events = _fail_fast(PostgresApplicationRecorder.select_events)
     select_notifications = _fail_fast(PostgresApplicationRecorder.select_notifications)
     max_notification_id = _fail_fast(PostgresApplicationRecorder.max_notification_id)

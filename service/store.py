@@ -96,7 +96,6 @@ def parse_store_url(url: str) -> StoreConfig:
             "POSTGRES_CONNECT_TIMEOUT": query.get("connect_timeout", "2"),
             "POSTGRES_POOL_SIZE": query.get("pool_size", "5"),
             "POSTGRES_MAX_OVERFLOW": query.get("max_overflow", "10"),
-            "POSTGRES_PRE_PING": "y",
             "POSTGRES_LOCK_TIMEOUT": query.get("lock_timeout", "5"),
             "APPLICATION_RECORDER_TOPIC": "service.pgrecorder:FailFastPostgresRecorder",
         }

@@ -1,0 +1,167 @@
+"""The PostgreSQL write path (one round trip per batch) and the follower that
+tells a node's own commits from other nodes' by the NOTIFY payload, on a real
+PostgreSQL database (ADR 0013)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from eventsourcing.persistence import IntegrityError, StoredEvent
+
+from domain.session import Session
+from service.follower import LogFollower
+from service.readmodels import postgres_conninfo
+from service.store import SessiondApplication, open_store, parse_store_url
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def two_nodes(postgres_url: str) -> Iterator[tuple[SessiondApplication, SessiondApplication]]:
+    first = open_store(parse_store_url(postgres_url))
+    second = open_store(parse_store_url(postgres_url))
+    yield first, second
+    first.close()
+    second.close()
+
+
+def _listen(postgres_url: str, channel: str) -> psycopg.Connection[Any]:
+    conn = psycopg.connect(postgres_conninfo(parse_store_url(postgres_url)), autocommit=True)
+    conn.execute(psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(channel)))
+    return conn
+
+
+def test_a_batch_is_recorded_in_order_and_announced_with_its_origin_and_range(
+    postgres_url: str, two_nodes: tuple[SessiondApplication, SessiondApplication]
+) -> None:
+    app, _ = two_nodes
+    recorder: Any = app.recorder
+    listener = _listen(postgres_url, recorder.channel_name)
+    try:
+        before = app.ping()
+        events = [
+            StoredEvent(f"session:s{i % 3}", i // 3 + 1, "t", b'{"n": %d}' % i) for i in range(7)
+        ]
+        ids = recorder.insert_events(events)
+        assert ids == list(range(before + 1, before + 8))
+        stored = recorder.select_notifications(before + 1, 100)
+        assert [(n.originator_id, n.originator_version, n.state) for n in stored] == [
+            (e.originator_id, e.originator_version, e.state) for e in events
+        ]
+        payloads = [n.payload for n in listener.notifies(timeout=2, stop_after=1)]
+        assert payloads == [f"{recorder.origin} {before + 1} {before + 7}"]
+    finally:
+        listener.close()
+
+
+def test_a_conflicting_batch_records_nothing_and_the_next_one_goes_in(
+    two_nodes: tuple[SessiondApplication, SessiondApplication],
+) -> None:
+    app, _ = two_nodes
+    recorder: Any = app.recorder
+    recorder.insert_events([StoredEvent("session:x", 1, "t", b"{}")])
+    head = app.ping()
+    with pytest.raises(IntegrityError):
+        recorder.insert_events(
+            [StoredEvent("session:y", 1, "t", b"{}"), StoredEvent("session:x", 1, "t", b"{}")]
+        )
+    assert app.ping() == head
+    assert recorder.select_events("session:y") == []
+    (later,) = recorder.insert_events([StoredEvent("session:y", 1, "t", b"{}")])
+    assert later > head  # the failed batch used up sequence numbers: a gap
+
+
+def test_writes_go_on_after_the_server_drops_every_pooled_connection(
+    postgres_url: str, two_nodes: tuple[SessiondApplication, SessiondApplication]
+) -> None:
+    """Pooled connections are not pinged before use; the retry notices a dead one."""
+    app, _ = two_nodes
+    app.save(Session.create("before", "alice"))
+    dbname = parse_store_url(postgres_url).env["POSTGRES_DBNAME"]
+    with psycopg.connect(
+        postgres_conninfo(parse_store_url(postgres_url)), autocommit=True
+    ) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            (dbname,),
+        )
+    app.save(Session.create("after", "alice"))
+    assert app.get_session("after") is not None
+    assert app.get_session("before") is not None
+
+
+async def test_the_follower_publishes_other_nodes_commits_and_skips_its_own(
+    postgres_url: str, two_nodes: tuple[SessiondApplication, SessiondApplication]
+) -> None:
+    mine, theirs = two_nodes
+    published: list[dict[str, Any]] = []
+    arrived = asyncio.Event()
+
+    def on_events(events: list[dict[str, Any]]) -> None:
+        published.extend(events)
+        arrived.set()
+
+    follower = LogFollower(
+        mine, postgres_conninfo(parse_store_url(postgres_url)), on_events, poll_interval=30
+    )
+    follower.start(asyncio.get_running_loop())
+    try:
+        await asyncio.sleep(0.3)  # LISTEN is in place
+        # Our own commits move the position without a read or a publish.
+        for i in range(3):
+            await asyncio.to_thread(mine.save, Session.create(f"own-{i}", "alice"))
+        await _until(lambda: follower.position == mine.ping())
+        assert follower.skipped == 3 and published == []
+        # Another node's commit is read and published, in full.
+        await asyncio.to_thread(theirs.save, Session.create("theirs", "bob"))
+        await asyncio.wait_for(arrived.wait(), 5)
+        assert [(e["session_id"], e["type"]) for e in published] == [("theirs", "SessionCreated")]
+        # Then ours again: interleaving does not make the follower skip theirs.
+        await asyncio.to_thread(mine.save, Session.create("own-3", "alice"))
+        await asyncio.to_thread(theirs.save, Session.create("theirs-2", "bob"))
+        await _until(lambda: len(published) == 2)
+        assert published[1]["session_id"] == "theirs-2"
+        await _until(lambda: follower.position == mine.ping())
+    finally:
+        await asyncio.to_thread(follower.stop)
+
+
+async def test_the_follower_reads_across_a_gap_left_by_a_failed_batch(
+    postgres_url: str, two_nodes: tuple[SessiondApplication, SessiondApplication]
+) -> None:
+    """A rolled-back insert leaves a hole in the IDs; the next own commit no
+    longer starts at position + 1, so the follower reads instead of skipping."""
+    mine, _ = two_nodes
+    published: list[dict[str, Any]] = []
+    follower = LogFollower(
+        mine,
+        postgres_conninfo(parse_store_url(postgres_url)),
+        published.extend,
+        poll_interval=30,
+    )
+    follower.start(asyncio.get_running_loop())
+    try:
+        await asyncio.sleep(0.3)
+        recorder: Any = mine.recorder
+        await asyncio.to_thread(mine.save, Session.create("dup", "alice"))
+        await _until(lambda: follower.position == mine.ping())
+        with pytest.raises(IntegrityError):
+            recorder.insert_events([StoredEvent("session:dup", 1, "t", b"{}")])
+        await asyncio.to_thread(mine.save, Session.create("after-gap", "alice"))
+        await _until(lambda: follower.position == mine.ping())
+        # Read (and published; the hub drops what the writer already sent).
+        assert [e["session_id"] for e in published] == ["after-gap"]
+    finally:
+        await asyncio.to_thread(follower.stop)
+
+
+async def _until(condition: Any, patience: float = 5.0) -> None:
+    """Poll a condition set by the follower's thread (no event to await)."""
+    async with asyncio.timeout(patience):
+        while not condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
