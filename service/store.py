@@ -70,6 +70,7 @@ def parse_store_url(url: str) -> StoreConfig:
                 "PERSISTENCE_MODULE": "eventsourcing.sqlite",
                 "SQLITE_DBNAME": str(path),
                 "SQLITE_LOCK_TIMEOUT": "10",
+                "APPLICATION_RECORDER_TOPIC": "service.sqliterecorder:BatchSQLiteRecorder",
             },
             path=path,
         )

@@ -150,7 +150,7 @@ class Writer:
             raise StoreUnavailable("the writer is not running")
         future: asyncio.Future[T] = self._loop.create_future()
         self._queue.put(_Item(command, future))
-        return await asyncio.shield(future)
+        return await future
 
     # --- the writer thread --------------------------------------------------
 
