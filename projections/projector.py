@@ -14,14 +14,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from eventsourcing.persistence import Notification
-
 from projections.tables import PROJECTIONS, Tables
 from projections.views import Row, fold_connection, fold_session
 
 log = logging.getLogger("sessiond.projections")
 
-Decode = Callable[[Notification], dict[str, Any]]
+# A row of the notification log: (notification ID, stream ID, position, topic,
+# state), as SessiondApplication.log_rows reads it.
+LogRow = tuple[int, str, int, str, bytes]
+Decode = Callable[[LogRow], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ class Status:
 class Projector:
     def __init__(
         self,
-        read_notifications: Callable[[int, int], Sequence[Notification]],
+        read_rows: Callable[[int, int], Sequence[LogRow]],
         head: Callable[[], int],
         decode: Decode,
         tables: Tables,
@@ -49,7 +50,7 @@ class Projector:
             # A batch of 0 reads nothing: a rebuild would empty the tables
             # and stop at position 0, reporting success.
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        self._read = read_notifications
+        self._read = read_rows
         self._head = head
         self._decode = decode
         self.tables = tables
@@ -91,8 +92,8 @@ class Projector:
         if self.tables.lock_before_read:
             return self._run_batch_locked()
         start = self.position
-        notifications = self._read(start + 1, self.batch_size)
-        if not notifications:
+        rows = self._read(start + 1, self.batch_size)
+        if not rows:
             # Nothing new, but the tables may have been reset under us (a
             # `projections rebuild` that truncated them, possibly interrupted):
             # then this projector's position is stale and must go back too.
@@ -104,8 +105,8 @@ class Projector:
         with self.tables.write() as c:
             if not self._owns(c, start):
                 return -1
-            applied = self._apply(c, notifications)
-        self.position = notifications[-1].id
+            applied = self._apply(c, rows)
+        self.position = rows[-1][0]
         return applied
 
     def _run_batch_locked(self) -> int:
@@ -117,11 +118,11 @@ class Projector:
         with self.tables.write() as c:
             if not self._owns(c, start):
                 return -1
-            notifications = self._read(start + 1, self.batch_size)
-            if not notifications:
+            rows = self._read(start + 1, self.batch_size)
+            if not rows:
                 return 0
-            applied = self._apply(c, notifications)
-        self.position = notifications[-1].id
+            applied = self._apply(c, rows)
+        self.position = rows[-1][0]
         return applied
 
     def _owns(self, c: Any, start: int) -> bool:
@@ -134,8 +135,8 @@ class Projector:
             return False
         return True
 
-    def _apply(self, c: Any, notifications: Sequence[Notification]) -> int:
-        events = [self._decode(n) for n in notifications]
+    def _apply(self, c: Any, rows: Sequence[LogRow]) -> int:
+        events = [self._decode(n) for n in rows]
         sessions: dict[str, list[dict[str, Any]]] = {}
         connections: dict[str, list[dict[str, Any]]] = {}
         for event in events:
@@ -149,7 +150,7 @@ class Projector:
         )
         self.tables.upsert_sessions(c, _fold_all(session_rows, sessions, fold_session))
         self.tables.upsert_connections(c, _fold_all(connection_rows, connections, fold_connection))
-        self.tables.set_positions(c, notifications[-1].id)
+        self.tables.set_positions(c, rows[-1][0])
         return len(events)
 
 

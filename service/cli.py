@@ -16,7 +16,6 @@ from domain.ids import check_id
 from domain.lifecycle import mermaid
 from service import logs, replay
 from service.auth import ROLES, TokenSigner, load_or_create_key
-from service.readmodels import make_projector, open_tables
 from service.settings import Settings, SettingsError
 from service.store import SessiondApplication, StoreError, open_store, parse_store_url
 from service.wire import dumps_str, wire_view
@@ -160,6 +159,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_projections(args: argparse.Namespace) -> int:
+    from service.readmodels import make_projector, open_tables
+
     store = _open(args)
     config = parse_store_url(_settings(args).store_url)
     tables = open_tables(config)

@@ -30,7 +30,7 @@ from psycopg import sql
 
 from domain.ids import SESSION_PREFIX as SESSION
 from service.store import SessiondApplication
-from service.wire import wire_from_stored
+from service.wire import wire_from_row
 
 log = logging.getLogger("sessiond.follower")
 
@@ -129,20 +129,16 @@ class LogFollower:
 
     def _catch_up(self) -> None:
         while not self._stopping.is_set():
-            notifications = self.store.recorder.select_notifications(self.position + 1, PAGE)
-            if not notifications:
+            rows = self.store.log_rows(self.position + 1, PAGE)
+            if not rows:
                 return
             # Only session events go to sockets; they are decoded with the
             # same raw-row decoder as every other read path.
-            events = [
-                wire_from_stored(n)
-                for n in notifications
-                if str(n.originator_id).startswith(SESSION)
-            ]
-            self.position = notifications[-1].id
+            events = [wire_from_row(row) for row in rows if row[1].startswith(SESSION)]
+            self.position = rows[-1][0]
             if events and self._loop is not None and not self._loop.is_closed():
                 with contextlib.suppress(RuntimeError):
                     self._loop.call_soon_threadsafe(self.on_events, events)
                 self.delivered += len(events)
-            if len(notifications) < PAGE:
+            if len(rows) < PAGE:
                 return

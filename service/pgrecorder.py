@@ -33,6 +33,7 @@ from typing import Any
 
 from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Identifier, Literal
 
 ATTEMPTS = 2
@@ -94,6 +95,10 @@ class FailFastPostgresRecorder(PostgresApplicationRecorder):
                 lock_timeout=Literal(f"{int(self.datastore.lock_timeout)}s"),
             )
         )
+        self.select_rows_statement = SQL(
+            "SELECT notification_id, originator_id, originator_version, topic, state "
+            "FROM {schema}.{table} WHERE notification_id >= %s ORDER BY notification_id LIMIT %s"
+        ).format(schema=schema, table=Identifier(self.events_table_name))
         self.append_statement = SQL(
             "SELECT {schema}.{fn}(%s::text[], %s::bigint[], %s::text[], %s::bytea[], %s) AS ids"
         ).format(schema=schema, fn=Identifier(self.append_function))
@@ -117,6 +122,13 @@ class FailFastPostgresRecorder(PostgresApplicationRecorder):
         assert row is not None
         ids: list[int] = row["ids"]
         return ids
+
+    @_fail_fast
+    def select_rows(self, start: int, limit: int) -> list[tuple[int, str, int, str, bytes]]:
+        """Notification-log rows from ID ``start`` on, as tuples."""
+        with self.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as curs:
+            curs.execute(self.select_rows_statement, (start, limit), prepare=True)
+            return [(i, o, v, t, bytes(s)) for i, o, v, t, s in curs.fetchall()]
 
     select_events = _fail_fast(PostgresApplicationRecorder.select_events)
     select_notifications = _fail_fast(PostgresApplicationRecorder.select_notifications)

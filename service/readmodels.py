@@ -13,7 +13,7 @@ from typing import Any
 from projections.projector import Projector
 from projections.tables import PostgresTables, SQLiteTables, Tables
 from service.store import SessiondApplication, StoreConfig
-from service.wire import wire_from_stored
+from service.wire import wire_from_row
 
 log = logging.getLogger("sessiond.projections")
 
@@ -42,9 +42,9 @@ def open_tables(config: StoreConfig) -> Tables:
 
 def make_projector(store: SessiondApplication, tables: Tables, batch_size: int = 2000) -> Projector:
     return Projector(
-        lambda start, limit: store.recorder.select_notifications(start, limit),
+        store.log_rows,
         store.ping,
-        wire_from_stored,
+        wire_from_row,
         tables,
         batch_size=batch_size,
     )

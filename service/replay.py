@@ -74,12 +74,14 @@ def write_json_lines(events: Iterator[dict[str, Any]], out: Any) -> int:
     """JSON lines to a binary stream (``sys.stdout.buffer``)."""
     count = 0
     buffer: list[bytes] = []
+    dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
     for event in events:
-        buffer.append(orjson.dumps(event))
-        count += 1
+        buffer.append(dumps(event, option=newline))
         if len(buffer) >= 1000:
-            out.write(b"\n".join(buffer) + b"\n")
+            out.write(b"".join(buffer))
+            count += len(buffer)
             buffer.clear()
     if buffer:
-        out.write(b"\n".join(buffer) + b"\n")
+        out.write(b"".join(buffer))
+        count += len(buffer)
     return count

@@ -8,7 +8,8 @@ SQLite's write lock, so the rows of one ``executemany`` take consecutive
 rowids ending at ``last_insert_rowid()``: the IDs are known without a
 round trip per row. Reads ask for tuples, which skips a mapping per row on
 every path that reads the log (projections, replay, backlogs). Same table,
-same rows, same IDs; see docs/adr/0014-insert-a-batch-with-one-statement-on-sqlite.md.
+same rows, same IDs; see
+docs/adr/0014-insert-a-batch-with-one-statement-on-sqlite.md.
 """
 
 from __future__ import annotations
@@ -69,6 +70,38 @@ class BatchSQLiteRecorder(SQLiteApplicationRecorder):
                 Notification(id=i, originator_id=o, originator_version=v, topic=t, state=s)
                 for i, o, v, t, s in cursor.fetchall()
             ]
+
+    def select_rows(self, start: int, limit: int) -> list[tuple[int, str, int, str, bytes]]:
+        """Notification-log rows from ID ``start`` on, as tuples."""
+        with self.datastore.transaction(commit=False) as c:
+            cursor = c.sqlite_cursor
+            cursor.row_factory = None
+            cursor.execute(self._select_rows_statement, (start, limit))
+            rows: list[tuple[int, str, int, str, bytes]] = cursor.fetchall()
+            return rows
+
+    @property
+    def _select_rows_statement(self) -> str:
+        return (
+            "SELECT rowid, originator_id, originator_version, topic, state "
+            f"FROM {self.events_table_name} WHERE rowid>=? ORDER BY rowid LIMIT ?"
+        )
+
+    def select_stream_rows(
+        self, stream_id: str, *, gt: int | None = None, limit: int | None = None
+    ) -> list[tuple[str, int, str, bytes]]:
+        """A stream's (stream ID, position, topic, state) rows, oldest first."""
+        with self.datastore.transaction(commit=False) as c:
+            cursor = c.sqlite_cursor
+            cursor.row_factory = None
+            cursor.execute(
+                "SELECT originator_id, originator_version, topic, state "
+                f"FROM {self.events_table_name} WHERE originator_id=? AND originator_version>? "
+                "ORDER BY originator_version LIMIT ?",
+                (stream_id, gt or 0, -1 if limit is None else limit),
+            )
+            rows: list[tuple[str, int, str, bytes]] = cursor.fetchall()
+            return rows
 
     def select_events(
         self,

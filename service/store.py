@@ -25,7 +25,7 @@ from domain.base import Aggregate
 from domain.connection import Connection
 from domain.ids import connection_stream, id_from_stream, session_stream
 from domain.session import Session
-from service.wire import wire_from_stored
+from service.wire import LogRow, wire_from_row4, wire_from_stored
 
 
 class StoreError(Exception):
@@ -163,9 +163,25 @@ class SessiondApplication(Application[str]):
         self, stream_id: str, *, after: int = 0, limit: int | None = None
     ) -> list[dict[str, Any]]:
         """A stream's events in wire shape, decoded straight from the rows."""
+        id_from_stream(stream_id)  # refuses anything but a sessiond stream
+        select_rows = getattr(self.recorder, "select_stream_rows", None)
+        if select_rows is not None:
+            return [wire_from_row4(r) for r in select_rows(stream_id, gt=after, limit=limit)]
         stored = self.recorder.select_events(stream_id, gt=after or None, limit=limit)
-        ident = id_from_stream(stream_id)
-        return [wire_from_stored(s, ident) for s in stored]
+        return [wire_from_stored(s) for s in stored]
+
+    def log_rows(self, start: int, limit: int) -> list[LogRow]:
+        """Up to ``limit`` rows of the notification log from ID ``start`` on,
+        as plain tuples (no Notification objects: the projector and the
+        follower decode them straight to wire events)."""
+        select_rows = getattr(self.recorder, "select_rows", None)
+        if select_rows is not None:
+            rows: list[LogRow] = select_rows(start, limit)
+            return rows
+        return [
+            (n.id, str(n.originator_id), n.originator_version, n.topic, n.state)
+            for n in self.recorder.select_notifications(start, limit)
+        ]
 
     def save_aggregates(self, *aggregates: Aggregate) -> list[Recording[str]]:
         """Save our own aggregates' pending events in one transaction.

@@ -58,26 +58,66 @@ def _event_class(topic: str) -> type[Aggregate.Event] | None:
     return cls if isinstance(cls, type) and issubclass(cls, Aggregate.Event) else None
 
 
+_DEFAULT_WIRE_NAME = Aggregate.Event.wire_name.__func__  # type: ignore[attr-defined]
+
+
+@functools.cache
+def _namer(topic: str) -> tuple[str, type[Aggregate.Event] | None]:
+    """The wire type of a topic's events when it does not depend on their
+    state, else ("", the class whose ``wire_name`` must be asked)."""
+    cls = _event_class(topic)
+    if cls is None:
+        return _class_name(topic), None
+    if cls.wire_name.__func__ is _DEFAULT_WIRE_NAME:  # type: ignore[attr-defined]
+        return cls.wire_name({}), None
+    return "", cls
+
+
+@functools.lru_cache(maxsize=65536)
+def _key_and_id(stream_id: str) -> tuple[str, str]:
+    kind, client_id = id_from_stream(stream_id)
+    return f"{kind}_id", client_id
+
+
+# A row of the notification log: (notification ID, stream ID, position, topic, state).
+LogRow = tuple[int, str, int, str, bytes]
+
+
+def _wire(stream_id: str, position: int, topic: str, state_bytes: bytes) -> dict[str, Any]:
+    name, cls = _namer(topic)
+    state = orjson.loads(state_bytes)
+    at = state.pop("timestamp")
+    state.pop("originator_topic", None)
+    key, client_id = _key_and_id(stream_id)
+    return {
+        key: client_id,
+        "position": position,
+        "type": name or cls.wire_name(state),  # type: ignore[union-attr]
+        "at": _at(at),
+        "data": state,
+    }
+
+
 def wire_from_stored(stored: StoredEvent, ident: tuple[str, str] | None = None) -> dict[str, Any]:
     """A stored event straight to its wire shape, with no event object built.
 
     The same object as ``wire_event(mapper.to_domain_event(stored))`` (a test
     keeps them equal). An event class this code does not know (written by a
     newer node) is still shown, named after its class, so positions stay dense.
-    ``ident`` is the stream's (kind, client ID) when the caller knows it.
+    ``ident`` is accepted for callers that know the stream's (kind, client
+    ID); the split is cached either way.
     """
-    cls = _event_class(stored.topic)
-    state = orjson.loads(stored.state)
-    at = state.pop("timestamp")
-    state.pop("originator_topic", None)
-    kind, client_id = ident or id_from_stream(str(stored.originator_id))
-    return {
-        f"{kind}_id": client_id,
-        "position": stored.originator_version,
-        "type": cls.wire_name(state) if cls is not None else _class_name(stored.topic),
-        "at": _at(at),
-        "data": state,
-    }
+    return _wire(str(stored.originator_id), stored.originator_version, stored.topic, stored.state)
+
+
+def wire_from_row4(row: tuple[str, int, str, bytes]) -> dict[str, Any]:
+    """A stream row (stream ID, position, topic, state) to its wire shape."""
+    return _wire(row[0], row[1], row[2], row[3])
+
+
+def wire_from_row(row: LogRow) -> dict[str, Any]:
+    """A notification-log row (``SessiondApplication.log_rows``) to its wire shape."""
+    return _wire(row[1], row[2], row[3], row[4])
 
 
 def _class_name(topic: str) -> str:

@@ -29,7 +29,7 @@ from service import commands
 from service.auth import Principal
 from service.readmodels import make_projector, open_tables
 from service.store import SessiondApplication, StoreConfig, open_store, parse_store_url
-from service.wire import wire_event, wire_from_stored, wire_view
+from service.wire import wire_event, wire_from_row, wire_view
 from service.writer import Command, UnitOfWork, Writer
 
 USERS = ("alice", "bob", "carol")
@@ -364,11 +364,11 @@ async def test_on_postgresql_the_projector_that_lost_the_race_reads_nothing(
 
     def counted(start: int, limit: int) -> Any:
         reads.append((start, limit))
-        return world.store.recorder.select_notifications(start, limit)
+        return world.store.log_rows(start, limit)
 
     try:
         first = make_projector(world.store, tables)
-        second = Projector(counted, world.store.ping, wire_from_stored, other_tables)
+        second = Projector(counted, world.store.ping, wire_from_row, other_tables)
         first.setup()
         second.setup()
         assert first.run_batch() > 0

@@ -105,5 +105,13 @@ def test_reads_answer_exactly_as_the_stock_recorder_does(
             assert app.recorder.select_events(
                 stream, gt=gt, lte=lte, desc=desc, limit=events_limit
             ) == theirs.select_events(stream, gt=gt, lte=lte, desc=desc, limit=events_limit)
+            assert app.recorder.select_stream_rows(stream, gt=gt, limit=events_limit) == [
+                (e.originator_id, e.originator_version, e.topic, e.state)
+                for e in theirs.select_events(stream, gt=gt, limit=events_limit)
+            ]
+        assert app.recorder.select_rows(start or 0, limit) == [
+            (n.id, n.originator_id, n.originator_version, n.topic, n.state)
+            for n in theirs.select_notifications(start or 0, limit)
+        ]
     finally:
         app.close()
