@@ -13,6 +13,7 @@ from aiohttp import web
 
 from domain.base import Aggregate
 from domain.errors import DomainError
+from domain.ids import SESSION_PREFIX
 from service import commands, http, ws
 from service.auth import TokenSigner, load_or_create_key
 from service.context import (
@@ -101,8 +102,19 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     app[READMODELS] = readmodels
     publish = _publisher(app)
 
+    hub = app[HUB]
+
     def on_commit(events: list[Aggregate.Event]) -> None:
-        publish([wire_event(e) for e in events])
+        # Only session events reach sockets, and only sessions with a socket
+        # on this node need them in wire shape (the rest was half the cost).
+        wire = [
+            wire_event(e)
+            for e in events
+            if e.originator_id.startswith(SESSION_PREFIX)
+            and hub.has_subscribers(e.originator_id[len(SESSION_PREFIX) :])
+        ]
+        if wire:
+            publish(wire)
         readmodels.notify()
 
     def on_followed(events: list[dict[str, Any]]) -> None:

@@ -250,3 +250,32 @@ def close_connection(connection_id: str, *, code: int, reason: str) -> Command[b
         return True
 
     return run
+
+
+# --- several steps, one commit ------------------------------------------------
+
+
+def chain(*steps: Command[Any]) -> Command[list[tuple[bool, Any]]]:
+    """Run ``steps`` one after another in one commit, stopping at the first
+    that is refused: each outcome is ``(True, result)`` or ``(False, error)``.
+
+    For lifecycle transitions that follow one another with nothing to wait for
+    in between (ACCEPTED, AUTHENTICATED and SERVICES_READY when the upgrade
+    carried the token): each is still its own event, and all are durable
+    before the first is announced, in one fsync instead of one each. What a
+    refused step recorded (its TransitionRefused) and what the steps before it
+    recorded are committed; the steps after it do not run. See
+    docs/adr/0015-commit-transitions-that-wait-on-nothing-together.md.
+    """
+
+    def run(uow: UnitOfWork) -> list[tuple[bool, Any]]:
+        outcomes: list[tuple[bool, Any]] = []
+        for step in steps:
+            try:
+                outcomes.append((True, step(uow)))
+            except DomainError as e:
+                outcomes.append((False, e))
+                break
+        return outcomes
+
+    return run

@@ -117,5 +117,8 @@ class Hub:
             for event in fresh:
                 sub.push(event)
 
+    def has_subscribers(self, session_id: str) -> bool:
+        return session_id in self._subs
+
     def subscriber_count(self) -> int:
         return sum(len(s) for s in self._subs.values())

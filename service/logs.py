@@ -20,6 +20,13 @@ class KeyValueFormatter(logging.Formatter):
 
 
 def configure(level: str = "INFO") -> None:
+    # Nothing in the format needs the caller's file, line, thread or process:
+    # the logging cookbook's "what you don't want to collect" (findCaller
+    # walks the stack on every line; measured in bench/, issue 5).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(KeyValueFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     root = logging.getLogger()

@@ -20,7 +20,10 @@ def timestamp(value: datetime | None) -> str | None:
     """RFC 3339 UTC with microseconds: 2026-11-22T06:37:37.123456Z."""
     if value is None:
         return None
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    # isoformat is C code; strftime was a measurable share of every commit.
+    return value.isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def wire_event(event: Aggregate.Event) -> dict[str, Any]:

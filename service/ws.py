@@ -232,48 +232,60 @@ class LiveConnection:
             await self.end(WSCloseCode.INTERNAL_ERROR, "internal_error")
 
     async def _drive(self, header_token: str | None) -> None:
-        self.state = await self.record(commands.accept(self.connection_id))
-        await self.send(
-            {
-                "type": "welcome",
-                "connection_id": self.connection_id,
-                "session_id": self.session_id,
-                "state": self.state,
-            }
-        )
-
-        # AUTHENTICATED
+        # With a valid token in the upgrade request, nothing is awaited between
+        # ACCEPTED, AUTHENTICATED and SERVICES_READY: the three are recorded in
+        # one commit (each its own event, all durable before the first frame).
+        principal: Principal | None = None
+        refusal: AuthError | None = None
         if header_token is not None:
-            token: object = header_token
-        else:
             try:
-                async with asyncio.timeout(self.settings.auth_timeout):
-                    token = await self.auth_token
-            except TimeoutError:
-                await self.end(CLOSE_UNAUTHENTICATED, "auth_timeout")
+                principal = self.app[SIGNER].verify(header_token)
+            except AuthError as e:
+                refusal = e
+        steps: list[Command[Any]] = []
+        if principal is None:
+            self.state = await self.record(commands.accept(self.connection_id))
+            await self._welcome()
+            if refusal is None:
+                try:
+                    async with asyncio.timeout(self.settings.auth_timeout):
+                        token: object = await self.auth_token
+                except TimeoutError:
+                    await self.end(CLOSE_UNAUTHENTICATED, "auth_timeout")
+                    return
+                try:
+                    principal = self.app[SIGNER].verify(token)
+                except AuthError as e:
+                    refusal = e
+            if principal is None:
+                await self.end(CLOSE_UNAUTHENTICATED, f"unauthenticated: {refusal}"[:100])
                 return
-        try:
-            self.principal = self.app[SIGNER].verify(token)
-        except AuthError as e:
-            await self.end(CLOSE_UNAUTHENTICATED, f"unauthenticated: {e}"[:100])
-            return
-        self.state = await self.record(commands.authenticate(self.connection_id, self.principal))
-        await self.announce(user_id=self.principal.user_id)
+        else:
+            steps.append(commands.accept(self.connection_id))
+        self.principal = principal
 
         # SERVICES_READY: subscribe first, so nothing recorded from here on is missed.
         self.subscription = self.app[HUB].subscribe(
             self.session_id, self.settings.send_queue_limit, on_overflow=self._overflowed
         )
-        try:
-            superseded, position_before = await self.record(
-                commands.attach(
-                    self.connection_id,
-                    self.session_id,
-                    self.principal,
-                    node=self.settings.node_id,
-                    max_connections=self.settings.max_connections_per_session,
-                )
+        steps.append(commands.authenticate(self.connection_id, principal))
+        steps.append(
+            commands.attach(
+                self.connection_id,
+                self.session_id,
+                principal,
+                node=self.settings.node_id,
+                max_connections=self.settings.max_connections_per_session,
             )
+        )
+        outcomes = iter(await self.record(commands.chain(*steps)))
+        if len(steps) == 3:
+            self.state = _result(next(outcomes))
+            await self._welcome()
+        self.state = _result(next(outcomes))
+        await self.announce(user_id=principal.user_id)
+        try:
+            superseded, position_before = _result(next(outcomes))
         except commands.Forbidden as e:
             await self.end(CLOSE_FORBIDDEN, f"forbidden: {e.message}"[:100])
             return
@@ -315,6 +327,16 @@ class LiveConnection:
                 await self.end(CLOSE_SLOW_CONSUMER, "slow_consumer")
                 return
             await self.deliver(event, live=True)
+
+    async def _welcome(self) -> None:
+        await self.send(
+            {
+                "type": "welcome",
+                "connection_id": self.connection_id,
+                "session_id": self.session_id,
+                "state": self.state,
+            }
+        )
 
     async def send_from_store(self, until: int | None) -> None:
         """Send stored events after ``last_sent`` (up to ``until``), in order."""
@@ -490,6 +512,14 @@ def _query_params(request: web.Request) -> tuple[str, str | None, int]:
     if after < 0:
         raise ApiError("invalid_query", "after must not be negative")
     return session_id, proposed, after
+
+
+def _result(outcome: tuple[bool, Any]) -> Any:
+    """A step's result from commands.chain, or its refusal raised."""
+    ok, value = outcome
+    if not ok:
+        raise value
+    return value
 
 
 def _close_of(ws: web.WebSocketResponse) -> tuple[int, str]:

@@ -316,6 +316,27 @@ async def test_another_users_session_closes_the_socket_with_4403(
     assert [e["type"] for e in await session_events(api, "s-alices")] == ["SessionCreated"]
 
 
+async def test_a_header_token_for_another_users_session_is_refused_after_authenticated(
+    sqlite_url: str, serve: Serve
+) -> None:
+    """With the token on the upgrade, ACCEPTED, AUTHENTICATED and the attach
+    are one commit (ADR 0015); a refused attach still ends the same way."""
+    api = await serve(sqlite_url)
+    status, _ = await api.call("POST", "/v1/sessions", json={"session_id": "s-alices-2"})
+    assert status == 201
+    client = await connect(api, "s-alices-2", connection_id="conn-bob-2", headers=api.auth("bob"))
+    assert await client.until_closed() == 4403
+    assert client.states()[:2] == ["ACCEPTED", "AUTHENTICATED"]
+    assert client.events() == []
+    assert await connection_states(api, "conn-bob-2") == [
+        "CONNECTING",
+        "ACCEPTED",
+        "AUTHENTICATED",
+        "CLOSED",
+    ]
+    assert [e["type"] for e in await session_events(api, "s-alices-2")] == ["SessionCreated"]
+
+
 # --- frames -------------------------------------------------------------------------------
 
 

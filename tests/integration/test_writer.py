@@ -349,6 +349,47 @@ async def test_attaching_a_new_tab_supersedes_the_old_one_in_one_commit(
     assert session is not None and session.connections == ["new-tab"]
 
 
+async def test_chained_transitions_are_each_their_own_event_in_one_commit(
+    running: Running,
+) -> None:
+    w = running.writer
+    await w.execute(commands.open_connection("c-chain", "s-chain", node="n", proposed=True))
+    transactions_before = w.transactions
+    outcomes = await w.execute(
+        commands.chain(
+            commands.accept("c-chain"),
+            commands.authenticate("c-chain", ALICE),
+            commands.attach("c-chain", "s-chain", ALICE, node="n", max_connections=1),
+        )
+    )
+    assert w.transactions - transactions_before == 1
+    assert outcomes == [(True, "ACCEPTED"), (True, "AUTHENTICATED"), (True, ([], 0))]
+    assert running.types(connection_stream("c-chain")) == [
+        "CONNECTING", "ACCEPTED", "AUTHENTICATED", "SERVICES_READY",
+    ]  # fmt: skip
+    assert running.positions(connection_stream("c-chain")) == [1, 2, 3, 4]
+
+
+async def test_a_chain_stops_at_its_first_refusal_keeping_what_came_before(
+    running: Running,
+) -> None:
+    w = running.writer
+    await w.execute(commands.create_session("s-alice", ALICE, None))
+    await w.execute(commands.open_connection("c-bob", "s-alice", node="n", proposed=True))
+    outcomes = await w.execute(
+        commands.chain(
+            commands.accept("c-bob"),
+            commands.authenticate("c-bob", BOB),
+            commands.attach("c-bob", "s-alice", BOB, node="n", max_connections=1),
+            commands.go_live("c-bob", 0),
+        )
+    )
+    assert [ok for ok, _ in outcomes] == [True, True, False]  # go_live never ran
+    assert isinstance(outcomes[2][1], commands.Forbidden)
+    assert running.types(connection_stream("c-bob")) == ["CONNECTING", "ACCEPTED", "AUTHENTICATED"]
+    assert running.types(session_stream("s-alice")) == ["SessionCreated"]
+
+
 async def test_closing_a_closed_connection_records_nothing(running: Running) -> None:
     w = running.writer
     await walk_to_live(w, "c-close", "s-close")

@@ -1,0 +1,143 @@
+"""Token verification: the fast path for plain tokens never accepts what PyJWT
+would refuse, and accepts plain tokens with exactly PyJWT's claims."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import time
+from typing import Any
+
+import jwt
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from service.auth import AuthError, Principal, TokenSigner
+
+SECRET = "unit-secret-0123456789-0123456789-abcdef"
+OTHER = "another-secret-0123456789-0123456789-xyz"
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def pyjwt_accepts(token: str) -> dict[str, Any] | None:
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token, SECRET, algorithms=["HS256"], options={"require": ["sub", "exp"]}
+        )
+    except jwt.InvalidTokenError:
+        return None
+    return claims
+
+
+now = int(time.time())
+claim_values = st.one_of(
+    st.integers(now - 100_000, now + 100_000),
+    st.floats(now - 1000, now + 1000, allow_nan=False),
+    st.text(max_size=5),
+    st.none(),
+    st.booleans(),
+)
+plain_claims = st.fixed_dictionaries(
+    {
+        "sub": st.text(min_size=0, max_size=8),
+        "exp": st.one_of(st.integers(now - 100, now + 100_000), st.floats(now - 5, now + 5)),
+    },
+    optional={
+        "iat": st.integers(now - 1000, now + 1000),
+        "roles": st.lists(st.sampled_from(["user", "service", "auditor", "root"]), max_size=3),
+    },
+)
+claims_strategy = st.one_of(
+    plain_claims,
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "sub": st.one_of(st.text(min_size=0, max_size=8), st.integers(-(2**40), 2**40)),
+            "exp": claim_values,
+            "iat": claim_values,
+            "nbf": claim_values,
+            "aud": st.one_of(st.text(max_size=4), st.lists(st.text(max_size=3), max_size=2)),
+            "jti": st.one_of(st.text(max_size=4), st.integers(0, 2**40)),
+            "roles": st.one_of(
+                st.lists(st.sampled_from(["user", "service", "auditor", "root"]), max_size=3),
+                st.text(max_size=4),
+            ),
+        },
+    ),
+)
+headers_strategy = st.one_of(
+    st.just({"alg": "HS256", "typ": "JWT"}),
+    st.just({"alg": "HS256"}),
+    st.just({"alg": "none"}),
+    st.just({"alg": "HS512", "typ": "JWT"}),
+    st.just({"alg": "HS256", "typ": "JWT", "crit": ["exp"]}),
+    st.just({"alg": "HS256", "kid": "k1"}),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    header=headers_strategy,
+    claims=claims_strategy,
+    key=st.sampled_from([SECRET, OTHER]),
+    tamper=st.sampled_from(["none", "payload", "signature", "padding", "junk", "parts"]),
+)
+def test_the_fast_path_accepts_only_what_pyjwt_accepts_with_the_same_claims(
+    header: dict[str, Any], claims: dict[str, Any], key: str, tamper: str
+) -> None:
+    head = b64(orjson.dumps(header))
+    body = b64(orjson.dumps(claims))
+    sig = b64(hmac.new(key.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest())
+    if tamper == "payload":
+        body = b64(orjson.dumps({**claims, "sub": "mallory"}))
+    elif tamper == "signature":
+        sig = sig[:-2] + ("AA" if not sig.endswith("AA") else "BB")
+    elif tamper == "padding":
+        sig += "=="
+    elif tamper == "junk":
+        sig = sig[:5] + "!" + sig[5:]
+    token = f"{head}.{body}.{sig}" if tamper != "parts" else f"{head}.{body}.{sig}.x"
+
+    signer = TokenSigner(SECRET)
+    fast = signer._plain_claims(token)
+    reference = pyjwt_accepts(token)
+    if fast is not None:
+        assert reference == fast
+    try:
+        verdict: Principal | None = signer.verify(token)
+    except AuthError:
+        verdict = None
+    if reference is None:
+        assert verdict is None
+    elif verdict is not None:
+        assert verdict.user_id == reference["sub"]
+
+
+def test_minted_tokens_take_the_fast_path_and_give_the_same_principal() -> None:
+    signer = TokenSigner(SECRET)
+    token = signer.mint("alice", ["service", "user"])
+    fast = signer._plain_claims(token)
+    assert fast is not None and fast == pyjwt_accepts(token)
+    assert signer.verify(token) == Principal("alice", frozenset({"service", "user"}))
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        jwt.encode({"sub": "a", "exp": now - 1}, SECRET, algorithm="HS256"),
+        jwt.encode({"sub": "a", "exp": now + 60}, OTHER, algorithm="HS256"),
+        jwt.encode({"sub": "a"}, SECRET, algorithm="HS256"),
+        jwt.encode({"sub": "a", "exp": now + 60, "nbf": now + 30}, SECRET, algorithm="HS256"),
+        b64(b'{"alg":"none"}') + "." + b64(b'{"sub":"a","exp":%d}' % (now + 60)) + ".",
+    ],
+    ids=["expired", "wrong key", "no exp", "not yet valid", "unsigned"],
+)
+def test_bad_tokens_are_refused(token: str) -> None:
+    with pytest.raises(AuthError):
+        TokenSigner(SECRET).verify(token)
