@@ -138,7 +138,8 @@ class TokenSigner:
 
         Plain: header exactly ``{"alg": "HS256"[, "typ": "JWT"]}``, a valid
         HS256 signature, ``exp`` in the future and ``iat`` (if any) not, both
-        whole numbers, and no ``nbf``, ``aud``, ``iss`` or ``jti``. Every such token
+        whole numbers, ``sub`` and ``jti`` (if any) strings, and no ``nbf``,
+        ``aud`` or ``iss``. Every such token
         is one PyJWT accepts with the same claims (a test compares them); a
         token this path does not accept is never refused here, only handed on.
         New tokens per connection made PyJWT about 7% of the server's CPU per
@@ -166,6 +167,8 @@ class TokenSigner:
             return None
         if not isinstance(claims, dict) or _UNPLAIN_CLAIMS & claims.keys():
             return None
+        if not isinstance(claims.get("sub", ""), str) or not isinstance(claims.get("jti", ""), str):
+            return None
         now = time.time()
         exp, iat = claims.get("exp"), claims.get("iat", 0)
         if not _is_whole(exp) or not _is_whole(iat) or exp <= now or iat > now:
@@ -188,7 +191,7 @@ class TokenSigner:
 
 
 _PLAIN_HEADERS = ({"alg": ALGORITHM, "typ": "JWT"}, {"alg": ALGORITHM})
-_UNPLAIN_CLAIMS = frozenset({"nbf", "aud", "iss", "jti"})
+_UNPLAIN_CLAIMS = frozenset({"nbf", "aud", "iss"})
 
 
 _B64URL = re.compile(r"[A-Za-z0-9_-]+")

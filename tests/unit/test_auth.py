@@ -45,11 +45,12 @@ claim_values = st.one_of(
 )
 plain_claims = st.fixed_dictionaries(
     {
-        "sub": st.text(min_size=0, max_size=8),
+        "sub": st.one_of(st.text(max_size=8), st.integers(0, 9)),
         "exp": st.one_of(st.integers(now - 100, now + 100_000), st.floats(now - 5, now + 5)),
     },
     optional={
         "iat": st.integers(now - 1000, now + 1000),
+        "jti": st.one_of(st.text(max_size=6), st.integers(0, 9)),
         "roles": st.lists(st.sampled_from(["user", "service", "auditor", "root"]), max_size=3),
     },
 )
