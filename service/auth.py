@@ -3,7 +3,8 @@
 Without SESSIOND_SECRET, ``serve`` and ``token`` share a key file created on
 first use beside the store (``sessiond.key``, mode 0600), so tokens minted on
 the same machine work with no set-up. Nothing unsigned is ever accepted. See
-docs/adr/0005-sign-tokens-with-a-shared-key-and-three-roles.md.
+docs/adr/0005-sign-tokens-with-a-shared-key-and-three-roles.md and
+docs/adr/0016-verify-plain-tokens-on-a-checked-fast-path.md.
 """
 
 from __future__ import annotations

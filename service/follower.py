@@ -63,10 +63,6 @@ class LogFollower:
         recorder: Any = self.store.recorder
         return str(recorder.channel_name)
 
-    @property
-    def origin(self) -> str:
-        return str(getattr(self.store.recorder, "origin", ""))
-
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self.position = self.store.ping()
@@ -108,20 +104,26 @@ class LogFollower:
         """True when the notification is this process's own next commit, which
         its writer has already published: the position moves past it unread.
 
-        The payload is ``<origin> <first> <last>`` (service/pgrecorder.py).
-        Commits reach LISTENers in commit order, and the table lock makes that
-        notification-ID order, so when ``first`` is the next position nothing
-        of another node's can lie before it. Anything else (another node's
-        commit, a gap left by a rolled-back insert, an old payload) is read.
+        The payload is ``<origin> <first> <last>`` (service/pgrecorder.py). It
+        counts as our own only if the recorder got the answer for exactly that
+        batch (a batch committed but unanswered is not the writer's to
+        publish) and ``first`` is the next position: commits reach LISTENers
+        in commit order, and the table lock makes that notification-ID order,
+        so nothing of another node's can lie before it. Anything else (another
+        node's commit, a gap left by a rolled-back insert, an old payload) is
+        read.
         """
         parts = payload.split()
-        if len(parts) != 3 or parts[0] != self.origin:
+        if len(parts) != 3:
             return False
         try:
             first, last = int(parts[1]), int(parts[2])
         except ValueError:
             return False
         if first != self.position + 1:
+            return False
+        is_own = getattr(self.store.recorder, "is_own", None)
+        if is_own is None or not is_own(parts[0], first, last):
             return False
         self.position = last
         self.skipped += last - first + 1

@@ -38,6 +38,7 @@ from psycopg.sql import SQL, Identifier, Literal
 
 ATTEMPTS = 2
 WAIT = 0.2
+OWN_RANGES = 4096  # batches remembered for the follower; older ones are just read
 
 
 def _fail_fast(method: Any) -> Any:
@@ -65,6 +66,7 @@ class FailFastPostgresRecorder(PostgresApplicationRecorder):
         super().__init__(datastore, events_table_name=events_table_name)
         # Which process recorded a batch, for the NOTIFY payload.
         self.origin = os.urandom(8).hex()
+        self._own: dict[tuple[int, int], None] = {}
         schema = Identifier(self.datastore.schema)
         self.append_function = f"sessiond_append_{events_table_name}"[:63]
         self.check_identifier_length(self.append_function)
@@ -121,7 +123,24 @@ class FailFastPostgresRecorder(PostgresApplicationRecorder):
             row = curs.fetchone()
         assert row is not None
         ids: list[int] = row["ids"]
+        # Remember what this process recorded, so that its follower can skip
+        # exactly these (see is_own): a batch whose answer was lost with its
+        # connection, even if committed, is not here, and is read back.
+        self._own[(ids[0], ids[-1])] = None
+        if len(self._own) > OWN_RANGES:
+            self._own.pop(next(iter(self._own)), None)
         return ids
+
+    def is_own(self, origin: str, first: int, last: int) -> bool:
+        """Whether this process recorded exactly IDs ``first``..``last`` in one
+        batch and got its answer (the NOTIFY payload's origin and range)."""
+        if origin != self.origin:
+            return False
+        try:
+            del self._own[(first, last)]
+        except KeyError:
+            return False
+        return True
 
     @_fail_fast
     def select_rows(self, start: int, limit: int) -> list[tuple[int, str, int, str, bytes]]:

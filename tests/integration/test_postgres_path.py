@@ -131,6 +131,38 @@ async def test_the_follower_publishes_other_nodes_commits_and_skips_its_own(
         await asyncio.to_thread(follower.stop)
 
 
+class _Unanswered(dict[Any, Any]):
+    """The recorder's memory of answered batches, losing every answer (as if
+    each connection died between COMMIT and its reply)."""
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+
+async def test_a_commit_whose_answer_was_lost_is_read_back_not_skipped(
+    postgres_url: str, two_nodes: tuple[SessiondApplication, SessiondApplication]
+) -> None:
+    mine, _ = two_nodes
+    recorder: Any = mine.recorder
+    recorder._own = _Unanswered()
+    published: list[dict[str, Any]] = []
+    follower = LogFollower(
+        mine,
+        postgres_conninfo(parse_store_url(postgres_url)),
+        published.extend,
+        poll_interval=30,
+    )
+    follower.start(asyncio.get_running_loop())
+    try:
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(mine.save, Session.create("unanswered", "alice"))
+        await _until(lambda: follower.position == mine.ping())
+        assert follower.skipped == 0
+        assert [e["session_id"] for e in published] == ["unanswered"]
+    finally:
+        await asyncio.to_thread(follower.stop)
+
+
 async def test_the_follower_reads_across_a_gap_left_by_a_failed_batch(
     postgres_url: str, two_nodes: tuple[SessiondApplication, SessiondApplication]
 ) -> None:
