@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -39,6 +40,7 @@ from psycopg.sql import SQL, Identifier, Literal
 ATTEMPTS = 2
 WAIT = 0.2
 OWN_RANGES = 4096  # batches remembered for the follower; older ones are just read
+ANSWER_PATIENCE = 0.05
 
 
 def _fail_fast(method: Any) -> Any:
@@ -67,6 +69,7 @@ class FailFastPostgresRecorder(PostgresApplicationRecorder):
         # Which process recorded a batch, for the NOTIFY payload.
         self.origin = os.urandom(8).hex()
         self._own: dict[tuple[int, int], None] = {}
+        self._answered = threading.Condition()
         schema = Identifier(self.datastore.schema)
         self.append_function = f"sessiond_append_{events_table_name}"[:63]
         self.check_identifier_length(self.append_function)
@@ -126,21 +129,29 @@ class FailFastPostgresRecorder(PostgresApplicationRecorder):
         # Remember what this process recorded, so that its follower can skip
         # exactly these (see is_own): a batch whose answer was lost with its
         # connection, even if committed, is not here, and is read back.
-        self._own[(ids[0], ids[-1])] = None
-        if len(self._own) > OWN_RANGES:
-            self._own.pop(next(iter(self._own)), None)
+        with self._answered:
+            self._own[(ids[0], ids[-1])] = None
+            if len(self._own) > OWN_RANGES:
+                self._own.pop(next(iter(self._own)), None)
+            self._answered.notify_all()
         return ids
 
-    def is_own(self, origin: str, first: int, last: int) -> bool:
+    def is_own(self, origin: str, first: int, last: int, patience: float = ANSWER_PATIENCE) -> bool:
         """Whether this process recorded exactly IDs ``first``..``last`` in one
-        batch and got its answer (the NOTIFY payload's origin and range)."""
+        batch and got its answer (the NOTIFY payload's origin and range).
+
+        The NOTIFY can reach the follower a moment before the answer reaches
+        the writer thread: a batch of our own origin gets ``patience`` seconds
+        for its answer, and is read back if none comes (the answer was lost).
+        """
         if origin != self.origin:
             return False
-        try:
-            del self._own[(first, last)]
-        except KeyError:
-            return False
-        return True
+        key = (first, last)
+        with self._answered:
+            if self._answered.wait_for(lambda: key in self._own, timeout=patience):
+                del self._own[key]
+                return True
+        return False
 
     @_fail_fast
     def select_rows(self, start: int, limit: int) -> list[tuple[int, str, int, str, bytes]]:
