@@ -199,6 +199,12 @@ class SessiondApplication(Application[str]):
         self._notify(recordings)
         return recordings
 
+    def close(self) -> None:
+        close_connections = getattr(self.recorder, "close_connections", None)
+        if close_connections is not None:
+            close_connections()
+        super().close()
+
     def ping(self) -> int:
         return self.recorder.max_notification_id() or 0
 
