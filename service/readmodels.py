@@ -59,7 +59,7 @@ class ReadModels:
         config: StoreConfig,
         *,
         poll_interval: float = 1.0,
-        coalesce: float = 0.05,
+        coalesce: float = 0.25,
     ) -> None:
         self.tables = open_tables(config)
         self.projector = make_projector(store, self.tables)
