@@ -266,11 +266,10 @@ class Writer:
     def _save(self, aggregates: list[Aggregate]) -> list[Aggregate.Event]:
         if not aggregates:
             return []
-        recordings = self.app.save_aggregates(*aggregates)
+        events = self.app.record_aggregates(*aggregates)
         self.transactions += 1
-        events = [r.domain_event for r in recordings]
         self.events_appended += len(events)
-        return [e for e in events if isinstance(e, Aggregate.Event)]
+        return events
 
     def _resolve(self, batch: list[_Item[Any]], recorded: list[Aggregate.Event]) -> None:
         assert self._loop is not None

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
+import orjson
 import pytest
 
 import domain.session
@@ -17,6 +18,7 @@ from service.store import (
     OrjsonTranscoder,
     SessiondApplication,
     StoreError,
+    _stored,
     open_store,
     parse_store_url,
 )
@@ -348,10 +350,9 @@ def test_a_missing_postgresql_database_is_a_store_error(pg_dsn: str) -> None:
         open_store(parse_store_url(f"{base}/sessiond_no_such_database_x"))
 
 
-def test_the_fast_wire_path_shows_exactly_what_the_domain_events_show(
-    store: SessiondApplication,
-) -> None:
-    session = Session.create("every-type", "alice", {"m": [1, None]})
+def every_event_type(session_id: str, connection_id: str) -> tuple[Session, Connection]:
+    """A session and a connection holding one event of every type."""
+    session = Session.create(session_id, "alice", {"m": [1, None]})
     session.record_message(message_id="m", role="user", content="x", user_id="alice", tokens=3)
     session.start_task(task_id="t", name="job", total=2.5, user_id="w")
     session.report_progress(task_id="t", done=1, total=None, note="n")
@@ -361,11 +362,50 @@ def test_the_fast_wire_path_shows_exactly_what_the_domain_events_show(
     session.attach(connection_id="c", user_id="alice", node="n", max_connections=1)
     session.attach(connection_id="d", user_id="alice", node="n", max_connections=1)
     session.end(user_id="alice")
-    connection = Connection.open("c", "every-type", node="n", proposed=False)
+    connection = Connection.open(connection_id, session_id, node="n", proposed=False)
     connection.accept()
     with pytest.raises(Exception, match="not allowed"):
         connection.go_live(position=1)
     connection.close(code=4409, reason="superseded")
+    return session, connection
+
+
+def test_the_writers_direct_path_records_exactly_the_rows_save_records(
+    store: SessiondApplication,
+) -> None:
+    """``record_aggregates`` (the writer's path) against ``Application.save``."""
+    ours = every_event_type("direct", "c-direct")
+    theirs = every_event_type("stock", "c-stock")
+    assert store.record_aggregates(*ours)
+    store.save(*theirs)
+
+    def rows(stream: str, other: str) -> list[tuple[int, str, bytes]]:
+        return [
+            (s.originator_version, s.topic, s.state.replace(other.encode(), b"X"))
+            for s in store.recorder.select_events(stream)
+        ]
+
+    for a, b in ((session_stream("direct"), session_stream("stock")),
+                 (connection_stream("c-direct"), connection_stream("c-stock"))):  # fmt: skip
+        mine = rows(a, a.split(":", 1)[1])
+        stock = rows(b, b.split(":", 1)[1])
+        # Same topics and positions; same states but for the IDs and the times.
+        assert [(v, t) for v, t, _ in mine] == [(v, t) for v, t, _ in stock]
+        for (_, _, m), (_, _, st) in zip(mine, stock, strict=True):
+            assert set(orjson.loads(m)) == set(orjson.loads(st))
+    # Event by event, the very bytes eventsourcing's mapper makes.
+    session, connection = every_event_type("bytes", "c-bytes")
+    for event in [*session.collect_events(), *connection.collect_events()]:
+        assert _stored(event) == store.mapper.to_stored_event(event)  # type: ignore[arg-type]
+    # And every event reads back as what was recorded.
+    again = store.get_session("direct")
+    assert again is not None and again.view() == ours[0].view()
+
+
+def test_the_fast_wire_path_shows_exactly_what_the_domain_events_show(
+    store: SessiondApplication,
+) -> None:
+    session, connection = every_event_type("every-type", "c")
     store.save(session, connection)
     for stream in (session_stream("every-type"), connection_stream("c")):
         fast = store.stream_wire_events(stream)
