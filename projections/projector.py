@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from projections.tables import PROJECTIONS, Tables
-from projections.views import Row, fold_connection, fold_session
+from projections.views import Row, apply_session, fold_connection
 
 log = logging.getLogger("sessiond.projections")
 
@@ -148,7 +148,8 @@ class Projector:
         connection_rows = self.tables.load(
             c, "sessiond_connections", "connection_id", list(connections)
         )
-        self.tables.upsert_sessions(c, _fold_all(session_rows, sessions, fold_session))
+        # The loaded rows are this batch's own: sessions fold in place.
+        self.tables.upsert_sessions(c, _fold_all(session_rows, sessions, apply_session))
         self.tables.upsert_connections(c, _fold_all(connection_rows, connections, fold_connection))
         self.tables.set_positions(c, rows[-1][0])
         return len(events)

@@ -22,6 +22,16 @@ RUNNING, COMPLETED, FAILED = "RUNNING", "COMPLETED", "FAILED"
 
 
 def fold_session(row: Row | None, event: dict[str, Any]) -> Row | None:
+    """The session view after ``event`` (``row`` is left as it was)."""
+    if row is not None:
+        row = {**row, "tasks": list(row["tasks"]), "connections": list(row["connections"])}
+    return apply_session(row, event)
+
+
+def apply_session(row: Row | None, event: dict[str, Any]) -> Row | None:
+    """``fold_session``, changing ``row`` in place (and its lists): for a
+    projector that owns the row it folds a whole batch into, and so copies it
+    once per batch instead of once per event."""
     kind, data, at = event["type"], event["data"], event["at"]
     if kind == "SessionCreated":
         return {
@@ -38,28 +48,31 @@ def fold_session(row: Row | None, event: dict[str, Any]) -> Row | None:
         }
     if row is None:
         return None  # events of a session whose creation this model never saw
-    row = {**row, "position": event["position"], "updated_at": at}
+    row["position"] = event["position"]
+    row["updated_at"] = at
     if kind == "MessageRecorded":
         row["message_count"] += 1
     elif kind == "TaskStarted":
-        task = {
-            "task_id": data["task_id"],
-            "name": data["name"],
-            "state": RUNNING,
-            "done": 0,
-            "total": data.get("total"),
-            "note": None,
-            "result": None,
-            "error": None,
-        }
-        row["tasks"] = [*row["tasks"], task]
+        row["tasks"].append(
+            {
+                "task_id": data["task_id"],
+                "name": data["name"],
+                "state": RUNNING,
+                "done": 0,
+                "total": data.get("total"),
+                "note": None,
+                "result": None,
+                "error": None,
+            }
+        )
     elif kind in ("TaskProgressed", "TaskCompleted", "TaskFailed"):
-        row["tasks"] = [
-            _fold_task(t, kind, data) if t["task_id"] == data["task_id"] else t
-            for t in row["tasks"]
-        ]
+        tasks = row["tasks"]
+        task_id = data["task_id"]
+        for i, task in enumerate(tasks):
+            if task["task_id"] == task_id:
+                tasks[i] = _fold_task(task, kind, data)
     elif kind == "ConnectionAttached":
-        row["connections"] = [*row["connections"], data["connection_id"]]
+        row["connections"].append(data["connection_id"])
     elif kind == "ConnectionDetached":
         row["connections"] = [c for c in row["connections"] if c != data["connection_id"]]
     elif kind == "SessionEnded":

@@ -7,6 +7,7 @@ twice; and an event type or state this code does not know is tolerated."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import math
 import random
 import threading
@@ -24,7 +25,7 @@ from domain.errors import DomainError
 from domain.ids import connection_stream, session_stream
 from projections.projector import Projector
 from projections.tables import Tables
-from projections.views import fold_connection, fold_session
+from projections.views import apply_session, fold_connection, fold_session
 from service import commands
 from service.auth import Principal
 from service.readmodels import make_projector, open_tables
@@ -556,7 +557,12 @@ async def test_the_folds_agree_with_the_log_event_by_event(world: World) -> None
     for session_id in world.sessions:
         row: dict[str, Any] | None = None
         for event in world.store.stream_events(session_stream(session_id)):
-            row = fold_session(row, wire_event(event))
+            before = copy.deepcopy(row)
+            folded = fold_session(row, wire_event(event))
+            assert row == before, "fold_session must leave its input as it was"
+            # The projector's in-place fold gives the same view.
+            assert apply_session(copy.deepcopy(row), wire_event(event)) == folded
+            row = folded
             past = world.store.get_session(session_id, version=event.originator_version)
             assert past is not None
             assert row == wire_view(past.view()), (session_id, event.originator_version)
