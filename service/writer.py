@@ -27,7 +27,7 @@ import queue
 import random
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -117,6 +117,7 @@ class Writer:
         self._cache_size = cache_size
         self._cache: OrderedDict[str, Aggregate] = OrderedDict()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._outbox: list[_Item[Any]] = []
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.events_appended = 0
@@ -134,6 +135,7 @@ class Writer:
         """Finish every command already queued, then stop the thread."""
         if self._thread is None:
             return
+        self._flush()
         self._queue.put(_STOP)
         await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
         self._thread = None
@@ -149,8 +151,18 @@ class Writer:
         if self._thread is None or self._loop is None:
             raise StoreUnavailable("the writer is not running")
         future: asyncio.Future[T] = self._loop.create_future()
-        self._queue.put(_Item(command, future))
+        # Commands issued in one turn of the event loop reach the writer
+        # thread together: one hand-over (and one wake-up of the thread) per
+        # turn rather than per command.
+        self._outbox.append(_Item(command, future))
+        if len(self._outbox) == 1:
+            self._loop.call_soon(self._flush)
         return await future
+
+    def _flush(self) -> None:
+        if self._outbox:
+            items, self._outbox = self._outbox, []
+            self._queue.put(items)
 
     # --- the writer thread --------------------------------------------------
 
@@ -179,21 +191,27 @@ class Writer:
             self._cache.pop(agg.id, None)
 
     def _run(self) -> None:
+        waiting: deque[_Item[Any]] = deque()
         stopping = False
-        while not stopping:
-            first = self._queue.get()
-            if first is _STOP:
-                break
-            batch: list[_Item[Any]] = [first]
-            while len(batch) < self._max_batch:
+        while waiting or not stopping:
+            if not waiting:
+                got = self._queue.get()
+                if got is _STOP:
+                    break
+                waiting.extend(got)
+            # Take everything else already handed over, up to a batch.
+            while len(waiting) < self._max_batch and not stopping:
                 try:
-                    item = self._queue.get_nowait()
+                    got = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if item is _STOP:
+                if got is _STOP:
                     stopping = True
-                    break
-                batch.append(item)
+                else:
+                    waiting.extend(got)
+            batch: list[_Item[Any]] = [
+                waiting.popleft() for _ in range(min(len(waiting), self._max_batch))
+            ]
             try:
                 self._process(batch)
             except BaseException as e:  # never let the writer thread die silently
