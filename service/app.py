@@ -28,7 +28,7 @@ from service.context import (
     STORE_CONFIG,
     WRITER,
 )
-from service.cors import cors_middleware
+from service.cors import decorate, preflight
 from service.errors import ApiError, error_response
 from service.follower import LogFollower
 from service.hub import Hub
@@ -44,7 +44,19 @@ log = logging.getLogger("sessiond")
 
 
 @web.middleware
-async def error_middleware(
+async def edge_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """CORS (service/cors.py) and the error shape of PROTOCOL.md, in one layer:
+    every error answer, too, carries the CORS headers an allowed page needs
+    to read it."""
+    answer = preflight(request)
+    if answer is None:
+        answer = await _answer(request, handler)
+    return decorate(request, answer)
+
+
+async def _answer(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     metrics = request.app[METRICS]
@@ -245,7 +257,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     secret = settings.secret or load_or_create_key(config.key_dir)
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[error_middleware, cors_middleware],
+        middlewares=[edge_middleware],
     )
     app[SETTINGS] = settings
     app[STORE_CONFIG] = config

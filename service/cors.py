@@ -7,8 +7,6 @@ other, 403 ``forbidden_origin``.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 from aiohttp import web
 
 from service.context import SETTINGS
@@ -31,30 +29,33 @@ def origin_allowed(request: web.Request, allowed: tuple[str, ...]) -> bool:
     return origin == own_origin(request) or origin in allowed or "*" in allowed
 
 
-@web.middleware
-async def cors_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
+def preflight(request: web.Request) -> web.StreamResponse | None:
+    """The answer to a CORS preflight, or None for any other request."""
+    if request.method != "OPTIONS" or "Access-Control-Request-Method" not in request.headers:
+        return None
     origin = request.headers.get("Origin")
-    allowed = request.app[SETTINGS].cors_origins
-    is_preflight = (
-        request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
+    if origin is None or not origin_allowed(request, request.app[SETTINGS].cors_origins):
+        return error_response("forbidden_origin", f"origin {origin!r} is not allowed")
+    return web.Response(
+        status=204,
+        headers={
+            "Access-Control-Allow-Origin": origin,
+            "Access-Control-Allow-Methods": ALLOW_METHODS,
+            "Access-Control-Allow-Headers": ALLOW_HEADERS,
+            "Access-Control-Max-Age": MAX_AGE,
+            "Vary": "Origin",
+        },
     )
-    if is_preflight:
-        if origin is None or not origin_allowed(request, allowed):
-            return error_response("forbidden_origin", f"origin {origin!r} is not allowed")
-        return web.Response(
-            status=204,
-            headers={
-                "Access-Control-Allow-Origin": origin,
-                "Access-Control-Allow-Methods": ALLOW_METHODS,
-                "Access-Control-Allow-Headers": ALLOW_HEADERS,
-                "Access-Control-Max-Age": MAX_AGE,
-                "Vary": "Origin",
-            },
-        )
-    response = await handler(request)
-    if origin is not None and origin_allowed(request, allowed) and not response.prepared:
+
+
+def decorate(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+    """Let a page on an allowed origin read ``response`` (errors included)."""
+    origin = request.headers.get("Origin")
+    if (
+        origin is not None
+        and not response.prepared
+        and origin_allowed(request, request.app[SETTINGS].cors_origins)
+    ):
         response.headers["Access-Control-Allow-Origin"] = origin
         response.headers["Vary"] = "Origin"
     return response

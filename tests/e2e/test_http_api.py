@@ -608,6 +608,25 @@ async def test_a_preflight_from_an_allowed_origin_gets_the_cors_headers(
         assert r.headers["Access-Control-Allow-Origin"] == "http://localhost:3000"
 
 
+async def test_an_error_answer_to_an_allowed_origin_carries_the_cors_headers(
+    serve: Serve, sqlite_url: str
+) -> None:
+    """A page on another origin can read why it was refused, not just that it was."""
+    api = await serve(sqlite_url, cors_origins=("http://localhost:3000",))
+    async with api.http.get(
+        api.url("/v1/sessions/no-such-session"),
+        headers={"Origin": "http://localhost:3000", **api.auth()},
+    ) as r:
+        assert r.status == 404
+        assert r.headers["Access-Control-Allow-Origin"] == "http://localhost:3000"
+        assert_error(await r.json(), "session_not_found")
+    async with api.http.get(
+        api.url("/v1/sessions/no-such-session"), headers={"Origin": "http://evil.example"}
+    ) as r:
+        assert r.status == 401
+        assert "Access-Control-Allow-Origin" not in r.headers
+
+
 async def test_a_preflight_from_an_origin_not_listed_gets_no_cors_headers(
     serve: Serve, sqlite_url: str
 ) -> None:
