@@ -75,6 +75,7 @@ class Subscription:
 
     def close(self) -> None:
         self.hub.unsubscribe(self)
+        self.on_overflow = None  # a bound method of its socket: no cycle left behind
 
 
 class Hub:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import Callable
 from typing import Any
@@ -650,3 +651,50 @@ async def test_a_socket_in_processing_ready_receives_events_recorded_while_it_co
     assert got == list(range(1, got[-1] + 1))
     assert got[-1] >= positions[-1]
     await client.close()
+
+
+# --- resources ------------------------------------------------------------------------------
+
+
+async def test_a_finished_connection_is_freed_without_the_cycle_collector(
+    sqlite_url: str, serve: Serve
+) -> None:
+    """A connection's own objects hold no reference cycle (ADR 0017): with the
+    cyclic collector off, a closed socket's LiveConnection is gone anyway."""
+    api = await serve(sqlite_url)
+    gc.collect()
+    gc.disable()
+    try:
+        # Closed by the client, and ended by the server (each socket
+        # supersedes the one before it: 4409, its receiver cancelled).
+        for i in range(3):
+            client = await connect(api, "s-freed", connection_id=f"conn-freed-{i}")
+            await client.until_state("ACCEPTED")
+            await client.send({"type": "auth", "token": api.signer.mint("alice")})
+            await client.until_state("PROCESSING_READY")
+            if i > 0:
+                await closed_record(api, f"conn-freed-{i - 1}")
+        await client.close()
+        await closed_record(api, "conn-freed-2")
+        deadline = time.monotonic() + 5
+        while True:
+            alive = [o for o in gc.get_objects() if type(o).__name__ == "LiveConnection"]
+            if not alive or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        assert alive == []
+    finally:
+        gc.enable()
+
+
+def test_serve_freezes_what_start_up_loaded_and_collects_less_often() -> None:
+    from service.cli import GC_THRESHOLDS, tune_garbage_collector
+
+    before = gc.get_threshold()
+    try:
+        tune_garbage_collector()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
