@@ -266,7 +266,7 @@ def build_rows(loads: Loads, r: Results) -> tuple[list[Row], list[str]]:
     rows.append(Row(
         "events appended/s inside the process (service.writer.Writer, the store path alone)",
         f"{loads.append_concurrency} concurrent commands, {loads.append_events:,} events, "
-        f"SQLite file, WAL, synchronous={a.synchronous}",
+        f"SQLite file, WAL, synchronous={a.synchronous}, the server's GC settings",
         f"{a.rate:,.0f}/s ({a.per_txn:.0f} events/transaction)",
         f"raw sqlite3 executemany, same rows, schema, transaction size and durability: "
         f"{a.raw_rate:,.0f}/s",

@@ -10,6 +10,7 @@ copied under new IDs, with dense positions, straight into the app's recorder.
 from __future__ import annotations
 
 import asyncio
+import gc
 import sqlite3
 import time
 from collections import defaultdict
@@ -22,6 +23,7 @@ from eventsourcing.persistence import StoredEvent
 
 from service import commands
 from service.auth import Principal
+from service.cli import tune_garbage_collector
 from service.readmodels import make_projector, open_tables
 from service.store import SessiondApplication, open_store, parse_store_url
 from service.writer import Writer
@@ -137,7 +139,20 @@ def append_rate(workdir: Path, events: int, concurrency: int, max_batch: int = 2
     """``concurrency`` commands in flight at all times (each producer awaits its
     command, then sends the next), through service.writer.Writer to a SQLite
     file; then the same rows inserted with sqlite3 into a table of the same
-    schema, in transactions of the size the writer made, same durability."""
+    schema, in transactions of the size the writer made, same durability.
+
+    The writer runs under the garbage-collector settings ``sessiond serve``
+    uses (ADR 0017), restored afterwards."""
+    thresholds = gc.get_threshold()
+    tune_garbage_collector()
+    try:
+        return _append_rate(workdir, events, concurrency, max_batch)
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
+
+
+def _append_rate(workdir: Path, events: int, concurrency: int, max_batch: int) -> Append:
     path = workdir / "append.db"
     store = open_store(parse_store_url(sqlite_url(path)))
     with store.recorder.datastore.transaction(commit=False) as c:  # type: ignore[attr-defined]
