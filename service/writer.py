@@ -181,6 +181,12 @@ class Writer:
 
     def _remember(self, aggregates: list[Aggregate]) -> None:
         for agg in aggregates:
+            if isinstance(agg, Connection) and agg.is_closed:
+                # Nothing more is ever recorded for a closed connection: keep
+                # the cache (and the heap the garbage collector walks) for
+                # what is still live.
+                self._cache.pop(agg.id, None)
+                continue
             self._cache[agg.id] = agg
             self._cache.move_to_end(agg.id)
         while len(self._cache) > self._cache_size:

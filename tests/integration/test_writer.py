@@ -390,6 +390,23 @@ async def test_a_chain_stops_at_its_first_refusal_keeping_what_came_before(
     assert running.types(session_stream("s-alice")) == ["SessionCreated"]
 
 
+async def test_a_closed_connection_leaves_the_writers_cache_and_still_answers(
+    running: Running,
+) -> None:
+    w = running.writer
+    await walk_to_live(w, "c-gone", "s-gone")
+    assert connection_stream("c-gone") in w._cache
+    assert await w.execute(commands.close_connection("c-gone", code=1000, reason="normal"))
+    assert connection_stream("c-gone") not in w._cache
+    assert session_stream("s-gone") in w._cache
+    # Read back from the store when asked again: closing twice records nothing,
+    # and a transition after CLOSED is refused and recorded.
+    assert not await w.execute(commands.close_connection("c-gone", code=1000, reason="again"))
+    with pytest.raises(InvalidTransition):
+        await w.execute(commands.go_live("c-gone", 0))
+    assert running.types(connection_stream("c-gone"))[-2:] == ["CLOSED", "TransitionRefused"]
+
+
 async def test_closing_a_closed_connection_records_nothing(running: Running) -> None:
     w = running.writer
     await walk_to_live(w, "c-close", "s-close")
