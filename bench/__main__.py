@@ -2,7 +2,9 @@
 
 In one run: starts sessiond (``python -m service serve`` on a SQLite file),
 the bare aiohttp server (bench/bare_server.py) and python-socketio
-(bench/socketio_server.py); drives each with the same load from a separate
+(bench/socketio_server.py), and, for reference only, sessiond with SQLite's
+fsync off (bench/nofsync_server.py: how much of the gap is waiting for
+durability); drives each with the same load from a separate
 process (bench/load.py); measures the store path, projection rebuild and
 replay in this process (bench/inproc.py), and cross-node delivery on two
 sessiond nodes sharing a PostgreSQL database made for the run; prints every
@@ -30,6 +32,8 @@ from bench.procs import ROOT, Server, idle_sockets, measured_load, raise_nofile,
 from bench.report import Row, verdict
 
 BARE, SIO, SESSIOND = "bare aiohttp", "python-socketio", "sessiond"
+# sessiond with SQLite's fsync off: a reference, not a setting (bench/nofsync_server.py).
+NOFSYNC = "sessiond, fsync off"
 PG_DSN_ENV = "SESSIOND_BENCH_POSTGRES_DSN"
 PG_DSN_DEFAULT = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -81,6 +85,9 @@ def servers(workdir: Path, with_socketio: bool) -> list[Server]:
                           inproc.sqlite_url(workdir / "bench.db")],
                env={"SESSIOND_NODE": "bench"}, log=workdir / "sessiond.log"),
         Server(BARE, [py, "-m", "bench.bare_server"], log=workdir / "bare.log"),
+        Server(NOFSYNC, [py, "-m", "bench.nofsync_server", "--store",
+                         inproc.sqlite_url(workdir / "nofsync.db")],
+               env={"SESSIOND_NODE": "bench-nofsync"}, log=workdir / "nofsync.log"),
     ]  # fmt: skip
     if with_socketio:
         running.append(
@@ -106,20 +113,25 @@ def measure_servers(loads: Loads, workdir: Path, with_socketio: bool, results: R
         # (e) first, on fresh processes: memory freed by earlier loads would
         # otherwise be reused by the idle sockets and hide their cost.
         for server in running:
+            if server.name == NOFSYNC:
+                continue  # a reference for the rates only
             step(f"{server.name}: {loads.idle_sockets} idle sockets")
             grown, opened = idle_sockets(server, loads.idle_sockets, loads.settle)
             results.memory[server.name] = (grown / opened, opened)
         # (a) interleaved, so a noisy neighbour hurts every server alike.
         for clients in loads.clients:
             for server in running:
+                if server.name == NOFSYNC and clients != max(loads.clients):
+                    continue
                 step(f"{server.name}: handshakes, {clients} clients")
                 result, cpu = measured_load(
                     server, "handshakes", "--clients", str(clients),
                     "--duration", str(loads.handshake_seconds), patience=loads.settle,
                 )  # fmt: skip
-                results.curves.setdefault(server.name, []).append(
-                    (clients, result["rate"], result["p50_ms"] or 0.0)
-                )
+                if server.name != NOFSYNC:
+                    results.curves.setdefault(server.name, []).append(
+                        (clients, result["rate"], result["p50_ms"] or 0.0)
+                    )
                 if clients == max(loads.clients):
                     per = cpu / max(result["handshakes"], 1)
                     results.handshakes[server.name] = (result["rate"], per)
@@ -240,9 +252,20 @@ def build_rows(loads: Loads, r: Results) -> tuple[list[Row], list[str]]:
             f"(the peer; sessiond is {rate / sio[0]:.2f}x it)",
         ))  # fmt: skip
 
+    nofsync = r.handshakes.get(NOFSYNC)
+    if nofsync is not None:
+        rows.append(Row(
+            "full-lifecycle handshakes/s, sessiond with SQLite's fsync off (a reference, "
+            "not a setting: acknowledged writes could be lost)",
+            "the same", f"{nofsync[0]:,.0f}/s", f"bare aiohttp {bare_rate:,.0f}/s",
+            f"{nofsync[0] / bare_rate:.2f}x", f"{ms(nofsync[1])} per handshake",
+            f"(the share of the gap that is waiting for fsync: sessiond is "
+            f"{rate / nofsync[0]:.2f}x it)",
+        ))  # fmt: skip
+
     bare = r.delivery[BARE]
     events = loads.producers * loads.events_per_producer
-    for name in (SESSIOND, SIO):
+    for name in (SESSIOND, SIO, NOFSYNC):
         d = r.delivery.get(name)
         if d is None:
             continue
@@ -258,7 +281,10 @@ def build_rows(loads: Loads, r: Results) -> tuple[list[Row], list[str]]:
             f"{d['rate'] / bare['rate']:.2f}x",
             f"{ms(d['cpu_per_event'])} vs bare {ms(bare['cpu_per_event'])} per event",
             verdict(d["rate"] / bare["rate"] >= 0.8 and ok, ">= 0.8x bare, zero lost")
-            if name == SESSIOND else "(the peer)",
+            if name == SESSIOND
+            else "(the peer)" if name == SIO
+            else f"(a reference, not a setting; sessiond is "
+            f"{r.delivery[SESSIOND]['rate'] / d['rate']:.2f}x it)",
         ))  # fmt: skip
 
     a = r.append
