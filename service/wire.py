@@ -131,14 +131,12 @@ def _wire(stream_id: str, position: int, topic: str, state_bytes: bytes) -> dict
     }
 
 
-def wire_from_stored(stored: StoredEvent, ident: tuple[str, str] | None = None) -> dict[str, Any]:
+def wire_from_stored(stored: StoredEvent) -> dict[str, Any]:
     """A stored event straight to its wire shape, with no event object built.
 
     The same object as ``wire_event(mapper.to_domain_event(stored))`` (a test
     keeps them equal). An event class this code does not know (written by a
     newer node) is still shown, named after its class, so positions stay dense.
-    ``ident`` is accepted for callers that know the stream's (kind, client
-    ID); the split is cached either way.
     """
     return _wire(str(stored.originator_id), stored.originator_version, stored.topic, stored.state)
 
