@@ -49,7 +49,10 @@ MISSING = object()
 
 
 def json_response(body: Any, status: int = 200) -> web.Response:
-    return web.Response(body=dumps(body), status=status, content_type="application/json")
+    return web.Response(body=dumps(body), status=status, headers=_JSON_HEADERS)
+
+
+_JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 # --- plumbing -------------------------------------------------------------------
@@ -124,14 +127,13 @@ async def json_body(request: web.Request, allowed: dict[str, str]) -> dict[str, 
             raise ApiError("invalid_json", f"the body is not valid JSON: {e}") from None
     if not isinstance(body, dict):
         raise ApiError("invalid_body", "the body must be a JSON object")
-    unknown = sorted(set(body) - set(allowed))
-    if unknown:
+    if not body.keys() <= allowed.keys():
+        unknown = sorted(set(body) - set(allowed))
         raise ApiError(
             "invalid_body",
             f"unknown field(s): {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}",
         )
-    for name, spec in allowed.items():
-        kind, required = spec.rstrip("!"), spec.endswith("!")
+    for name, kind, required in _specs(tuple(allowed.items())):
         value = body.get(name, MISSING)
         if value is MISSING:
             if required:
@@ -142,6 +144,12 @@ async def json_body(request: web.Request, allowed: dict[str, str]) -> dict[str, 
             continue
         _check_kind(name, kind, value)
     return body
+
+
+@functools.cache
+def _specs(allowed: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str, bool], ...]:
+    """Each field's (name, kind, required), parsed once per distinct spec."""
+    return tuple((name, spec.rstrip("!"), spec.endswith("!")) for name, spec in allowed)
 
 
 def _check_kind(name: str, kind: str, value: Any) -> None:
