@@ -88,39 +88,35 @@ class Projector:
 
     def run_batch(self) -> int:
         """Apply one batch: events applied, 0 if none waited, -1 if another
-        projector moved the position meanwhile (read again from there)."""
-        if self.tables.lock_before_read:
-            return self._run_batch_locked()
-        start = self.position
-        rows = self._read(start + 1, self.batch_size)
-        if not rows:
-            # Nothing new, but the tables may have been reset under us (a
-            # `projections rebuild` that truncated them, possibly interrupted):
-            # then this projector's position is stale and must go back too.
-            current = min(self.tables.positions().values(), default=0)
-            if current < start:
-                self.position = current
-                return -1
-            return 0
-        with self.tables.write() as c:
-            if not self._owns(c, start):
-                return -1
-            applied = self._apply(c, rows)
-        self.position = rows[-1][0]
-        return applied
+        projector moved the position meanwhile (read again from there).
 
-    def _run_batch_locked(self) -> int:
-        """The same, taking the tracking rows before reading: where several
-        nodes project one database, the one that finds the position moved
-        has read and decoded nothing (PostgreSQL; SQLite has one node, and
-        its write lock would stall the writer for the length of the read)."""
+        Where several nodes project one database (PostgreSQL), the tracking
+        rows are taken before the log is read, so the node that finds the
+        position moved has read and decoded nothing. SQLite has one node, and
+        its write lock would stall the writer for the length of the read, so
+        there the batch is read first and the lock taken only to apply it.
+        """
         start = self.position
-        with self.tables.write() as c:
-            if not self._owns(c, start):
-                return -1
+        rows: Sequence[LogRow] | None = None
+        if not self.tables.lock_before_read:
             rows = self._read(start + 1, self.batch_size)
             if not rows:
+                # Nothing new, but the tables may have been reset under us (a
+                # `projections rebuild` that truncated them, possibly
+                # interrupted): then this projector's position is stale and
+                # must go back too.
+                current = min(self.tables.positions().values(), default=0)
+                if current < start:
+                    self.position = current
+                    return -1
                 return 0
+        with self.tables.write() as c:
+            if not self._owns(c, start):
+                return -1
+            if rows is None:
+                rows = self._read(start + 1, self.batch_size)
+                if not rows:
+                    return 0
             applied = self._apply(c, rows)
         self.position = rows[-1][0]
         return applied

@@ -128,17 +128,12 @@ class OrjsonTranscoder(Transcoder):
         return state
 
 
-_TOPICS: dict[type, tuple[str, int]] = {}
-
-
 def _stored(event: Aggregate.Event) -> StoredEvent:
     """``Mapper.to_stored_event`` for sessiond's events, with the orjson
     transcoder and no compression or cipher (sessiond configures neither)."""
     cls = type(event)
-    known = _TOPICS.get(cls)
-    if known is None:
-        known = _TOPICS[cls] = (get_topic(cls), getattr(cls, "class_version", 1))
-    topic, class_version = known
+    topic = get_topic(cls)  # cached by eventsourcing
+    class_version = getattr(cls, "class_version", 1)
     state = dict(vars(event))
     originator_id = state.pop("originator_id")
     originator_version = state.pop("originator_version")

@@ -101,9 +101,8 @@ def _namer(topic: str) -> tuple[str, type[Aggregate.Event] | None]:
     cls = _event_class(topic)
     if cls is None:
         return _class_name(topic), None
-    if cls.wire_name.__func__ is _DEFAULT_WIRE_NAME:  # type: ignore[attr-defined]
-        return cls.wire_name({}), None
-    return "", cls
+    name = _fixed_name(cls)
+    return name, None if name else cls
 
 
 @functools.lru_cache(maxsize=65536)

@@ -5,7 +5,8 @@ PostgreSQL database (ADR 0013)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import psycopg
@@ -106,12 +107,7 @@ async def test_the_follower_publishes_other_nodes_commits_and_skips_its_own(
         published.extend(events)
         arrived.set()
 
-    follower = LogFollower(
-        mine, postgres_conninfo(parse_store_url(postgres_url)), on_events, poll_interval=30
-    )
-    follower.start(asyncio.get_running_loop())
-    try:
-        await asyncio.sleep(0.3)  # LISTEN is in place
+    async with following(mine, postgres_url, on_events) as follower:
         # Our own commits move the position without a read or a publish.
         for i in range(3):
             await asyncio.to_thread(mine.save, Session.create(f"own-{i}", "alice"))
@@ -127,8 +123,6 @@ async def test_the_follower_publishes_other_nodes_commits_and_skips_its_own(
         await _until(lambda: len(published) == 2)
         assert published[1]["session_id"] == "theirs-2"
         await _until(lambda: follower.position == mine.ping())
-    finally:
-        await asyncio.to_thread(follower.stop)
 
 
 class _Unanswered(dict[Any, Any]):
@@ -146,21 +140,11 @@ async def test_a_commit_whose_answer_was_lost_is_read_back_not_skipped(
     recorder: Any = mine.recorder
     recorder._own = _Unanswered()
     published: list[dict[str, Any]] = []
-    follower = LogFollower(
-        mine,
-        postgres_conninfo(parse_store_url(postgres_url)),
-        published.extend,
-        poll_interval=30,
-    )
-    follower.start(asyncio.get_running_loop())
-    try:
-        await asyncio.sleep(0.3)
+    async with following(mine, postgres_url, published.extend) as follower:
         await asyncio.to_thread(mine.save, Session.create("unanswered", "alice"))
         await _until(lambda: follower.position == mine.ping())
         assert follower.skipped == 0
         assert [e["session_id"] for e in published] == ["unanswered"]
-    finally:
-        await asyncio.to_thread(follower.stop)
 
 
 async def test_the_follower_reads_across_a_gap_left_by_a_failed_batch(
@@ -170,15 +154,7 @@ async def test_the_follower_reads_across_a_gap_left_by_a_failed_batch(
     longer starts at position + 1, so the follower reads instead of skipping."""
     mine, _ = two_nodes
     published: list[dict[str, Any]] = []
-    follower = LogFollower(
-        mine,
-        postgres_conninfo(parse_store_url(postgres_url)),
-        published.extend,
-        poll_interval=30,
-    )
-    follower.start(asyncio.get_running_loop())
-    try:
-        await asyncio.sleep(0.3)
+    async with following(mine, postgres_url, published.extend) as follower:
         recorder: Any = mine.recorder
         await asyncio.to_thread(mine.save, Session.create("dup", "alice"))
         await _until(lambda: follower.position == mine.ping())
@@ -188,6 +164,20 @@ async def test_the_follower_reads_across_a_gap_left_by_a_failed_batch(
         await _until(lambda: follower.position == mine.ping())
         # Read (and published; the hub drops what the writer already sent).
         assert [e["session_id"] for e in published] == ["after-gap"]
+
+
+@asynccontextmanager
+async def following(
+    app: SessiondApplication, postgres_url: str, on_events: Callable[[list[dict[str, Any]]], None]
+) -> AsyncIterator[LogFollower]:
+    """A follower of ``app``'s log (no bounded poll within a test), LISTENing."""
+    follower = LogFollower(
+        app, postgres_conninfo(parse_store_url(postgres_url)), on_events, poll_interval=30
+    )
+    follower.start(asyncio.get_running_loop())
+    try:
+        await asyncio.sleep(0.3)  # LISTEN is in place
+        yield follower
     finally:
         await asyncio.to_thread(follower.stop)
 
