@@ -170,8 +170,10 @@ def initial_state(machine_class: type[StateMachine]) -> str:
     return str(initial.value)
 
 
-def final_states(machine_class: type[StateMachine]) -> set[str]:
-    return {str(s.value) for s in machine_class.states if s.final}
+@functools.cache
+def final_states(machine_class: type[StateMachine]) -> frozenset[str]:
+    """The values of the final states (asked on every transition: remembered)."""
+    return frozenset(str(s.value) for s in machine_class.states if s.final)
 
 
 def transition_names(machine_class: type[StateMachine]) -> list[str]:

@@ -230,23 +230,24 @@ def _register_metrics(app: web.Application) -> Metrics:
         states = ["CONNECTING", "ACCEPTED", "AUTHENTICATED", "SERVICES_READY", "PROCESSING_READY"]
         return {(("state", s),): float(counts.get(s, 0)) for s in states}
 
-    def appended() -> dict[tuple[tuple[str, str], ...], float]:
-        return {(): float(app[WRITER].events_appended) if WRITER in app else 0.0}
+    def writer_count(attribute: str) -> Callable[[], dict[tuple[tuple[str, str], ...], float]]:
+        def read() -> dict[tuple[tuple[str, str], ...], float]:
+            return {(): float(getattr(app[WRITER], attribute)) if WRITER in app else 0.0}
 
-    def transactions() -> dict[tuple[tuple[str, str], ...], float]:
-        return {(): float(app[WRITER].transactions) if WRITER in app else 0.0}
-
-    def conflicts() -> dict[tuple[tuple[str, str], ...], float]:
-        return {(): float(app[WRITER].conflicts) if WRITER in app else 0.0}
+        return read
 
     metrics.gauge("sessiond_connections", "live connections on this node by state", connections)
-    metrics.gauge(
-        "sessiond_events_appended_total", "events appended by this node", appended, "counter"
-    )
-    metrics.gauge(
-        "sessiond_store_transactions_total", "write transactions committed", transactions, "counter"
-    )
-    metrics.gauge("sessiond_write_conflicts_total", "write conflicts retried", conflicts, "counter")
+    for name, help_text, attribute in (
+        ("sessiond_events_appended_total", "events appended by this node", "events_appended"),
+        ("sessiond_store_transactions_total", "write transactions committed", "transactions"),
+        ("sessiond_write_conflicts_total", "write conflicts retried", "conflicts"),
+        (
+            "sessiond_writer_wrong_guesses_total",
+            "batches run again because an ID taken to be new was already recorded",
+            "wrong_guesses",
+        ),
+    ):
+        metrics.gauge(name, help_text, writer_count(attribute), "counter")
     return metrics
 
 

@@ -57,7 +57,7 @@ def create_session(
     def run(uow: UnitOfWork) -> tuple[dict[str, Any], bool]:
         if not actor.can_write:
             raise Forbidden("auditors read; they do not create sessions")
-        session = uow.session(session_id)
+        session = uow.session_to_create(session_id)
         if session is not None:
             if session.owner != actor.user_id and not actor.is_service:
                 session.check_owner(actor.user_id)
@@ -163,7 +163,7 @@ def open_connection(
     """Record CONNECTING under the connection's one ID; refuse an ID in use."""
 
     def run(uow: UnitOfWork) -> str:
-        if uow.connection(connection_id) is not None:
+        if uow.connection_to_create(connection_id) is not None:
             raise ConnectionIdTaken(f"connection ID {connection_id!r} is already recorded")
         connection = Connection.open(connection_id, session_id, node=node, proposed=proposed)
         uow.add(connection)
@@ -207,7 +207,7 @@ def attach(
             # closed meanwhile) must not create, attach or supersede anything.
             # This records the refusal and raises InvalidTransition.
             connection.attach(session_id=session_id, superseded=[])
-        session = uow.session(session_id)
+        session = uow.session_to_create(session_id)
         position_before = 0
         if session is None:
             session = Session.create(session_id, actor.user_id, None)

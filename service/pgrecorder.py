@@ -108,19 +108,22 @@ class FailFastPostgresRecorder(PostgresApplicationRecorder):
             "SELECT {schema}.{fn}(%s::text[], %s::bigint[], %s::text[], %s::bytea[], %s) AS ids"
         ).format(schema=schema, fn=Identifier(self.append_function))
 
-    @_fail_fast
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
-        if not stored_events:
-            return []
-        params = (
-            [e.originator_id for e in stored_events],
-            [e.originator_version for e in stored_events],
-            [e.topic for e in stored_events],
-            [e.state for e in stored_events],
-            self.origin,
+        ids: list[int] = self.insert_rows(
+            [(str(s.originator_id), s.originator_version, s.topic, s.state) for s in stored_events]
         )
+        return ids
+
+    @_fail_fast
+    def insert_rows(self, rows: Sequence[tuple[str, int, str, bytes]]) -> list[int]:
+        """Insert (originator_id, originator_version, topic, state) rows in
+        one statement; their notification IDs."""
+        if not rows:
+            return []
+        ids_, versions, topics, states = zip(*rows, strict=True)
+        params = (list(ids_), list(versions), list(topics), list(states), self.origin)
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
             curs.execute(self.append_statement, params, prepare=True)
             row = curs.fetchone()

@@ -115,19 +115,20 @@ class BatchSQLiteRecorder(SQLiteApplicationRecorder):
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
-        if not stored_events:
+        return self.insert_rows(
+            [(str(s.originator_id), s.originator_version, s.topic, s.state) for s in stored_events]
+        )
+
+    def insert_rows(self, rows: Sequence[StreamRow]) -> list[int]:
+        """Insert (originator_id, originator_version, topic, state) rows in
+        one transaction; their notification IDs."""
+        if not rows:
             return []
         conn = self._conn()
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.executemany(
-                    self._insert,
-                    [
-                        (s.originator_id, s.originator_version, s.topic, s.state)
-                        for s in stored_events
-                    ],
-                )
+                conn.executemany(self._insert, rows)
                 last = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
                 conn.execute("COMMIT")
             except BaseException:
@@ -136,7 +137,7 @@ class BatchSQLiteRecorder(SQLiteApplicationRecorder):
                 raise
         except sqlite3.Error as e:
             raise _translated(e) from e
-        return list(range(last - len(stored_events) + 1, last + 1))
+        return list(range(last - len(rows) + 1, last + 1))
 
     # --- reads ------------------------------------------------------------------
 

@@ -128,23 +128,27 @@ class OrjsonTranscoder(Transcoder):
         return state
 
 
-def _stored(event: Aggregate.Event) -> StoredEvent:
+StoredRow = tuple[str, int, str, bytes]
+
+
+def _row(event: Aggregate.Event) -> StoredRow:
     """``Mapper.to_stored_event`` for sessiond's events, with the orjson
-    transcoder and no compression or cipher (sessiond configures neither)."""
+    transcoder and no compression or cipher (sessiond configures neither), as
+    a plain (originator_id, originator_version, topic, state) tuple: building
+    the frozen ``StoredEvent`` dataclass cost more than the JSON itself."""
     cls = type(event)
-    topic = get_topic(cls)  # cached by eventsourcing
-    class_version = getattr(cls, "class_version", 1)
     state = dict(vars(event))
     originator_id = state.pop("originator_id")
     originator_version = state.pop("originator_version")
+    class_version = getattr(cls, "class_version", 1)
     if class_version > 1:
         state["class_version"] = class_version
-    return StoredEvent(
-        originator_id=originator_id,
-        originator_version=originator_version,
-        topic=topic,
-        state=orjson.dumps(state),
-    )
+    return originator_id, originator_version, get_topic(cls), orjson.dumps(state)
+
+
+def _stored(event: Aggregate.Event) -> StoredEvent:
+    """The same as a ``StoredEvent``."""
+    return StoredEvent(*_row(event))
 
 
 class SessiondApplication(Application[str]):
@@ -218,7 +222,11 @@ class SessiondApplication(Application[str]):
         for aggregate in aggregates:
             events.extend(aggregate.collect_events())  # type: ignore[arg-type]
         if events:
-            self.recorder.insert_events([_stored(e) for e in events])
+            insert_rows = getattr(self.recorder, "insert_rows", None)
+            if insert_rows is not None:  # sessiond's own recorders
+                insert_rows([_row(e) for e in events])
+            else:
+                self.recorder.insert_events([_stored(e) for e in events])
         return events
 
     def close(self) -> None:

@@ -59,10 +59,22 @@ class StoreUnavailable(Exception):
 
 
 class UnitOfWork:
-    """What one batch of commands sees: aggregates by ID, loaded once."""
+    """What one batch of commands sees: aggregates by ID, loaded once.
 
-    def __init__(self, writer: Writer) -> None:
+    ``guess_new`` is True on a batch's first attempt: an ID this node's writer
+    holds no aggregate for is then taken to be new by the commands that create
+    what is missing (:meth:`session_to_create`, :meth:`connection_to_create`),
+    without a read. A wrong guess cannot record anything: the new aggregate's
+    first event takes position 1 of a stream that already has one, the store's
+    unique key refuses the whole transaction, and the writer runs the batch
+    again with ``guess_new`` False, reading every aggregate. See
+    docs/adr/0018-take-an-unknown-id-to-be-new-and-let-the-store-refuse-a-wrong-guess.md.
+    """
+
+    def __init__(self, writer: Writer, *, guess_new: bool = False) -> None:
         self._writer = writer
+        self.guess_new = guess_new
+        self.guessed: list[str] = []
         self.touched: dict[str, Aggregate] = {}
 
     def _get(self, stream_id: str, kind: type[A]) -> A | None:
@@ -76,11 +88,31 @@ class UnitOfWork:
             return None
         return agg
 
+    def _to_create(self, stream_id: str, kind: type[A]) -> A | None:
+        if (
+            self.guess_new
+            and stream_id not in self.touched
+            and stream_id not in self._writer._cache
+        ):
+            self.guessed.append(stream_id)
+            return None
+        return self._get(stream_id, kind)
+
     def session(self, session_id: str) -> Session | None:
         return self._get(session_stream(session_id), Session)
 
     def connection(self, connection_id: str) -> Connection | None:
         return self._get(connection_stream(connection_id), Connection)
+
+    def session_to_create(self, session_id: str) -> Session | None:
+        """The session, for a command that creates it when it is None; may
+        guess that an ID unknown to this writer is new (see the class)."""
+        return self._to_create(session_stream(session_id), Session)
+
+    def connection_to_create(self, connection_id: str) -> Connection | None:
+        """The connection, for a command that creates it when it is None;
+        may guess that an ID unknown to this writer is new (see the class)."""
+        return self._to_create(connection_stream(connection_id), Connection)
 
     def add(self, aggregate: Aggregate) -> None:
         """Register a newly created aggregate, to be saved with the batch."""
@@ -123,6 +155,9 @@ class Writer:
         self.events_appended = 0
         self.transactions = 0
         self.conflicts = 0
+        # First attempts that guessed an unknown ID new, wrongly (the batch
+        # then ran again, reading): not conflicts with another writer.
+        self.wrong_guesses = 0
 
     # --- life -------------------------------------------------------------
 
@@ -227,8 +262,10 @@ class Writer:
                 self._resolve(batch, [])
 
     def _process(self, batch: list[_Item[Any]]) -> None:
+        guess_new = True
         for attempt in range(MAX_CONFLICT_RETRIES):
-            uow = UnitOfWork(self)
+            uow = UnitOfWork(self, guess_new=guess_new)
+            guess_new = False
             isolated = len(batch) == 1
             try:
                 for item in batch:
@@ -243,8 +280,13 @@ class Writer:
             try:
                 recorded = self._save(pending)
             except IntegrityError:
-                self.conflicts += 1
                 self._forget(touched)
+                if any(self._load(stream_id) is not None for stream_id in uow.guessed):
+                    # An ID taken to be new was recorded already: run again
+                    # at once, reading (a real conflict shows up then too).
+                    self.wrong_guesses += 1
+                    continue
+                self.conflicts += 1
                 log.info("write conflict, retrying batch", extra={"attempt": attempt + 1})
                 time.sleep(random.random() * CONFLICT_PAUSE * min(attempt + 1, 10))
                 continue

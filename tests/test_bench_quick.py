@@ -34,6 +34,8 @@ def test_the_quick_benchmark_runs_and_writes_its_table(tmp_path: Path) -> None:
     assert "| figure | load | measured | baseline | ratio | server CPU |" in report
     for figure in (
         "full-lifecycle handshakes/s",
+        "full-lifecycle handshakes/s, the durable floor",
+        "progress events/s delivered to one socket, durable floor",
         "progress events/s delivered to one socket",
         "events appended/s",
         "projection rebuild events/s",

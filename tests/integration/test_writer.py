@@ -495,6 +495,74 @@ async def test_a_conflict_retries_the_whole_batch_without_doubling_its_other_wri
     assert first.positions(session_stream("contended")) == [1, 2, 3]
 
 
+# --- IDs taken to be new (docs/adr/0018) -------------------------------------------
+
+
+async def test_a_new_id_is_created_without_reading_the_store(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads: list[str] = []
+    real_get = running.store.repository.get
+
+    def counted_get(stream_id: str, *args: Any, **kwargs: Any) -> Any:
+        reads.append(stream_id)
+        return real_get(stream_id, *args, **kwargs)
+
+    monkeypatch.setattr(running.store.repository, "get", counted_get)
+    await running.writer.execute(
+        commands.open_connection("tab-1", "guessed", node="n", proposed=True)
+    )
+    await running.writer.execute(commands.create_session("guessed", ALICE, None))
+    assert reads == []
+    assert running.writer.wrong_guesses == 0
+    assert running.types(connection_stream("tab-1")) == ["CONNECTING"]
+    assert running.types(session_stream("guessed")) == ["SessionCreated"]
+
+
+async def test_an_id_recorded_by_another_node_is_refused_despite_the_guess(
+    two_nodes: tuple[Running, Running],
+) -> None:
+    first, second = two_nodes
+    await second.writer.execute(commands.open_connection("tab-taken", "s", node="b", proposed=True))
+    results = await in_one_batch(
+        first.writer,
+        commands.create_session("bystander", ALICE, None),
+        commands.open_connection("tab-taken", "s", node="a", proposed=True),
+    )
+    assert isinstance(results[1], ConnectionIdTaken)
+    assert results[0][1] is True
+    assert first.writer.wrong_guesses == 1 and first.writer.conflicts == 0
+    # Nothing of the wrong guess reached the log; the bystander once, intact.
+    assert first.types(connection_stream("tab-taken")) == ["CONNECTING"]
+    assert [e.node for e in first.store.stream_events(connection_stream("tab-taken"))] == ["b"]
+    assert first.types(session_stream("bystander")) == ["SessionCreated"]
+
+
+async def test_a_session_created_elsewhere_is_attached_to_and_its_owner_checked(
+    two_nodes: tuple[Running, Running],
+) -> None:
+    first, second = two_nodes
+    await second.writer.execute(commands.create_session("elsewhere", BOB, None))
+    await second.writer.execute(message("elsewhere", "m1", BOB))
+    # POST /v1/sessions on the other node: the same session, not a new one.
+    view, created = await first.writer.execute(commands.create_session("elsewhere", BOB, None))
+    assert created is False and view["position"] == 2
+    # Attaching there as its owner continues its log; as another user, 4403.
+    await walk_to_authenticated(first.writer, "tab-bob", "elsewhere")
+    superseded, before = await first.writer.execute(
+        commands.attach("tab-bob", "elsewhere", BOB, node="a", max_connections=8)
+    )
+    assert (superseded, before) == ([], 2)
+    await walk_to_authenticated(first.writer, "tab-alice", "elsewhere")
+    with pytest.raises(commands.Forbidden):
+        await first.writer.execute(
+            commands.attach("tab-alice", "elsewhere", ALICE, node="a", max_connections=8)
+        )
+    assert first.positions(session_stream("elsewhere")) == [1, 2, 3]
+    assert first.writer.wrong_guesses == 1
+    assert first.writer.conflicts == 0
+
+
 async def test_two_writers_interleaving_on_one_session_lose_nothing(
     two_nodes: tuple[Running, Running],
 ) -> None:
