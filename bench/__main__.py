@@ -344,7 +344,7 @@ def build_rows(loads: Loads, r: Results) -> tuple[list[Row], list[str]]:
         f"{loads.append_concurrency} concurrent commands, {loads.append_events:,} events, "
         f"SQLite file, WAL, synchronous={a.synchronous}, the server's GC settings",
         f"{a.rate:,.0f}/s ({a.per_txn:.0f} events/transaction)",
-        f"raw sqlite3 executemany, same rows, schema, transaction size and durability: "
+        f"raw sqlite3 ({a.raw_method}), same rows, schema, transaction size and durability: "
         f"{a.raw_rate:,.0f}/s",
         f"{a.rate / a.raw_rate:.2f}x",
         f"{1e6 * a.cpu_per_event:.1f} µs vs raw {1e6 * a.raw_cpu_per_event:.1f} µs per event "

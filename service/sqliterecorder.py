@@ -1,5 +1,5 @@
 """eventsourcing's SQLite recorder, on one plain connection per thread,
-inserting a batch with one executemany and reading rows as plain tuples.
+inserting a batch with one statement and reading rows as plain tuples.
 
 The stock application recorder goes through eventsourcing's connection pool
 for every statement (reader-writer interlocking, a ``BEGIN`` and a ``ROLLBACK``
@@ -12,13 +12,14 @@ mappings.
 Here each thread that touches the store has its own ``sqlite3`` connection to
 the same file (autocommit, the same busy timeout; the file is in WAL mode, so
 readers never block the writer nor the other way round). A read is one
-statement, which SQLite runs on one consistent snapshot. A write is ``BEGIN
-IMMEDIATE`` (the file's write lock, taken up front), one ``executemany``,
-``COMMIT``: holding the write lock, the rows of the ``executemany`` take
-consecutive rowids ending at ``last_insert_rowid()``, so the IDs are known
-without a round trip per row. Same table, same rows, same IDs, same
+statement, which SQLite runs on one consistent snapshot. A write is one
+multi-row ``INSERT`` that SQLite runs as its own transaction (the file's write
+lock taken up front, as ``BEGIN IMMEDIATE`` does): holding the write lock, its
+rows take consecutive rowids ending at the cursor's ``lastrowid``, so the IDs
+are known without a round trip per row. Same table, same rows, same IDs, same
 exceptions (eventsourcing's ``IntegrityError`` for a conflicting row, which the
-writer retries); see docs/adr/0014-insert-a-batch-with-one-statement-on-sqlite.md.
+writer retries); see docs/adr/0014-insert-a-batch-with-one-statement-on-sqlite.md
+and docs/adr/0019-insert-a-sqlite-batch-as-one-statement-in-its-own-transaction.md.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore
 
 Row = tuple[int, str, int, str, bytes]
 StreamRow = tuple[str, int, str, bytes]
+# Batch sizes whose INSERT text is kept (larger ones are rare: bulk loads).
+KEPT_INSERTS = 1024
 
 
 def _translated(e: sqlite3.Error) -> Exception:
@@ -64,6 +67,7 @@ class BatchSQLiteRecorder(SQLiteApplicationRecorder):
         self._opened_lock = threading.Lock()
         table = self.events_table_name
         self._insert = f"INSERT INTO {table} VALUES (?,?,?,?)"
+        self._inserts: dict[int, str] = {}
         self._rows = (
             "SELECT rowid, originator_id, originator_version, topic, state "
             f"FROM {table} WHERE rowid>=? ORDER BY rowid LIMIT ?"
@@ -87,7 +91,7 @@ class BatchSQLiteRecorder(SQLiteApplicationRecorder):
                     uri=True,
                     check_same_thread=False,  # closed by close(), from another thread
                     isolation_level=None,
-                    cached_statements=64,
+                    cached_statements=256,  # an INSERT per batch size, among others
                     timeout=pool.lock_timeout or 5,
                 )
             except sqlite3.Error as e:
@@ -121,23 +125,61 @@ class BatchSQLiteRecorder(SQLiteApplicationRecorder):
 
     def insert_rows(self, rows: Sequence[StreamRow]) -> list[int]:
         """Insert (originator_id, originator_version, topic, state) rows in
-        one transaction; their notification IDs."""
+        one transaction; their notification IDs.
+
+        A batch is one multi-row ``INSERT`` run on its own, which SQLite runs
+        as its own transaction: the write lock taken before anything is read
+        (as ``BEGIN IMMEDIATE`` does, waiting out the busy timeout), the rows
+        inserted, committed and synced, all in one call. Python's sqlite3
+        lets go of the interpreter lock around each call, and under load every
+        call then waited for the event loop to hand it back: ``BEGIN``, one
+        ``executemany`` step per row, ``last_insert_rowid()`` and ``COMMIT``
+        were each such a wait (measured in bench/; ADR 0014).
+        """
         if not rows:
             return []
         conn = self._conn()
+        # Four parameters a row, under the library's limit for one statement.
+        per_insert = max(1, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 4)
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.executemany(self._insert, rows)
-                last = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+            if len(rows) <= per_insert:
+                cursor = conn.execute(
+                    self._insert_statement(len(rows)), [v for row in rows for v in row]
+                )
+                last = int(cursor.lastrowid or 0)
+            else:  # a bulk load: several statements, one explicit transaction
+                last = self._insert_in_chunks(conn, rows, per_insert)
         except sqlite3.Error as e:
             raise _translated(e) from e
+        # The write lock was held throughout: the rows took consecutive IDs.
         return list(range(last - len(rows) + 1, last + 1))
+
+    def _insert_in_chunks(
+        self, conn: sqlite3.Connection, rows: Sequence[StreamRow], per_insert: int
+    ) -> int:
+        last = 0
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for start in range(0, len(rows), per_insert):
+                chunk = rows[start : start + per_insert]
+                cursor = conn.execute(
+                    self._insert_statement(len(chunk)), [v for row in chunk for v in row]
+                )
+                last = int(cursor.lastrowid or 0)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return last
+
+    def _insert_statement(self, count: int) -> str:
+        statement = self._inserts.get(count)
+        if statement is None:
+            statement = self._insert + ",(?,?,?,?)" * (count - 1)
+            if count <= KEPT_INSERTS:
+                self._inserts[count] = statement
+        return statement
 
     # --- reads ------------------------------------------------------------------
 

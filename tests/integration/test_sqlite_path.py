@@ -1,10 +1,11 @@
-"""The SQLite recorder (one executemany per batch, tuple reads) against
+"""The SQLite recorder (one INSERT statement per batch, tuple reads) against
 eventsourcing's stock recorder on the same file: the same IDs, the same rows,
-the same answers to every query (ADR 0014)."""
+the same answers to every query (ADRs 0014 and 0019)."""
 
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,50 @@ def test_a_conflicting_batch_records_nothing_and_ids_go_on_densely(
         app.recorder.insert_events(batch("session:b", 1, 2) + batch("session:a", 2, 1))
     assert app.recorder.select_events("session:b") == []
     assert app.recorder.insert_events(batch("session:b", 1, 1)) == [3]
+
+
+def test_a_batch_waits_for_another_writer_then_lands_whole_after_it(
+    app: SessiondApplication, tmp_path: Path
+) -> None:
+    """The projector writes the same file: a batch arriving while it holds
+    the write lock waits (busy timeout), even though the projector's commit
+    makes the batch's first view of the file stale, and lands after it."""
+    app.recorder.insert_events(batch("session:a", 1, 1))
+    other = sqlite3.connect(tmp_path / "log.db", isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute(
+        "INSERT INTO stored_events VALUES ('session:z', 1, 'domain.session:Session.T0', x'7b7d')"
+    )
+    released = threading.Timer(0.3, lambda: other.execute("COMMIT"))
+    released.start()
+    try:
+        ids = app.recorder.insert_events(batch("session:b", 1, 3))
+    finally:
+        released.join()
+        other.close()
+    assert ids == [3, 4, 5]
+    assert [e.originator_version for e in app.recorder.select_events("session:b")] == [1, 2, 3]
+
+
+def test_a_batch_larger_than_one_statement_is_still_one_transaction(
+    app: SessiondApplication, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the library's parameter limit a batch takes several INSERTs; a
+    conflict in the last one still records none of them."""
+    real_connect = sqlite3.connect
+
+    def small_limit(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        conn = real_connect(*args, **kwargs)
+        conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 8)  # two rows a statement
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", small_limit)
+    app.recorder.close_connections()
+    assert app.recorder.insert_events(batch("session:a", 1, 5)) == [1, 2, 3, 4, 5]
+    with pytest.raises(IntegrityError):
+        app.recorder.insert_events(batch("session:b", 1, 4) + batch("session:a", 5, 1))
+    assert app.recorder.select_events("session:b") == []
+    assert app.recorder.insert_events(batch("session:b", 1, 3)) == [6, 7, 8]
 
 
 @settings(max_examples=40, deadline=None)
