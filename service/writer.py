@@ -281,9 +281,12 @@ class Writer:
                 recorded = self._save(pending)
             except IntegrityError:
                 self._forget(touched)
-                if any(self._load(stream_id) is not None for stream_id in uow.guessed):
-                    # An ID taken to be new was recorded already: run again
-                    # at once, reading (a real conflict shows up then too).
+                found = [a for a in map(self._load, uow.guessed) if a is not None]
+                if found:
+                    # An ID taken to be new was recorded already: run again at
+                    # once with what was found held (a real conflict with
+                    # another writer shows up on that attempt too).
+                    self._remember(found)
                     self.wrong_guesses += 1
                     continue
                 self.conflicts += 1

@@ -163,3 +163,43 @@ async def test_a_restart_after_a_kill_records_nothing_twice_for_a_second_restart
     detached = [e for e in events if e["type"] == "ConnectionDetached"]
     assert [d["data"]["reason"] for d in detached] == ["lost"]
     assert [e["position"] for e in events] == list(range(1, len(events) + 1))
+
+
+async def test_after_a_restart_known_ids_are_found_though_the_writer_holds_nothing(
+    disk_store: str,
+    server_process: Callable[..., ServerProcess],
+    http: aiohttp.ClientSession,
+) -> None:
+    """A fresh server takes an ID it holds nothing for to be new (ADR 0018):
+    for a session and a connection ID recorded before it started, the store
+    refuses that guess and the writer answers as if it had read first."""
+    first = await asyncio.to_thread(server_process, disk_store, SESSIOND_NODE="node-one")
+    sock = await open_socket(http, first.base_url, "known", connection_id="tab-old")
+    await post_messages(http, first.base_url, "known", 3, "m")
+    await sock.close()
+    assert await asyncio.to_thread(first.terminate) == 0
+
+    second = await asyncio.to_thread(server_process, disk_store, SESSIOND_NODE="node-two")
+    base = second.base_url
+    status, view = await call(http, "POST", f"{base}/v1/sessions", json={"session_id": "known"})
+    assert status == 200 and view["owner"] == "alice", view
+    status, body = await call(
+        http, "POST", f"{base}/v1/sessions", user="bob", json={"session_id": "known"}
+    )
+    assert (status, body["error"]["code"]) == (409, "session_owned_by_other")
+    # The old connection's ID is still taken: 409 before the upgrade.
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await http.ws_connect(f"{base}/v1/ws?session_id=known&connection_id=tab-old")
+    assert refused.value.status == 409
+    status, body = await call(http, "GET", f"{base}/v1/connections/tab-old/events")
+    assert [e["type"] for e in body["events"]].count("CONNECTING") == 1
+
+    again = await open_socket(http, base, "known", connection_id="tab-new", after=0)
+    more = await post_messages(http, base, "known", 1, "n")
+    await again.until_position(more[-1])
+    await again.close()
+    assert again.positions == list(range(1, more[-1] + 1))
+    async with http.get(f"{base}/metrics") as r:
+        metrics = await r.text()
+    guesses = [line for line in metrics.splitlines() if line.startswith("sessiond_writer_wrong")]
+    assert guesses and float(guesses[0].split()[-1]) >= 1, metrics[-2000:]
