@@ -37,6 +37,9 @@ from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastor
 from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Identifier, Literal
 
+from projections.projector import LogRow
+from service.wire import StreamRow
+
 ATTEMPTS = 2
 WAIT = 0.2
 OWN_RANGES = 4096  # batches remembered for the follower; older ones are just read
@@ -117,7 +120,7 @@ class FailFastPostgresRecorder(PostgresApplicationRecorder):
         return ids
 
     @_fail_fast
-    def insert_rows(self, rows: Sequence[tuple[str, int, str, bytes]]) -> list[int]:
+    def insert_rows(self, rows: Sequence[StreamRow]) -> list[int]:
         """Insert (originator_id, originator_version, topic, state) rows in
         one statement; their notification IDs."""
         if not rows:
@@ -157,7 +160,7 @@ class FailFastPostgresRecorder(PostgresApplicationRecorder):
         return False
 
     @_fail_fast
-    def select_rows(self, start: int, limit: int) -> list[tuple[int, str, int, str, bytes]]:
+    def select_rows(self, start: int, limit: int) -> list[LogRow]:
         """Notification-log rows from ID ``start`` on, as tuples."""
         with self.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as curs:
             curs.execute(self.select_rows_statement, (start, limit), prepare=True)

@@ -40,8 +40,9 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore
 
-Row = tuple[int, str, int, str, bytes]
-StreamRow = tuple[str, int, str, bytes]
+from projections.projector import LogRow
+from service.wire import StreamRow
+
 # Batch sizes whose INSERT text is kept (larger ones are rare: bulk loads).
 KEPT_INSERTS = 1024
 
@@ -66,7 +67,7 @@ class BatchSQLiteRecorder(SQLiteApplicationRecorder):
         self._opened: list[sqlite3.Connection] = []
         self._opened_lock = threading.Lock()
         table = self.events_table_name
-        self._insert = f"INSERT INTO {table} VALUES (?,?,?,?)"
+        self._insert_one = f"INSERT INTO {table} VALUES (?,?,?,?)"
         self._inserts: dict[int, str] = {}
         self._rows = (
             "SELECT rowid, originator_id, originator_version, topic, state "
@@ -97,6 +98,10 @@ class BatchSQLiteRecorder(SQLiteApplicationRecorder):
             except sqlite3.Error as e:
                 raise InterfaceError(e) from e
             self._local.conn = conn
+            # Four parameters a row, under the library's limit for one statement.
+            self._local.rows_per_insert = max(
+                1, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 4
+            )
             with self._opened_lock:
                 self._opened.append(conn)
         return conn
@@ -139,44 +144,34 @@ class BatchSQLiteRecorder(SQLiteApplicationRecorder):
         if not rows:
             return []
         conn = self._conn()
-        # Four parameters a row, under the library's limit for one statement.
-        per_insert = max(1, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 4)
+        per_insert = self._local.rows_per_insert
         try:
             if len(rows) <= per_insert:
-                cursor = conn.execute(
-                    self._insert_statement(len(rows)), [v for row in rows for v in row]
-                )
-                last = int(cursor.lastrowid or 0)
+                last = self._insert(conn, rows)
             else:  # a bulk load: several statements, one explicit transaction
-                last = self._insert_in_chunks(conn, rows, per_insert)
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for start in range(0, len(rows), per_insert):
+                        last = self._insert(conn, rows[start : start + per_insert])
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
         except sqlite3.Error as e:
             raise _translated(e) from e
         # The write lock was held throughout: the rows took consecutive IDs.
         return list(range(last - len(rows) + 1, last + 1))
 
-    def _insert_in_chunks(
-        self, conn: sqlite3.Connection, rows: Sequence[StreamRow], per_insert: int
-    ) -> int:
-        last = 0
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for start in range(0, len(rows), per_insert):
-                chunk = rows[start : start + per_insert]
-                cursor = conn.execute(
-                    self._insert_statement(len(chunk)), [v for row in chunk for v in row]
-                )
-                last = int(cursor.lastrowid or 0)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        return last
+    def _insert(self, conn: sqlite3.Connection, rows: Sequence[StreamRow]) -> int:
+        """One multi-row INSERT; the rowid of its last row."""
+        cursor = conn.execute(self._insert_statement(len(rows)), [v for row in rows for v in row])
+        return int(cursor.lastrowid or 0)
 
     def _insert_statement(self, count: int) -> str:
         statement = self._inserts.get(count)
         if statement is None:
-            statement = self._insert + ",(?,?,?,?)" * (count - 1)
+            statement = self._insert_one + ",(?,?,?,?)" * (count - 1)
             if count <= KEPT_INSERTS:
                 self._inserts[count] = statement
         return statement
@@ -186,7 +181,7 @@ class BatchSQLiteRecorder(SQLiteApplicationRecorder):
     def max_notification_id(self) -> int:
         return int(self._query(self._max_id, ())[0][0] or 0)
 
-    def select_rows(self, start: int, limit: int) -> list[Row]:
+    def select_rows(self, start: int, limit: int) -> list[LogRow]:
         """Notification-log rows from ID ``start`` on, as tuples."""
         return self._query(self._rows, (start, limit))
 

@@ -26,7 +26,8 @@ from domain.base import Aggregate
 from domain.connection import Connection
 from domain.ids import connection_stream, id_from_stream, session_stream
 from domain.session import Session
-from service.wire import LogRow, wire_from_row4, wire_from_stored
+from projections.projector import LogRow
+from service.wire import StreamRow, wire_from_row4, wire_from_stored
 
 
 class StoreError(Exception):
@@ -128,10 +129,7 @@ class OrjsonTranscoder(Transcoder):
         return state
 
 
-StoredRow = tuple[str, int, str, bytes]
-
-
-def _row(event: Aggregate.Event) -> StoredRow:
+def _row(event: Aggregate.Event) -> StreamRow:
     """``Mapper.to_stored_event`` for sessiond's events, with the orjson
     transcoder and no compression or cipher (sessiond configures neither), as
     a plain (originator_id, originator_version, topic, state) tuple: building

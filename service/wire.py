@@ -14,6 +14,7 @@ from eventsourcing.utils import resolve_topic
 
 from domain.base import Aggregate
 from domain.ids import id_from_stream
+from projections.projector import LogRow
 
 # The text of the last second formatted, shared by every thread (replaced as a
 # whole, so a reader never sees one second's fields with another's text).
@@ -111,8 +112,9 @@ def _key_and_id(stream_id: str) -> tuple[str, str]:
     return f"{kind}_id", client_id
 
 
-# A row of the notification log: (notification ID, stream ID, position, topic, state).
-LogRow = tuple[int, str, int, str, bytes]
+# A row of one stream: (stream ID, position, topic, state). A row of the
+# notification log (LogRow) is the same with the notification ID in front.
+StreamRow = tuple[str, int, str, bytes]
 
 
 def _wire(stream_id: str, position: int, topic: str, state_bytes: bytes) -> dict[str, Any]:
@@ -140,7 +142,7 @@ def wire_from_stored(stored: StoredEvent) -> dict[str, Any]:
     return _wire(str(stored.originator_id), stored.originator_version, stored.topic, stored.state)
 
 
-def wire_from_row4(row: tuple[str, int, str, bytes]) -> dict[str, Any]:
+def wire_from_row4(row: StreamRow) -> dict[str, Any]:
     """A stream row (stream ID, position, topic, state) to its wire shape."""
     return _wire(row[0], row[1], row[2], row[3])
 
