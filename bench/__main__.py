@@ -40,6 +40,26 @@ NOFSYNC = "sessiond, fsync off"
 # The bare server plus a durable write per step and nothing else (bench/floor_server.py).
 FLOOR = "durable floor"
 REFERENCES = (NOFSYNC, FLOOR)
+# How the report names each server measured beside sessiond, and what its row
+# says ({:.2f}: sessiond's rate over its rate).
+PEER_LABELS = {
+    SIO: "python-socketio",
+    NOFSYNC: "sessiond with SQLite's fsync off (a reference, not a setting: acknowledged "
+    "writes could be lost)",
+    FLOOR: "the durable floor (bare aiohttp plus one durable SQLite write per announced "
+    "step, in sessiond's five commits, nothing else)",
+}
+PEER_NOTES = {
+    ("handshakes", SIO): "(the peer; sessiond is {:.2f}x it)",
+    ("handshakes", NOFSYNC): "(the share of the gap that is waiting for fsync: sessiond is "
+    "{:.2f}x it)",
+    ("handshakes", FLOOR): "(a ceiling for any server recording durably this way: sessiond is "
+    "{:.2f}x it)",
+    ("delivery", SIO): "(the peer)",
+    ("delivery", NOFSYNC): "(a reference, not a setting; sessiond is {:.2f}x it)",
+    ("delivery", FLOOR): "(a ceiling for any server acknowledging durably this way; sessiond "
+    "is {:.2f}x it)",
+}
 PG_DSN_ENV = "SESSIOND_BENCH_POSTGRES_DSN"
 PG_DSN_DEFAULT = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -282,33 +302,15 @@ def build_rows(loads: Loads, r: Results) -> tuple[list[Row], list[str]]:
         f"{ms(cpu)} vs bare {ms(bare_cpu)} per handshake",
         verdict(rate / bare_rate >= 0.6 and ahead, ">= 0.6x bare and ahead of python-socketio"),
     ))  # fmt: skip
-    if sio is not None:
+    for name, label in PEER_LABELS.items():
+        peer = r.handshakes.get(name)
+        if peer is None:
+            continue
         rows.append(Row(
-            "full-lifecycle handshakes/s, python-socketio", "the same",
-            f"{sio[0]:,.0f}/s", f"bare aiohttp {bare_rate:,.0f}/s", f"{sio[0] / bare_rate:.2f}x",
-            f"{ms(sio[1])} per handshake",
-            f"(the peer; sessiond is {rate / sio[0]:.2f}x it)",
-        ))  # fmt: skip
-
-    nofsync = r.handshakes.get(NOFSYNC)
-    if nofsync is not None:
-        rows.append(Row(
-            "full-lifecycle handshakes/s, sessiond with SQLite's fsync off (a reference, "
-            "not a setting: acknowledged writes could be lost)",
-            "the same", f"{nofsync[0]:,.0f}/s", f"bare aiohttp {bare_rate:,.0f}/s",
-            f"{nofsync[0] / bare_rate:.2f}x", f"{ms(nofsync[1])} per handshake",
-            f"(the share of the gap that is waiting for fsync: sessiond is "
-            f"{rate / nofsync[0]:.2f}x it)",
-        ))  # fmt: skip
-    floor = r.handshakes.get(FLOOR)
-    if floor is not None:
-        rows.append(Row(
-            "full-lifecycle handshakes/s, the durable floor (bare aiohttp plus one durable "
-            "SQLite write per announced step, in sessiond's five commits, nothing else)",
-            "the same", f"{floor[0]:,.0f}/s", f"bare aiohttp {bare_rate:,.0f}/s",
-            f"{floor[0] / bare_rate:.2f}x", f"{ms(floor[1])} per handshake",
-            f"(a ceiling for any server recording durably this way: sessiond is "
-            f"{rate / floor[0]:.2f}x it)",
+            f"full-lifecycle handshakes/s, {label}", "the same", f"{peer[0]:,.0f}/s",
+            f"bare aiohttp {bare_rate:,.0f}/s", f"{peer[0] / bare_rate:.2f}x",
+            f"{ms(peer[1])} per handshake",
+            PEER_NOTES[("handshakes", name)].format(rate / peer[0]),
         ))  # fmt: skip
 
     bare = r.delivery[BARE]
@@ -330,11 +332,7 @@ def build_rows(loads: Loads, r: Results) -> tuple[list[Row], list[str]]:
             f"{ms(d['cpu_per_event'])} vs bare {ms(bare['cpu_per_event'])} per event",
             verdict(d["rate"] / bare["rate"] >= 0.8 and ok, ">= 0.8x bare, zero lost")
             if name == SESSIOND
-            else "(the peer)" if name == SIO
-            else f"(a reference, not a setting; sessiond is "
-            f"{r.delivery[SESSIOND]['rate'] / d['rate']:.2f}x it)" if name == NOFSYNC
-            else f"(a ceiling for any server acknowledging durably this way; sessiond is "
-            f"{r.delivery[SESSIOND]['rate'] / d['rate']:.2f}x it)",
+            else PEER_NOTES[("delivery", name)].format(r.delivery[SESSIOND]["rate"] / d["rate"]),
         ))  # fmt: skip
 
     a = r.append

@@ -50,31 +50,48 @@ class Tokens:
         return True
 
 
-def make_app(secret: str = SECRET) -> web.Application:
+# A row recorded before its step is announced: (stream, position, body).
+Row = tuple[str, int, bytes]
+# Awaited with a step's rows; returns once they are durable (bench/floor_server.py).
+Record = Callable[..., Awaitable[None]]
+
+
+def make_app(secret: str = SECRET, record: Record | None = None) -> web.Application:
+    """The bare server; with ``record``, every step's rows are handed to it and
+    awaited before the step is announced (the durable floor), and nothing else
+    changes but the attach events sessiond also records and sends."""
     # One outbound queue per socket, drained by its own task: frames to one
     # socket are written one at a time, in order (as sessiond's driver does).
     rooms: dict[str, set[asyncio.Queue[bytes]]] = defaultdict(set)
     positions: dict[str, int] = defaultdict(int)
+    versions: dict[str, int] = defaultdict(int)  # each connection's recorded steps
     tokens = Tokens(secret)
 
-    def broadcast(session_id: str, kind: str, data: dict[str, Any]) -> int:
+    def step(stream: str, body: bytes) -> Row:
+        versions[stream] += 1
+        return (stream, versions[stream], body)
+
+    def event(session_id: str, kind: str, data: Any) -> tuple[Row, bytes]:
+        """The session's next event: its row, and its ``event`` frame."""
         positions[session_id] += 1
         position = positions[session_id]
-        event = {
-            "session_id": session_id,
-            "position": position,
-            "type": kind,
-            "at": "",
-            "data": data,
-        }
-        frame = orjson.dumps({"type": "event", "event": event})
-        for queue in tuple(rooms.get(session_id, ())):
-            queue.put_nowait(frame)
-        return position
+        body = orjson.dumps(
+            {"session_id": session_id, "position": position, "type": kind, "at": "", "data": data}
+        )
+        return ("session:" + session_id, position, body), b'{"type":"event","event":' + body + b"}"
+
+    def broadcast(session_id: str, frame: bytes) -> None:
+        for outbound in tuple(rooms.get(session_id, ())):
+            outbound.put_nowait(frame)
 
     async def websocket(request: web.Request) -> web.WebSocketResponse:
         session_id = request.query["session_id"]
         connection_id = request.query.get("connection_id", "c")
+        stream = "connection:" + connection_id
+        if record is not None:
+            if stream in versions:
+                raise web.HTTPConflict(text="connection_id_taken")
+            await record(step(stream, b"CONNECTING"))
         ws = web.WebSocketResponse(heartbeat=20, max_msg_size=1 << 20)
         await ws.prepare(request)
         outbound: asyncio.Queue[bytes] = asyncio.Queue()
@@ -89,9 +106,12 @@ def make_app(secret: str = SECRET) -> web.Application:
             )
 
         sending = asyncio.create_task(sender())
-        outbound.put_nowait(
-            orjson.dumps({"type": "welcome", "connection_id": connection_id, "state": "ACCEPTED"})
+        welcome = orjson.dumps(
+            {"type": "welcome", "connection_id": connection_id, "state": "ACCEPTED"}
         )
+        if record is not None:
+            await record(step(stream, welcome))
+        outbound.put_nowait(welcome)
         try:
             async for msg in ws:
                 if msg.type != WSMsgType.TEXT:
@@ -101,18 +121,41 @@ def make_app(secret: str = SECRET) -> web.Application:
                     if not tokens.ok(frame.get("token")):
                         await ws.close(code=4401, message=b"unauthenticated")
                         break
-                    outbound.put_nowait(state("AUTHENTICATED"))
-                    outbound.put_nowait(state("SERVICES_READY", session_id=session_id))
-                    rooms[session_id].add(outbound)
-                    outbound.put_nowait(
-                        state(
-                            "PROCESSING_READY",
-                            session_id=session_id,
-                            position=positions[session_id],
+                    authenticated = state("AUTHENTICATED")
+                    ready = state("SERVICES_READY", session_id=session_id)
+                    attached: list[tuple[Row, bytes]] = []
+                    if record is not None:
+                        # As sessiond's attach commit: the session's events too.
+                        kinds = ["ConnectionAttached"]
+                        if session_id not in positions:
+                            kinds.insert(0, "SessionCreated")
+                        attached = [
+                            event(session_id, kind, {"connection_id": connection_id})
+                            for kind in kinds
+                        ]
+                        await record(
+                            step(stream, authenticated),
+                            step(stream, ready),
+                            *(row for row, _ in attached),
                         )
+                    outbound.put_nowait(authenticated)
+                    outbound.put_nowait(ready)
+                    rooms[session_id].add(outbound)
+                    for _, sent in attached:
+                        broadcast(session_id, sent)
+                    live = state(
+                        "PROCESSING_READY", session_id=session_id, position=positions[session_id]
                     )
+                    if record is not None:
+                        await record(step(stream, live))
+                    outbound.put_nowait(live)
                 elif frame.get("type") == "message":
-                    broadcast(session_id, "MessageRecorded", {"content": frame.get("content")})
+                    row, sent = event(
+                        session_id, "MessageRecorded", {"content": frame.get("content")}
+                    )
+                    if record is not None:
+                        await record(row)
+                    broadcast(session_id, sent)
         finally:
             room = rooms.get(session_id)
             if room is not None:
@@ -120,6 +163,8 @@ def make_app(secret: str = SECRET) -> web.Application:
                 if not room:
                     del rooms[session_id]
             sending.cancel()
+            if record is not None:
+                await record(step(stream, b"CLOSED"))
         return ws
 
     def post(kind: str, status: int) -> Handler:
@@ -127,10 +172,13 @@ def make_app(secret: str = SECRET) -> web.Application:
             header = request.headers.get("Authorization", "")
             if not tokens.ok(header.removeprefix("Bearer ")):
                 raise web.HTTPUnauthorized()
-            body = orjson.loads(await request.read())
-            position = broadcast(request.match_info["session_id"], kind, body)
+            session_id = request.match_info["session_id"]
+            row, frame = event(session_id, kind, orjson.loads(await request.read()))
+            if record is not None:
+                await record(row)
+            broadcast(session_id, frame)
             return web.Response(
-                body=orjson.dumps({"position": position, **request.match_info}),
+                body=orjson.dumps({"position": row[1], **request.match_info}),
                 status=status,
                 content_type="application/json",
             )

@@ -26,16 +26,14 @@ import asyncio
 import queue
 import sqlite3
 import threading
-from collections import defaultdict
 from typing import Any
 
-import orjson
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
-from bench.bare_server import SECRET, Handler, Tokens, add_write_routes
+from bench import bare_server
+from bench.bare_server import SECRET, Row
 
 _STOP = object()
-Row = tuple[str, int, bytes]
 
 
 class GroupCommit:
@@ -110,119 +108,9 @@ def _resolve(futures: list[asyncio.Future[None]]) -> None:
 
 
 def make_app(store: str, secret: str = SECRET) -> web.Application:
-    rooms: dict[str, set[asyncio.Queue[bytes]]] = defaultdict(set)
-    positions: dict[str, int] = defaultdict(int)
-    versions: dict[str, int] = defaultdict(int)
-    tokens = Tokens(secret)
+    """The bare server, recording each step through a group commit into ``store``."""
     log = GroupCommit(store)
-
-    def step(stream: str, body: bytes) -> Row:
-        versions[stream] += 1
-        return (stream, versions[stream], body)
-
-    def event(session_id: str, kind: str, data: Any) -> tuple[int, bytes, bytes]:
-        positions[session_id] += 1
-        position = positions[session_id]
-        body = orjson.dumps(
-            {"session_id": session_id, "position": position, "type": kind, "at": "", "data": data}
-        )
-        return position, body, b'{"type":"event","event":' + body + b"}"
-
-    def broadcast(session_id: str, frame: bytes) -> None:
-        for outbound in tuple(rooms.get(session_id, ())):
-            outbound.put_nowait(frame)
-
-    async def websocket(request: web.Request) -> web.WebSocketResponse:
-        session_id = request.query["session_id"]
-        connection_id = request.query.get("connection_id", "c")
-        stream = "connection:" + connection_id
-        if stream in versions:
-            raise web.HTTPConflict(text="connection_id_taken")
-        await log.record(step(stream, b"CONNECTING"))
-        ws = web.WebSocketResponse(heartbeat=20, max_msg_size=1 << 20)
-        await ws.prepare(request)
-        outbound: asyncio.Queue[bytes] = asyncio.Queue()
-
-        async def sender() -> None:
-            while True:
-                await ws.send_frame(await outbound.get(), WSMsgType.TEXT)
-
-        def state(name: str, **extra: Any) -> bytes:
-            return orjson.dumps(
-                {"type": "state", "connection_id": connection_id, "state": name, **extra}
-            )
-
-        sending = asyncio.create_task(sender())
-        welcome = orjson.dumps(
-            {"type": "welcome", "connection_id": connection_id, "state": "ACCEPTED"}
-        )
-        await log.record(step(stream, welcome))
-        outbound.put_nowait(welcome)
-        try:
-            async for msg in ws:
-                if msg.type != WSMsgType.TEXT:
-                    continue
-                frame = orjson.loads(msg.data)
-                if frame.get("type") == "auth":
-                    if not tokens.ok(frame.get("token")):
-                        await ws.close(code=4401, message=b"unauthenticated")
-                        break
-                    authenticated = state("AUTHENTICATED")
-                    ready = state("SERVICES_READY", session_id=session_id)
-                    attached: list[Row] = []
-                    frames: list[bytes] = []
-                    kinds = ["ConnectionAttached"]
-                    if session_id not in positions:
-                        kinds.insert(0, "SessionCreated")
-                    for kind in kinds:
-                        position, body, sent = event(
-                            session_id, kind, {"connection_id": connection_id}
-                        )
-                        attached.append(("session:" + session_id, position, body))
-                        frames.append(sent)
-                    await log.record(step(stream, authenticated), step(stream, ready), *attached)
-                    outbound.put_nowait(authenticated)
-                    outbound.put_nowait(ready)
-                    rooms[session_id].add(outbound)
-                    for sent in frames:
-                        broadcast(session_id, sent)
-                    live = state(
-                        "PROCESSING_READY", session_id=session_id, position=positions[session_id]
-                    )
-                    await log.record(step(stream, live))
-                    outbound.put_nowait(live)
-                elif frame.get("type") == "message":
-                    position, body, sent = event(
-                        session_id, "MessageRecorded", {"content": frame.get("content")}
-                    )
-                    await log.record(("session:" + session_id, position, body))
-                    broadcast(session_id, sent)
-        finally:
-            room = rooms.get(session_id)
-            if room is not None:
-                room.discard(outbound)
-                if not room:
-                    del rooms[session_id]
-            sending.cancel()
-            await log.record(step(stream, b"CLOSED"))
-        return ws
-
-    def post(kind: str, status: int) -> Handler:
-        async def handler(request: web.Request) -> web.Response:
-            header = request.headers.get("Authorization", "")
-            if not tokens.ok(header.removeprefix("Bearer ")):
-                raise web.HTTPUnauthorized()
-            session_id = request.match_info["session_id"]
-            position, body, frame = event(session_id, kind, orjson.loads(await request.read()))
-            await log.record(("session:" + session_id, position, body))
-            broadcast(session_id, frame)
-            return web.Response(
-                body=orjson.dumps({"position": position, **request.match_info}),
-                status=status,
-                content_type="application/json",
-            )
-
-        return handler
+    app = bare_server.make_app(secret, record=log.record)
 
     async def started(app: web.Application) -> None:
         log.start(asyncio.get_running_loop())
@@ -230,9 +118,6 @@ def make_app(store: str, secret: str = SECRET) -> web.Application:
     async def stopped(app: web.Application) -> None:
         log.stop()
 
-    app = web.Application()
-    app.router.add_get("/v1/ws", websocket)
-    add_write_routes(app, post)
     app.on_startup.append(started)
     app.on_cleanup.append(stopped)
     return app
