@@ -137,10 +137,12 @@ class LogFollower:
             # Only session events go to sockets; they are decoded with the
             # same raw-row decoder as every other read path.
             events = [wire_from_row(row) for row in rows if row[1].startswith(SESSION)]
-            self.position = rows[-1][0]
             if events and self._loop is not None and not self._loop.is_closed():
                 with contextlib.suppress(RuntimeError):
                     self._loop.call_soon_threadsafe(self.on_events, events)
                 self.delivered += len(events)
+            # Moved only once what it covers is handed to the event loop: a
+            # position seen on the loop has its events queued ahead of the reader.
+            self.position = rows[-1][0]
             if len(rows) < PAGE:
                 return

@@ -187,3 +187,5 @@ async def _until(condition: Any, patience: float = 5.0) -> None:
     async with asyncio.timeout(patience):
         while not condition():  # noqa: ASYNC110
             await asyncio.sleep(0.01)
+    # What the follower handed to the loop before the condition held runs now.
+    await asyncio.sleep(0)
