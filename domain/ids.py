@@ -10,7 +10,8 @@ slicing, never by parsing (see docs/adr/0002-keep-client-ids-as-text-stream-ids.
 from __future__ import annotations
 
 import re
-import uuid
+import secrets
+import time
 
 from domain.errors import InvalidId
 
@@ -34,12 +35,27 @@ def check_id(value: object, what: str = "id") -> str:
     return value
 
 
+def time_ordered_hex() -> str:
+    """32 hex digits: the Unix time in milliseconds (12), then 80 random bits
+    (20), as UUIDv7 lays them out.
+
+    An ID made later sorts after one made earlier (to the millisecond), so a
+    new stream's rows go beside the newest ones in the store's index on
+    (stream, position) instead of into a random page of it: measured in
+    bench/, a third less of the writer's CPU per handshake when the service
+    names the connection and the session. Uniqueness rests on the 80 random
+    bits within one millisecond. See
+    docs/adr/0020-generate-time-ordered-ids.md.
+    """
+    return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(10)}"
+
+
 def new_session_id() -> str:
-    return "sess_" + uuid.uuid4().hex
+    return "sess_" + time_ordered_hex()
 
 
 def new_connection_id() -> str:
-    return "conn_" + uuid.uuid4().hex
+    return "conn_" + time_ordered_hex()
 
 
 def session_stream(session_id: str) -> str:

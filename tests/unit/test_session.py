@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -452,6 +453,24 @@ def test_generated_ids_are_valid_and_distinct() -> None:
     assert all(is_valid_id(i) for i in sessions | connections)
     assert all(i.startswith("sess_") for i in sessions)
     assert all(i.startswith("conn_") for i in connections)
+
+
+def test_generated_ids_sort_by_the_millisecond_they_were_made_in() -> None:
+    """ADR 0020: the service's own IDs begin with the time, so a new stream's
+    rows land beside the newest in the store's index; the rest is random."""
+    made: list[tuple[int, str, int]] = []
+    for make in [new_session_id, new_connection_id] * 3:
+        before = time.time_ns() // 1_000_000
+        ident = make()
+        made.append((before, ident, time.time_ns() // 1_000_000))
+        time.sleep(0.002)  # the next one falls in a later millisecond
+    for before, ident, after in made:
+        digits = ident.split("_", 1)[1]
+        assert len(digits) == 32 and int(digits, 16) >= 0
+        assert before <= int(digits[:12], 16) <= after
+    suffixes = [ident.split("_", 1)[1] for _, ident, _ in made]
+    assert suffixes == sorted(suffixes)
+    assert len({s[12:] for s in suffixes}) == len(suffixes)
 
 
 def test_a_session_and_a_connection_of_one_name_live_in_two_streams() -> None:
