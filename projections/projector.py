@@ -93,62 +93,103 @@ class Projector:
         Where several nodes project one database (PostgreSQL), the tracking
         rows are taken before the log is read, so the node that finds the
         position moved has read and decoded nothing. SQLite has one node, and
-        its write lock would stall the writer for the length of the read, so
-        there the batch is read first and the lock taken only to apply it.
+        its write lock stops the writer for as long as it is held, so there a
+        batch is prepared first (read, decoded, and folded into the rows it
+        touches, as they stand in one read snapshot at ``start``), and the
+        lock is taken only to check that the position is still ``start`` and
+        write the rows. See
+        docs/adr/0021-prepare-a-sqlite-projection-batch-before-taking-the-write-lock.md.
         """
         start = self.position
-        rows: Sequence[LogRow] | None = None
-        if not self.tables.lock_before_read:
-            rows = self._read(start + 1, self.batch_size)
-            if not rows:
-                # Nothing new, but the tables may have been reset under us (a
-                # `projections rebuild` that truncated them, possibly
-                # interrupted): then this projector's position is stale and
-                # must go back too.
-                current = min(self.tables.positions().values(), default=0)
-                if current < start:
-                    self.position = current
+        if self.tables.lock_before_read:
+            with self.tables.write() as c:
+                if not self._owns(c, start):
                     return -1
-                return 0
-        with self.tables.write() as c:
-            if not self._owns(c, start):
-                return -1
-            if rows is None:
                 rows = self._read(start + 1, self.batch_size)
                 if not rows:
                     return 0
-            applied = self._apply(c, rows)
-        self.position = rows[-1][0]
-        return applied
+                batch = self._decoded(rows)
+                self._write(c, self._folded(c, batch), batch.last)
+            self.position = batch.last
+            return batch.count
+        rows = self._read(start + 1, self.batch_size)
+        if not rows:
+            # Nothing new, but the tables may have been reset under us (a
+            # `projections rebuild` that truncated them, possibly interrupted):
+            # then this projector's position is stale and must go back too.
+            current = min(self.tables.positions().values(), default=0)
+            if current < start:
+                self.position = current
+                return -1
+            return 0
+        batch = self._decoded(rows)
+        with self.tables.snapshot() as c:
+            # The rows as of ``start`` exactly, or give up: a view is a pure
+            # fold of the log up to its table's position, so rows read where
+            # the tracking rows say ``start`` are the rows at ``start`` still
+            # when, under the lock below, they say ``start`` again.
+            if not self._at(self.tables.read_positions(c), start):
+                return -1
+            folded = self._folded(c, batch)
+        with self.tables.write() as c:
+            if not self._owns(c, start):
+                return -1
+            self._write(c, folded, batch.last)
+        self.position = batch.last
+        return batch.count
 
     def _owns(self, c: Any, start: int) -> bool:
         """Lock the tracking rows; False (and the position moved to theirs)
         when they no longer say ``start``: another projector, or a rebuild."""
-        positions = self.tables.lock_positions(c)
+        return self._at(self.tables.lock_positions(c), start)
+
+    def _at(self, positions: dict[str, int], start: int) -> bool:
         current = min(positions.values()) if positions else 0
         if current != start:
             self.position = current
             return False
         return True
 
-    def _apply(self, c: Any, rows: Sequence[LogRow]) -> int:
-        events = [self._decode(n) for n in rows]
+    def _decoded(self, rows: Sequence[LogRow]) -> _Batch:
+        """The rows as wire events, grouped by the session or connection
+        they belong to (in log order within each)."""
         sessions: dict[str, list[dict[str, Any]]] = {}
         connections: dict[str, list[dict[str, Any]]] = {}
-        for event in events:
+        for event in map(self._decode, rows):
             if "session_id" in event:
                 sessions.setdefault(event["session_id"], []).append(event)
             else:
                 connections.setdefault(event["connection_id"], []).append(event)
+        return _Batch(sessions, connections, rows[-1][0], len(rows))
+
+    def _folded(self, c: Any, batch: _Batch) -> tuple[list[Row], list[Row]]:
+        """The session and connection rows the batch changes, folded from the
+        rows as they stand (read through ``c``)."""
+        sessions, connections = batch.sessions, batch.connections
         session_rows = self.tables.load(c, "sessiond_sessions", "session_id", list(sessions))
         connection_rows = self.tables.load(
             c, "sessiond_connections", "connection_id", list(connections)
         )
         # The loaded rows are this batch's own: sessions fold in place.
-        self.tables.upsert_sessions(c, _fold_all(session_rows, sessions, apply_session))
-        self.tables.upsert_connections(c, _fold_all(connection_rows, connections, fold_connection))
-        self.tables.set_positions(c, rows[-1][0])
-        return len(events)
+        return (
+            _fold_all(session_rows, sessions, apply_session),
+            _fold_all(connection_rows, connections, fold_connection),
+        )
+
+    def _write(self, c: Any, folded: tuple[list[Row], list[Row]], last: int) -> None:
+        self.tables.upsert_sessions(c, folded[0])
+        self.tables.upsert_connections(c, folded[1])
+        self.tables.set_positions(c, last)
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """A batch of the log, decoded: wire events by session and by connection."""
+
+    sessions: dict[str, list[dict[str, Any]]]
+    connections: dict[str, list[dict[str, Any]]]
+    last: int  # the notification ID of its last row
+    count: int
 
 
 def _fold_all(

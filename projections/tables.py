@@ -82,6 +82,13 @@ class Tables:
         raise NotImplementedError
         yield
 
+    @contextmanager
+    def snapshot(self) -> Iterator[Cursor]:
+        """Reads that all see one state of the database, taking no write
+        lock (needed where ``lock_before_read`` is False)."""
+        raise NotImplementedError
+        yield
+
     def close(self) -> None:
         pass
 
@@ -109,8 +116,12 @@ class Tables:
 
     def positions(self) -> dict[str, int]:
         with self.read() as c:
-            c.execute("SELECT name, position FROM sessiond_tracking")
-            return {name: int(pos) for name, pos in c.fetchall()}
+            return self.read_positions(c)
+
+    def read_positions(self, c: Cursor) -> dict[str, int]:
+        """The tracked positions, read through ``c`` without locking them."""
+        c.execute("SELECT name, position FROM sessiond_tracking")
+        return {name: int(pos) for name, pos in c.fetchall()}
 
     def set_positions(self, c: Cursor, position: int) -> None:
         c.execute(self.sql("UPDATE sessiond_tracking SET position = ?"), (position,))
@@ -285,6 +296,18 @@ class SQLiteTables(Tables):
     def read(self) -> Iterator[Cursor]:
         with self._lock if self._shared is not None else _nolock():
             yield self._conn().cursor()
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Cursor]:
+        """A deferred transaction: in WAL mode its reads share one snapshot,
+        taken at the first, and never wait for or block the writer."""
+        with self._lock if self._shared is not None else _nolock():
+            cur = self._conn().cursor()
+            cur.execute("BEGIN")
+            try:
+                yield cur
+            finally:
+                cur.execute("COMMIT")
 
     def close(self) -> None:
         if self._shared is not None:

@@ -10,6 +10,7 @@ import asyncio
 import copy
 import math
 import random
+import sqlite3
 import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -380,6 +381,85 @@ async def test_on_postgresql_the_projector_that_lost_the_race_reads_nothing(
     finally:
         tables.close()
         other_tables.close()
+
+
+async def test_on_sqlite_a_batch_is_read_and_folded_without_the_write_lock(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ADR 0021: SQLite has one write lock for the log and the tables, so
+    the projector prepares a batch before taking it; the writer can commit
+    while the projector decodes and folds."""
+    if world.config.kind != "sqlite":
+        pytest.skip("the write lock the writer and the projector share is SQLite's")
+    await write_history(world, 9, sessions=3)
+    tables = world.tables()
+    assert world.config.path is not None
+    bystander = sqlite3.connect(str(world.config.path), timeout=0, isolation_level=None)
+    committed_meanwhile: list[int] = []
+    try:
+        projector = make_projector(world.store, tables)
+        projector.setup()
+        folded = projector._folded
+
+        def fold_then_write_elsewhere(c: Any, batch: Any) -> Any:
+            rows = folded(c, batch)
+            # With timeout=0 this fails at once ("database is locked") if
+            # anyone holds the write lock.
+            bystander.execute("CREATE TABLE IF NOT EXISTS scratch (n INTEGER)")
+            bystander.execute("INSERT INTO scratch VALUES (1)")
+            committed_meanwhile.append(1)
+            return rows
+
+        monkeypatch.setattr(projector, "_folded", fold_then_write_elsewhere)
+        assert projector.run_batch() > 0
+        assert committed_meanwhile == [1]
+        monkeypatch.undo()
+        projector.catch_up()
+        assert_rows_equal_views(tables, world)
+    finally:
+        bystander.close()
+        tables.close()
+
+
+async def test_a_batch_prepared_before_another_projector_moved_on_is_not_written(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between preparing a batch and taking the write lock, another projector
+    (another process, or a rebuild) may apply the same events: the tracking
+    rows then no longer say where this one started, and it writes nothing."""
+    if world.config.kind == "postgres":
+        pytest.skip("on PostgreSQL the tracking rows are locked before the log is read")
+    await write_history(world, 10, sessions=3)
+    tables = world.tables()
+    try:
+        with shared_or_own(world, tables) as other_tables:
+            late = make_projector(world.store, tables)
+            early = make_projector(world.store, other_tables)
+            late.setup()
+            early.setup()
+            write = tables.write
+            overtaken: list[int] = []
+            first_write = [True]
+
+            @contextmanager
+            def overtaken_first() -> Iterator[Any]:
+                # (On memory:// the two share one Tables, so this runs for
+                # the early projector too: it overtakes only once.)
+                if first_write.pop() if first_write else False:
+                    overtaken.append(early.run_batch())
+                with write() as c:
+                    yield c
+
+            monkeypatch.setattr(tables, "write", overtaken_first)
+            assert late.run_batch() == -1
+            assert overtaken[0] > 0
+            assert late.position == early.position == world.head()
+            monkeypatch.undo()
+            assert late.run_batch() == 0
+            # Applied once: a second application would double every count.
+            assert_rows_equal_views(tables, world)
+    finally:
+        tables.close()
 
 
 async def test_two_projectors_running_at_once_keep_message_counts_right(world: World) -> None:
