@@ -40,10 +40,13 @@ def _summary(event: dict[str, Any]) -> str:
             content = content[:57] + "..."
         return f"{data.get('role')} {content!r} message_id={data.get('message_id')}"
     if kind == "TaskStarted":
-        return f"task={data.get('task_id')} name={data.get('name')!r} total={data.get('total')}"
+        total = "" if data.get("total") is None else f" total={data['total']}"
+        return f"task={data.get('task_id')} name={data.get('name')!r}{total}"
     if kind == "TaskProgressed":
+        # A report may leave the total out (it stays as it was): show none.
+        of = "" if data.get("total") is None else f"/{data['total']}"
         note = f" note={data['note']!r}" if data.get("note") else ""
-        return f"task={data.get('task_id')} done={data.get('done')}/{data.get('total')}{note}"
+        return f"task={data.get('task_id')} done={data.get('done')}{of}{note}"
     if kind == "TaskCompleted":
         return f"task={data.get('task_id')} result={orjson.dumps(data.get('result')).decode()}"
     if kind == "TaskFailed":
