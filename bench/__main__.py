@@ -96,6 +96,9 @@ class Results:
     latency_note: str = ""
     replay: tuple[float, float] | None = None  # seconds: the session, a 1-event session
     spread: dict[tuple[str, str], list[float]] = field(default_factory=dict)  # rates of each round
+    # The median round's load result of each server at full load.
+    handshake_runs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    delivery_runs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def median_run(runs: list[tuple[dict[str, Any], float]]) -> tuple[dict[str, Any], float]:
@@ -176,6 +179,7 @@ def measure_servers(loads: Loads, workdir: Path, with_socketio: bool, results: R
                         )
         for name, runs in full.items():
             result, cpu = median_run(runs)
+            results.handshake_runs[name] = result
             results.handshakes[name] = (result["rate"], cpu / max(result["handshakes"], 1))
             results.spread[("handshakes", name)] = [r["rate"] for r, _ in runs]
             if name not in REFERENCES:
@@ -202,6 +206,7 @@ def measure_servers(loads: Loads, workdir: Path, with_socketio: bool, results: R
                 result["duplicates"] = max(result["duplicates"], other["duplicates"])
                 result["in_order"] = result["in_order"] and other["in_order"]
             results.delivery[name] = result
+            results.delivery_runs[name] = result
             results.spread[("delivery", name)] = [r["rate"] for r, _ in runs]
     except Exception as e:
         logs = "".join(s.log_tail() for s in running)
@@ -403,6 +408,7 @@ def build_rows(loads: Loads, r: Results) -> tuple[list[Row], list[str]]:
         "Server CPU is utime + stime of the server process (/proc/PID/stat), from idle "
         "before the load to idle after it, divided by the operations it served."
     )
+    notes.extend(thread_notes(r))
     notes.append(
         "Every client has a token of its own (handshakes); the servers all remember "
         "verified tokens until they expire, so a producer's repeated token is checked once."
@@ -418,6 +424,37 @@ def build_rows(loads: Loads, r: Results) -> tuple[list[Row], list[str]]:
             f"The rates of every round, per second: {spreads}."
         )
     return rows, notes
+
+
+def thread_notes(r: Results) -> list[str]:
+    """Server CPU per operation by thread (/proc/PID/task/*/stat, threads by
+    native name), for the median round at full load: where each server's
+    time goes, beside the rates."""
+    notes = []
+    for figure, per_op, runs in (
+        ("handshake", "handshakes", r.handshake_runs),
+        ("delivered event", "events", r.delivery_runs),
+    ):
+        parts = []
+        for name in (SESSIOND, FLOOR, BARE):
+            result = runs.get(name)
+            if result is None or not result.get("thread_cpu"):
+                continue
+            count = max(int(result[per_op]), 1)
+            threads = sorted(result["thread_cpu"].items(), key=lambda kv: -kv[1])
+            shown = ", ".join(
+                f"{thread} {1000 * seconds / count:.3f}"
+                for thread, seconds in threads
+                if 1000 * seconds / count >= 0.001
+            )
+            parts.append(f"{name}: {shown}")
+        if parts:
+            notes.append(
+                f"Server CPU per {figure} by thread, in ms (the median round): "
+                + "; ".join(parts)
+                + "."
+            )
+    return notes
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,6 +32,7 @@ from aiohttp import web
 
 from bench import bare_server
 from bench.bare_server import SECRET, Row
+from service.osthread import name_native_thread
 
 _STOP = object()
 
@@ -69,6 +70,7 @@ class GroupCommit:
         self.queue.put(items)
 
     def _run(self) -> None:
+        name_native_thread("floor-writer")
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")

@@ -31,6 +31,30 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds of ``pid``'s threads by native name (``comm``); the main
+    thread, which runs the event loop in every server measured here, is
+    "event loop", and threads without a native name of their own are "other
+    threads". Threads that end during a load take their CPU with them, so
+    this is for long-lived threads (sessiond's writer and projector)."""
+    out: dict[str, float] = {}
+    program = Path(f"/proc/{pid}/comm").read_text().strip()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            comm = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the thread ended meanwhile
+        if task.name == str(pid):
+            name = "event loop"
+        elif comm == program:
+            name = "other threads"  # not named natively: executors and the like
+        else:
+            name = comm
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
+
+
 def rss_bytes(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -147,9 +171,13 @@ def measured_load(
     """A load run against ``server``; returns (result, server CPU seconds it cost),
     the CPU counted from an idle server to an idle server again."""
     server.settle(patience)
-    before = server.cpu()
+    before, threads_before = server.cpu(), thread_cpu(server.pid)
     result = run_load(scenario, server.url, server.kind, *args)
     server.settle(patience)
+    threads = thread_cpu(server.pid)
+    result["thread_cpu"] = {
+        name: seconds - threads_before.get(name, 0.0) for name, seconds in threads.items()
+    }
     return result, server.cpu() - before
 
 

@@ -29,6 +29,7 @@ import psycopg
 from psycopg import sql
 
 from domain.ids import SESSION_PREFIX as SESSION
+from service.osthread import name_native_thread
 from service.store import SessiondApplication
 from service.wire import wire_from_row
 
@@ -75,6 +76,7 @@ class LogFollower:
             self._thread.join(timeout=10)
 
     def _run(self) -> None:
+        name_native_thread("sessiond-follow")
         failures = 0
         while not self._stopping.is_set():
             try:

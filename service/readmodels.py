@@ -12,6 +12,7 @@ from typing import Any
 
 from projections.projector import Projector
 from projections.tables import PostgresTables, SQLiteTables, Tables
+from service.osthread import name_native_thread
 from service.store import SessiondApplication, StoreConfig
 from service.wire import wire_from_row
 
@@ -104,6 +105,7 @@ class ReadModels:
         return self.projector.position
 
     def _run(self) -> None:
+        name_native_thread("sessiond-proj")
         failures = 0
         while not self._stopping.is_set():
             self._wake.wait(self._poll)

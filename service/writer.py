@@ -40,6 +40,7 @@ from domain.connection import Connection
 from domain.errors import DomainError
 from domain.ids import connection_stream, session_stream
 from domain.session import Session
+from service.osthread import name_native_thread
 from service.store import SessiondApplication
 
 log = logging.getLogger("sessiond.writer")
@@ -232,6 +233,7 @@ class Writer:
             self._cache.pop(agg.id, None)
 
     def _run(self) -> None:
+        name_native_thread("sessiond-writer")
         waiting: deque[_Item[Any]] = deque()
         stopping = False
         while waiting or not stopping:
