@@ -70,7 +70,7 @@ class GroupCommit:
         self.queue.put(items)
 
     def _run(self) -> None:
-        name_native_thread("floor-writer")
+        name_native_thread()
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")

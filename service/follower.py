@@ -67,7 +67,7 @@ class LogFollower:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self.position = self.store.ping()
-        self._thread = threading.Thread(target=self._run, name="sessiond-follower", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="sessiond-follow", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -76,7 +76,7 @@ class LogFollower:
             self._thread.join(timeout=10)
 
     def _run(self) -> None:
-        name_native_thread("sessiond-follow")
+        name_native_thread()
         failures = 0
         while not self._stopping.is_set():
             try:

@@ -86,7 +86,7 @@ class ReadModels:
         self._loop = loop
         self.projector.setup()
         self.applied += self.projector.catch_up()
-        self._thread = threading.Thread(target=self._run, name="sessiond-projector", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="sessiond-proj", daemon=True)
         self._thread.start()
 
     def notify(self) -> None:
@@ -105,7 +105,7 @@ class ReadModels:
         return self.projector.position
 
     def _run(self) -> None:
-        name_native_thread("sessiond-proj")
+        name_native_thread()
         failures = 0
         while not self._stopping.is_set():
             self._wake.wait(self._poll)

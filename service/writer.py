@@ -233,7 +233,7 @@ class Writer:
             self._cache.pop(agg.id, None)
 
     def _run(self) -> None:
-        name_native_thread("sessiond-writer")
+        name_native_thread()
         waiting: deque[_Item[Any]] = deque()
         stopping = False
         while waiting or not stopping:
