@@ -96,9 +96,9 @@ class Results:
     latency_note: str = ""
     replay: tuple[float, float] | None = None  # seconds: the session, a 1-event session
     spread: dict[tuple[str, str], list[float]] = field(default_factory=dict)  # rates of each round
-    # The median round's load result of each server at full load.
+    # The median round's load result of each server at full load (delivery's
+    # are in ``delivery``).
     handshake_runs: dict[str, dict[str, Any]] = field(default_factory=dict)
-    delivery_runs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def median_run(runs: list[tuple[dict[str, Any], float]]) -> tuple[dict[str, Any], float]:
@@ -206,7 +206,6 @@ def measure_servers(loads: Loads, workdir: Path, with_socketio: bool, results: R
                 result["duplicates"] = max(result["duplicates"], other["duplicates"])
                 result["in_order"] = result["in_order"] and other["in_order"]
             results.delivery[name] = result
-            results.delivery_runs[name] = result
             results.spread[("delivery", name)] = [r["rate"] for r, _ in runs]
     except Exception as e:
         logs = "".join(s.log_tail() for s in running)
@@ -433,7 +432,7 @@ def thread_notes(r: Results) -> list[str]:
     notes = []
     for figure, per_op, runs in (
         ("handshake", "handshakes", r.handshake_runs),
-        ("delivered event", "events", r.delivery_runs),
+        ("delivered event", "events", r.delivery),
     ):
         parts = []
         for name in (SESSIOND, FLOOR, BARE):

@@ -25,10 +25,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of every thread of ``pid`` (fields 14 and 15 of /proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def _stat_cpu(stat: Path) -> float:
+    """utime + stime (fields 14 and 15) of a /proc stat file, in seconds."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of every thread of ``pid`` (/proc/PID/stat)."""
+    return _stat_cpu(Path(f"/proc/{pid}/stat"))
 
 
 def thread_cpu(pid: int) -> dict[str, float]:
@@ -42,7 +47,7 @@ def thread_cpu(pid: int) -> dict[str, float]:
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             comm = (task / "comm").read_text().strip()
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            seconds = _stat_cpu(task / "stat")
         except OSError:
             continue  # the thread ended meanwhile
         if task.name == str(pid):
@@ -51,7 +56,7 @@ def thread_cpu(pid: int) -> dict[str, float]:
             name = "other threads"  # not named natively: executors and the like
         else:
             name = comm
-        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / CLK_TCK
+        out[name] = out.get(name, 0.0) + seconds
     return out
 
 
