@@ -110,17 +110,17 @@ class Tables:
 
     def lock_positions(self, c: Cursor) -> dict[str, int]:
         """Inside a write: the tracked positions, locked until commit."""
-        lock = " FOR UPDATE" if self.placeholder != "?" else ""
-        c.execute("SELECT name, position FROM sessiond_tracking" + lock)
-        return {name: int(pos) for name, pos in c.fetchall()}
+        # SQLite's write transaction already holds the file's one write lock.
+        return self.read_positions(c, " FOR UPDATE" if self.placeholder != "?" else "")
 
     def positions(self) -> dict[str, int]:
         with self.read() as c:
             return self.read_positions(c)
 
-    def read_positions(self, c: Cursor) -> dict[str, int]:
-        """The tracked positions, read through ``c`` without locking them."""
-        c.execute("SELECT name, position FROM sessiond_tracking")
+    def read_positions(self, c: Cursor, lock: str = "") -> dict[str, int]:
+        """The tracked positions, read through ``c`` (without locking them
+        unless ``lock`` says how)."""
+        c.execute("SELECT name, position FROM sessiond_tracking" + lock)
         return {name: int(pos) for name, pos in c.fetchall()}
 
     def set_positions(self, c: Cursor, position: int) -> None:

@@ -38,7 +38,7 @@ from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Identifier, Literal
 
 from projections.projector import LogRow
-from service.wire import StreamRow
+from service.wire import StreamRow, stream_rows
 
 ATTEMPTS = 2
 WAIT = 0.2
@@ -114,9 +114,7 @@ class FailFastPostgresRecorder(PostgresApplicationRecorder):
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
-        ids: list[int] = self.insert_rows(
-            [(str(s.originator_id), s.originator_version, s.topic, s.state) for s in stored_events]
-        )
+        ids: list[int] = self.insert_rows(stream_rows(stored_events))
         return ids
 
     @_fail_fast

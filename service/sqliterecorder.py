@@ -41,7 +41,7 @@ from eventsourcing.persistence import (
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore
 
 from projections.projector import LogRow
-from service.wire import StreamRow
+from service.wire import StreamRow, stream_rows
 
 # Batch sizes whose INSERT text is kept (larger ones are rare: bulk loads).
 KEPT_INSERTS = 1024
@@ -124,9 +124,7 @@ class BatchSQLiteRecorder(SQLiteApplicationRecorder):
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
-        return self.insert_rows(
-            [(str(s.originator_id), s.originator_version, s.topic, s.state) for s in stored_events]
-        )
+        return self.insert_rows(stream_rows(stored_events))
 
     def insert_rows(self, rows: Sequence[StreamRow]) -> list[int]:
         """Insert (originator_id, originator_version, topic, state) rows in

@@ -5,6 +5,7 @@ frame."""
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -115,6 +116,12 @@ def _key_and_id(stream_id: str) -> tuple[str, str]:
 # A row of one stream: (stream ID, position, topic, state). A row of the
 # notification log (LogRow) is the same with the notification ID in front.
 StreamRow = tuple[str, int, str, bytes]
+
+
+def stream_rows(stored_events: Sequence[StoredEvent]) -> list[StreamRow]:
+    """eventsourcing's stored events as stream rows (what sessiond's recorders
+    insert)."""
+    return [(str(s.originator_id), s.originator_version, s.topic, s.state) for s in stored_events]
 
 
 def _wire(stream_id: str, position: int, topic: str, state_bytes: bytes) -> dict[str, Any]:
