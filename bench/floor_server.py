@@ -32,7 +32,7 @@ from aiohttp import web
 
 from bench import bare_server
 from bench.bare_server import SECRET, Row
-from service.osthread import name_native_thread
+from service.runtime.osthread import name_native_thread
 
 _STOP = object()
 

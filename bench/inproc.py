@@ -22,12 +22,12 @@ from typing import Any
 import orjson
 from eventsourcing.persistence import StoredEvent
 
-from service import commands
-from service.auth import Principal
-from service.cli import tune_garbage_collector
-from service.readmodels import make_projector, open_tables
-from service.store import SessiondApplication, open_store, parse_store_url
-from service.writer import Writer
+from service.application import commands
+from service.application.auth import Principal
+from service.application.readmodels import make_projector, open_tables
+from service.application.writer import Writer
+from service.cli.main import tune_garbage_collector
+from service.storage.store import SessiondApplication, open_store, parse_store_url
 
 ACTOR = Principal("bench", frozenset({"user"}))
 SID, CID = "SESSION-PLACEHOLDER", "CONNECTION-PLACEHOLDER"

@@ -25,7 +25,7 @@ def _connect_without_fsync(*args: Any, **kwargs: Any) -> sqlite3.Connection:
 
 def main() -> None:
     sqlite3.connect = _connect_without_fsync  # type: ignore[assignment]
-    from service.cli import main as sessiond
+    from service.cli.main import main as sessiond
 
     sys.exit(sessiond(["serve", *sys.argv[1:]]))
 

@@ -55,7 +55,7 @@ class Aggregate(BaseAggregate[str]):
             """The wire type of an event of this class with this state.
 
             A class method, so a reader holding only the stored state (the
-            fast paths in service/wire.py) names events exactly as the
+            fast paths in service/storage/wire.py) names events exactly as the
             domain does, without building event objects.
             """
             return cls.wire_type or cls.__name__

@@ -16,12 +16,10 @@ from typing import Any
 
 from projections.tables import PROJECTIONS, Tables
 from projections.views import Row, apply_session, fold_connection
+from service.storage.rows import LogRow
 
 log = logging.getLogger("sessiond.projections")
 
-# A row of the notification log: (notification ID, stream ID, position, topic,
-# state), as SessiondApplication.log_rows reads it.
-LogRow = tuple[int, str, int, str, bytes]
 Decode = Callable[[LogRow], dict[str, Any]]
 
 

@@ -26,9 +26,9 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from service.app import create_app
-from service.auth import TokenSigner
-from service.settings import Settings
+from service.application.auth import TokenSigner
+from service.edge.app import create_app
+from service.runtime.settings import Settings
 
 TEST_SECRET = "test-secret-not-for-production-0123456789"
 PG_ENV = "SESSIOND_TEST_POSTGRES_DSN"

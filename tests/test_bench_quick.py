@@ -46,7 +46,7 @@ def test_the_quick_benchmark_runs_and_writes_its_table(tmp_path: Path) -> None:
         assert figure in report, figure
     assert "(0 lost, 0 repeated)" in report
     # Where each server's CPU goes, by thread: sessiond's writer and projector
-    # are named natively (service/osthread.py) and counted apart.
+    # are named natively (service/runtime/osthread.py) and counted apart.
     by_thread = next(line for line in report.splitlines() if "per handshake by thread" in line)
     assert "sessiond: event loop" in by_thread and "sessiond-writer" in by_thread
     assert "durable floor: " in by_thread and "floor-writer" in by_thread

@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from service.auth import TokenSigner
+from service.application.auth import TokenSigner
 from tests.conftest import TEST_SECRET
 
 GUARD = 20.0  # seconds: fail instead of hang

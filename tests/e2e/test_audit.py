@@ -14,8 +14,8 @@ from typing import Any
 import orjson
 import pytest
 
-from service.readmodels import open_tables
-from service.store import parse_store_url
+from service.application.readmodels import open_tables
+from service.storage.store import parse_store_url
 from tests.conftest import Api
 from tests.e2e.streaming import eventually
 

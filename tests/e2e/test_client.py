@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 
 from service.client import ClientRefused, SessionClient, Superseded
-from service.context import SOCKETS
+from service.edge.context import SOCKETS
 from tests.conftest import Api, ServerProcess
 from tests.e2e.streaming import (
     GUARD,

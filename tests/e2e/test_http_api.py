@@ -11,7 +11,7 @@ from typing import Any
 import jwt
 import pytest
 
-from service.auth import TokenSigner
+from service.application.auth import TokenSigner
 from tests.conftest import TEST_SECRET, Api
 from tests.e2e.wsclient import connection_events, open_live
 

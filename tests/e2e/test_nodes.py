@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from service.auth import TokenSigner
+from service.application.auth import TokenSigner
 from service.client import SessionClient
 from tests.conftest import TEST_SECRET, ServerProcess, ThrowawayPostgres
 

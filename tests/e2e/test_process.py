@@ -10,7 +10,7 @@ from typing import Any
 
 import aiohttp
 
-from service.auth import TokenSigner
+from service.application.auth import TokenSigner
 from tests.conftest import TEST_SECRET, Api, ServerProcess
 from tests.e2e.wsclient import (
     AUDITOR,

@@ -12,7 +12,7 @@ import aiohttp
 import jwt
 import pytest
 
-from service.auth import TokenSigner
+from service.application.auth import TokenSigner
 from tests.conftest import TEST_SECRET, Api
 from tests.e2e.wsclient import (
     AUDITOR,
@@ -688,7 +688,7 @@ async def test_a_finished_connection_is_freed_without_the_cycle_collector(
 
 
 def test_serve_freezes_what_start_up_loaded_and_collects_less_often() -> None:
-    from service.cli import GC_THRESHOLDS, tune_garbage_collector
+    from service.cli.main import GC_THRESHOLDS, tune_garbage_collector
 
     before = gc.get_threshold()
     try:

@@ -14,9 +14,9 @@ import pytest
 from eventsourcing.persistence import IntegrityError, StoredEvent
 
 from domain.session import Session
-from service.follower import LogFollower
-from service.readmodels import postgres_conninfo
-from service.store import SessiondApplication, open_store, parse_store_url
+from service.application.readmodels import postgres_conninfo
+from service.cluster.follower import LogFollower
+from service.storage.store import SessiondApplication, open_store, parse_store_url
 
 pytestmark = pytest.mark.postgres
 

@@ -27,12 +27,12 @@ from domain.ids import connection_stream, session_stream
 from projections.projector import Projector
 from projections.tables import Tables
 from projections.views import apply_session, fold_connection, fold_session
-from service import commands
-from service.auth import Principal
-from service.readmodels import make_projector, open_tables
-from service.store import SessiondApplication, StoreConfig, open_store, parse_store_url
-from service.wire import wire_event, wire_from_row, wire_view
-from service.writer import Command, UnitOfWork, Writer
+from service.application import commands
+from service.application.auth import Principal
+from service.application.readmodels import make_projector, open_tables
+from service.application.writer import Command, UnitOfWork, Writer
+from service.storage.store import SessiondApplication, StoreConfig, open_store, parse_store_url
+from service.storage.wire import wire_event, wire_from_row, wire_view
 
 USERS = ("alice", "bob", "carol")
 

@@ -16,8 +16,8 @@ from eventsourcing.sqlite import SQLiteApplicationRecorder
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.sqliterecorder import BatchSQLiteRecorder
-from service.store import SessiondApplication, open_store, parse_store_url
+from service.storage.sqlite import BatchSQLiteRecorder
+from service.storage.store import SessiondApplication, open_store, parse_store_url
 
 
 @pytest.fixture

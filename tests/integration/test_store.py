@@ -14,7 +14,7 @@ import domain.session
 from domain.connection import Connection
 from domain.ids import connection_stream, session_stream
 from domain.session import Session
-from service.store import (
+from service.storage.store import (
     OrjsonTranscoder,
     SessiondApplication,
     StoreError,
@@ -22,7 +22,7 @@ from service.store import (
     open_store,
     parse_store_url,
 )
-from service.wire import wire_event
+from service.storage.wire import wire_event
 
 ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-"
 SEED_IDS = [

@@ -28,10 +28,10 @@ from domain.errors import (
 )
 from domain.ids import connection_stream, session_stream
 from domain.session import Session
-from service import commands
-from service.auth import Principal
-from service.store import SessiondApplication, open_store, parse_store_url
-from service.writer import Command, UnitOfWork, Writer
+from service.application import commands
+from service.application.auth import Principal
+from service.application.writer import Command, UnitOfWork, Writer
+from service.storage.store import SessiondApplication, open_store, parse_store_url
 
 ALICE = Principal("alice", frozenset({"user"}))
 BOB = Principal("bob", frozenset({"user"}))

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.auth import AuthError, Principal, TokenSigner
+from service.application.auth import AuthError, Principal, TokenSigner
 
 SECRET = "unit-secret-0123456789-0123456789-abcdef"
 OTHER = "another-secret-0123456789-0123456789-xyz"

@@ -19,7 +19,7 @@ from domain.connection import Connection
 from domain.errors import InvalidTransition
 from domain.lifecycle import mermaid
 from projections.views import fold_connection
-from service.wire import wire_event
+from service.storage.wire import wire_event
 
 
 class DrainingLifecycle(StateMachine):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from service.logs import KeyValueFormatter
+from service.runtime.logs import KeyValueFormatter
 
 ODD_ID = "sess_mgpresmh_6655kc3b0:a.b-c"
 

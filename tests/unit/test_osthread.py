@@ -1,4 +1,4 @@
-"""Native thread names (service/osthread.py)."""
+"""Native thread names (service/runtime/osthread.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from service.osthread import name_native_thread
+from service.runtime.osthread import name_native_thread
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl names threads on Linux")

@@ -1,4 +1,4 @@
-"""The readable timeline of `sessiond replay` (service/replay.py)."""
+"""The readable timeline of `sessiond replay` (service/application/replay.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from service.replay import _summary
+from service.application.replay import _summary
 
 
 def event(kind: str, **data: Any) -> dict[str, Any]:

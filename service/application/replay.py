@@ -9,7 +9,7 @@ from typing import Any, TextIO
 import orjson
 
 from domain.ids import session_stream
-from service.store import SessiondApplication
+from service.storage.store import SessiondApplication
 
 PAGE = 20000
 

@@ -12,9 +12,9 @@ from typing import Any
 
 from projections.projector import Projector
 from projections.tables import PostgresTables, SQLiteTables, Tables
-from service.osthread import name_native_thread
-from service.store import SessiondApplication, StoreConfig
-from service.wire import wire_from_row
+from service.runtime.osthread import name_native_thread
+from service.storage.store import SessiondApplication, StoreConfig
+from service.storage.wire import wire_from_row
 
 log = logging.getLogger("sessiond.projections")
 

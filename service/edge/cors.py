@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from service.context import SETTINGS
-from service.errors import error_response
+from service.edge.context import SETTINGS
+from service.edge.errors import error_response
 
 ALLOW_METHODS = "GET, POST, DELETE, OPTIONS"
 ALLOW_HEADERS = "Authorization, Content-Type"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from service.wire import dumps
+from service.storage.wire import dumps
 
 STATUS_BY_CODE = {
     "invalid_id": 400,

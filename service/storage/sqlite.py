@@ -40,8 +40,7 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore
 
-from projections.projector import LogRow
-from service.wire import StreamRow, stream_rows
+from service.storage.rows import LogRow, StreamRow, stream_rows
 
 # Batch sizes whose INSERT text is kept (larger ones are rare: bulk loads).
 KEPT_INSERTS = 1024

@@ -40,8 +40,8 @@ from domain.connection import Connection
 from domain.errors import DomainError
 from domain.ids import connection_stream, session_stream
 from domain.session import Session
-from service.osthread import name_native_thread
-from service.store import SessiondApplication
+from service.runtime.osthread import name_native_thread
+from service.storage.store import SessiondApplication
 
 log = logging.getLogger("sessiond.writer")
 

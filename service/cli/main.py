@@ -15,11 +15,12 @@ from typing import TextIO
 from domain.errors import InvalidId
 from domain.ids import check_id
 from domain.lifecycle import mermaid
-from service import logs, replay
-from service.auth import ROLES, TokenSigner, load_or_create_key
-from service.settings import Settings, SettingsError
-from service.store import SessiondApplication, StoreError, open_store, parse_store_url
-from service.wire import dumps_str, wire_view
+from service.application import replay
+from service.application.auth import ROLES, TokenSigner, load_or_create_key
+from service.runtime import logs
+from service.runtime.settings import Settings, SettingsError
+from service.storage.store import SessiondApplication, StoreError, open_store, parse_store_url
+from service.storage.wire import dumps_str, wire_view
 
 log = logging.getLogger("sessiond")
 
@@ -69,7 +70,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # offline commands (token, replay, projections) start fast.
     from aiohttp import web
 
-    from service.app import create_app
+    from service.edge.app import create_app
 
     app = create_app(settings)
     tune_garbage_collector()
@@ -181,7 +182,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_projections(args: argparse.Namespace) -> int:
-    from service.readmodels import make_projector, open_tables
+    from service.application.readmodels import make_projector, open_tables
 
     store = _open(args)
     config = parse_store_url(_settings(args).store_url)

@@ -26,8 +26,8 @@ from domain.base import Aggregate
 from domain.connection import Connection
 from domain.ids import connection_stream, id_from_stream, session_stream
 from domain.session import Session
-from projections.projector import LogRow
-from service.wire import StreamRow, wire_from_row4, wire_from_stored
+from service.storage.rows import LogRow, StreamRow
+from service.storage.wire import wire_from_row4, wire_from_stored
 
 
 class StoreError(Exception):
@@ -72,7 +72,7 @@ def parse_store_url(url: str) -> StoreConfig:
                 "PERSISTENCE_MODULE": "eventsourcing.sqlite",
                 "SQLITE_DBNAME": str(path),
                 "SQLITE_LOCK_TIMEOUT": "10",
-                "APPLICATION_RECORDER_TOPIC": "service.sqliterecorder:BatchSQLiteRecorder",
+                "APPLICATION_RECORDER_TOPIC": "service.storage.sqlite:BatchSQLiteRecorder",
             },
             path=path,
         )
@@ -100,7 +100,7 @@ def parse_store_url(url: str) -> StoreConfig:
             "POSTGRES_POOL_SIZE": query.get("pool_size", "5"),
             "POSTGRES_MAX_OVERFLOW": query.get("max_overflow", "10"),
             "POSTGRES_LOCK_TIMEOUT": query.get("lock_timeout", "5"),
-            "APPLICATION_RECORDER_TOPIC": "service.pgrecorder:FailFastPostgresRecorder",
+            "APPLICATION_RECORDER_TOPIC": "service.storage.postgres:FailFastPostgresRecorder",
         }
         if "schema" in query:
             env["POSTGRES_SCHEMA"] = query["schema"]

@@ -37,8 +37,7 @@ from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastor
 from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Identifier, Literal
 
-from projections.projector import LogRow
-from service.wire import StreamRow, stream_rows
+from service.storage.rows import LogRow, StreamRow, stream_rows
 
 ATTEMPTS = 2
 WAIT = 0.2

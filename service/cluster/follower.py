@@ -2,7 +2,7 @@
 
 Every node publishes its own commits to its hub at once. Events recorded by
 *other* nodes reach it through this follower: a thread that LISTENs on the
-events table's channel (service/pgrecorder.py NOTIFYs it on every insert), and on each
+events table's channel (service/storage/postgres.py NOTIFYs it on every insert), and on each
 notification from another node (or a gap), or at the latest every
 ``poll_interval`` seconds, reads the notification log after the last position
 it has seen and publishes what it finds; a notification of the node's own next
@@ -29,9 +29,9 @@ import psycopg
 from psycopg import sql
 
 from domain.ids import SESSION_PREFIX as SESSION
-from service.osthread import name_native_thread
-from service.store import SessiondApplication
-from service.wire import wire_from_row
+from service.runtime.osthread import name_native_thread
+from service.storage.store import SessiondApplication
+from service.storage.wire import wire_from_row
 
 log = logging.getLogger("sessiond.follower")
 
@@ -106,7 +106,7 @@ class LogFollower:
         """True when the notification is this process's own next commit, which
         its writer has already published: the position moves past it unread.
 
-        The payload is ``<origin> <first> <last>`` (service/pgrecorder.py). It
+        The payload is ``<origin> <first> <last>`` (service/storage/postgres.py). It
         counts as our own only if the recorder got the answer for exactly that
         batch (a batch committed but unanswered is not the writer's to
         publish) and ``first`` is the next position: commits reach LISTENers

@@ -7,16 +7,16 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from service.auth import TokenSigner
-from service.hub import Hub
-from service.metrics import Metrics
-from service.settings import Settings
-from service.store import SessiondApplication, StoreConfig
-from service.writer import Writer
+from service.application.auth import TokenSigner
+from service.application.hub import Hub
+from service.application.writer import Writer
+from service.edge.metrics import Metrics
+from service.runtime.settings import Settings
+from service.storage.store import SessiondApplication, StoreConfig
 
 if TYPE_CHECKING:
-    from service.readmodels import ReadModels
-    from service.ws import SocketRegistry
+    from service.application.readmodels import ReadModels
+    from service.edge.ws import SocketRegistry
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE_CONFIG = web.AppKey("store_config", StoreConfig)

@@ -32,14 +32,14 @@ from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 from domain.errors import DomainError, InvalidId, InvalidTransition
 from domain.ids import check_id, new_connection_id, session_stream
 from domain.session import MESSAGE_ROLES
-from service import commands
-from service.auth import AuthError, Principal, bearer_token
-from service.context import HUB, METRICS, READERS, SETTINGS, SIGNER, SOCKETS, STORE, WRITER
-from service.cors import origin_allowed
-from service.errors import ApiError
-from service.hub import SlowConsumer, Subscription
-from service.wire import dumps
-from service.writer import Command, StoreUnavailable
+from service.application import commands
+from service.application.auth import AuthError, Principal, bearer_token
+from service.application.hub import SlowConsumer, Subscription
+from service.application.writer import Command, StoreUnavailable
+from service.edge.context import HUB, METRICS, READERS, SETTINGS, SIGNER, SOCKETS, STORE, WRITER
+from service.edge.cors import origin_allowed
+from service.edge.errors import ApiError
+from service.storage.wire import dumps
 
 log = logging.getLogger("sessiond.ws")
 

@@ -5,7 +5,6 @@ frame."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,7 +14,7 @@ from eventsourcing.utils import resolve_topic
 
 from domain.base import Aggregate
 from domain.ids import id_from_stream
-from projections.projector import LogRow
+from service.storage.rows import LogRow, StreamRow
 
 # The text of the last second formatted, shared by every thread (replaced as a
 # whole, so a reader never sees one second's fields with another's text).
@@ -111,17 +110,6 @@ def _namer(topic: str) -> tuple[str, type[Aggregate.Event] | None]:
 def _key_and_id(stream_id: str) -> tuple[str, str]:
     kind, client_id = id_from_stream(stream_id)
     return f"{kind}_id", client_id
-
-
-# A row of one stream: (stream ID, position, topic, state). A row of the
-# notification log (LogRow) is the same with the notification ID in front.
-StreamRow = tuple[str, int, str, bytes]
-
-
-def stream_rows(stored_events: Sequence[StoredEvent]) -> list[StreamRow]:
-    """eventsourcing's stored events as stream rows (what sessiond's recorders
-    insert)."""
-    return [(str(s.originator_id), s.originator_version, s.topic, s.state) for s in stored_events]
 
 
 def _wire(stream_id: str, position: int, topic: str, state_bytes: bytes) -> dict[str, Any]:

@@ -7,7 +7,7 @@ open in the read model as CLOSED with reason ``lost`` (detaching it from its
 session), then forgets the dead node. Closing is idempotent, so two peers
 doing it at once record it once. The clock is the database's (``now()`` on
 PostgreSQL), so nodes' clocks need not agree. A node's own restart does the
-same for itself at once (service/app.py). See
+same for itself at once (service/edge/app.py). See
 docs/adr/0011-detect-dead-nodes-by-heartbeat-rows.md.
 """
 

@@ -21,9 +21,10 @@ from aiohttp import web
 from domain.errors import DomainError, InvalidId, SessionNotFound
 from domain.ids import check_id, connection_stream, new_session_id, session_stream
 from domain.session import MESSAGE_ROLES
-from service import commands
-from service.auth import AuthError, Principal, bearer_token
-from service.context import (
+from service.application import commands
+from service.application.auth import AuthError, Principal, bearer_token
+from service.application.writer import Command, StoreUnavailable
+from service.edge.context import (
     METRICS,
     READERS,
     READMODELS,
@@ -33,9 +34,8 @@ from service.context import (
     STORE_CONFIG,
     WRITER,
 )
-from service.errors import ApiError
-from service.wire import dumps, wire_view
-from service.writer import Command, StoreUnavailable
+from service.edge.errors import ApiError
+from service.storage.wire import dumps, wire_view
 
 T = TypeVar("T")
 

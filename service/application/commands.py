@@ -18,9 +18,9 @@ from domain.errors import (
 )
 from domain.lifecycle import consult
 from domain.session import Session
-from service.auth import Principal
-from service.wire import wire_view
-from service.writer import Command, UnitOfWork
+from service.application.auth import Principal
+from service.application.writer import Command, UnitOfWork
+from service.storage.wire import wire_view
 
 
 class Forbidden(DomainError):

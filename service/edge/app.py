@@ -14,9 +14,15 @@ from aiohttp import web
 from domain.base import Aggregate
 from domain.errors import DomainError
 from domain.ids import SESSION_PREFIX
-from service import commands, http, ws
-from service.auth import TokenSigner, load_or_create_key
-from service.context import (
+from service.application import commands
+from service.application.auth import TokenSigner, load_or_create_key
+from service.application.hub import Hub
+from service.application.readmodels import ReadModels, postgres_conninfo
+from service.application.writer import Writer
+from service.cluster.follower import LogFollower
+from service.cluster.nodes import NodeRegistry
+from service.edge import http, ws
+from service.edge.context import (
     HUB,
     METRICS,
     READERS,
@@ -28,17 +34,12 @@ from service.context import (
     STORE_CONFIG,
     WRITER,
 )
-from service.cors import decorate, preflight
-from service.errors import ApiError, error_response
-from service.follower import LogFollower
-from service.hub import Hub
-from service.metrics import Metrics
-from service.nodes import NodeRegistry
-from service.readmodels import ReadModels, postgres_conninfo
-from service.settings import Settings
-from service.store import StoreConfig, open_store, parse_store_url
-from service.wire import wire_event
-from service.writer import Writer
+from service.edge.cors import decorate, preflight
+from service.edge.errors import ApiError, error_response
+from service.edge.metrics import Metrics
+from service.runtime.settings import Settings
+from service.storage.store import StoreConfig, open_store, parse_store_url
+from service.storage.wire import wire_event
 
 log = logging.getLogger("sessiond")
 
@@ -47,7 +48,7 @@ log = logging.getLogger("sessiond")
 async def edge_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """CORS (service/cors.py) and the error shape of PROTOCOL.md, in one layer:
+    """CORS (service/edge/cors.py) and the error shape of PROTOCOL.md, in one layer:
     every error answer, too, carries the CORS headers an allowed page needs
     to read it."""
     answer = preflight(request)

@@ -1,0 +1,1 @@
+"""What every layer of a running node shares: settings, logging and thread names."""
