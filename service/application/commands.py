@@ -1,13 +1,15 @@
-"""Write commands: plain functions of a UnitOfWork, run by the writer thread.
+"""Write commands: named functions of a UnitOfWork, run by the writer thread.
 
 Each checks what the caller may do against the aggregates it loads, calls
 their command methods, and returns a JSON-ready result. They never do I/O
-themselves; the writer commits whatever events they leave pending.
+themselves; the writer commits whatever events they leave pending. A
+command's name is what the writer's log says when it fails.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from domain.connection import Connection
 from domain.errors import (
@@ -21,6 +23,8 @@ from domain.session import Session
 from service.application.auth import Principal
 from service.application.writer import Command, UnitOfWork
 from service.storage.wire import wire_view
+
+T = TypeVar("T")
 
 
 class Forbidden(DomainError):
@@ -46,6 +50,20 @@ def _check_writer(actor: Principal, session: Session) -> None:
         raise Forbidden(f"you may not write to session {session.session_id!r}")
 
 
+def on_session(
+    name: str, session_id: str, actor: Principal, act: Callable[[Session], T]
+) -> Command[T]:
+    """The command ``name``: load the session, check the actor may write to
+    it, then ``act`` on it (the shape of every write to an existing session)."""
+
+    def run(uow: UnitOfWork) -> T:
+        session = _session(uow, session_id)
+        _check_writer(actor, session)
+        return act(session)
+
+    return Command(name, run)
+
+
 # --- sessions -----------------------------------------------------------------
 
 
@@ -66,17 +84,15 @@ def create_session(
         uow.add(session)
         return wire_view(session.view()), True
 
-    return run
+    return Command("create_session", run)
 
 
 def end_session(session_id: str, actor: Principal) -> Command[dict[str, Any]]:
-    def run(uow: UnitOfWork) -> dict[str, Any]:
-        session = _session(uow, session_id)
-        _check_writer(actor, session)
+    def act(session: Session) -> dict[str, Any]:
         session.end(user_id=actor.user_id)
         return wire_view(session.view())
 
-    return run
+    return on_session("end_session", session_id, actor, act)
 
 
 def record_message(
@@ -91,10 +107,11 @@ def record_message(
     metadata: dict[str, Any] | None = None,
     connection_id: str | None = None,
 ) -> Command[tuple[int, bool]]:
-    def run(uow: UnitOfWork) -> tuple[int, bool]:
-        session = _session(uow, session_id)
-        _check_writer(actor, session)
-        return session.record_message(
+    return on_session(
+        "record_message",
+        session_id,
+        actor,
+        lambda session: session.record_message(
             message_id=message_id,
             role=role,
             content=content,
@@ -103,20 +120,21 @@ def record_message(
             tokens=tokens,
             metadata=metadata,
             connection_id=connection_id,
-        )
-
-    return run
+        ),
+    )
 
 
 def start_task(
     session_id: str, actor: Principal, *, task_id: str, name: str, total: float | None
 ) -> Command[tuple[int, bool]]:
-    def run(uow: UnitOfWork) -> tuple[int, bool]:
-        session = _session(uow, session_id)
-        _check_writer(actor, session)
-        return session.start_task(task_id=task_id, name=name, total=total, user_id=actor.user_id)
-
-    return run
+    return on_session(
+        "start_task",
+        session_id,
+        actor,
+        lambda session: session.start_task(
+            task_id=task_id, name=name, total=total, user_id=actor.user_id
+        ),
+    )
 
 
 def report_progress(
@@ -128,30 +146,30 @@ def report_progress(
     total: float | None,
     note: str | None,
 ) -> Command[int]:
-    def run(uow: UnitOfWork) -> int:
-        session = _session(uow, session_id)
-        _check_writer(actor, session)
-        return session.report_progress(task_id=task_id, done=done, total=total, note=note)
-
-    return run
+    return on_session(
+        "report_progress",
+        session_id,
+        actor,
+        lambda session: session.report_progress(task_id=task_id, done=done, total=total, note=note),
+    )
 
 
 def complete_task(session_id: str, actor: Principal, *, task_id: str, result: Any) -> Command[int]:
-    def run(uow: UnitOfWork) -> int:
-        session = _session(uow, session_id)
-        _check_writer(actor, session)
-        return session.complete_task(task_id=task_id, result=result)
-
-    return run
+    return on_session(
+        "complete_task",
+        session_id,
+        actor,
+        lambda session: session.complete_task(task_id=task_id, result=result),
+    )
 
 
 def fail_task(session_id: str, actor: Principal, *, task_id: str, error: str) -> Command[int]:
-    def run(uow: UnitOfWork) -> int:
-        session = _session(uow, session_id)
-        _check_writer(actor, session)
-        return session.fail_task(task_id=task_id, error=error)
-
-    return run
+    return on_session(
+        "fail_task",
+        session_id,
+        actor,
+        lambda session: session.fail_task(task_id=task_id, error=error),
+    )
 
 
 # --- connections --------------------------------------------------------------
@@ -169,16 +187,23 @@ def open_connection(
         uow.add(connection)
         return connection.state
 
-    return run
+    return Command("open_connection", run)
+
+
+def transition(connection_id: str, name: str, **details: Any) -> Command[str]:
+    """The lifecycle transition ``name`` of a connection, with its details:
+    the command of any transition that needs nothing but the connection (a
+    state added to the lifecycle needs no command of its own)."""
+    return Command(name, lambda uow: _connection(uow, connection_id).transition(name, **details))
 
 
 def accept(connection_id: str) -> Command[str]:
-    return lambda uow: _connection(uow, connection_id).accept()
+    return transition(connection_id, "accept")
 
 
 def authenticate(connection_id: str, actor: Principal) -> Command[str]:
-    return lambda uow: _connection(uow, connection_id).authenticate(
-        user_id=actor.user_id, roles=sorted(actor.roles)
+    return transition(
+        connection_id, "authenticate", user_id=actor.user_id, roles=sorted(actor.roles)
     )
 
 
@@ -225,11 +250,11 @@ def attach(
         connection.attach(session_id=session_id, superseded=superseded)
         return superseded, position_before
 
-    return run
+    return Command("attach", run)
 
 
 def go_live(connection_id: str, position: int) -> Command[str]:
-    return lambda uow: _connection(uow, connection_id).go_live(position=position)
+    return transition(connection_id, "go_live", position=position)
 
 
 def close_connection(connection_id: str, *, code: int, reason: str) -> Command[bool]:
@@ -249,7 +274,7 @@ def close_connection(connection_id: str, *, code: int, reason: str) -> Command[b
             session.detach(connection_id=connection_id, reason=reason)
         return True
 
-    return run
+    return Command("close_connection", run)
 
 
 # --- several steps, one commit ------------------------------------------------
@@ -272,10 +297,10 @@ def chain(*steps: Command[Any]) -> Command[list[tuple[bool, Any]]]:
         outcomes: list[tuple[bool, Any]] = []
         for step in steps:
             try:
-                outcomes.append((True, step(uow)))
+                outcomes.append((True, step.run(uow)))
             except DomainError as e:
                 outcomes.append((False, e))
                 break
         return outcomes
 
-    return run
+    return Command("+".join(step.name for step in steps), run)

@@ -120,7 +120,14 @@ class UnitOfWork:
         self.touched[aggregate.id] = aggregate
 
 
-Command = Callable[[UnitOfWork], T]
+@dataclass(frozen=True, slots=True)
+class Command(Generic[T]):
+    """A write: ``run`` loads aggregates from the unit of work, calls their
+    command methods and returns a result; ``name`` says which write it is in
+    the log (service/application/commands.py makes them)."""
+
+    name: str
+    run: Callable[[UnitOfWork], T]
 
 
 @dataclass
@@ -319,7 +326,7 @@ class Writer:
         self, command: Command[Any], uow: UnitOfWork, isolated: bool
     ) -> tuple[bool, Any]:
         try:
-            return True, command(uow)
+            return True, command.run(uow)
         except DomainError as e:
             return False, e
         except Exception as e:
@@ -331,7 +338,7 @@ class Writer:
                 agg.collect_events()
             self._forget(list(uow.touched.values()))
             uow.touched.clear()
-            log.exception("command failed")
+            log.exception("command failed", extra={"command": command.name})
             return False, e
 
     def _save(self, aggregates: list[Aggregate]) -> list[Aggregate.Event]:

@@ -597,7 +597,7 @@ async def test_a_log_with_a_state_and_an_event_type_this_code_does_not_know_stil
             timestamp=utcnow(),
         )
 
-    await world.run(drain)
+    await world.run(Command("drain", drain))
     # An event of a class that does not exist here, in its own stream.
     world.store.recorder.insert_events(
         [

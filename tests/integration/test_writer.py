@@ -97,7 +97,7 @@ async def held(writer: Writer) -> AsyncIterator[None]:
         started.set()
         release.wait(WAIT)
 
-    blocker = asyncio.ensure_future(writer.execute(hold))
+    blocker = asyncio.ensure_future(writer.execute(Command("hold", hold)))
     assert await asyncio.to_thread(started.wait, WAIT), "the writer never ran"
     try:
         yield
@@ -274,7 +274,9 @@ async def test_an_unexpected_exception_in_a_batch_commits_none_of_its_half_made_
         session.record_message(message_id="half", role="user", content="x", user_id="alice")
         raise RuntimeError("a bug after recording")
 
-    results = await in_one_batch(w, message("buggy", "a"), explode, message("buggy", "c"))
+    results = await in_one_batch(
+        w, message("buggy", "a"), Command("explode", explode), message("buggy", "c")
+    )
 
     assert isinstance(results[1], RuntimeError)
     assert results[0] == (2, True) and results[2] == (3, True)
