@@ -21,7 +21,7 @@ from service.application.readmodels import ReadModels, postgres_conninfo
 from service.application.writer import Writer
 from service.cluster.follower import LogFollower
 from service.cluster.nodes import NodeRegistry
-from service.edge import http, ws
+from service.edge import ws
 from service.edge.context import (
     HUB,
     METRICS,
@@ -36,6 +36,7 @@ from service.edge.context import (
 )
 from service.edge.cors import decorate, preflight
 from service.edge.errors import ApiError, error_response
+from service.edge.http import ROUTES
 from service.edge.metrics import Metrics
 from service.runtime.settings import Settings
 from service.storage.store import StoreConfig, open_store, parse_store_url
@@ -269,6 +270,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app[METRICS] = _register_metrics(app)
     app.cleanup_ctx.append(_store_ctx)
     app.on_shutdown.append(_on_shutdown)
-    app.router.add_routes(http.routes)
+    for routes in ROUTES:
+        app.router.add_routes(routes)
     app.router.add_get("/v1/ws", ws.websocket)
     return app

@@ -1,0 +1,15 @@
+"""The HTTP API of docs/PROTOCOL.md, one module per resource.
+
+Handlers are short: who is calling, what they sent (the one schema), then a
+command on the writer or a read on the reader pool."""
+
+from aiohttp import web
+
+from service.edge.http import connections, operations, sessions, tasks
+
+ROUTES: list[web.RouteTableDef] = [
+    sessions.routes,
+    tasks.routes,
+    connections.routes,
+    operations.routes,
+]

@@ -1,0 +1,31 @@
+"""What operators and their tools ask a node: is it healthy, and its metrics."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from service.edge.context import METRICS, SETTINGS, STORE, STORE_CONFIG
+from service.edge.errors import ApiError
+from service.edge.requests import json_response, run_read
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    try:
+        await run_read(request, store.ping)
+    except ApiError as e:
+        raise ApiError("unavailable", e.message) from None
+    settings = request.app[SETTINGS]
+    return json_response(
+        {"status": "ok", "node": settings.node_id, "store": request.app[STORE_CONFIG].kind}
+    )
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(
+        text=request.app[METRICS].render(), content_type="text/plain", charset="utf-8"
+    )

@@ -1,0 +1,148 @@
+"""Sessions: create, list, read, end; their messages, history and past states."""
+
+from __future__ import annotations
+
+import base64
+import functools
+import uuid
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from domain.ids import new_session_id, session_stream
+from service.application import commands
+from service.edge.context import READMODELS, STORE
+from service.edge.errors import ApiError
+from service.edge.http.reads import caught_up, readable_session
+from service.edge.requests import (
+    body,
+    json_response,
+    path_id,
+    principal,
+    query,
+    run_command,
+    run_read,
+)
+from service.edge.schema import (
+    CreateSession,
+    EventsQuery,
+    ListSessionsQuery,
+    PostMessage,
+    StateQuery,
+)
+from service.storage.wire import wire_view
+
+routes = web.RouteTableDef()
+
+
+@routes.post("/v1/sessions")
+async def create_session(request: web.Request) -> web.Response:
+    actor = principal(request)
+    sent = await body(request, CreateSession)
+    session_id = sent.session_id or new_session_id()
+    view, created = await run_command(
+        request, commands.create_session(session_id, actor, sent.metadata)
+    )
+    return json_response(view, 201 if created else 200)
+
+
+@routes.get("/v1/sessions")
+async def list_sessions(request: web.Request) -> web.Response:
+    actor = principal(request)
+    asked = query(request, ListSessionsQuery)
+    before = _decode_cursor(asked.cursor)
+    await caught_up(request)
+    owner = None if actor.is_auditor else actor.user_id
+    limit = asked.limit
+    rows = await run_read(
+        request, request.app[READMODELS].tables.list_sessions, owner, limit + 1, before
+    )
+    next_cursor = _encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+    return json_response({"sessions": rows[:limit], "next_cursor": next_cursor})
+
+
+def _encode_cursor(row: dict[str, Any]) -> str:
+    raw = orjson.dumps([row["created_at"], row["session_id"]])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str | None) -> tuple[str, str] | None:
+    if not cursor:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at, session_id = orjson.loads(raw)
+        if not isinstance(created_at, str) or not isinstance(session_id, str):
+            raise ValueError
+    except (ValueError, TypeError, orjson.JSONDecodeError):
+        raise ApiError("invalid_query", "cursor is not one this service handed out") from None
+    return created_at, session_id
+
+
+@routes.get("/v1/sessions/{session_id}")
+async def get_session(request: web.Request) -> web.Response:
+    actor = principal(request)
+    session_id = path_id(request, "session_id")
+    return json_response(await readable_session(request, session_id, actor))
+
+
+@routes.delete("/v1/sessions/{session_id}")
+async def end_session(request: web.Request) -> web.Response:
+    actor = principal(request)
+    session_id = path_id(request, "session_id")
+    view = await run_command(request, commands.end_session(session_id, actor))
+    return json_response(view)
+
+
+@routes.post("/v1/sessions/{session_id}/messages")
+async def post_message(request: web.Request) -> web.Response:
+    actor = principal(request)
+    session_id = path_id(request, "session_id")
+    sent = await body(request, PostMessage)
+    message_id = sent.message_id or "msg_" + uuid.uuid4().hex
+    position, created = await run_command(
+        request,
+        commands.record_message(
+            session_id,
+            actor,
+            message_id=message_id,
+            role=sent.role,
+            content=sent.content,
+            model=sent.model,
+            tokens=sent.tokens,
+            metadata=sent.metadata,
+        ),
+    )
+    return json_response({"position": position, "message_id": message_id}, 201 if created else 200)
+
+
+@routes.get("/v1/sessions/{session_id}/events")
+async def session_events(request: web.Request) -> web.Response:
+    actor = principal(request)
+    session_id = path_id(request, "session_id")
+    asked = query(request, EventsQuery)
+    await readable_session(request, session_id, actor)
+    read = functools.partial(
+        request.app[STORE].stream_wire_events,
+        session_stream(session_id),
+        after=asked.after,
+        limit=asked.limit,
+    )
+    wire = await run_read(request, read)
+    next_after = wire[-1]["position"] if wire else asked.after
+    return json_response({"events": wire, "next_after": next_after})
+
+
+@routes.get("/v1/sessions/{session_id}/state")
+async def session_state_at(request: web.Request) -> web.Response:
+    actor = principal(request)
+    session_id = path_id(request, "session_id")
+    at = query(request, StateQuery).at
+    current = await readable_session(request, session_id, actor)
+    if at is None or at >= current["position"]:
+        return json_response(current)
+    past = await run_read(request, request.app[STORE].get_session, session_id, at)
+    if past is None:
+        raise ApiError("session_not_found", f"no session {session_id!r}")
+    return json_response(wire_view(past.view()))

@@ -1,0 +1,65 @@
+"""Tasks of a session: started, reported on, and finished, by their workers."""
+
+from __future__ import annotations
+
+import uuid
+
+from aiohttp import web
+
+from service.application import commands
+from service.edge.requests import body, json_response, path_id, principal, run_command
+from service.edge.schema import CompleteTask, FailTask, ReportProgress, StartTask
+
+routes = web.RouteTableDef()
+
+
+@routes.post("/v1/sessions/{session_id}/tasks")
+async def start_task(request: web.Request) -> web.Response:
+    actor = principal(request)
+    session_id = path_id(request, "session_id")
+    sent = await body(request, StartTask)
+    task_id = sent.task_id or "task_" + uuid.uuid4().hex
+    position, created = await run_command(
+        request,
+        commands.start_task(session_id, actor, task_id=task_id, name=sent.name, total=sent.total),
+    )
+    return json_response({"task_id": task_id, "position": position}, 201 if created else 200)
+
+
+@routes.post("/v1/sessions/{session_id}/tasks/{task_id}/progress")
+async def task_progress(request: web.Request) -> web.Response:
+    actor = principal(request)
+    session_id = path_id(request, "session_id")
+    task_id = path_id(request, "task_id")
+    sent = await body(request, ReportProgress)
+    position = await run_command(
+        request,
+        commands.report_progress(
+            session_id, actor, task_id=task_id, done=sent.done, total=sent.total, note=sent.note
+        ),
+    )
+    return json_response({"position": position}, 202)
+
+
+@routes.post("/v1/sessions/{session_id}/tasks/{task_id}/complete")
+async def task_complete(request: web.Request) -> web.Response:
+    actor = principal(request)
+    session_id = path_id(request, "session_id")
+    task_id = path_id(request, "task_id")
+    sent = await body(request, CompleteTask)
+    position = await run_command(
+        request, commands.complete_task(session_id, actor, task_id=task_id, result=sent.result)
+    )
+    return json_response({"position": position})
+
+
+@routes.post("/v1/sessions/{session_id}/tasks/{task_id}/fail")
+async def task_fail(request: web.Request) -> web.Response:
+    actor = principal(request)
+    session_id = path_id(request, "session_id")
+    task_id = path_id(request, "task_id")
+    sent = await body(request, FailTask)
+    position = await run_command(
+        request, commands.fail_task(session_id, actor, task_id=task_id, error=sent.error)
+    )
+    return json_response({"position": position})

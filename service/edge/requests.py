@@ -1,0 +1,82 @@
+"""What every HTTP handler does at the edge: who is calling, what they sent
+(decoded by the one schema, service/edge/schema.py), and how a command or a
+read reaches the application. Every failure is an ApiError in the contract's
+shape; a client's mistake is never a 500."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from domain.errors import DomainError, InvalidId
+from domain.ids import check_id
+from service.application.auth import AuthError, Principal, bearer_token
+from service.application.writer import Command, StoreUnavailable
+from service.edge.context import READERS, SIGNER, WRITER
+from service.edge.errors import ApiError
+from service.edge.schema import SchemaError, decode_body, decode_query
+from service.storage.wire import dumps
+
+T = TypeVar("T")
+
+_JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+def json_response(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=dumps(body), status=status, headers=_JSON_HEADERS)
+
+
+def principal(request: web.Request) -> Principal:
+    try:
+        token = bearer_token(request.headers.get("Authorization"))
+        return request.app[SIGNER].verify(token)
+    except AuthError as e:
+        raise ApiError("unauthenticated", str(e)) from None
+
+
+async def run_command(request: web.Request, command: Command[T]) -> T:
+    try:
+        return await request.app[WRITER].execute(command)
+    except DomainError as e:
+        raise ApiError(e.code, e.message) from None
+    except StoreUnavailable as e:
+        raise ApiError("unavailable", str(e)) from None
+
+
+async def run_read(request: web.Request, fn: Callable[..., T], *args: Any) -> T:
+    loop = asyncio.get_running_loop()
+    try:
+        return await loop.run_in_executor(request.app[READERS], fn, *args)
+    except DomainError as e:
+        raise ApiError(e.code, e.message) from None
+    except Exception as e:
+        raise ApiError("unavailable", f"store unavailable: {type(e).__name__}: {e}") from None
+
+
+def path_id(request: web.Request, name: str) -> str:
+    try:
+        return check_id(request.match_info[name], name)
+    except InvalidId as e:
+        raise ApiError("invalid_id", e.message) from None
+
+
+def query(request: web.Request, kind: type[T]) -> T:
+    try:
+        return decode_query(request.query, kind)
+    except SchemaError as e:
+        raise ApiError(e.code, e.message) from None
+
+
+async def body(request: web.Request, kind: type[T]) -> T:
+    """The request's JSON body as ``kind`` (an empty body counts as ``{}``)."""
+    ctype = request.headers.get("Content-Type", "")
+    raw = await request.read()
+    if raw and ctype and not ctype.split(";")[0].strip().lower().endswith(("/json", "+json")):
+        raise ApiError("unsupported_media_type", f"send application/json, not {ctype!r}")
+    try:
+        return decode_body(raw, kind)
+    except SchemaError as e:
+        raise ApiError(e.code, e.message) from None
