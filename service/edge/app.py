@@ -12,8 +12,10 @@ from typing import Any
 from aiohttp import web
 
 from domain.base import Aggregate
+from domain.connection import Connection
 from domain.errors import DomainError
 from domain.ids import SESSION_PREFIX
+from domain.lifecycle import final_states, state_values
 from service.application import commands
 from service.application.auth import TokenSigner, load_or_create_key
 from service.application.hub import Hub
@@ -38,11 +40,17 @@ from service.edge.cors import decorate, preflight
 from service.edge.errors import ApiError, error_response
 from service.edge.http import ROUTES
 from service.edge.metrics import Metrics
+from service.edge.protocol import CLOSE_GOING_AWAY
 from service.runtime.settings import Settings
 from service.storage.store import StoreConfig, open_store, parse_store_url
 from service.storage.wire import wire_event
 
 log = logging.getLogger("sessiond")
+
+# The states a live socket can be in, as the lifecycle names them.
+LIVE_STATES = [
+    s for s in state_values(Connection.lifecycle) if s not in final_states(Connection.lifecycle)
+]
 
 
 @web.middleware
@@ -218,7 +226,7 @@ async def _record_lost_connections(app: web.Application, node: str) -> None:
 
 async def _on_shutdown(app: web.Application) -> None:
     settings = app[SETTINGS]
-    await app[SOCKETS].close_all(ws.CLOSE_GOING_AWAY, "server_shutdown", settings.shutdown_timeout)
+    await app[SOCKETS].close_all(CLOSE_GOING_AWAY, "server_shutdown", settings.shutdown_timeout)
 
 
 def _register_metrics(app: web.Application) -> Metrics:
@@ -229,8 +237,7 @@ def _register_metrics(app: web.Application) -> Metrics:
 
     def connections() -> dict[tuple[tuple[str, str], ...], float]:
         counts = app[SOCKETS].count_by_state()
-        states = ["CONNECTING", "ACCEPTED", "AUTHENTICATED", "SERVICES_READY", "PROCESSING_READY"]
-        return {(("state", s),): float(counts.get(s, 0)) for s in states}
+        return {(("state", s),): float(counts.get(s, 0)) for s in LIVE_STATES}
 
     def writer_count(attribute: str) -> Callable[[], dict[tuple[tuple[str, str], ...], float]]:
         def read() -> dict[tuple[tuple[str, str], ...], float]:

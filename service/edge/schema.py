@@ -21,7 +21,6 @@ names the field (``Expected `str`, got `int` - at `$.content```).
 
 from __future__ import annotations
 
-import functools
 from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
@@ -187,9 +186,14 @@ def _decoder(kind: Any) -> msgspec.json.Decoder[Any]:
     return decoder
 
 
-@functools.cache
+_ids_of: dict[Any, frozenset[str]] = {}
+
+
 def _id_fields(kind: Any) -> frozenset[str]:
     """The fields of ``kind`` declared as IDs (text with a pattern)."""
+    known = _ids_of.get(kind)
+    if known is not None:
+        return known
     info = msgspec.inspect.type_info(kind)
     structs = info.types if isinstance(info, msgspec.inspect.UnionType) else (info,)
     fields = [f for struct in structs for f in getattr(struct, "fields", ())]
@@ -201,7 +205,8 @@ def _id_fields(kind: Any) -> frozenset[str]:
         kinds = tuple(k.type if isinstance(k, msgspec.inspect.Metadata) else k for k in kinds)
         if any(isinstance(k, msgspec.inspect.StrType) and k.pattern for k in kinds):
             names.add(field.encode_name)
-    return frozenset(names)
+    known = _ids_of[kind] = frozenset(names)
+    return known
 
 
 def _refused_id(kind: Any, message: str) -> str | None:
@@ -240,11 +245,13 @@ def decode_body(raw: bytes, kind: type[T]) -> T:
 
 
 def decode_query(values: Any, kind: type[T]) -> T:
-    """Query values (a mapping of text; the first of repeated names, empty
-    ones left out) as ``kind``."""
+    """Query values (a mapping of text; the first of repeated names) as
+    ``kind``. An empty value is left out, so it takes the default, except
+    where an ID is expected: an empty ID is refused."""
+    ids = _id_fields(kind)
     given: dict[str, str] = {}
     for name, value in values.items():
-        if value != "" and name not in given:
+        if (value != "" or name in ids) and name not in given:
             given[name] = value
     try:
         return msgspec.convert(given, kind, strict=False)

@@ -1,18 +1,15 @@
-"""The WebSocket endpoint: one connection's walk through its lifecycle.
+"""The WebSocket endpoint: the aiohttp shell around the connection protocol.
 
-    CONNECTING       the upgrade request arrived; recorded before upgrading
-    ACCEPTED         upgraded; announced by the ``welcome`` frame
-    AUTHENTICATED    a valid token (``auth`` frame or Authorization header)
-    SERVICES_READY   attached to its session (created if need be), owner
-                     checked, older connections superseded: one commit
-    PROCESSING_READY every event after ``after`` sent; live from here on
-    CLOSED           however it ended, with its code and reason
+Every decision about a socket (what to record, what to send, when and how to
+close) is made by :class:`~service.edge.protocol.ConnectionProtocol`, which
+does no I/O. This shell owns what the protocol cannot: the socket, the tasks,
+the clock and the waiting. It feeds the protocol what happened and performs
+the effects it returns, in order (:meth:`LiveConnection.run`).
 
-Each step is recorded under the connection's one ID *before* it is announced
-with a ``state`` frame. Two tasks serve a socket: the receive loop (frames
-from the client) and the driver (the lifecycle, then the session's events).
-Whichever decides to end the connection records CLOSED, says so in a last
-``state`` frame, and closes the socket with the code of PROTOCOL.md.
+Two tasks serve a socket: the *driver* walks the handshake and then follows
+the session's live events; the *receiver* reads the client's frames. An end
+the server decides (:class:`~service.edge.protocol.Closing`) runs in a task
+of its own, so the task that decided it can be stopped by it.
 """
 
 from __future__ import annotations
@@ -21,40 +18,45 @@ import asyncio
 import contextlib
 import functools
 import logging
-import time
-import uuid
 from collections import Counter, deque
 from typing import Any
 
-import orjson
-from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
+from aiohttp import WebSocketError, WSMsgType, web
 
-from domain.errors import DomainError, InvalidId, InvalidTransition
-from domain.ids import check_id, new_connection_id, session_stream
-from domain.session import MESSAGE_ROLES
-from service.application import commands
-from service.application.auth import AuthError, Principal, bearer_token
+from domain.errors import DomainError
+from domain.ids import new_connection_id, session_stream
+from service.application.auth import AuthError, bearer_token
 from service.application.hub import SlowConsumer, Subscription
-from service.application.writer import Command, StoreUnavailable
+from service.application.writer import StoreUnavailable
 from service.edge.context import HUB, METRICS, READERS, SETTINGS, SIGNER, SOCKETS, STORE, WRITER
 from service.edge.cors import origin_allowed
 from service.edge.errors import ApiError
+from service.edge.protocol import (
+    CLOSE_TOO_LARGE,
+    AwaitAuth,
+    Closing,
+    ConnectionProtocol,
+    Effect,
+    FollowLive,
+    Limits,
+    Outcome,
+    ReadEvents,
+    Record,
+    Recorded,
+    Refused,
+    Send,
+    Subscribe,
+    TakeQueued,
+    Unavailable,
+    Wake,
+)
+from service.edge.schema import SchemaError, SocketQuery, decode_query
 from service.storage.wire import dumps
 
 log = logging.getLogger("sessiond.ws")
 
-BACKLOG_PAGE = 500
 # How long a server-side close waits on a client that does not read.
 CLOSE_PATIENCE = 5.0
-
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_TOO_LARGE = 1009
-CLOSE_PROTOCOL = 4400
-CLOSE_UNAUTHENTICATED = 4401
-CLOSE_FORBIDDEN = 4403
-CLOSE_SLOW_CONSUMER = 4408
-CLOSE_SUPERSEDED = 4409
 
 
 class SocketRegistry:
@@ -71,7 +73,7 @@ class SocketRegistry:
             del self.sockets[conn.connection_id]
 
     def count_by_state(self) -> Counter[str]:
-        return Counter(c.state for c in self.sockets.values())
+        return Counter(c.protocol.state for c in self.sockets.values())
 
     async def close_all(self, code: int, reason: str, grace: float) -> None:
         conns = list(self.sockets.values())
@@ -84,37 +86,22 @@ class SocketRegistry:
 
 
 class LiveConnection:
-    """One socket of this node and where it stands."""
+    """One socket of this node: the protocol's decisions, carried out."""
 
     def __init__(
-        self,
-        request: web.Request,
-        ws: web.WebSocketResponse,
-        *,
-        connection_id: str,
-        session_id: str,
-        after: int,
+        self, request: web.Request, ws: web.WebSocketResponse, protocol: ConnectionProtocol
     ) -> None:
         self.app = request.app
         self.request = request
         self.ws = ws
-        self.connection_id = connection_id
-        self.session_id = session_id
-        self.after = after
-        self.settings = request.app[SETTINGS]
+        self.protocol = protocol
+        self.connection_id = protocol.connection_id
         self.writer = request.app[WRITER]
         self.metrics = request.app[METRICS]
-        self.state = "CONNECTING"
-        self.principal: Principal | None = None
-        self.auth_token: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.subscription: Subscription | None = None
-        self.closed_recorded = False
-        self.close_code: int | None = None
-        self.close_reason: str | None = None
         self.finished = asyncio.Event()
-        self.bad_frames: deque[float] = deque()
-        self.last_sent = after
-        self._ending: asyncio.Task[None] | None = None
+        self._token_arrived = asyncio.Event()
+        self._ending: asyncio.Future[None] | None = None
         self.receiver: asyncio.Task[None] | None = None
 
     def release(self) -> None:
@@ -124,94 +111,138 @@ class LiveConnection:
         frames that ran ``self``: with ``self.receiver`` pointing back at the
         task, every finished connection (socket, transport, request, tasks;
         about seventy objects) was a reference cycle only the cyclic garbage
-        collector could free, and its collections grew to a fifth of the
-        server's CPU under issue 5's handshake load. Without the cycle,
-        reference counting frees a connection the moment it ends.
+        collector could free (ADR 0017). Without the cycle, reference counting
+        frees a connection the moment it ends.
         """
         self.receiver = None
         self._ending = None
         self.subscription = None
 
-    # --- sending ------------------------------------------------------------
+    # --- carrying out effects -------------------------------------------------------
 
-    async def send(self, frame: dict[str, Any]) -> None:
+    async def run(self, effects: list[Effect]) -> None:
+        """Perform ``effects`` in order; the continuations' effects go first."""
+        todo: deque[Effect] = deque(effects)
+        while todo:
+            more: list[Effect] = []
+            match todo.popleft():
+                case Send() as send:
+                    await self.send(send)
+                case Record() as record:
+                    more = record.then(await self.record(record))
+                case ReadEvents() as read:
+                    more = read.then(await self.read(read))
+                case Subscribe():
+                    self.subscription = self.app[HUB].subscribe(
+                        self.protocol.session_id,
+                        self.app[SETTINGS].send_queue_limit,
+                        on_overflow=self._overflowed,
+                    )
+                case TakeQueued() as take:
+                    more = self._take_queued(take)
+                case AwaitAuth() as wait:
+                    more = await self._await_auth(wait)
+                case Wake():
+                    self._token_arrived.set()
+                case FollowLive():
+                    await self._follow_live()
+                case Closing() as closing:
+                    ending = self._close(closing)
+                    await asyncio.shield(ending)
+            todo.extendleft(reversed(more))
+
+    async def send(self, effect: Send) -> None:
+        if effect.error is not None:
+            self.metrics.inc("sessiond_ws_errors_total", code=effect.error)
+        await self._send_frame(effect.frame)
+
+    async def _send_frame(self, frame: dict[str, Any]) -> None:
         if self.ws.closed:
             return
         with contextlib.suppress(ConnectionError, RuntimeError):
             await self.ws.send_frame(dumps(frame), WSMsgType.TEXT)
 
-    async def send_error(self, code: str, message: str, ref: Any = None) -> None:
-        self.metrics.inc("sessiond_ws_errors_total", code=code)
-        frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
-        if isinstance(ref, str):
-            frame["ref"] = ref
-        await self.send(frame)
-
-    async def announce(self, **extra: Any) -> None:
-        await self.send(
-            {"type": "state", "connection_id": self.connection_id, "state": self.state, **extra}
-        )
-
-    # --- recording ----------------------------------------------------------
-
-    async def record(self, command: Command[Any]) -> Any:
-        return await self.writer.execute(command)
-
-    async def record_closed(self, code: int, reason: str) -> None:
-        if self.closed_recorded:
-            return
-        self.closed_recorded = True
-        self.close_code, self.close_reason = code, reason
+    async def record(self, effect: Record) -> Outcome:
         try:
-            await self.writer.execute(
-                commands.close_connection(self.connection_id, code=code, reason=reason)
+            return Recorded(await self.writer.execute(effect.command))
+        except DomainError as e:
+            return Refused(e)
+        except StoreUnavailable as e:
+            log.warning(
+                "store unavailable",
+                extra={"connection_id": self.connection_id, "command": effect.command.name},
             )
-        except (DomainError, StoreUnavailable) as e:
-            log.error(
-                "could not record CLOSED",
-                extra={"connection_id": self.connection_id, "error": str(e)},
-            )
-        self.state = "CLOSED"
-        self.metrics.inc("sessiond_ws_closes_total", code=str(code), reason=reason)
-        log.info(
-            "connection closed",
-            extra={
-                "connection_id": self.connection_id,
-                "session_id": self.session_id,
-                "code": code,
-                "reason": reason,
-            },
+            return Unavailable(str(e))
+
+    async def read(self, effect: ReadEvents) -> list[dict[str, Any]]:
+        read = functools.partial(
+            self.app[STORE].stream_wire_events,
+            session_stream(self.protocol.session_id),
+            after=effect.after,
+            limit=effect.limit,
         )
+        events: list[dict[str, Any]] = await asyncio.get_running_loop().run_in_executor(
+            self.app[READERS], read
+        )
+        return events
+
+    def _take_queued(self, effect: TakeQueued) -> list[Effect]:
+        assert self.subscription is not None
+        try:
+            return effect.then(self.subscription.drain())
+        except SlowConsumer:
+            return self.protocol.overflowed()
+
+    async def _await_auth(self, effect: AwaitAuth) -> list[Effect]:
+        loop = asyncio.get_running_loop()
+        if self.protocol.awaiting_token:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(effect.deadline):
+                    await self._token_arrived.wait()
+        return self.protocol.auth_wait_over(loop.time())
+
+    async def _follow_live(self) -> None:
+        subscription = self.subscription
+        assert subscription is not None
+        while self.protocol.ending is None:
+            try:
+                event = await subscription.get()
+            except SlowConsumer:
+                await self.run(self.protocol.overflowed())
+                return
+            await self.run(self.protocol.live([event]))
+
+    # --- the end ------------------------------------------------------------------------
 
     async def end(self, code: int, reason: str) -> None:
-        """Server-side end: record CLOSED, announce it, close the socket."""
-        if self._ending is None:
-            self._ending = asyncio.ensure_future(self._end(code, reason))
-        await asyncio.shield(self._ending)
+        """The node ends this connection (shutdown): as the protocol says."""
+        await self.run(self.protocol.end(code, reason))
+        if self._ending is not None:
+            await asyncio.shield(self._ending)
 
     def _overflowed(self) -> None:
-        """The hub could not queue another event for this socket (4408)."""
-        if self._ending is None:
-            self._ending = asyncio.ensure_future(self._end(CLOSE_SLOW_CONSUMER, "slow_consumer"))
+        """The hub could not queue another event (4408). The driver may be stuck
+        writing to a client that stopped reading, so the end starts now."""
+        for effect in self.protocol.overflowed():
+            if isinstance(effect, Closing):
+                self._close(effect)
 
-    async def _end(self, code: int, reason: str) -> None:
-        await self.record_closed(code, reason)
+    def _close(self, effect: Closing) -> asyncio.Future[None]:
+        if self._ending is None:
+            self._ending = asyncio.ensure_future(self._closing(effect))
+        return self._ending
+
+    async def _closing(self, effect: Closing) -> None:
+        await self.run([Record(effect.record, lambda outcome: [])])
         try:
             # A client that stopped reading cannot take a last frame nor a
             # closing handshake: give it a moment, then drop the transport.
             async with asyncio.timeout(CLOSE_PATIENCE):
-                await self.send(
-                    {
-                        "type": "state",
-                        "connection_id": self.connection_id,
-                        "state": "CLOSED",
-                        "code": code,
-                        "reason": reason,
-                    }
-                )
+                if effect.frame is not None:
+                    await self._send_frame(effect.frame)
                 await self._stop_receiving()
                 with contextlib.suppress(Exception):
-                    await self.ws.close(code=code, message=reason.encode()[:120])
+                    await self.ws.close(code=effect.code, message=effect.reason.encode()[:120])
         except TimeoutError:
             transport = self.request.transport
             if transport is not None:
@@ -232,303 +263,17 @@ class LiveConnection:
             receiver.cancel()
             await _finished(receiver)
 
-    # --- the lifecycle (driver task) ------------------------------------------
-
-    async def drive(self, header_token: str | None) -> None:
-        try:
-            await self._drive(header_token)
-        except asyncio.CancelledError:
-            raise
-        except StoreUnavailable as e:
-            log.warning("store unavailable", extra={"connection_id": self.connection_id})
-            await self.end(CLOSE_GOING_AWAY, f"store unavailable: {e}"[:100])
-        except Exception:
-            log.exception("connection driver failed", extra={"connection_id": self.connection_id})
-            await self.end(WSCloseCode.INTERNAL_ERROR, "internal_error")
-
-    async def _drive(self, header_token: str | None) -> None:
-        # With a valid token in the upgrade request, nothing is awaited between
-        # ACCEPTED, AUTHENTICATED and SERVICES_READY: the three are recorded in
-        # one commit (each its own event, all durable before the first frame).
-        principal: Principal | None = None
-        refusal: AuthError | None = None
-        if header_token is not None:
-            try:
-                principal = self.app[SIGNER].verify(header_token)
-            except AuthError as e:
-                refusal = e
-        steps: list[Command[Any]] = []
-        if principal is None:
-            self.state = await self.record(commands.accept(self.connection_id))
-            await self._welcome()
-            if refusal is None:
-                try:
-                    async with asyncio.timeout(self.settings.auth_timeout):
-                        token: object = await self.auth_token
-                except TimeoutError:
-                    await self.end(CLOSE_UNAUTHENTICATED, "auth_timeout")
-                    return
-                try:
-                    principal = self.app[SIGNER].verify(token)
-                except AuthError as e:
-                    refusal = e
-            if principal is None:
-                await self.end(CLOSE_UNAUTHENTICATED, f"unauthenticated: {refusal}"[:100])
-                return
-        else:
-            steps.append(commands.accept(self.connection_id))
-        self.principal = principal
-
-        # SERVICES_READY: subscribe first, so nothing recorded from here on is missed.
-        self.subscription = self.app[HUB].subscribe(
-            self.session_id, self.settings.send_queue_limit, on_overflow=self._overflowed
-        )
-        steps.append(commands.authenticate(self.connection_id, principal))
-        steps.append(
-            commands.attach(
-                self.connection_id,
-                self.session_id,
-                principal,
-                node=self.settings.node_id,
-                max_connections=self.settings.max_connections_per_session,
-            )
-        )
-        outcomes = iter(await self.record(commands.chain(*steps)))
-        if len(steps) == 3:
-            self.state = _result(next(outcomes))
-            await self._welcome()
-        self.state = _result(next(outcomes))
-        await self.announce(user_id=principal.user_id)
-        try:
-            superseded, position_before = _result(next(outcomes))
-        except commands.Forbidden as e:
-            await self.end(CLOSE_FORBIDDEN, f"forbidden: {e.message}"[:100])
-            return
-        except DomainError as e:
-            await self.end(CLOSE_FORBIDDEN, e.code)
-            return
-        self.state = "SERVICES_READY"
-        await self.announce(session_id=self.session_id, superseded=superseded)
-
-        # Backlog: what was recorded before this connection subscribed comes
-        # from the store, in pages; the attach commit and everything after it
-        # is already waiting in the subscription (the writer publishes before
-        # it answers), and any hole there is filled from the store too.
-        await self.send_from_store(until=position_before)
-        try:
-            for event in self.subscription.drain():
-                await self.deliver(event, live=True)
-        except SlowConsumer:
-            await self.end(CLOSE_SLOW_CONSUMER, "slow_consumer")
-            return
-        if self._ending is not None:
-            return
-
-        # PROCESSING_READY, then live.
-        self.state = await self.record(commands.go_live(self.connection_id, self.last_sent))
-        await self.announce(session_id=self.session_id, position=self.last_sent)
-        # Opened and closed are INFO; the steps between are DEBUG (each line
-        # costs a share of a handshake's CPU, measured in bench/).
-        log.debug(
-            "connection live",
-            extra={
-                "connection_id": self.connection_id,
-                "session_id": self.session_id,
-                "position": self.last_sent,
-            },
-        )
-        while self._ending is None:
-            try:
-                event = await self.subscription.get()
-            except SlowConsumer:
-                await self.end(CLOSE_SLOW_CONSUMER, "slow_consumer")
-                return
-            await self.deliver(event, live=True)
-
-    async def _welcome(self) -> None:
-        await self.send(
-            {
-                "type": "welcome",
-                "connection_id": self.connection_id,
-                "session_id": self.session_id,
-                "state": self.state,
-            }
-        )
-
-    async def send_from_store(self, until: int | None) -> None:
-        """Send stored events after ``last_sent`` (up to ``until``), in order."""
-        store = self.app[STORE]
-        loop = asyncio.get_running_loop()
-        while self._ending is None:
-            limit = BACKLOG_PAGE if until is None else min(BACKLOG_PAGE, until - self.last_sent)
-            if limit <= 0:
-                return
-            read = functools.partial(
-                store.stream_wire_events,
-                session_stream(self.session_id),
-                after=self.last_sent,
-                limit=limit,
-            )
-            events = await loop.run_in_executor(self.app[READERS], read)
-            for event in events:
-                await self.deliver(event, live=False)
-            if len(events) < limit:
-                return
-
-    async def deliver(self, event: dict[str, Any], *, live: bool) -> None:
-        """Send one session event exactly once, in order, filling any gap."""
-        position = event["position"]
-        if position > self.last_sent:
-            if live and position > self.last_sent + 1:
-                await self.send_from_store(until=position - 1)
-            if position == self.last_sent + 1:
-                await self.send({"type": "event", "event": event})
-                self.last_sent = position
-        if (
-            event["type"] == "ConnectionDetached"
-            and event["data"].get("connection_id") == self.connection_id
-            and self._ending is None
-        ):
-            # The log says this connection is no longer attached: superseded
-            # by a newer one, or given up for lost by a peer that thought this
-            # node dead. Either way the socket must not outlive the record.
-            if event["data"].get("reason") == "superseded":
-                await self.end(CLOSE_SUPERSEDED, "superseded")
-            else:
-                await self.end(CLOSE_GOING_AWAY, f"detached: {event['data'].get('reason')}")
-
-    # --- frames from the client (receive loop) ---------------------------------
+    # --- frames from the client (receive loop) ------------------------------------------
 
     async def receive_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         async for msg in self.ws:
             if msg.type == WSMsgType.TEXT:
-                await self.on_text(msg.data)
+                await self.run(self.protocol.receive(msg.data, loop.time()))
             elif msg.type == WSMsgType.BINARY:
-                await self.bad_frame("bad_frame", "frames are JSON text", None)
-            if self._ending is not None:
+                await self.run(self.protocol.receive(bytes(msg.data), loop.time()))
+            if self.protocol.ending is not None:
                 break
-
-    async def bad_frame(self, code: str, message: str, ref: Any) -> None:
-        now = time.monotonic()
-        self.bad_frames.append(now)
-        while self.bad_frames and now - self.bad_frames[0] > 60:
-            self.bad_frames.popleft()
-        await self.send_error(code, message, ref)
-        if len(self.bad_frames) > self.settings.bad_frames_per_minute:
-            await self.end(CLOSE_PROTOCOL, "protocol_error")
-
-    async def on_text(self, data: str) -> None:
-        try:
-            frame = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            await self.bad_frame("bad_frame", "the frame is not valid JSON", None)
-            return
-        if not isinstance(frame, dict):
-            await self.bad_frame("bad_frame", "a frame is a JSON object", None)
-            return
-        ref = frame.get("ref")
-        if ref is not None and not isinstance(ref, str):
-            await self.bad_frame("bad_frame", "ref must be a string", None)
-            return
-        kind = frame.get("type")
-        if kind == "auth":
-            await self.on_auth(frame, ref)
-        elif kind == "message":
-            await self.on_message(frame, ref)
-        elif isinstance(kind, str):
-            await self.bad_frame("unknown_type", f"unknown frame type {kind[:40]!r}", ref)
-        else:
-            await self.bad_frame("bad_frame", "a frame needs a string 'type'", ref)
-
-    async def on_auth(self, frame: dict[str, Any], ref: Any) -> None:
-        if not self.auth_token.done() and self.state in ("CONNECTING", "ACCEPTED"):
-            token = frame.get("token")
-            self.auth_token.set_result(token if isinstance(token, str) else "")
-            return
-        # Authenticating twice is a transition the lifecycle refuses: record
-        # the attempt for the audit, and tell the client.
-        try:
-            assert self.principal is not None
-            await self.record(commands.authenticate(self.connection_id, self.principal))
-        except InvalidTransition as e:
-            await self.send_error("invalid_transition", e.message, ref)
-        except (AssertionError, DomainError, StoreUnavailable):
-            await self.send_error("invalid_transition", "already authenticating", ref)
-
-    async def on_message(self, frame: dict[str, Any], ref: Any) -> None:
-        if self.state != "PROCESSING_READY":
-            await self.send_error(
-                "not_ready", f"messages are accepted in PROCESSING_READY, not {self.state}", ref
-            )
-            return
-        allowed = {"type", "ref", "role", "content", "message_id", "model", "tokens", "metadata"}
-        unknown = sorted(set(frame) - allowed)
-        role = frame.get("role", "user")
-        content = frame.get("content")
-        message_id = frame.get("message_id")
-        problem = None
-        if unknown:
-            problem = f"unknown field(s): {', '.join(unknown)}"
-        elif not isinstance(content, str):
-            problem = "content must be a string"
-        elif role not in MESSAGE_ROLES:
-            problem = f"role must be one of {', '.join(MESSAGE_ROLES)}"
-        elif frame.get("model") is not None and not isinstance(frame.get("model"), str):
-            problem = "model must be a string"
-        elif frame.get("metadata") is not None and not isinstance(frame.get("metadata"), dict):
-            problem = "metadata must be an object"
-        elif frame.get("tokens") is not None and (
-            isinstance(frame.get("tokens"), bool) or not isinstance(frame.get("tokens"), int)
-        ):
-            problem = "tokens must be a whole number"
-        elif message_id is not None:
-            try:
-                check_id(message_id, "message_id")
-            except InvalidId as e:
-                problem = e.message
-        if problem is not None:
-            await self.bad_frame("bad_frame", problem, ref)
-            return
-        assert self.principal is not None and isinstance(content, str)
-        try:
-            await self.record(
-                commands.record_message(
-                    self.session_id,
-                    self.principal,
-                    message_id=message_id or "msg_" + uuid.uuid4().hex,
-                    role=role,
-                    content=content,
-                    model=frame.get("model"),
-                    tokens=frame.get("tokens"),
-                    metadata=frame.get("metadata"),
-                    connection_id=self.connection_id,
-                )
-            )
-        except DomainError as e:
-            await self.send_error(e.code, e.message, ref)
-        except StoreUnavailable as e:
-            await self.send_error("unavailable", str(e), ref)
-
-
-def _query_params(request: web.Request) -> tuple[str, str | None, int]:
-    q = request.query
-    try:
-        session_id = check_id(q.get("session_id"), "session_id")
-        proposed = q.get("connection_id")
-        if proposed is not None:
-            check_id(proposed, "connection_id")
-    except InvalidId as e:
-        raise ApiError("invalid_id", e.message) from None
-    raw_after = q.get("after") or "0"
-    try:
-        after = int(raw_after)
-    except ValueError:
-        raise ApiError(
-            "invalid_query", f"after must be a whole number, got {raw_after!r}"
-        ) from None
-    if after < 0:
-        raise ApiError("invalid_query", "after must not be negative")
-    return session_id, proposed, after
 
 
 async def _finished(task: asyncio.Task[None]) -> None:
@@ -550,38 +295,29 @@ async def _finished(task: asyncio.Task[None]) -> None:
         task.remove_done_callback(wake)
 
 
-def _result(outcome: tuple[bool, Any]) -> Any:
-    """A step's result from commands.chain, or its refusal raised."""
-    ok, value = outcome
-    if not ok:
-        raise value
-    return value
-
-
-def _close_of(ws: web.WebSocketResponse) -> tuple[int, str]:
-    """The code and reason of a close the server did not decide itself."""
+def _peer_close_facts(ws: web.WebSocketResponse) -> tuple[int | None, bool, bool]:
+    """What aiohttp knows of a close the server did not decide."""
     exc = ws.exception()
-    code = ws.close_code if ws.close_code is not None else WSCloseCode.ABNORMAL_CLOSURE
-    if isinstance(exc, asyncio.TimeoutError):
-        return int(code), "timeout"
-    if isinstance(exc, WebSocketError) and exc.code == CLOSE_TOO_LARGE:
-        # aiohttp sent 1009 for the oversized frame, then failed to read the
-        # client's close reply and left 1006 as the close code.
-        return CLOSE_TOO_LARGE, "too_large"
-    if code == CLOSE_TOO_LARGE:
-        return CLOSE_TOO_LARGE, "too_large"
-    if code == CLOSE_NORMAL:
-        return CLOSE_NORMAL, "normal"
-    if code == CLOSE_GOING_AWAY:
-        return CLOSE_GOING_AWAY, "client_going_away"
-    if code == WSCloseCode.ABNORMAL_CLOSURE:
-        return int(code), "dropped"
-    return int(code), "client_closed"
+    too_large = isinstance(exc, WebSocketError) and exc.code == CLOSE_TOO_LARGE
+    return ws.close_code, isinstance(exc, asyncio.TimeoutError), too_large
+
+
+def _header_token(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization")
+    if header is None:
+        return None
+    try:
+        return bearer_token(header)
+    except AuthError:
+        return ""  # present but malformed: refused with 4401 after the upgrade
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
-    session_id, proposed, after = _query_params(request)
+    try:
+        asked = decode_query(request.query, SocketQuery)
+    except SchemaError as e:
+        raise ApiError(e.code, e.message) from None
     if not origin_allowed(request, settings.cors_origins):
         raise ApiError(
             "forbidden_origin", f"origin {request.headers.get('Origin')!r} is not allowed"
@@ -595,42 +331,47 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     # recorded CLOSED upgrade_failed.
     if request.headers.get("Upgrade", "").lower() != "websocket":
         raise ApiError("upgrade_required", "this endpoint speaks WebSocket only", status=426)
-    header = request.headers.get("Authorization")
-    header_token: str | None = None
-    if header is not None:
-        try:
-            header_token = bearer_token(header)
-        except AuthError:
-            header_token = ""  # present but malformed: refused with 4401 after the upgrade
-
-    connection_id = proposed or new_connection_id()
+    header_token = _header_token(request)
+    protocol = ConnectionProtocol(
+        connection_id=asked.connection_id or new_connection_id(),
+        session_id=asked.session_id,
+        after=asked.after,
+        node=settings.node_id,
+        verify=request.app[SIGNER].verify,
+        limits=Limits(
+            auth_timeout=settings.auth_timeout,
+            bad_frames_per_minute=settings.bad_frames_per_minute,
+            max_connections_per_session=settings.max_connections_per_session,
+        ),
+    )
     try:
         await request.app[WRITER].execute(
-            commands.open_connection(
-                connection_id, session_id, node=settings.node_id, proposed=proposed is not None
-            )
+            protocol.open_command(proposed=asked.connection_id is not None)
         )
     except DomainError as e:
         raise ApiError(e.code, e.message) from None
     except StoreUnavailable as e:
         raise ApiError("unavailable", str(e)) from None
 
-    conn = LiveConnection(
-        request, ws, connection_id=connection_id, session_id=session_id, after=after
-    )
+    conn = LiveConnection(request, ws, protocol)
     registry = request.app[SOCKETS]
     registry.add(conn)
     log.info(
         "connection opened",
-        extra={"connection_id": connection_id, "session_id": session_id, "after": after},
+        extra={
+            "connection_id": conn.connection_id,
+            "session_id": protocol.session_id,
+            "after": protocol.after,
+        },
     )
     try:
         try:
             await ws.prepare(request)
         except Exception:
-            await conn.record_closed(int(WSCloseCode.ABNORMAL_CLOSURE), "upgrade_failed")
+            await conn.run(protocol.upgrade_failed())
             raise
-        driver = asyncio.ensure_future(conn.drive(header_token))
+        loop = asyncio.get_running_loop()
+        driver = asyncio.ensure_future(conn.run(protocol.upgraded(header_token, loop.time())))
         receiver = conn.receiver = asyncio.ensure_future(conn.receive_loop())
         try:
             await _finished(receiver)
@@ -641,20 +382,37 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             driver.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await driver
-        if not conn.closed_recorded:
-            code, reason = _close_of(ws)
-            await conn.record_closed(code, reason)
+        code, timed_out, too_large = _peer_close_facts(ws)
+        await conn.run(protocol.socket_closed(code, timed_out=timed_out, too_large=too_large))
         return ws
     finally:
-        if not conn.closed_recorded:
+        if protocol.ending is None:
             # aiohttp cancels this handler when the transport goes away (a
             # missed pong, a dropped client): still record why it ended.
-            code, reason = (
-                _close_of(ws) if ws.prepared else (int(WSCloseCode.ABNORMAL_CLOSURE), "dropped")
+            code, timed_out, too_large = (
+                _peer_close_facts(ws) if ws.prepared else (None, False, False)
             )
-            await conn.record_closed(code, reason)
+            await conn.run(protocol.socket_closed(code, timed_out=timed_out, too_large=too_large))
+        _closed(conn)
         if conn.subscription is not None:
             conn.subscription.close()
         registry.remove(conn)
         conn.finished.set()
         conn.release()
+
+
+def _closed(conn: LiveConnection) -> None:
+    ending = conn.protocol.ending
+    if ending is None:
+        return
+    code, reason = ending
+    conn.metrics.inc("sessiond_ws_closes_total", code=str(code), reason=reason)
+    log.info(
+        "connection closed",
+        extra={
+            "connection_id": conn.connection_id,
+            "session_id": conn.protocol.session_id,
+            "code": code,
+            "reason": reason,
+        },
+    )

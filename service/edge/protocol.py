@@ -1,0 +1,567 @@
+"""The connection protocol: one socket's handshake, delivery and close, with no I/O.
+
+Theory of operation
+-------------------
+A :class:`ConnectionProtocol` is everything a WebSocket of sessiond decides,
+and nothing it does. It imports neither aiohttp nor asyncio: the shell
+(service/edge/ws.py) owns the socket, the tasks and the clock, feeds the
+protocol what happened, and performs what it is told, in order.
+
+Inputs are method calls: the upgrade completed (:meth:`upgraded`), a frame
+arrived (:meth:`receive`), the wait for a token ended (:meth:`auth_wait_over`),
+session events arrived from the hub (:meth:`live`), the subscription overflowed
+(:meth:`overflowed`), the peer or the transport ended the socket
+(:meth:`socket_closed`), the node wants it closed (:meth:`end`). Each returns a
+list of *effects* (the dataclasses below): frames to send, commands to record,
+events to read from the store, a wait, a close. An effect that needs an answer
+carries a ``then``: the protocol's own method the shell calls with the answer,
+which returns the next effects. So the whole walk
+
+    CONNECTING -> ACCEPTED -> AUTHENTICATED -> SERVICES_READY -> PROCESSING_READY
+
+is a chain of recorded steps and continuations here, each state recorded
+(by a command on the writer) before its frame is sent, and every close
+decision (its code and reason) is made here. The lifecycle's state names come
+from the lifecycle class and the connection aggregate's answers, never from
+literals.
+
+Delivery: events to send wait in ``_pending`` in the order they came; the
+next position goes out, older ones are dropped, and a hole (a position ahead
+of the next) is filled from the store first (:class:`ReadEvents`), so a
+socket sees every position after ``after`` exactly once, in order
+(docs/adr/0006-make-the-backlog-live-seam-gap-free.md).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from domain.connection import Connection
+from domain.errors import DomainError
+from domain.lifecycle import initial_state
+from service.application import commands
+from service.application.auth import AuthError, Principal
+from service.application.writer import Command
+from service.edge.schema import AuthFrame, SchemaError, decode_frame, frame_ref
+
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_ABNORMAL = 1006
+CLOSE_TOO_LARGE = 1009
+CLOSE_INTERNAL = 1011
+CLOSE_PROTOCOL = 4400
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_FORBIDDEN = 4403
+CLOSE_SLOW_CONSUMER = 4408
+CLOSE_SUPERSEDED = 4409
+
+BACKLOG_PAGE = 500
+BAD_FRAME_WINDOW = 60.0
+
+Effects = list["Effect"]
+
+
+# --- what the shell is told to do -----------------------------------------------------
+
+
+@dataclass(slots=True)
+class Send:
+    """Send ``frame``; ``error`` is its code when it is an error frame."""
+
+    frame: dict[str, Any]
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class Recorded:
+    value: Any
+
+
+@dataclass(slots=True)
+class Refused:
+    error: DomainError
+
+
+@dataclass(slots=True)
+class Unavailable:
+    message: str
+
+
+Outcome = Recorded | Refused | Unavailable
+
+
+@dataclass(slots=True)
+class Record:
+    """Run ``command`` on the writer; call ``then`` with its outcome."""
+
+    command: Command[Any]
+    then: Callable[[Outcome], Effects]
+
+
+@dataclass(slots=True)
+class ReadEvents:
+    """Read up to ``limit`` session events after ``after`` from the store."""
+
+    after: int
+    limit: int
+    then: Callable[[list[dict[str, Any]]], Effects]
+
+
+@dataclass(slots=True)
+class Subscribe:
+    """Start queueing the session's recorded events for this socket."""
+
+
+@dataclass(slots=True)
+class TakeQueued:
+    """Hand ``then`` every event queued so far (the overflow, if any, wins)."""
+
+    then: Callable[[list[dict[str, Any]]], Effects]
+
+
+@dataclass(slots=True)
+class AwaitAuth:
+    """Wait for a token (:class:`Wake`) or ``deadline``, then call
+    :meth:`ConnectionProtocol.auth_wait_over`."""
+
+    deadline: float
+
+
+@dataclass(slots=True)
+class Wake:
+    """End an :class:`AwaitAuth` wait now."""
+
+
+@dataclass(slots=True)
+class FollowLive:
+    """From now on, feed each event the hub queues to :meth:`ConnectionProtocol.live`."""
+
+
+@dataclass(slots=True)
+class Closing:
+    """End the connection: record ``record``, send ``frame`` (if the socket
+    can still take one), close with ``code``/``reason``. Done apart from
+    whatever else the shell is doing, and only once."""
+
+    code: int
+    reason: str
+    record: Command[Any]
+    frame: dict[str, Any] | None
+
+
+Effect = (
+    Send | Record | ReadEvents | Subscribe | TakeQueued | AwaitAuth | Wake | FollowLive | Closing
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    auth_timeout: float = 10.0
+    bad_frames_per_minute: int = 10
+    max_connections_per_session: int = 1
+
+
+def _ignore(outcome: Outcome) -> Effects:
+    return []
+
+
+# --- the protocol ---------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class ConnectionProtocol:
+    """One connection's decisions, from upgrade to close."""
+
+    connection_id: str
+    session_id: str
+    after: int
+    node: str
+    verify: Callable[[object], Principal]
+    limits: Limits = field(default_factory=Limits)
+    aggregate: type[Connection] = Connection
+
+    def __post_init__(self) -> None:
+        # The lifecycle's states by attribute (the class is the one table).
+        lifecycle: Any = self.aggregate.lifecycle
+        self.ready_state = str(lifecycle.SERVICES_READY.value)
+        self.live_state = str(lifecycle.PROCESSING_READY.value)
+        self.closed_state = str(lifecycle.CLOSED.value)
+        self.state = initial_state(lifecycle)
+        self.principal: Principal | None = None
+        self.token: str | None = None  # from an auth frame, awaiting its check
+        self.awaiting_auth = False
+        self.ending: tuple[int, str] | None = None
+        self.last_sent = self.after
+        self._pending: deque[dict[str, Any]] = deque()
+        self._filling = False
+        self._going_live = False
+        self._bad_frames: deque[float] = deque()
+
+    @property
+    def awaiting_token(self) -> bool:
+        """Waiting for an ``auth`` frame that has not come yet."""
+        return self.awaiting_auth and self.token is None and self.ending is None
+
+    # --- opening ---------------------------------------------------------------
+
+    def open_command(self, *, proposed: bool) -> Command[str]:
+        """CONNECTING, recorded before the upgrade (an ID in use is refused)."""
+        return commands.open_connection(
+            self.connection_id, self.session_id, node=self.node, proposed=proposed
+        )
+
+    def upgraded(self, header_token: str | None, now: float) -> Effects:
+        """The upgrade completed. With a valid token in the upgrade request,
+        nothing waits between ACCEPTED, AUTHENTICATED and SERVICES_READY: the
+        three are recorded in one commit (ADR 0015)."""
+        if header_token is not None:
+            try:
+                principal = self.verify(header_token)
+            except AuthError as e:
+                return self._record(commands.accept(self.connection_id), self._refused_header(e))
+            return self._authenticated(principal, accept=True)
+        self.awaiting_auth = True
+        deadline = now + self.limits.auth_timeout
+        return self._record(
+            commands.accept(self.connection_id),
+            lambda state: [*self._welcome(state), AwaitAuth(deadline)],
+        )
+
+    def _refused_header(self, error: AuthError) -> Callable[[Any], Effects]:
+        def then(state: Any) -> Effects:
+            return [*self._welcome(state), *self.end(CLOSE_UNAUTHENTICATED, _why(error))]
+
+        return then
+
+    def _welcome(self, state: str) -> Effects:
+        self.state = state
+        frame = {
+            "type": "welcome",
+            "connection_id": self.connection_id,
+            "session_id": self.session_id,
+            "state": state,
+        }
+        return [Send(frame)]
+
+    def auth_wait_over(self, now: float) -> Effects:
+        """The wait for an ``auth`` frame ended: by one, or by the deadline."""
+        if not self.awaiting_auth or self.ending is not None:
+            return []
+        self.awaiting_auth = False
+        if self.token is None:
+            return self.end(CLOSE_UNAUTHENTICATED, "auth_timeout")
+        try:
+            principal = self.verify(self.token)
+        except AuthError as e:
+            return self.end(CLOSE_UNAUTHENTICATED, _why(e))
+        return self._authenticated(principal, accept=False)
+
+    def _authenticated(self, principal: Principal, *, accept: bool) -> Effects:
+        """Subscribe first, so nothing recorded from here on is missed; then
+        AUTHENTICATED and SERVICES_READY (the attach) in one commit."""
+        self.principal = principal
+        steps: list[Command[Any]] = [commands.accept(self.connection_id)] if accept else []
+        steps.append(commands.authenticate(self.connection_id, principal))
+        steps.append(
+            commands.attach(
+                self.connection_id,
+                self.session_id,
+                principal,
+                node=self.node,
+                max_connections=self.limits.max_connections_per_session,
+            )
+        )
+        then = self._handshake_recorded(principal, accept)
+        return [Subscribe(), Record(commands.chain(*steps), then)]
+
+    def _handshake_recorded(self, principal: Principal, accept: bool) -> Callable[..., Effects]:
+        def then(outcome: Outcome) -> Effects:
+            if self.ending is not None:
+                return []
+            if not isinstance(outcome, Recorded):
+                return self._failed(outcome)
+            effects: Effects = []
+            steps = iter(outcome.value)
+            if accept:
+                ok, state = next(steps)
+                if not ok:
+                    return self.end(CLOSE_INTERNAL, "internal_error")
+                effects += self._welcome(state)
+            ok, state = next(steps)
+            if not ok:
+                return effects + self.end(CLOSE_INTERNAL, "internal_error")
+            self.state = state
+            effects.append(self._announce(user_id=principal.user_id))
+            ok, attached = next(steps)
+            if not ok:
+                error: DomainError = attached
+                why = f"forbidden: {error.message}" if error.code == "forbidden" else error.code
+                return effects + self.end(CLOSE_FORBIDDEN, why[:100])
+            superseded, position_before = attached
+            self.state = self.ready_state
+            effects.append(self._announce(session_id=self.session_id, superseded=superseded))
+            # The backlog: what was recorded before the attach comes from the
+            # store; the attach commit and everything after it is already
+            # queued by the subscription (the writer publishes before it answers).
+            return effects + self._read_backlog(position_before)
+
+        return then
+
+    def _read_backlog(self, until: int) -> Effects:
+        limit = min(BACKLOG_PAGE, until - self.last_sent)
+        if limit <= 0:
+            return [TakeQueued(self._caught_up)]
+        return [ReadEvents(self.last_sent, limit, self._backlog_page(until, limit))]
+
+    def _backlog_page(self, until: int, limit: int) -> Callable[..., Effects]:
+        def then(events: list[dict[str, Any]]) -> Effects:
+            effects = self._deliver_stored(events)
+            if self.ending is not None:
+                return effects
+            if len(events) < limit:
+                return [*effects, TakeQueued(self._caught_up)]
+            return effects + self._read_backlog(until)
+
+        return then
+
+    def _caught_up(self, queued: list[dict[str, Any]]) -> Effects:
+        self._going_live = True
+        return self.live(queued)
+
+    def _go_live(self) -> Effects:
+        """PROCESSING_READY: every position up to ``last_sent`` has been sent."""
+        self._going_live = False
+        position = self.last_sent
+
+        def then(outcome: Outcome) -> Effects:
+            if self.ending is not None:
+                return []
+            if not isinstance(outcome, Recorded):
+                return self._failed(outcome)
+            self.state = outcome.value
+            return [self._announce(session_id=self.session_id, position=position), FollowLive()]
+
+        return [Record(commands.go_live(self.connection_id, position), then)]
+
+    # --- delivery ----------------------------------------------------------------
+
+    def live(self, events: list[dict[str, Any]]) -> Effects:
+        """Events the hub queued for this socket, in the order recorded."""
+        self._pending.extend(events)
+        return self._pump()
+
+    def _pump(self) -> Effects:
+        effects: Effects = []
+        pending = self._pending
+        while pending and not self._filling and self.ending is None:
+            event = pending[0]
+            position = event["position"]
+            if position > self.last_sent + 1:
+                self._filling = True
+                limit = min(BACKLOG_PAGE, position - 1 - self.last_sent)
+                effects.append(ReadEvents(self.last_sent, limit, self._filled))
+                return effects
+            pending.popleft()
+            effects += self._deliver(event)
+        if self._going_live and not self._filling and self.ending is None:
+            effects += self._go_live()
+        return effects
+
+    def _filled(self, events: list[dict[str, Any]]) -> Effects:
+        self._filling = False
+        return self._deliver_stored(events) + self._pump()
+
+    def _deliver_stored(self, events: list[dict[str, Any]]) -> Effects:
+        effects: Effects = []
+        for event in events:
+            if self.ending is not None:
+                break
+            effects += self._deliver(event)
+        return effects
+
+    def _deliver(self, event: dict[str, Any]) -> Effects:
+        """Send ``event`` if it is the next position; end the connection when
+        the log says it is no longer attached."""
+        effects: Effects = []
+        if event["position"] == self.last_sent + 1:
+            self.last_sent += 1
+            effects.append(Send({"type": "event", "event": event}))
+        if event["type"] == "ConnectionDetached":
+            data = event["data"]
+            if data.get("connection_id") == self.connection_id:
+                # Superseded by a newer connection, or given up for lost by a
+                # peer that thought this node dead: the socket must not
+                # outlive the record.
+                if data.get("reason") == "superseded":
+                    return effects + self.end(CLOSE_SUPERSEDED, "superseded")
+                return effects + self.end(CLOSE_GOING_AWAY, f"detached: {data.get('reason')}")
+        return effects
+
+    def overflowed(self) -> Effects:
+        """The socket fell too far behind the session's events."""
+        return self.end(CLOSE_SLOW_CONSUMER, "slow_consumer")
+
+    # --- frames from the client --------------------------------------------------
+
+    def receive(self, data: str | bytes, now: float) -> Effects:
+        """A frame from the client: text (JSON), or bytes for a binary frame."""
+        if self.ending is not None:
+            return []
+        if isinstance(data, bytes):
+            return self._bad_frame("bad_frame", "frames are JSON text", None, now)
+        try:
+            frame = decode_frame(data)
+        except SchemaError as e:
+            kind, ref = frame_ref(data)
+            if kind == "auth" and self.awaiting_auth and self.token is None:
+                self.token = ""  # an auth frame without a token: unauthenticated
+                return [Wake()]
+            return self._bad_frame(e.code, e.message, ref, now)
+        if isinstance(frame, AuthFrame):
+            return self._on_auth(frame)
+        if self.state != self.live_state:
+            message = f"messages are accepted in {self.live_state}, not {self.state}"
+            return [_error("not_ready", message, frame.ref)]
+        assert self.principal is not None
+        command = commands.record_message(
+            self.session_id,
+            self.principal,
+            message_id=frame.message_id or _new_message_id(),
+            role=frame.role,
+            content=frame.content,
+            model=frame.model,
+            tokens=frame.tokens,
+            metadata=frame.metadata,
+            connection_id=self.connection_id,
+        )
+        return [Record(command, _answer_errors(frame.ref))]
+
+    def _on_auth(self, frame: AuthFrame) -> Effects:
+        if self.awaiting_auth and self.token is None:
+            self.token = frame.token
+            return [Wake()]
+        if self.principal is None:
+            return [_error("invalid_transition", "already authenticating", frame.ref)]
+        # Authenticating twice is a transition the lifecycle refuses: record
+        # the attempt for the audit, and tell the client.
+        command = commands.authenticate(self.connection_id, self.principal)
+        return [Record(command, _answer_errors(frame.ref, "invalid_transition"))]
+
+    def _bad_frame(self, code: str, message: str, ref: str | None, now: float) -> Effects:
+        """Answer a bad frame; past the budget, close 4400."""
+        window = self._bad_frames
+        window.append(now)
+        while window and now - window[0] > BAD_FRAME_WINDOW:
+            window.popleft()
+        effects: Effects = [_error(code, message, ref)]
+        if len(window) > self.limits.bad_frames_per_minute:
+            effects += self.end(CLOSE_PROTOCOL, "protocol_error")
+        return effects
+
+    # --- the end -----------------------------------------------------------------
+
+    def end(self, code: int, reason: str) -> Effects:
+        """The server ends the connection: CLOSED recorded, announced, closed."""
+        if self.ending is not None:
+            return []
+        self.ending = (code, reason)
+        frame = {
+            "type": "state",
+            "connection_id": self.connection_id,
+            "state": self.closed_state,
+            "code": code,
+            "reason": reason,
+        }
+        return [Closing(code, reason, self._close_command(code, reason), frame)]
+
+    def socket_closed(self, code: int | None, *, timed_out: bool, too_large: bool) -> Effects:
+        """The socket ended without the server deciding it (the client closed
+        it, it dropped, its pongs stopped): record why, once."""
+        if self.ending is not None:
+            return []
+        code, reason = _peer_close(code, timed_out=timed_out, too_large=too_large)
+        self.ending = (code, reason)
+        return [Record(self._close_command(code, reason), _ignore)]
+
+    def upgrade_failed(self) -> Effects:
+        """CONNECTING was recorded but the upgrade itself failed."""
+        if self.ending is not None:
+            return []
+        self.ending = (CLOSE_ABNORMAL, "upgrade_failed")
+        return [Record(self._close_command(CLOSE_ABNORMAL, "upgrade_failed"), _ignore)]
+
+    def _close_command(self, code: int, reason: str) -> Command[bool]:
+        self.state = self.closed_state
+        return commands.close_connection(self.connection_id, code=code, reason=reason)
+
+    def _failed(self, outcome: Refused | Unavailable) -> Effects:
+        if isinstance(outcome, Unavailable):
+            return self.end(CLOSE_GOING_AWAY, f"store unavailable: {outcome.message}"[:100])
+        return self.end(CLOSE_INTERNAL, "internal_error")
+
+    def _announce(self, **extra: Any) -> Send:
+        frame = {"type": "state", "connection_id": self.connection_id, "state": self.state}
+        return Send({**frame, **extra})
+
+    def _record(self, command: Command[Any], then: Callable[[Any], Effects]) -> Effects:
+        """Record a single step; ``then`` gets its result (a failure ends the
+        connection)."""
+
+        def on_outcome(outcome: Outcome) -> Effects:
+            if self.ending is not None:
+                return []
+            if isinstance(outcome, Recorded):
+                return then(outcome.value)
+            return self._failed(outcome)
+
+        return [Record(command, on_outcome)]
+
+
+def _error(code: str, message: str, ref: str | None) -> Send:
+    frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
+    if ref is not None:
+        frame["ref"] = ref
+    return Send(frame, error=code)
+
+
+def _answer_errors(ref: str | None, code: str | None = None) -> Callable[[Outcome], Effects]:
+    """A client frame's command: nothing to say when recorded; else an error
+    frame (``code``, or the refusal's own)."""
+
+    def then(outcome: Outcome) -> Effects:
+        if isinstance(outcome, Refused):
+            return [_error(code or outcome.error.code, outcome.error.message, ref)]
+        if isinstance(outcome, Unavailable):
+            return [_error("unavailable", outcome.message, ref)]
+        return []
+
+    return then
+
+
+def _why(error: AuthError) -> str:
+    return f"unauthenticated: {error}"[:100]
+
+
+def _new_message_id() -> str:
+    return "msg_" + uuid.uuid4().hex
+
+
+def _peer_close(code: int | None, *, timed_out: bool, too_large: bool) -> tuple[int, str]:
+    """The code and reason recorded for a close the server did not decide."""
+    code = CLOSE_ABNORMAL if code is None else code
+    if timed_out:
+        return code, "timeout"
+    if too_large or code == CLOSE_TOO_LARGE:
+        # aiohttp sent 1009 for the oversized frame, then could not read the
+        # client's reply and left 1006 as the close code.
+        return CLOSE_TOO_LARGE, "too_large"
+    reasons = {
+        CLOSE_NORMAL: "normal",
+        CLOSE_GOING_AWAY: "client_going_away",
+        CLOSE_ABNORMAL: "dropped",
+    }
+    return code, reasons.get(code, "client_closed")
