@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import inproc, report
+from bench import edge, inproc, report
 from bench.procs import ROOT, Server, idle_sockets, measured_load, raise_nofile, run_load
 from bench.report import Row, verdict
 
@@ -95,6 +95,7 @@ class Results:
     latency: dict[str, Any] | None = None
     latency_note: str = ""
     replay: tuple[float, float] | None = None  # seconds: the session, a 1-event session
+    edge: edge.EdgeDecode | None = None
     spread: dict[tuple[str, str], list[float]] = field(default_factory=dict)  # rates of each round
     # The median round's load result of each server at full load (delivery's
     # are in ``delivery``).
@@ -282,6 +283,8 @@ def measure_in_process(loads: Loads, workdir: Path, results: Results) -> None:
     long = inproc.replay_store(workdir, rows, loads.replay_events, "replay-long")
     short = inproc.replay_store(workdir, rows, 1, "replay-short")
     results.replay = (replay_seconds(long, "replay-long"), replay_seconds(short, "replay-short"))
+    step("edge decoding: a message by the one schema")
+    results.edge = edge.edge_decode(20_000 if loads.rounds == 1 else 200_000)
 
 
 # --- the table ------------------------------------------------------------------------
@@ -352,6 +355,16 @@ def build_rows(loads: Loads, r: Results) -> tuple[list[Row], list[str]]:
         f"{1e6 * a.cpu_per_event:.1f} µs vs raw {1e6 * a.raw_cpu_per_event:.1f} µs per event "
         "(this process)",
         verdict(a.rate / a.raw_rate >= 0.8, ">= 0.8x raw"),
+    ))  # fmt: skip
+
+    d = r.edge
+    assert d is not None
+    rows.append(Row(
+        "a message decoded and checked at the edge (service/edge/schema.py, msgspec)",
+        "one message body with metadata; as a frame: "
+        f"{d.frame_us:.2f} µs",
+        f"{d.body_us:.2f} µs", f"orjson.loads of the same bytes, unchecked: {d.bare_us:.2f} µs",
+        f"{d.ratio:.2f}x", "this process",
     ))  # fmt: skip
 
     b = r.rebuild

@@ -37,10 +37,10 @@ from service.edge.context import (
     WRITER,
 )
 from service.edge.cors import decorate, preflight
+from service.edge.effects import Close
 from service.edge.errors import ApiError, error_response
 from service.edge.http import ROUTES
 from service.edge.metrics import Metrics
-from service.edge.protocol import CLOSE_GOING_AWAY
 from service.runtime.settings import Settings
 from service.storage.store import StoreConfig, open_store, parse_store_url
 from service.storage.wire import wire_event
@@ -226,7 +226,7 @@ async def _record_lost_connections(app: web.Application, node: str) -> None:
 
 async def _on_shutdown(app: web.Application) -> None:
     settings = app[SETTINGS]
-    await app[SOCKETS].close_all(CLOSE_GOING_AWAY, "server_shutdown", settings.shutdown_timeout)
+    await app[SOCKETS].close_all(Close.GOING_AWAY, "server_shutdown", settings.shutdown_timeout)
 
 
 def _register_metrics(app: web.Application) -> Metrics:

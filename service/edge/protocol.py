@@ -46,116 +46,30 @@ from domain.lifecycle import initial_state
 from service.application import commands
 from service.application.auth import AuthError, Principal
 from service.application.writer import Command
+from service.edge.effects import (
+    AwaitAuth,
+    Close,
+    Closing,
+    Effects,
+    FollowLive,
+    Outcome,
+    ReadEvents,
+    Record,
+    Recorded,
+    Refused,
+    Send,
+    Subscribe,
+    TakeQueued,
+    Unavailable,
+    Wake,
+    answer_errors,
+    error_frame,
+    peer_close,
+)
 from service.edge.schema import AuthFrame, SchemaError, decode_frame, frame_ref
-
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_ABNORMAL = 1006
-CLOSE_TOO_LARGE = 1009
-CLOSE_INTERNAL = 1011
-CLOSE_PROTOCOL = 4400
-CLOSE_UNAUTHENTICATED = 4401
-CLOSE_FORBIDDEN = 4403
-CLOSE_SLOW_CONSUMER = 4408
-CLOSE_SUPERSEDED = 4409
 
 BACKLOG_PAGE = 500
 BAD_FRAME_WINDOW = 60.0
-
-Effects = list["Effect"]
-
-
-# --- what the shell is told to do -----------------------------------------------------
-
-
-@dataclass(slots=True)
-class Send:
-    """Send ``frame``; ``error`` is its code when it is an error frame."""
-
-    frame: dict[str, Any]
-    error: str | None = None
-
-
-@dataclass(slots=True)
-class Recorded:
-    value: Any
-
-
-@dataclass(slots=True)
-class Refused:
-    error: DomainError
-
-
-@dataclass(slots=True)
-class Unavailable:
-    message: str
-
-
-Outcome = Recorded | Refused | Unavailable
-
-
-@dataclass(slots=True)
-class Record:
-    """Run ``command`` on the writer; call ``then`` with its outcome."""
-
-    command: Command[Any]
-    then: Callable[[Outcome], Effects]
-
-
-@dataclass(slots=True)
-class ReadEvents:
-    """Read up to ``limit`` session events after ``after`` from the store."""
-
-    after: int
-    limit: int
-    then: Callable[[list[dict[str, Any]]], Effects]
-
-
-@dataclass(slots=True)
-class Subscribe:
-    """Start queueing the session's recorded events for this socket."""
-
-
-@dataclass(slots=True)
-class TakeQueued:
-    """Hand ``then`` every event queued so far (the overflow, if any, wins)."""
-
-    then: Callable[[list[dict[str, Any]]], Effects]
-
-
-@dataclass(slots=True)
-class AwaitAuth:
-    """Wait for a token (:class:`Wake`) or ``deadline``, then call
-    :meth:`ConnectionProtocol.auth_wait_over`."""
-
-    deadline: float
-
-
-@dataclass(slots=True)
-class Wake:
-    """End an :class:`AwaitAuth` wait now."""
-
-
-@dataclass(slots=True)
-class FollowLive:
-    """From now on, feed each event the hub queues to :meth:`ConnectionProtocol.live`."""
-
-
-@dataclass(slots=True)
-class Closing:
-    """End the connection: record ``record``, send ``frame`` (if the socket
-    can still take one), close with ``code``/``reason``. Done apart from
-    whatever else the shell is doing, and only once."""
-
-    code: int
-    reason: str
-    record: Command[Any]
-    frame: dict[str, Any] | None
-
-
-Effect = (
-    Send | Record | ReadEvents | Subscribe | TakeQueued | AwaitAuth | Wake | FollowLive | Closing
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,10 +77,6 @@ class Limits:
     auth_timeout: float = 10.0
     bad_frames_per_minute: int = 10
     max_connections_per_session: int = 1
-
-
-def _ignore(outcome: Outcome) -> Effects:
-    return []
 
 
 # --- the protocol ---------------------------------------------------------------------
@@ -233,7 +143,7 @@ class ConnectionProtocol:
 
     def _refused_header(self, error: AuthError) -> Callable[[Any], Effects]:
         def then(state: Any) -> Effects:
-            return [*self._welcome(state), *self.end(CLOSE_UNAUTHENTICATED, _why(error))]
+            return [*self._welcome(state), *self.end(Close.UNAUTHENTICATED, _why(error))]
 
         return then
 
@@ -253,11 +163,11 @@ class ConnectionProtocol:
             return []
         self.awaiting_auth = False
         if self.token is None:
-            return self.end(CLOSE_UNAUTHENTICATED, "auth_timeout")
+            return self.end(Close.UNAUTHENTICATED, "auth_timeout")
         try:
             principal = self.verify(self.token)
         except AuthError as e:
-            return self.end(CLOSE_UNAUTHENTICATED, _why(e))
+            return self.end(Close.UNAUTHENTICATED, _why(e))
         return self._authenticated(principal, accept=False)
 
     def _authenticated(self, principal: Principal, *, accept: bool) -> Effects:
@@ -289,18 +199,18 @@ class ConnectionProtocol:
             if accept:
                 ok, state = next(steps)
                 if not ok:
-                    return self.end(CLOSE_INTERNAL, "internal_error")
+                    return self.end(Close.INTERNAL, "internal_error")
                 effects += self._welcome(state)
             ok, state = next(steps)
             if not ok:
-                return effects + self.end(CLOSE_INTERNAL, "internal_error")
+                return effects + self.end(Close.INTERNAL, "internal_error")
             self.state = state
             effects.append(self._announce(user_id=principal.user_id))
             ok, attached = next(steps)
             if not ok:
                 error: DomainError = attached
                 why = f"forbidden: {error.message}" if error.code == "forbidden" else error.code
-                return effects + self.end(CLOSE_FORBIDDEN, why[:100])
+                return effects + self.end(Close.FORBIDDEN, why[:100])
             superseded, position_before = attached
             self.state = self.ready_state
             effects.append(self._announce(session_id=self.session_id, superseded=superseded))
@@ -397,13 +307,13 @@ class ConnectionProtocol:
                 # peer that thought this node dead: the socket must not
                 # outlive the record.
                 if data.get("reason") == "superseded":
-                    return effects + self.end(CLOSE_SUPERSEDED, "superseded")
-                return effects + self.end(CLOSE_GOING_AWAY, f"detached: {data.get('reason')}")
+                    return effects + self.end(Close.SUPERSEDED, "superseded")
+                return effects + self.end(Close.GOING_AWAY, f"detached: {data.get('reason')}")
         return effects
 
     def overflowed(self) -> Effects:
         """The socket fell too far behind the session's events."""
-        return self.end(CLOSE_SLOW_CONSUMER, "slow_consumer")
+        return self.end(Close.SLOW_CONSUMER, "slow_consumer")
 
     # --- frames from the client --------------------------------------------------
 
@@ -425,7 +335,7 @@ class ConnectionProtocol:
             return self._on_auth(frame)
         if self.state != self.live_state:
             message = f"messages are accepted in {self.live_state}, not {self.state}"
-            return [_error("not_ready", message, frame.ref)]
+            return [error_frame("not_ready", message, frame.ref)]
         assert self.principal is not None
         command = commands.record_message(
             self.session_id,
@@ -438,18 +348,18 @@ class ConnectionProtocol:
             metadata=frame.metadata,
             connection_id=self.connection_id,
         )
-        return [Record(command, _answer_errors(frame.ref))]
+        return [Record(command, answer_errors(frame.ref))]
 
     def _on_auth(self, frame: AuthFrame) -> Effects:
         if self.awaiting_auth and self.token is None:
             self.token = frame.token
             return [Wake()]
         if self.principal is None:
-            return [_error("invalid_transition", "already authenticating", frame.ref)]
+            return [error_frame("invalid_transition", "already authenticating", frame.ref)]
         # Authenticating twice is a transition the lifecycle refuses: record
         # the attempt for the audit, and tell the client.
         command = commands.authenticate(self.connection_id, self.principal)
-        return [Record(command, _answer_errors(frame.ref, "invalid_transition"))]
+        return [Record(command, answer_errors(frame.ref, "invalid_transition"))]
 
     def _bad_frame(self, code: str, message: str, ref: str | None, now: float) -> Effects:
         """Answer a bad frame; past the budget, close 4400."""
@@ -457,9 +367,9 @@ class ConnectionProtocol:
         window.append(now)
         while window and now - window[0] > BAD_FRAME_WINDOW:
             window.popleft()
-        effects: Effects = [_error(code, message, ref)]
+        effects: Effects = [error_frame(code, message, ref)]
         if len(window) > self.limits.bad_frames_per_minute:
-            effects += self.end(CLOSE_PROTOCOL, "protocol_error")
+            effects += self.end(Close.PROTOCOL, "protocol_error")
         return effects
 
     # --- the end -----------------------------------------------------------------
@@ -483,16 +393,15 @@ class ConnectionProtocol:
         it, it dropped, its pongs stopped): record why, once."""
         if self.ending is not None:
             return []
-        code, reason = _peer_close(code, timed_out=timed_out, too_large=too_large)
-        self.ending = (code, reason)
-        return [Record(self._close_command(code, reason), _ignore)]
+        return self._record_end(*peer_close(code, timed_out=timed_out, too_large=too_large))
 
     def upgrade_failed(self) -> Effects:
         """CONNECTING was recorded but the upgrade itself failed."""
-        if self.ending is not None:
-            return []
-        self.ending = (CLOSE_ABNORMAL, "upgrade_failed")
-        return [Record(self._close_command(CLOSE_ABNORMAL, "upgrade_failed"), _ignore)]
+        return [] if self.ending is not None else self._record_end(Close.ABNORMAL, "upgrade_failed")
+
+    def _record_end(self, code: int, reason: str) -> Effects:
+        self.ending = (code, reason)
+        return [Record(self._close_command(code, reason), lambda outcome: [])]
 
     def _close_command(self, code: int, reason: str) -> Command[bool]:
         self.state = self.closed_state
@@ -500,8 +409,8 @@ class ConnectionProtocol:
 
     def _failed(self, outcome: Refused | Unavailable) -> Effects:
         if isinstance(outcome, Unavailable):
-            return self.end(CLOSE_GOING_AWAY, f"store unavailable: {outcome.message}"[:100])
-        return self.end(CLOSE_INTERNAL, "internal_error")
+            return self.end(Close.GOING_AWAY, f"store unavailable: {outcome.message}"[:100])
+        return self.end(Close.INTERNAL, "internal_error")
 
     def _announce(self, **extra: Any) -> Send:
         frame = {"type": "state", "connection_id": self.connection_id, "state": self.state}
@@ -521,47 +430,9 @@ class ConnectionProtocol:
         return [Record(command, on_outcome)]
 
 
-def _error(code: str, message: str, ref: str | None) -> Send:
-    frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
-    if ref is not None:
-        frame["ref"] = ref
-    return Send(frame, error=code)
-
-
-def _answer_errors(ref: str | None, code: str | None = None) -> Callable[[Outcome], Effects]:
-    """A client frame's command: nothing to say when recorded; else an error
-    frame (``code``, or the refusal's own)."""
-
-    def then(outcome: Outcome) -> Effects:
-        if isinstance(outcome, Refused):
-            return [_error(code or outcome.error.code, outcome.error.message, ref)]
-        if isinstance(outcome, Unavailable):
-            return [_error("unavailable", outcome.message, ref)]
-        return []
-
-    return then
-
-
 def _why(error: AuthError) -> str:
     return f"unauthenticated: {error}"[:100]
 
 
 def _new_message_id() -> str:
     return "msg_" + uuid.uuid4().hex
-
-
-def _peer_close(code: int | None, *, timed_out: bool, too_large: bool) -> tuple[int, str]:
-    """The code and reason recorded for a close the server did not decide."""
-    code = CLOSE_ABNORMAL if code is None else code
-    if timed_out:
-        return code, "timeout"
-    if too_large or code == CLOSE_TOO_LARGE:
-        # aiohttp sent 1009 for the oversized frame, then could not read the
-        # client's reply and left 1006 as the close code.
-        return CLOSE_TOO_LARGE, "too_large"
-    reasons = {
-        CLOSE_NORMAL: "normal",
-        CLOSE_GOING_AWAY: "client_going_away",
-        CLOSE_ABNORMAL: "dropped",
-    }
-    return code, reasons.get(code, "client_closed")

@@ -79,13 +79,8 @@ def check_json(value: Any, depth: int = 1) -> None:
 
 
 class Body(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """A JSON request body: unknown fields refused, free JSON checked."""
-
-    def __post_init__(self) -> None:
-        for name in self.__struct_fields__:
-            value = getattr(self, name)
-            if type(value) in (dict, list):
-                check_json(value)
+    """A JSON request body: unknown fields refused. A body with free JSON
+    in it checks that in its ``__post_init__``."""
 
 
 # --- HTTP bodies ---------------------------------------------------------------------
@@ -94,6 +89,10 @@ class Body(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class CreateSession(Body):
     session_id: ID | None = None
     metadata: JsonObject | None = None
+
+    def __post_init__(self) -> None:
+        if self.metadata:
+            check_json(self.metadata)
 
 
 class MessageFields(Body):
@@ -104,6 +103,10 @@ class MessageFields(Body):
     model: str | None = None
     tokens: Count | None = None
     metadata: JsonObject | None = None
+
+    def __post_init__(self) -> None:
+        if self.metadata:
+            check_json(self.metadata)
 
 
 class PostMessage(MessageFields, kw_only=True):
@@ -124,6 +127,9 @@ class ReportProgress(Body):
 
 class CompleteTask(Body):
     result: Any = None
+
+    def __post_init__(self) -> None:
+        check_json(self.result)
 
 
 class FailTask(Body):

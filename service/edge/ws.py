@@ -30,15 +30,12 @@ from service.application.hub import SlowConsumer, Subscription
 from service.application.writer import StoreUnavailable
 from service.edge.context import HUB, METRICS, READERS, SETTINGS, SIGNER, SOCKETS, STORE, WRITER
 from service.edge.cors import origin_allowed
-from service.edge.errors import ApiError
-from service.edge.protocol import (
-    CLOSE_TOO_LARGE,
+from service.edge.effects import (
     AwaitAuth,
+    Close,
     Closing,
-    ConnectionProtocol,
     Effect,
     FollowLive,
-    Limits,
     Outcome,
     ReadEvents,
     Record,
@@ -50,6 +47,8 @@ from service.edge.protocol import (
     Unavailable,
     Wake,
 )
+from service.edge.errors import ApiError
+from service.edge.protocol import ConnectionProtocol, Limits
 from service.edge.schema import SchemaError, SocketQuery, decode_query
 from service.storage.wire import dumps
 
@@ -298,7 +297,7 @@ async def _finished(task: asyncio.Task[None]) -> None:
 def _peer_close_facts(ws: web.WebSocketResponse) -> tuple[int | None, bool, bool]:
     """What aiohttp knows of a close the server did not decide."""
     exc = ws.exception()
-    too_large = isinstance(exc, WebSocketError) and exc.code == CLOSE_TOO_LARGE
+    too_large = isinstance(exc, WebSocketError) and exc.code == Close.TOO_LARGE
     return ws.close_code, isinstance(exc, asyncio.TimeoutError), too_large
 
 

@@ -1,5 +1,6 @@
 """ADR 0003's walk-through, run: a DRAINING state between PROCESSING_READY and
-CLOSED (the server asks clients to move before a deploy).
+CLOSED (the server asks clients to move before a deploy), in the aggregate and
+then on a socket, through the connection protocol.
 
 The test swaps the machine class the way editing domain/lifecycle.py would,
 then checks: the new state is reachable only where the machine says, each
@@ -19,7 +20,11 @@ from domain.connection import Connection
 from domain.errors import InvalidTransition
 from domain.lifecycle import mermaid
 from projections.views import fold_connection
+from service.application import commands
+from service.edge.effects import Close, Effects, Outcome, Record, Recorded
+from service.edge.protocol import ConnectionProtocol
 from service.storage.wire import wire_event
+from tests.unit.protocol_world import Socket, World
 
 
 class DrainingLifecycle(StateMachine):
@@ -111,3 +116,56 @@ def test_a_draining_state_can_be_added_by_editing_the_machine_class(
     assert row is not None and row["state"] == "CLOSED" and row["close_code"] == 1001
 
     assert "DRAINING" in mermaid(DrainingLifecycle)
+
+
+class DrainingProtocol(ConnectionProtocol):
+    """Step 3 of the walk-through, the protocol's part: a ``drain`` input that
+    records DRAINING and announces it; messages are refused in it for free
+    (they are taken in PROCESSING_READY only), and the end is the usual one."""
+
+    def drain(self) -> Effects:
+        if self.state != self.live_state or self.ending is not None:
+            return []
+
+        def then(outcome: Outcome) -> Effects:
+            if not isinstance(outcome, Recorded):
+                return self.end(Close.GOING_AWAY, "drained")
+            self.state = outcome.value
+            return [self._announce(session_id=self.session_id)]
+
+        return [Record(commands.transition(self.connection_id, "drain"), then)]
+
+
+def test_a_socket_walks_through_an_added_draining_state_at_the_protocol_level(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(Connection, "lifecycle", DrainingLifecycle)
+    world = World()
+    socket = Socket(world, "c-drain", "s-drain", protocol=DrainingProtocol).upgrade()
+    socket.send({"type": "auth", "token": world.token()})
+    protocol = socket.protocol
+    assert isinstance(protocol, DrainingProtocol)
+    assert protocol.state == "PROCESSING_READY"
+
+    socket.run(protocol.drain())
+    assert socket.frames[-1] == {
+        "type": "state",
+        "connection_id": "c-drain",
+        "state": "DRAINING",
+        "session_id": "s-drain",
+    }
+    socket.send({"type": "message", "content": "late", "ref": "r-late"})
+    assert socket.errors()[-1]["code"] == "not_ready"
+    assert socket.protocol.drain() == []  # only from PROCESSING_READY
+
+    socket.run(protocol.end(Close.GOING_AWAY, "drained"))
+    assert socket.closed == (Close.GOING_AWAY, "drained")
+    assert world.connection_states("c-drain") == [
+        "CONNECTING",
+        "ACCEPTED",
+        "AUTHENTICATED",
+        "SERVICES_READY",
+        "PROCESSING_READY",
+        "DRAINING",
+        "CLOSED",
+    ]

@@ -1,0 +1,244 @@
+"""A world for the connection protocol's unit tests: no socket, no thread, no
+store, no event loop.
+
+``World`` holds aggregates in memory and runs each command against them the
+way the writer does (the command's events are committed when it returns or
+when the lifecycle refused it; a session's events go to the sockets
+subscribed to it). ``Socket`` is one protocol with its effects carried out
+against the world, in order, the way service/edge/ws.py carries them out
+against aiohttp: the frames it would send are collected, the close it would
+make is kept, and the clock is whatever the test says.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, TypeVar
+
+import orjson
+
+from domain.base import Aggregate
+from domain.connection import Connection
+from domain.errors import DomainError
+from domain.ids import SESSION_PREFIX, connection_stream, session_stream
+from domain.session import Session
+from service.application.auth import TokenSigner
+from service.application.writer import Command
+from service.edge.effects import (
+    AwaitAuth,
+    Closing,
+    Effect,
+    FollowLive,
+    Outcome,
+    ReadEvents,
+    Record,
+    Recorded,
+    Refused,
+    Send,
+    Subscribe,
+    TakeQueued,
+    Unavailable,
+    Wake,
+)
+from service.edge.protocol import ConnectionProtocol, Limits
+from service.storage.wire import wire_event
+
+SECRET = "protocol-test-secret-0123456789abcdef"
+A = TypeVar("A", bound=Aggregate)
+
+
+class Unit:
+    """What a command sees: the world's aggregates by ID (UnitOfWork's reads)."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.touched: dict[str, Aggregate] = {}
+
+    def _get(self, stream_id: str, kind: type[A]) -> A | None:
+        agg = self.touched.get(stream_id) or self.world.aggregates.get(stream_id)
+        if agg is None or not isinstance(agg, kind):
+            return None
+        self.touched[stream_id] = agg
+        return agg
+
+    def session(self, session_id: str) -> Session | None:
+        return self._get(session_stream(session_id), Session)
+
+    def connection(self, connection_id: str) -> Connection | None:
+        return self._get(connection_stream(connection_id), Connection)
+
+    session_to_create = session
+    connection_to_create = connection
+
+    def add(self, aggregate: Aggregate) -> None:
+        self.touched[aggregate.id] = aggregate
+
+
+class World:
+    def __init__(self, *, max_connections: int = 1) -> None:
+        self.aggregates: dict[str, Aggregate] = {}
+        self.log: list[Aggregate.Event] = []
+        self.subscribers: dict[str, list[Socket]] = {}
+        self.signer = TokenSigner(SECRET)
+        self.limits = Limits(auth_timeout=10.0, max_connections_per_session=max_connections)
+        self.commands: list[str] = []
+        self.down = False
+
+    def token(self, user: str = "alice", *roles: str) -> str:
+        return self.signer.mint(user, list(roles) or ["user"])
+
+    def execute(self, command: Command[Any]) -> Outcome:
+        """Run ``command`` as the writer does, one commit per command."""
+        self.commands.append(command.name)
+        if self.down:
+            return Unavailable("store unavailable: the test stopped it")
+        unit = Unit(self)
+        try:
+            outcome: Outcome = Recorded(command.run(unit))
+        except DomainError as e:
+            outcome = Refused(e)
+        committed: list[Aggregate.Event] = []
+        for agg in unit.touched.values():
+            committed.extend(agg.collect_events())  # type: ignore[arg-type]
+            self.aggregates[agg.id] = agg
+        self.log.extend(committed)
+        self._publish(committed)
+        return outcome
+
+    def _publish(self, events: list[Aggregate.Event]) -> None:
+        for event in events:
+            if not event.originator_id.startswith(SESSION_PREFIX):
+                continue
+            wire = wire_event(event)
+            for socket in list(self.subscribers.get(wire["session_id"], [])):
+                socket.queue.append(wire)
+
+    def session_events(self, session_id: str) -> list[dict[str, Any]]:
+        stream = session_stream(session_id)
+        return [wire_event(e) for e in self.log if e.originator_id == stream]
+
+    def connection_states(self, connection_id: str) -> list[str]:
+        stream = connection_stream(connection_id)
+        return [e.type_name() for e in self.log if e.originator_id == stream]
+
+    def record(self, command: Command[Any]) -> Any:
+        outcome = self.execute(command)
+        assert isinstance(outcome, Recorded), outcome
+        return outcome.value
+
+    def flush(self) -> None:
+        """Hand every socket following live what the world queued for it."""
+        busy = True
+        while busy:
+            busy = False
+            for sockets in list(self.subscribers.values()):
+                for socket in list(sockets):
+                    if socket.following and socket.queue:
+                        busy = True
+                        events, socket.queue = list(socket.queue), deque()
+                        socket.run(socket.protocol.live(events))
+
+
+class Socket:
+    """One connection's protocol, its effects carried out against ``world``."""
+
+    def __init__(
+        self,
+        world: World,
+        connection_id: str,
+        session_id: str,
+        *,
+        after: int = 0,
+        protocol: type[ConnectionProtocol] = ConnectionProtocol,
+    ) -> None:
+        self.world = world
+        self.protocol = protocol(
+            connection_id=connection_id,
+            session_id=session_id,
+            after=after,
+            node="node-1",
+            verify=world.signer.verify,
+            limits=world.limits,
+        )
+        self.frames: list[dict[str, Any]] = []
+        self.queue: deque[dict[str, Any]] = deque()
+        self.following = False
+        self.waiting_until: float | None = None
+        self.closed: tuple[int, str] | None = None
+        self.now = 0.0
+        world.record(self.protocol.open_command(proposed=True))
+
+    # --- inputs -----------------------------------------------------------------------
+
+    def upgrade(self, header_token: str | None = None) -> Socket:
+        self.run(self.protocol.upgraded(header_token, self.now))
+        self.world.flush()
+        return self
+
+    def send(self, frame: dict[str, Any] | str | bytes) -> None:
+        data = frame if isinstance(frame, str | bytes) else orjson.dumps(frame).decode()
+        self.run(self.protocol.receive(data, self.now))
+        self.world.flush()
+
+    def tick(self, now: float) -> None:
+        """The clock moves; a wait whose deadline passed ends."""
+        self.now = now
+        if self.waiting_until is not None and now >= self.waiting_until:
+            self.waiting_until = None
+            self.run(self.protocol.auth_wait_over(now))
+            self.world.flush()
+
+    # --- effects ------------------------------------------------------------------------
+
+    def run(self, effects: list[Effect]) -> None:
+        todo: deque[Effect] = deque(effects)
+        while todo:
+            more: list[Effect] = []
+            match todo.popleft():
+                case Send(frame=frame):
+                    if self.closed is None:
+                        self.frames.append(frame)
+                case Record(command=command, then=then):
+                    more = then(self.world.execute(command))
+                case ReadEvents(after=after, limit=limit, then=then):
+                    stored = self.world.session_events(self.protocol.session_id)
+                    more = then([e for e in stored if e["position"] > after][:limit])
+                case Subscribe():
+                    subs = self.world.subscribers.setdefault(self.protocol.session_id, [])
+                    subs.append(self)
+                case TakeQueued(then=then):
+                    events, self.queue = list(self.queue), deque()
+                    more = then(events)
+                case AwaitAuth(deadline=deadline):
+                    if self.protocol.awaiting_token:
+                        self.waiting_until = deadline
+                    else:
+                        more = self.protocol.auth_wait_over(self.now)
+                case Wake():
+                    if self.waiting_until is not None:
+                        self.waiting_until = None
+                        more = self.protocol.auth_wait_over(self.now)
+                case FollowLive():
+                    self.following = True
+                case Closing(code=code, reason=reason, record=record, frame=frame):
+                    self.world.execute(record)
+                    if frame is not None:
+                        self.frames.append(frame)
+                    self.closed = (code, reason)
+                    self.following = False
+                    self.waiting_until = None
+                    subs = self.world.subscribers.get(self.protocol.session_id, [])
+                    if self in subs:
+                        subs.remove(self)
+            todo.extendleft(reversed(more))
+
+    # --- what the client saw --------------------------------------------------------------
+
+    def kinds(self) -> list[tuple[str, str | None]]:
+        return [(f["type"], f.get("state")) for f in self.frames]
+
+    def events(self) -> list[dict[str, Any]]:
+        return [f["event"] for f in self.frames if f["type"] == "event"]
+
+    def errors(self) -> list[dict[str, Any]]:
+        return [f for f in self.frames if f["type"] == "error"]

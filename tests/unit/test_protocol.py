@@ -1,0 +1,301 @@
+"""The connection protocol on its own: whole handshakes, refusals, supersede,
+bad-frame floods and slow consumers, without a socket (tests/unit/protocol_world.py).
+"""
+
+from __future__ import annotations
+
+import ast
+import time
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+
+import service.edge.effects
+import service.edge.protocol
+from service.application import commands
+from service.edge.effects import Close, Closing, ReadEvents, Record
+from service.edge.protocol import BAD_FRAME_WINDOW
+from tests.unit.protocol_world import SECRET, Socket, World
+
+LIVE = [("welcome", "ACCEPTED"), ("state", "AUTHENTICATED"), ("state", "SERVICES_READY")]
+LIFECYCLE = ["CONNECTING", "ACCEPTED", "AUTHENTICATED", "SERVICES_READY", "PROCESSING_READY"]
+
+
+def live_socket(world: World, cid: str, sid: str, user: str = "alice", **kw: Any) -> Socket:
+    socket = Socket(world, cid, sid, **kw).upgrade()
+    socket.send({"type": "auth", "token": world.token(user)})
+    assert socket.protocol.state == "PROCESSING_READY", socket.frames
+    return socket
+
+
+def test_a_handshake_with_an_auth_frame_walks_every_state_and_sends_the_backlog_between() -> None:
+    world = World()
+    creator = Socket(world, "c-0", "s-1").upgrade(world.token())
+    creator.run(creator.protocol.end(Close.NORMAL, "normal"))
+    socket = Socket(world, "c-1", "s-1").upgrade()
+    assert socket.kinds() == [("welcome", "ACCEPTED")]
+    assert socket.frames[0]["connection_id"] == "c-1"
+
+    socket.send({"type": "auth", "token": world.token()})
+
+    assert socket.kinds() == [
+        *LIVE,
+        *[("event", None)] * 4,
+        ("state", "PROCESSING_READY"),
+    ]
+    assert [e["type"] for e in socket.events()] == [
+        "SessionCreated",
+        "ConnectionAttached",
+        "ConnectionDetached",
+        "ConnectionAttached",
+    ]
+    assert [e["position"] for e in socket.events()] == [1, 2, 3, 4]
+    assert socket.frames[-1]["position"] == 4 and socket.frames[-1]["session_id"] == "s-1"
+    assert world.connection_states("c-1") == LIFECYCLE
+    # The handshake after the token is one command: AUTHENTICATED and the attach.
+    assert world.commands[-2:] == ["authenticate+attach", "go_live"]
+
+
+def test_a_token_in_the_upgrade_records_accepted_authenticated_and_attached_in_one_command() -> (
+    None
+):
+    world = World()
+    socket = Socket(world, "c-1", "s-1").upgrade(world.token())
+    assert socket.kinds() == [
+        *LIVE,
+        ("event", None),
+        ("event", None),
+        ("state", "PROCESSING_READY"),
+    ]
+    assert world.commands == ["open_connection", "accept+authenticate+attach", "go_live"]
+
+
+@pytest.mark.parametrize("token", ["not.a.jwt", "", "expired"])
+def test_a_bad_token_closes_4401_and_records_the_close(token: str) -> None:
+    world = World()
+    if token == "expired":
+        past = int(time.time()) - 60
+        token = jwt.encode({"sub": "alice", "exp": past}, SECRET, algorithm="HS256")
+    socket = Socket(world, "c-bad", "s-1").upgrade()
+    socket.send({"type": "auth", "token": token})
+    assert socket.closed is not None and socket.closed[0] == Close.UNAUTHENTICATED
+    assert socket.frames[-1]["state"] == "CLOSED" and socket.frames[-1]["code"] == 4401
+    assert world.connection_states("c-bad") == ["CONNECTING", "ACCEPTED", "CLOSED"]
+    assert world.session_events("s-1") == []
+
+
+def test_an_auth_frame_without_a_token_string_is_unauthenticated() -> None:
+    world = World()
+    socket = Socket(world, "c-1", "s-1").upgrade()
+    socket.send({"type": "auth", "token": 42})
+    assert socket.closed is not None and socket.closed[0] == Close.UNAUTHENTICATED
+
+
+def test_no_token_before_the_deadline_closes_4401_auth_timeout() -> None:
+    world = World()
+    socket = Socket(world, "c-1", "s-1").upgrade()
+    socket.tick(9.9)
+    assert socket.closed is None
+    socket.tick(10.0)
+    assert socket.closed == (Close.UNAUTHENTICATED, "auth_timeout")
+    assert world.connection_states("c-1") == ["CONNECTING", "ACCEPTED", "CLOSED"]
+
+
+def test_another_users_session_is_refused_4403_and_nothing_is_attached() -> None:
+    world = World()
+    live_socket(world, "c-alice", "s-alices", "alice")
+    bob = Socket(world, "c-bob", "s-alices").upgrade()
+    bob.send({"type": "auth", "token": world.token("bob")})
+    assert bob.closed is not None and bob.closed[0] == Close.FORBIDDEN
+    assert bob.events() == []
+    attached = [e for e in world.session_events("s-alices") if e["type"] == "ConnectionAttached"]
+    assert [e["data"]["connection_id"] for e in attached] == ["c-alice"]
+
+
+def test_a_newer_connection_supersedes_the_older_which_closes_4409() -> None:
+    world = World()
+    old = live_socket(world, "c-old", "s-1")
+    new = live_socket(world, "c-new", "s-1")
+    assert old.closed == (Close.SUPERSEDED, "superseded")
+    assert old.frames[-1] == {
+        "type": "state",
+        "connection_id": "c-old",
+        "state": "CLOSED",
+        "code": 4409,
+        "reason": "superseded",
+    }
+    assert new.closed is None
+    assert world.connection_states("c-old")[-1] == "CLOSED"
+    superseded = new.frames[2]
+    assert superseded["state"] == "SERVICES_READY" and superseded["superseded"] == ["c-old"]
+
+
+def test_messages_are_refused_before_processing_ready_and_reach_every_socket_after() -> None:
+    world = World(max_connections=2)
+    early = Socket(world, "c-early", "s-chat").upgrade()
+    early.send({"type": "message", "content": "too soon", "ref": "r-0"})
+    assert early.errors()[-1]["code"] == "not_ready" and early.errors()[-1]["ref"] == "r-0"
+    early.send({"type": "auth", "token": world.token()})
+    other = live_socket(world, "c-other", "s-chat")
+
+    early.send({"type": "message", "content": "hello", "message_id": "m-1", "ref": "r-1"})
+
+    for socket in (early, other):
+        message = socket.events()[-1]
+        assert message["type"] == "MessageRecorded" and message["data"]["content"] == "hello"
+        positions = [e["position"] for e in socket.events()]
+        assert positions == list(range(positions[0], positions[-1] + 1))
+    contents = [e["data"].get("content") for e in world.session_events("s-chat")]
+    assert "too soon" not in contents and contents.count("hello") == 1
+
+
+def test_bad_frames_get_errors_with_their_ref_and_record_nothing() -> None:
+    world = World()
+    socket = live_socket(world, "c-1", "s-1")
+    before = len(world.log)
+    socket.send("{not json")
+    socket.send({"type": "teleport", "ref": "r-unknown"})
+    socket.send({"type": "message", "content": 42, "ref": "r-types"})
+    socket.send({"type": "message", "content": "x", "colour": "red", "ref": "r-field"})
+    socket.send({"type": "message", "content": "x", "message_id": "has space", "ref": "r-id"})
+    socket.send(b"\x00binary")
+    codes = [(e["code"], e.get("ref")) for e in socket.errors()]
+    assert codes == [
+        ("bad_frame", None),
+        ("unknown_type", "r-unknown"),
+        ("bad_frame", "r-types"),
+        ("bad_frame", "r-field"),
+        ("bad_frame", "r-id"),
+        ("bad_frame", None),
+    ]
+    assert socket.closed is None
+    assert len(world.log) == before
+
+
+def test_a_flood_of_bad_frames_closes_4400_past_the_budget_but_not_spread_over_minutes() -> None:
+    world = World()
+    patient = live_socket(world, "c-patient", "s-1", after=0)
+    for i in range(30):
+        patient.tick(i * BAD_FRAME_WINDOW / 9)
+        patient.send("{nope")
+    assert patient.closed is None
+
+    world2 = World()
+    flood = live_socket(world2, "c-flood", "s-2")
+    for _ in range(world2.limits.bad_frames_per_minute):
+        flood.send("{nope")
+    assert flood.closed is None
+    flood.send("{nope")
+    assert flood.closed == (Close.PROTOCOL, "protocol_error")
+    assert world2.connection_states("c-flood")[-1] == "CLOSED"
+
+
+def test_a_slow_consumer_is_closed_4408_and_recorded() -> None:
+    world = World()
+    socket = live_socket(world, "c-slow", "s-1")
+    socket.run(socket.protocol.overflowed())
+    assert socket.closed == (Close.SLOW_CONSUMER, "slow_consumer")
+    assert world.connection_states("c-slow")[-1] == "CLOSED"
+
+
+def test_a_live_event_ahead_of_the_next_position_is_held_until_the_hole_is_read() -> None:
+    world = World()
+    socket = live_socket(world, "c-1", "s-1")
+    last = socket.protocol.last_sent
+    # Two events recorded; the hub lost the first (as a follower might).
+    socket.following = False
+    alice = socket.protocol.principal
+    assert alice is not None
+    world.record(commands.record_message("s-1", alice, message_id="a", role="user", content="a"))
+    world.record(commands.record_message("s-1", alice, message_id="b", role="user", content="b"))
+    second = socket.queue.pop()
+    socket.queue.clear()
+    effects = socket.protocol.live([second])
+    assert isinstance(effects[0], ReadEvents) and effects[0].after == last
+    socket.run(effects)
+    assert [e["position"] for e in socket.events()][-2:] == [last + 1, last + 2]
+
+
+def test_events_already_sent_are_dropped_and_each_position_goes_out_once() -> None:
+    world = World()
+    socket = live_socket(world, "c-1", "s-1")
+    sent = socket.events()
+    effects = socket.protocol.live(sent)
+    assert effects == []
+
+
+@pytest.mark.parametrize(
+    ("code", "timed_out", "too_large", "recorded"),
+    [
+        (1000, False, False, (1000, "normal")),
+        (1001, False, False, (1001, "client_going_away")),
+        (None, False, False, (1006, "dropped")),
+        (1006, True, False, (1006, "timeout")),
+        (1006, False, True, (1009, "too_large")),
+        (4000, False, False, (4000, "client_closed")),
+    ],
+)
+def test_a_close_the_server_did_not_decide_is_recorded_with_its_code_and_reason(
+    code: int | None, timed_out: bool, too_large: bool, recorded: tuple[int, str]
+) -> None:
+    world = World()
+    socket = live_socket(world, "c-1", "s-1")
+    effects = socket.protocol.socket_closed(code, timed_out=timed_out, too_large=too_large)
+    assert [type(e) for e in effects] == [Record]
+    socket.run(effects)
+    connection = world.aggregates["connection:c-1"]
+    assert (connection.close_code, connection.close_reason) == recorded  # type: ignore[attr-defined]
+    # Said once: a later end records nothing more.
+    assert socket.protocol.end(Close.GOING_AWAY, "server_shutdown") == []
+
+
+def test_the_store_down_during_the_handshake_ends_the_socket_and_tries_to_record_it() -> None:
+    world = World()
+    socket = Socket(world, "c-1", "s-1").upgrade()
+    world.down = True
+    socket.send({"type": "auth", "token": world.token()})
+    assert socket.closed is not None and socket.closed[0] == Close.GOING_AWAY
+
+
+def test_a_message_when_the_store_is_down_gets_an_unavailable_error_and_the_socket_stays() -> None:
+    world = World()
+    socket = live_socket(world, "c-1", "s-1")
+    world.down = True
+    socket.send({"type": "message", "content": "x", "ref": "r-1"})
+    assert socket.errors()[-1]["code"] == "unavailable" and socket.errors()[-1]["ref"] == "r-1"
+    assert socket.closed is None
+
+
+def test_ending_twice_says_it_once() -> None:
+    world = World()
+    socket = live_socket(world, "c-1", "s-1")
+    first = socket.protocol.end(Close.GOING_AWAY, "server_shutdown")
+    assert [type(e) for e in first] == [Closing]
+    assert socket.protocol.end(Close.NORMAL, "normal") == []
+    assert socket.protocol.receive('{"type": "message", "content": "x"}', 0.0) == []
+
+
+def test_a_second_auth_frame_is_a_refused_transition_recorded_for_the_audit() -> None:
+    world = World()
+    socket = live_socket(world, "c-1", "s-1")
+    socket.send({"type": "auth", "token": world.token(), "ref": "again"})
+    assert (socket.errors()[-1]["code"], socket.errors()[-1]["ref"]) == (
+        "invalid_transition",
+        "again",
+    )
+    assert world.connection_states("c-1")[-1] == "TransitionRefused"
+    assert socket.closed is None
+
+
+def test_the_protocol_imports_neither_aiohttp_nor_asyncio() -> None:
+    for module in (service.edge.protocol, service.edge.effects):
+        tree = ast.parse(Path(str(module.__file__)).read_text())
+        roots: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                roots |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                roots.add((node.module or "").split(".")[0])
+        assert not roots & {"aiohttp", "asyncio"}, module.__name__

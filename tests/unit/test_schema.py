@@ -1,0 +1,118 @@
+"""The one schema of the edge (service/edge/schema.py): what it accepts as
+declared, what it refuses and with which of the contract's codes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from service.edge.schema import (
+    MAX_DEPTH,
+    CompleteTask,
+    CreateSession,
+    EventsQuery,
+    MessageFrame,
+    PostMessage,
+    ReportProgress,
+    SchemaError,
+    SocketQuery,
+    decode_body,
+    decode_frame,
+    decode_query,
+)
+
+
+def nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+def refused(raw: bytes, kind: Any) -> str:
+    with pytest.raises(SchemaError) as e:
+        decode_body(raw, kind)
+    return e.value.code
+
+
+def test_a_message_is_declared_once_for_http_and_for_frames() -> None:
+    body = decode_body(b'{"role": "assistant", "content": "hi", "tokens": 3}', PostMessage)
+    frame = decode_frame('{"type": "message", "content": "hi", "tokens": 3, "ref": "r"}')
+    assert isinstance(frame, MessageFrame)
+    assert (body.content, body.tokens) == (frame.content, frame.tokens)
+    assert frame.role == "user"  # a frame's role defaults; a body's is required
+    assert refused(b'{"content": "hi"}', PostMessage) == "invalid_body"
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        (b"{not json", "invalid_json"),
+        (b"[1]", "invalid_body"),
+        (b'{"session_id": 42}', "invalid_body"),
+        (b'{"session_id": "has space"}', "invalid_id"),
+        (b'{"session_id": ""}', "invalid_id"),
+        (b'{"session_id": "ends-in-newline\\n"}', "invalid_id"),
+        (b'{"session_id": "' + b"x" * 129 + b'"}', "invalid_id"),
+        (b'{"colour": "red"}', "invalid_body"),
+        (b'{"metadata": {"n": 9223372036854775808}}', "invalid_body"),
+        (b'{"metadata": {"n": 1e400}}', "invalid_body"),
+        (b'{"metadata": ' + orjson.dumps(nested(MAX_DEPTH)) + b"}", "invalid_body"),
+        (b'{"metadata": ' + b"[" * 5000 + b"]" * 5000 + b"}", "invalid_body"),
+    ],
+)
+def test_what_cannot_be_recorded_as_it_stands_is_refused_with_its_code(
+    raw: bytes, code: str
+) -> None:
+    assert refused(raw, CreateSession) == code
+
+
+def test_free_json_up_to_the_limits_is_accepted_as_sent() -> None:
+    metadata = {"deep": nested(MAX_DEPTH - 2), "big": 2**63 - 1, "small": -(2**63)}
+    body = decode_body(orjson.dumps({"metadata": metadata}), CreateSession)
+    assert body.metadata == metadata
+    assert decode_body(b"", CreateSession) == CreateSession()
+
+
+def test_whole_numbers_stay_whole_and_results_are_checked_too() -> None:
+    progress = decode_body(b'{"done": 5, "total": 7.5}', ReportProgress)
+    assert (progress.done, type(progress.done)) == (5, int)
+    assert refused(b'{"done": true}', ReportProgress) == "invalid_body"
+    assert refused(b'{"result": [18446744073709551616]}', CompleteTask) == "invalid_body"
+
+
+def test_query_values_are_converted_and_bounded() -> None:
+    assert decode_query({"after": "5", "limit": ""}, EventsQuery) == EventsQuery(after=5)
+    for bad in ({"after": "x"}, {"after": "-1"}, {"after": str(2**63)}, {"limit": "1001"}):
+        with pytest.raises(SchemaError) as e:
+            decode_query(bad, EventsQuery)
+        assert e.value.code == "invalid_query"
+    for bad in (
+        {},
+        {"session_id": ""},
+        {"session_id": "a b"},
+        {"session_id": "s", "connection_id": ""},
+    ):
+        with pytest.raises(SchemaError) as e:
+            decode_query(bad, SocketQuery)
+        assert e.value.code == "invalid_id"
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ("{nope", "bad_frame"),
+        ('"text"', "bad_frame"),
+        ("{}", "bad_frame"),
+        ('{"type": "teleport"}', "unknown_type"),
+        ('{"type": "message", "content": "x", "ref": 5}', "bad_frame"),
+        ('{"type": "message", "content": "x", "metadata": {"n": 1e999}}', "bad_frame"),
+        ('{"type": "auth"}', "bad_frame"),
+    ],
+)
+def test_frames_are_refused_with_the_socket_codes(frame: str, code: str) -> None:
+    with pytest.raises(SchemaError) as e:
+        decode_frame(frame)
+    assert e.value.code == code
