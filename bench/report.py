@@ -24,7 +24,7 @@ class Row:
     goal: str = ""
 
 
-COLUMNS = ("figure", "load", "measured", "baseline", "ratio", "server CPU", "goal (issue 5)")
+COLUMNS = ("figure", "load", "measured", "baseline", "ratio", "server CPU", "goal")
 
 
 def table(rows: list[Row]) -> str:
@@ -118,7 +118,7 @@ def write(out: Path, rows: list[Row], curves: dict[str, list[tuple[int, float, f
         f"Reproduce: `{command}`\n\n"
         "Every server runs in its own process; the load generator (`bench/load.py`) runs in "
         "another, on the same cores, which is why the server CPU per operation is shown "
-        "beside each rate. The goals are issue 5's, stated for the full loads.\n\n"
+        "beside each rate. The goals are the project's, stated for the full loads.\n\n"
         f"{table(rows)}\n\n" + "".join(f"- {n}\n" for n in notes) + f"\n{picture}\n"
     )
     if kept:

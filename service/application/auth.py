@@ -102,7 +102,7 @@ class TokenSigner:
 
     # Verified tokens, kept until they expire: a worker posting progress sends
     # the same token thousands of times, and HMAC-checking it each time was
-    # about 5% of the server's CPU per event (bench/, issue 5).
+    # about 5% of the server's CPU per event (bench/).
     VERIFIED_CACHE_SIZE = 4096
 
     def verify(self, token: object) -> Principal:
@@ -144,7 +144,7 @@ class TokenSigner:
         is one PyJWT accepts with the same claims (a test compares them); a
         token this path does not accept is never refused here, only handed on.
         New tokens per connection made PyJWT about 7% of the server's CPU per
-        handshake (issue 5).
+        handshake (bench/).
         """
         parts = token.split(".")
         if len(parts) != 3:

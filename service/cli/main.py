@@ -111,7 +111,7 @@ def tune_garbage_collector() -> None:
     response, request and protocol point at one another), and sessiond keeps
     thousands of long-lived aggregates in its writer's cache: with the default
     thresholds, collecting took about a sixth of a warm server's CPU under the
-    handshake load (bench/, issue 5), and under a fifth of that with these.
+    handshake load (bench/), and under a fifth of that with these.
     """
     gc.collect()
     gc.freeze()

@@ -19,7 +19,7 @@ class KeyValueFormatter(logging.Formatter):
     Written out by hand rather than through ``Formatter.format``: a server
     logs a few lines per connection, and the generic path (a ``strftime`` per
     line, ``%``-style formatting, a scan for the style's fields) was about 3%
-    of the server's CPU under issue 5's handshake load.
+    of the server's CPU under the bench's handshake load.
     """
 
     def __init__(self) -> None:
@@ -54,7 +54,7 @@ class KeyValueFormatter(logging.Formatter):
 def configure(level: str = "INFO") -> None:
     # Nothing in the format needs the caller's file, line, thread or process:
     # the logging cookbook's "what you don't want to collect" (findCaller
-    # walks the stack on every line; measured in bench/, issue 5).
+    # walks the stack on every line; measured in bench/).
     logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = False

@@ -30,7 +30,7 @@ def timestamp(value: datetime | None) -> str | None:
         value = value.astimezone(UTC)
     # Every event and view carries timestamps, mostly within the same second:
     # the date and time are formatted once a second (strftime, and even
-    # isoformat, were a measurable share of every commit; bench/, issue 5).
+    # isoformat, were a measurable share of every commit; bench/).
     second = (value.year, value.month, value.day, value.hour, value.minute, value.second)
     known, text = _last_second
     if known != second:

@@ -1,4 +1,4 @@
-"""Audit (issue 3): the session listing with cursor pagination, read-your-
+"""Audit: the session listing with cursor pagination, read-your-
 writes, paging through a session's history, the session as it stood at any
 position, auditors who read everything and write nothing, and the
 ``replay`` and ``projections`` commands straight from the store."""

@@ -1,4 +1,4 @@
-"""Crash recovery (issue 3): a server process killed with -9 while sockets
+"""Crash recovery: a server process killed with -9 while sockets
 are open; the next start records each connection it left open as CLOSED
 ``lost``, detaches it from its session, and nothing acknowledged before the
 kill is missing."""

@@ -1,4 +1,4 @@
-"""Tasks and progress over HTTP (PROTOCOL.md, issue 3): each call is one
+"""Tasks and progress over HTTP (PROTOCOL.md): each call is one
 recorded session event answered with its position, the ``service`` role
 reports on any session, and the session view shows each task's progress."""
 

@@ -1,4 +1,4 @@
-"""Resume without loss (issue 3): ``after=N`` gives exactly the positions
+"""Resume without loss: ``after=N`` gives exactly the positions
 after N, the backlog/live seam drops and repeats nothing while producers
 write during the handshake, and a slow consumer is closed with 4408 and
 resumes with ``after`` losing nothing."""
