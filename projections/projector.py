@@ -14,8 +14,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from projections.projection import Row
+from projections.sessions import apply_session
 from projections.tables import PROJECTIONS, Tables
-from projections.views import Row, apply_session, fold_connection
+from projections.views import fold_connection
 from service.storage.rows import LogRow
 
 log = logging.getLogger("sessiond.projections")

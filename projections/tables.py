@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from projections.views import Row
+from projections.projection import Row
 
 PROJECTIONS = ("sessions", "connections")
 SCHEMA_LOCK_KEY = 0x5E5510D

@@ -25,8 +25,9 @@ from domain.connection import Connection
 from domain.errors import DomainError
 from domain.ids import connection_stream, session_stream
 from projections.projector import Projector
+from projections.sessions import apply_session, fold_session
 from projections.tables import Tables
-from projections.views import apply_session, fold_connection, fold_session
+from projections.views import fold_connection
 from service.application import commands
 from service.application.auth import Principal
 from service.application.readmodels import make_projector, open_tables
