@@ -1,4 +1,4 @@
-"""Session events as the read side knows them: one entry per event type.
+"""The sessions projection, and session events as the read side knows them.
 
 Each event class nested in ``domain.session.Session`` has one entry in
 ``SESSION_EVENTS``, keyed by its wire type (``cls.wire_name({})``, the class
@@ -18,6 +18,7 @@ event type with no entry here (written by a newer node) still folds, moving
 only ``position`` and ``updated_at``, and still shows a line (its data as
 ``key=value``).
 
+``SESSIONS`` keeps one row per session, its view, folded by these entries.
 The views are the same objects the aggregate's ``view()`` produces;
 tests/integration/test_projections.py checks that they agree.
 """
@@ -32,7 +33,14 @@ import orjson
 
 from domain.base import Aggregate
 from domain.session import Session
-from projections.projection import Fold, Row, WireEvent
+from projections.projection import (
+    Fold,
+    Projection,
+    Row,
+    WireEvent,
+    by_session,
+    once_per_position,
+)
 
 ACTIVE, ENDED = "ACTIVE", "ENDED"
 RUNNING, COMPLETED, FAILED = "RUNNING", "COMPLETED", "FAILED"
@@ -271,3 +279,28 @@ def wire_shape(cls: type[Aggregate.Event]) -> WireShape | None:
         if entry.event is cls:
             return entry.wire
     return None
+
+
+SESSIONS = Projection(
+    name="sessions",
+    ddl=(
+        """CREATE TABLE IF NOT EXISTS sessiond_sessions (
+            session_id TEXT PRIMARY KEY,
+            owner TEXT NOT NULL,
+            state TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            position BIGINT NOT NULL,
+            view TEXT NOT NULL
+        )""",
+        """CREATE INDEX IF NOT EXISTS sessiond_sessions_by_owner
+            ON sessiond_sessions (owner, created_at DESC, session_id DESC)""",
+        """CREATE INDEX IF NOT EXISTS sessiond_sessions_by_time
+            ON sessiond_sessions (created_at DESC, session_id DESC)""",
+    ),
+    row_key=by_session,
+    # The projector owns the rows it loads for a batch: it folds in place.
+    fold=once_per_position(apply_session),
+    table="sessiond_sessions",
+    columns=("session_id", "owner", "state", "created_at", "position"),
+    changing=("state", "position"),
+)

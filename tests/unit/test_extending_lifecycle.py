@@ -18,7 +18,7 @@ from domain.base import Aggregate
 from domain.connection import Connection
 from domain.errors import InvalidTransition
 from domain.lifecycle import mermaid
-from projections.views import fold_connection
+from projections.connections import fold_connection
 from service.storage.wire import wire_event
 
 
