@@ -10,7 +10,8 @@ whole row as JSON in ``view``. A projection stored otherwise overrides
 ``load``, ``write``, ``truncate`` and ``count``.
 
 Adding one is one module that defines it and one line in
-``projections.projector.PROJECTIONS``.
+``projections.projector.PROJECTIONS``; see
+docs/adr/0024-register-each-projection-with-its-own-position.md.
 """
 
 from __future__ import annotations

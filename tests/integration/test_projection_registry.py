@@ -1,4 +1,4 @@
-"""A projection added by registration: messages per user, defined
+"""A projection added by registration (ADR 0024): messages per user, defined
 here as a new projection would be in its own module, registered beside the
 sessions and connections projections, kept by the real projector on a real
 SQLite file (and PostgreSQL), and rebuilt alone while the others keep their
