@@ -1,13 +1,13 @@
 """The read-model tables, kept in the same database as the event log.
 
-``sessiond_sessions`` and ``sessiond_connections`` hold one row per session and
-connection (indexed columns plus the whole view as JSON); ``sessiond_tracking``
-holds, per projection, the position in the store's notification log up to
-which it has been applied. A batch of rows and its tracking positions are
-written in one transaction, so a crash never applies an event twice nor
-skips one. Writers lock the tracking rows first (``FOR UPDATE`` on
-PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), so two projectors on two nodes
-cannot apply the same batch.
+Each projection (projections/projection.py) has its tables, created from its
+DDL; ``sessiond_tracking`` holds, per projection, the position in the store's
+notification log up to which it has been applied. A batch of rows and its
+tracking positions are written in one transaction, so a crash never applies
+an event twice nor skips one. Writers lock the tracking rows first (``FOR
+UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), so two projectors on
+two nodes cannot apply the same batch. The queries the service reads the
+sessions and connections projections with are here too.
 """
 
 from __future__ import annotations
@@ -20,39 +20,14 @@ from typing import Any, Protocol
 
 import orjson
 
-from projections.views import Row
+from projections.projection import Row
 
-PROJECTIONS = ("sessions", "connections")
 SCHEMA_LOCK_KEY = 0x5E5510D
 
-DDL = [
-    """CREATE TABLE IF NOT EXISTS sessiond_tracking (
-        name TEXT PRIMARY KEY,
-        position BIGINT NOT NULL
-    )""",
-    """CREATE TABLE IF NOT EXISTS sessiond_sessions (
-        session_id TEXT PRIMARY KEY,
-        owner TEXT NOT NULL,
-        state TEXT NOT NULL,
-        created_at TEXT NOT NULL,
-        position BIGINT NOT NULL,
-        view TEXT NOT NULL
-    )""",
-    """CREATE INDEX IF NOT EXISTS sessiond_sessions_by_owner
-        ON sessiond_sessions (owner, created_at DESC, session_id DESC)""",
-    """CREATE INDEX IF NOT EXISTS sessiond_sessions_by_time
-        ON sessiond_sessions (created_at DESC, session_id DESC)""",
-    """CREATE TABLE IF NOT EXISTS sessiond_connections (
-        connection_id TEXT PRIMARY KEY,
-        session_id TEXT NOT NULL,
-        node TEXT NOT NULL,
-        state TEXT NOT NULL,
-        position BIGINT NOT NULL,
-        view TEXT NOT NULL
-    )""",
-    """CREATE INDEX IF NOT EXISTS sessiond_connections_by_node
-        ON sessiond_connections (node, state)""",
-]
+TRACKING_DDL = """CREATE TABLE IF NOT EXISTS sessiond_tracking (
+    name TEXT PRIMARY KEY,
+    position BIGINT NOT NULL
+)"""
 
 
 class Cursor(Protocol):
@@ -92,14 +67,16 @@ class Tables:
     def close(self) -> None:
         pass
 
-    def create(self, extra_ddl: Sequence[str] = ()) -> None:
+    def create(self, extra_ddl: Sequence[str] = (), tracked: Sequence[str] = ()) -> None:
+        """The tracking table and ``extra_ddl``'s tables; a tracking row at
+        position 0 for each name in ``tracked`` that has none yet."""
         with self.write() as c:
             if self.placeholder != "?":
                 # Nodes starting together must not race on CREATE ... IF NOT EXISTS.
                 c.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
-            for statement in [*DDL, *extra_ddl]:
+            for statement in [TRACKING_DDL, *extra_ddl]:
                 c.execute(statement)
-            for name in PROJECTIONS:
+            for name in tracked:
                 c.execute(
                     self.sql(
                         "INSERT INTO sessiond_tracking (name, position) VALUES (?, 0) "
@@ -123,8 +100,14 @@ class Tables:
         c.execute("SELECT name, position FROM sessiond_tracking" + lock)
         return {name: int(pos) for name, pos in c.fetchall()}
 
-    def set_positions(self, c: Cursor, position: int) -> None:
-        c.execute(self.sql("UPDATE sessiond_tracking SET position = ?"), (position,))
+    def set_positions(self, c: Cursor, names: Sequence[str], position: int) -> None:
+        if not names:
+            return
+        marks = ",".join("?" * len(names))
+        c.execute(
+            self.sql(f"UPDATE sessiond_tracking SET position = ? WHERE name IN ({marks})"),
+            (position, *names),
+        )
 
     def load(self, c: Cursor, table: str, key: str, ids: Sequence[str]) -> dict[str, Row]:
         rows: dict[str, Row] = {}
@@ -137,57 +120,29 @@ class Tables:
                 rows[ident] = orjson.loads(view)
         return rows
 
-    def upsert_sessions(self, c: Cursor, rows: Sequence[Row]) -> None:
+    def upsert(
+        self,
+        c: Cursor,
+        table: str,
+        columns: Sequence[str],
+        changing: Sequence[str],
+        rows: Sequence[Row],
+    ) -> None:
+        """Insert ``rows`` into ``table``, or update those whose key (the
+        first of ``columns``) is there: each row's fields named by
+        ``columns``, and the whole row as JSON in ``view``. An update rewrites
+        ``changing`` and ``view``; the other columns keep what was inserted."""
         if not rows:
             return
+        marks = ", ".join("?" * (len(columns) + 1))
+        updates = ", ".join(f"{column} = excluded.{column}" for column in [*changing, "view"])
         c.executemany(
             self.sql(
-                "INSERT INTO sessiond_sessions "
-                "(session_id, owner, state, created_at, position, view) VALUES (?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (session_id) DO UPDATE SET state = excluded.state, "
-                "position = excluded.position, view = excluded.view"
+                f"INSERT INTO {table} ({', '.join(columns)}, view) VALUES ({marks}) "
+                f"ON CONFLICT ({columns[0]}) DO UPDATE SET {updates}"
             ),
-            [
-                (
-                    r["session_id"],
-                    r["owner"],
-                    r["state"],
-                    r["created_at"],
-                    r["position"],
-                    orjson.dumps(r).decode(),
-                )
-                for r in rows
-            ],
+            [(*[r[column] for column in columns], orjson.dumps(r).decode()) for r in rows],
         )
-
-    def upsert_connections(self, c: Cursor, rows: Sequence[Row]) -> None:
-        if not rows:
-            return
-        c.executemany(
-            self.sql(
-                "INSERT INTO sessiond_connections "
-                "(connection_id, session_id, node, state, position, view) "
-                "VALUES (?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (connection_id) DO UPDATE SET state = excluded.state, "
-                "position = excluded.position, view = excluded.view"
-            ),
-            [
-                (
-                    r["connection_id"],
-                    r["session_id"],
-                    r["node"],
-                    r["state"],
-                    r["position"],
-                    orjson.dumps(r).decode(),
-                )
-                for r in rows
-            ],
-        )
-
-    def truncate(self, c: Cursor) -> None:
-        c.execute("DELETE FROM sessiond_sessions")
-        c.execute("DELETE FROM sessiond_connections")
-        c.execute("UPDATE sessiond_tracking SET position = 0")
 
     # --- queries --------------------------------------------------------------
 
@@ -240,14 +195,6 @@ class Tables:
         with self.read() as c:
             c.execute(self.sql(sql), params)
             return [orjson.loads(v) for (v,) in c.fetchall()]
-
-    def counts(self) -> dict[str, int]:
-        with self.read() as c:
-            c.execute("SELECT COUNT(*) FROM sessiond_sessions")
-            sessions = int(c.fetchone()[0])
-            c.execute("SELECT COUNT(*) FROM sessiond_connections")
-            connections = int(c.fetchone()[0])
-        return {"sessions": sessions, "connections": connections}
 
 
 class SQLiteTables(Tables):

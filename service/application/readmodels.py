@@ -8,9 +8,11 @@ import asyncio
 import contextlib
 import logging
 import threading
+from collections.abc import Sequence
 from typing import Any
 
-from projections.projector import Projector
+from projections.projection import Projection
+from projections.projector import PROJECTIONS, Projector
 from projections.tables import PostgresTables, SQLiteTables, Tables
 from service.runtime.osthread import name_native_thread
 from service.storage.store import SessiondApplication, StoreConfig
@@ -41,13 +43,19 @@ def open_tables(config: StoreConfig) -> Tables:
     return SQLiteTables(None)
 
 
-def make_projector(store: SessiondApplication, tables: Tables, batch_size: int = 2000) -> Projector:
+def make_projector(
+    store: SessiondApplication,
+    tables: Tables,
+    batch_size: int = 2000,
+    projections: Sequence[Projection] = PROJECTIONS,
+) -> Projector:
     return Projector(
         store.log_rows,
         store.ping,
         wire_from_row,
         tables,
         batch_size=batch_size,
+        projections=projections,
     )
 
 

@@ -9,6 +9,7 @@ from typing import Any, TextIO
 import orjson
 
 from domain.ids import session_stream
+from projections.sessions import timeline
 from service.storage.store import SessiondApplication
 
 PAGE = 20000
@@ -29,45 +30,13 @@ def iter_session_events(
         after = events[-1]["position"]
 
 
-def _summary(event: dict[str, Any]) -> str:
-    data = event["data"]
-    kind = event["type"]
-    if kind == "SessionCreated":
-        return f"owner={data.get('owner')}"
-    if kind == "MessageRecorded":
-        content = str(data.get("content", ""))
-        if len(content) > 60:
-            content = content[:57] + "..."
-        return f"{data.get('role')} {content!r} message_id={data.get('message_id')}"
-    if kind == "TaskStarted":
-        total = "" if data.get("total") is None else f" total={data['total']}"
-        return f"task={data.get('task_id')} name={data.get('name')!r}{total}"
-    if kind == "TaskProgressed":
-        # A report may leave the total out (it stays as it was): show none.
-        of = "" if data.get("total") is None else f"/{data['total']}"
-        note = f" note={data['note']!r}" if data.get("note") else ""
-        return f"task={data.get('task_id')} done={data.get('done')}{of}{note}"
-    if kind == "TaskCompleted":
-        return f"task={data.get('task_id')} result={orjson.dumps(data.get('result')).decode()}"
-    if kind == "TaskFailed":
-        return f"task={data.get('task_id')} error={data.get('error')!r}"
-    if kind == "ConnectionAttached":
-        return f"user={data.get('user_id')} node={data.get('node')}"
-    if kind == "ConnectionDetached":
-        by = f" by={data['superseded_by']}" if data.get("superseded_by") else ""
-        return f"reason={data.get('reason')}{by}"
-    if kind == "SessionEnded":
-        return f"by={data.get('user_id')}"
-    return " ".join(f"{k}={v}" for k, v in data.items())
-
-
 def write_timeline(events: Iterator[dict[str, Any]], out: TextIO) -> int:
     count = 0
     for event in events:
         connection = event["data"].get("connection_id") or "-"
         out.write(
             f"{event['at']}  {event['position']:>6}  {event['type']:<18}  "
-            f"conn={connection}  {_summary(event)}\n"
+            f"conn={connection}  {timeline(event)}\n"
         )
         count += 1
     return count

@@ -189,20 +189,26 @@ def cmd_projections(args: argparse.Namespace) -> int:
     tables = open_tables(config)
     projector = make_projector(store, tables, batch_size=args.batch_size)
     try:
+        try:
+            chosen = [p.name for p in projector.select(args.names)]
+        except ValueError as e:
+            raise CliError(str(e)) from None
         projector.setup()
         if args.action == "rebuild":
             head = store.ping()
             bar = ProgressBar(head, sys.stderr)
-            applied = projector.rebuild(lambda position, head: bar.update(position, head))
+            applied = projector.rebuild(
+                lambda position, head: bar.update(position, head), names=chosen
+            )
             bar.done()
-            counts = tables.counts()
+            rows = ", ".join(f"{n} {name}" for name, n in projector.counts(chosen).items())
             print(
-                f"rebuilt from position 0 to {projector.position}: {applied} events, "
-                f"{counts['sessions']} sessions, {counts['connections']} connections"
+                f"rebuilt {', '.join(chosen)} from position 0 to {projector.position}: "
+                f"{applied} events, {rows}"
             )
         else:
             print(f"{'projection':<12} {'position':>10} {'head':>10} {'lag':>8}")
-            for status in projector.status():
+            for status in projector.status(chosen):
                 print(f"{status.name:<12} {status.position:>10} {status.head:>10} {status.lag:>8}")
     finally:
         tables.close()
@@ -275,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     proj = sub.add_parser("projections", help="rebuild or inspect the read models")
     proj.add_argument("action", choices=["rebuild", "status"])
+    proj.add_argument(
+        "names", nargs="*", metavar="NAME", help="the projections to act on (default: all)"
+    )
     proj.add_argument("--store", help="the store (as for serve)")
     proj.add_argument(
         "--batch-size", type=positive_int, default=5000, help="events per transaction"

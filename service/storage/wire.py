@@ -14,6 +14,7 @@ from eventsourcing.utils import resolve_topic
 
 from domain.base import Aggregate
 from domain.ids import id_from_stream
+from projections.sessions import WireShape, wire_shape
 from service.storage.rows import LogRow, StreamRow
 
 # The text of the last second formatted, shared by every thread (replaced as a
@@ -55,18 +56,22 @@ def wire_event(event: Aggregate.Event) -> dict[str, Any]:
     """A recorded event as PROTOCOL.md shows it, over HTTP and WebSocket alike.
 
     The same object as ``{kind}_id``, ``position``, ``type_name()``,
-    ``timestamp`` and ``payload()`` would make, in one pass over its fields.
+    ``timestamp`` and ``payload()`` would make, in one pass over its fields,
+    unless the event's entry in projections/sessions.py gives it a shape of
+    its own.
     """
     state = vars(event)
     cls = type(event)
     key, client_id = _key_and_id(event.originator_id)
-    return {
+    wire = {
         key: client_id,
         "position": event.originator_version,
         "type": _fixed_name(cls) or cls.wire_name(state),
         "at": timestamp(event.timestamp),
         "data": {k: v for k, v in state.items() if k not in _NOT_DATA},
     }
+    shape = _shape(cls)
+    return wire if shape is None else shape(wire)
 
 
 def _at(iso: str) -> str:
@@ -96,14 +101,20 @@ _DEFAULT_WIRE_NAME = Aggregate.Event.wire_name.__func__  # type: ignore[attr-def
 
 
 @functools.cache
-def _namer(topic: str) -> tuple[str, type[Aggregate.Event] | None]:
+def _shape(cls: type[Aggregate.Event]) -> WireShape | None:
+    return wire_shape(cls)
+
+
+@functools.cache
+def _namer(topic: str) -> tuple[str, type[Aggregate.Event] | None, WireShape | None]:
     """The wire type of a topic's events when it does not depend on their
-    state, else ("", the class whose ``wire_name`` must be asked)."""
+    state, else ("", the class whose ``wire_name`` must be asked); and the
+    shape its events have instead of the generic one, if any."""
     cls = _event_class(topic)
     if cls is None:
-        return _class_name(topic), None
+        return _class_name(topic), None, None
     name = _fixed_name(cls)
-    return name, None if name else cls
+    return name, None if name else cls, _shape(cls)
 
 
 @functools.lru_cache(maxsize=65536)
@@ -113,18 +124,19 @@ def _key_and_id(stream_id: str) -> tuple[str, str]:
 
 
 def _wire(stream_id: str, position: int, topic: str, state_bytes: bytes) -> dict[str, Any]:
-    name, cls = _namer(topic)
+    name, cls, shape = _namer(topic)
     state = orjson.loads(state_bytes)
     at = state.pop("timestamp")
     state.pop("originator_topic", None)
     key, client_id = _key_and_id(stream_id)
-    return {
+    wire = {
         key: client_id,
         "position": position,
         "type": name or cls.wire_name(state),  # type: ignore[union-attr]
         "at": _at(at),
         "data": state,
     }
+    return wire if shape is None else shape(wire)
 
 
 def wire_from_stored(stored: StoredEvent) -> dict[str, Any]:

@@ -14,10 +14,12 @@ from typing import Any
 import orjson
 import pytest
 
+from projections.projector import PROJECTIONS, reset
 from service.application.readmodels import open_tables
 from service.storage.store import parse_store_url
 from tests.conftest import Api
 from tests.e2e.streaming import eventually
+from tests.e2e.wsclient import closed_record, open_live
 
 AUDITOR = ("auditor",)
 
@@ -357,6 +359,90 @@ async def test_projections_rebuild_and_status_show_lag_zero(
     assert after == before
 
 
+def read_tables(store: str, sql: str) -> list[tuple[Any, ...]]:
+    tables = open_tables(parse_store_url(store))
+    try:
+        with tables.read() as c:
+            c.execute(sql)
+            return [tuple(row) for row in c.fetchall()]
+    finally:
+        tables.close()
+
+
+def write_tables(store: str, *statements: str) -> None:
+    tables = open_tables(parse_store_url(store))
+    try:
+        with tables.write() as c:
+            for statement in statements:
+                c.execute(statement)
+    finally:
+        tables.close()
+
+
+async def test_projections_rebuild_of_connections_alone_leaves_sessions_as_they_were(
+    disk_store: str, serve: Callable[..., Any]
+) -> None:
+    """Rebuilt while the service serves: the connections' rows come back from
+    the log; the sessions' rows and position are never touched. Each table
+    gets a mark in a column no read shows (a session row's ``state``, a
+    connection row's ``session_id``): a rebuild would write the column again."""
+    api: Api = await serve(disk_store)
+    for n in range(2):
+        await busy_session(api, f"alone-{n}")
+    await ok(api, "POST", "/v1/sessions", json={"session_id": "alone-live"}, status=201)
+    live = await open_live(api, "alone-live", connection_id="alone-c1")
+    gone = await open_live(api, "alone-live", connection_id="alone-c2")
+    await gone.close()
+    sessions = await ok(api, "GET", "/v1/sessions?limit=10")
+    await eventually(
+        lambda: closed_record(api, "alone-c2"), "the closed connection in the read model"
+    )
+    connection_views = [
+        await ok(api, "GET", f"/v1/connections/{c}") for c in ("alone-c1", "alone-c2")
+    ]
+    positions = dict(read_tables(disk_store, "SELECT name, position FROM sessiond_tracking"))
+    write_tables(
+        disk_store,
+        "UPDATE sessiond_sessions SET state = 'MARK'",
+        "UPDATE sessiond_connections SET session_id = 'MARK'",
+    )
+    session_rows = read_tables(disk_store, "SELECT * FROM sessiond_sessions ORDER BY session_id")
+
+    code, out, err = await run_cli(
+        "projections", "rebuild", "connections", "--store", disk_store, "--batch-size", "7"
+    )
+    assert code == 0, err
+    assert out.startswith("rebuilt connections from position 0 to ")
+    assert out.rstrip().endswith(", 2 connections") and "sessions" not in out
+
+    assert read_tables(disk_store, "SELECT * FROM sessiond_sessions ORDER BY session_id") == (
+        session_rows
+    )
+    assert read_tables(disk_store, "SELECT DISTINCT session_id FROM sessiond_connections") == [
+        ("alone-live",)
+    ]
+    code, out, err = await run_cli("projections", "status", "--store", disk_store)
+    assert code == 0, err
+    table = {line.split()[0]: [int(v) for v in line.split()[1:]] for line in out.splitlines()[1:]}
+    assert table["sessions"][0] == positions["sessions"]
+    assert table["connections"][0] == positions["connections"] == table["connections"][1]
+
+    # The service kept serving, and serves the same views.
+    assert await ok(api, "GET", "/v1/sessions?limit=10") == sessions
+    assert [
+        await ok(api, "GET", f"/v1/connections/{c}") for c in ("alone-c1", "alone-c2")
+    ] == connection_views
+    await live.close()
+
+    code, _, err = await run_cli(
+        "projections", "rebuild", "sessions", "nope", "--store", disk_store
+    )
+    assert code == 2
+    assert err.strip() == (
+        "sessiond: error: no projection named 'nope'; known: sessions, connections"
+    )
+
+
 async def test_replay_at_zero_is_refused_with_a_readable_message(
     sqlite_url: str, serve: Callable[..., Any]
 ) -> None:
@@ -393,7 +479,7 @@ async def test_a_server_repairs_its_read_model_after_a_rebuild_died_half_way(
     try:
         with tables.write() as c:
             tables.lock_positions(c)
-            tables.truncate(c)
+            reset(tables, c, PROJECTIONS)
     finally:
         tables.close()
 

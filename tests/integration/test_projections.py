@@ -24,9 +24,10 @@ from domain.base import utcnow
 from domain.connection import Connection
 from domain.errors import DomainError
 from domain.ids import connection_stream, session_stream
-from projections.projector import Projector
+from projections.connections import fold_connection
+from projections.projector import PROJECTIONS, Projector, reset
+from projections.sessions import apply_session, fold_session
 from projections.tables import Tables
-from projections.views import apply_session, fold_connection, fold_session
 from service.application import commands
 from service.application.auth import Principal
 from service.application.readmodels import make_projector, open_tables
@@ -251,14 +252,14 @@ async def test_a_rebuild_from_zero_gives_the_same_rows(world: World) -> None:
         projector.setup()
         projector.catch_up()
         before = rows(tables, world)
-        counts = tables.counts()
+        counts = projector.counts()
 
         progress: list[tuple[int, int]] = []
         applied = projector.rebuild(lambda position, head: progress.append((position, head)))
         assert applied == world.head()
         assert rows(tables, world) == before
         assert (
-            tables.counts()
+            projector.counts()
             == counts
             == {
                 "sessions": len(world.sessions),
@@ -670,11 +671,48 @@ async def test_a_projector_whose_tables_were_reset_under_it_applies_everything_a
             interrupted.setup()
             with other_tables.write() as c:  # the first step of its rebuild, and no more
                 other_tables.lock_positions(c)
-                other_tables.truncate(c)
-            assert other_tables.counts() == {"sessions": 0, "connections": 0}
+                reset(other_tables, c, PROJECTIONS)
+            assert interrupted.counts() == {"sessions": 0, "connections": 0}
 
             assert live.catch_up() == world.head()
             assert live.position == world.head()
             assert_rows_equal_views(tables, world)
+    finally:
+        tables.close()
+
+
+async def test_one_projection_rebuilt_beside_a_live_projector_leaves_the_other_alone(
+    world: World,
+) -> None:
+    """Each projection has its own position: a rebuild of connections alone,
+    taking turns with a live projector, has both find the connections'
+    position moved under them, and neither touches a sessions row (a mark
+    in their ``state`` column, which a write would replace, stays)."""
+    await write_history(world, 11, sessions=4)
+    tables = world.tables()
+    try:
+        with shared_or_own(world, tables) as other_tables:
+            live = make_projector(world.store, tables, batch_size=5)
+            live.setup()
+            live.catch_up()
+            with tables.write() as c:
+                c.execute("UPDATE sessiond_sessions SET state = 'MARK'")
+            rebuild = make_projector(world.store, other_tables, batch_size=5)
+            rebuild.setup()
+            turns: list[int] = []
+            applied = rebuild.rebuild(
+                lambda position, head: turns.append(live.run_batch()), names=["connections"]
+            )
+            assert applied > 0 and -1 in turns
+            live.catch_up()
+            assert (
+                live.positions
+                == rebuild.positions
+                == dict.fromkeys(("sessions", "connections"), world.head())
+            )
+            assert_rows_equal_views(tables, world)
+            with tables.read() as c:
+                c.execute("SELECT COUNT(*) FROM sessiond_sessions WHERE state <> 'MARK'")
+                assert c.fetchone()[0] == 0
     finally:
         tables.close()

@@ -19,7 +19,7 @@ from domain.base import Aggregate
 from domain.connection import Connection
 from domain.errors import InvalidTransition
 from domain.lifecycle import mermaid
-from projections.views import fold_connection
+from projections.connections import fold_connection
 from service.application import commands
 from service.edge.effects import Close, Effects, Outcome, Record, Recorded
 from service.edge.protocol import ConnectionProtocol

@@ -1,4 +1,5 @@
-"""The readable timeline of `sessiond replay` (service/application/replay.py)."""
+"""The readable timeline of `sessiond replay`: each session event's line, from
+its entry in projections/sessions.py."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from service.application.replay import _summary
+from projections.sessions import timeline
 
 
 def event(kind: str, **data: Any) -> dict[str, Any]:
@@ -29,4 +30,4 @@ def event(kind: str, **data: Any) -> dict[str, Any]:
 def test_a_task_without_a_known_total_is_shown_without_one(
     recorded: dict[str, Any], shown: str
 ) -> None:
-    assert _summary(recorded) == shown
+    assert timeline(recorded) == shown
