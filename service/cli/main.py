@@ -280,15 +280,20 @@ def build_parser() -> argparse.ArgumentParser:
     replay_cmd.set_defaults(func=cmd_replay)
 
     proj = sub.add_parser("projections", help="rebuild or inspect the read models")
-    proj.add_argument("action", choices=["rebuild", "status"])
-    proj.add_argument(
-        "names", nargs="*", metavar="NAME", help="the projections to act on (default: all)"
-    )
-    proj.add_argument("--store", help="the store (as for serve)")
-    proj.add_argument(
-        "--batch-size", type=positive_int, default=5000, help="events per transaction"
-    )
-    proj.set_defaults(func=cmd_projections)
+    actions = proj.add_subparsers(dest="action", required=True)
+    for action, text in (
+        ("rebuild", "rebuild projections from position 0 while the service keeps serving"),
+        ("status", "each projection's position, the log's head, and the lag"),
+    ):
+        act = actions.add_parser(action, help=text)
+        act.add_argument(
+            "names", nargs="*", metavar="NAME", help="the projections to act on (default: all)"
+        )
+        act.add_argument("--store", help="the store (as for serve)")
+        act.add_argument(
+            "--batch-size", type=positive_int, default=5000, help="events per transaction"
+        )
+        act.set_defaults(func=cmd_projections)
 
     lifecycle = sub.add_parser("lifecycle", help="print the connection lifecycle as Mermaid")
     lifecycle.set_defaults(func=cmd_lifecycle)
