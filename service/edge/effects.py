@@ -21,7 +21,9 @@ class Close:
 
     NORMAL = 1000
     GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002
     ABNORMAL = 1006
+    INVALID_DATA = 1007
     TOO_LARGE = 1009
     INTERNAL = 1011
     PROTOCOL = 4400
@@ -127,15 +129,26 @@ Effect = (
 )
 
 
-def peer_close(code: int | None, *, timed_out: bool, too_large: bool) -> tuple[int, str]:
-    """The code and reason recorded for a close the server did not decide."""
+# Why the WebSocket layer itself closed a socket, by the code it sent.
+LAYER_REASONS = {
+    Close.PROTOCOL_ERROR: "protocol_error",
+    Close.INVALID_DATA: "invalid_utf8",
+    Close.TOO_LARGE: "too_large",
+    Close.INTERNAL: "internal_error",
+}
+
+
+def peer_close(code: int | None, *, timed_out: bool, layer_error: int | None) -> tuple[int, str]:
+    """The code and reason recorded for a close the server did not decide:
+    the client's, a drop, a missed pong, or the WebSocket layer refusing a
+    frame (``layer_error``: the code aiohttp sent, which is what is recorded)."""
     code = Close.ABNORMAL if code is None else code
     if timed_out:
         return code, "timeout"
-    if too_large or code == Close.TOO_LARGE:
-        # aiohttp sent 1009 for the oversized frame, then could not read the
-        # client's reply and left 1006 as the close code.
-        return Close.TOO_LARGE, "too_large"
+    if layer_error is not None:
+        return layer_error, LAYER_REASONS.get(layer_error, "protocol_error")
+    if code == Close.TOO_LARGE:
+        return code, "too_large"
     reasons = {
         Close.NORMAL: "normal",
         Close.GOING_AWAY: "client_going_away",

@@ -388,12 +388,14 @@ class ConnectionProtocol:
         }
         return [Closing(code, reason, self._close_command(code, reason), frame)]
 
-    def socket_closed(self, code: int | None, *, timed_out: bool, too_large: bool) -> Effects:
+    def socket_closed(
+        self, code: int | None, *, timed_out: bool, layer_error: int | None = None
+    ) -> Effects:
         """The socket ended without the server deciding it (the client closed
         it, it dropped, its pongs stopped): record why, once."""
         if self.ending is not None:
             return []
-        return self._record_end(*peer_close(code, timed_out=timed_out, too_large=too_large))
+        return self._record_end(*peer_close(code, timed_out=timed_out, layer_error=layer_error))
 
     def upgrade_failed(self) -> Effects:
         """CONNECTING was recorded but the upgrade itself failed."""

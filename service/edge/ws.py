@@ -32,7 +32,6 @@ from service.edge.context import HUB, METRICS, READERS, SETTINGS, SIGNER, SOCKET
 from service.edge.cors import origin_allowed
 from service.edge.effects import (
     AwaitAuth,
-    Close,
     Closing,
     Effect,
     FollowLive,
@@ -294,11 +293,14 @@ async def _finished(task: asyncio.Task[None]) -> None:
         task.remove_done_callback(wake)
 
 
-def _peer_close_facts(ws: web.WebSocketResponse) -> tuple[int | None, bool, bool]:
-    """What aiohttp knows of a close the server did not decide."""
+def _peer_close_facts(ws: web.WebSocketResponse) -> tuple[int | None, bool, int | None]:
+    """What aiohttp knows of a close the server did not decide: the close
+    code, whether pongs stopped, and the code aiohttp itself sent when the
+    WebSocket layer refused a frame (1002, 1007, 1009: then its close code
+    reads 1006, as it could not wait for the client's reply)."""
     exc = ws.exception()
-    too_large = isinstance(exc, WebSocketError) and exc.code == Close.TOO_LARGE
-    return ws.close_code, isinstance(exc, asyncio.TimeoutError), too_large
+    layer_error = exc.code if isinstance(exc, WebSocketError) else None
+    return ws.close_code, isinstance(exc, asyncio.TimeoutError), layer_error
 
 
 def _header_token(request: web.Request) -> str | None:
@@ -381,17 +383,19 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             driver.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await driver
-        code, timed_out, too_large = _peer_close_facts(ws)
-        await conn.run(protocol.socket_closed(code, timed_out=timed_out, too_large=too_large))
+        code, timed_out, layer_error = _peer_close_facts(ws)
+        await conn.run(protocol.socket_closed(code, timed_out=timed_out, layer_error=layer_error))
         return ws
     finally:
         if protocol.ending is None:
             # aiohttp cancels this handler when the transport goes away (a
             # missed pong, a dropped client): still record why it ended.
-            code, timed_out, too_large = (
-                _peer_close_facts(ws) if ws.prepared else (None, False, False)
+            code, timed_out, layer_error = (
+                _peer_close_facts(ws) if ws.prepared else (None, False, None)
             )
-            await conn.run(protocol.socket_closed(code, timed_out=timed_out, too_large=too_large))
+            await conn.run(
+                protocol.socket_closed(code, timed_out=timed_out, layer_error=layer_error)
+            )
         _closed(conn)
         if conn.subscription is not None:
             conn.subscription.close()

@@ -698,3 +698,23 @@ def test_serve_freezes_what_start_up_loaded_and_collects_less_often() -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+@pytest.mark.parametrize(
+    ("payload", "opcode", "code", "reason"),
+    [
+        (b"\xff\xfe not utf-8", aiohttp.WSMsgType.TEXT, 1007, "invalid_utf8"),
+        (b"x", 0x3, 1002, "protocol_error"),  # a reserved opcode
+    ],
+    ids=["invalid-utf8", "reserved-opcode"],
+)
+async def test_a_close_the_websocket_layer_sends_is_recorded_with_the_code_sent(
+    sqlite_url: str, serve: Serve, payload: bytes, opcode: int, code: int, reason: str
+) -> None:
+    api = await serve(sqlite_url)
+    cid = f"conn-layer-{code}"
+    client = await open_live(api, "s-layer", connection_id=cid)
+    await client.ws.send_frame(payload, opcode)  # type: ignore[arg-type]
+    assert await client.until_closed() == code
+    closed = await closed_record(api, cid)
+    assert closed["data"]["details"] == {"code": code, "reason": reason}

@@ -227,22 +227,24 @@ def test_events_already_sent_are_dropped_and_each_position_goes_out_once() -> No
 
 
 @pytest.mark.parametrize(
-    ("code", "timed_out", "too_large", "recorded"),
+    ("code", "timed_out", "layer_error", "recorded"),
     [
-        (1000, False, False, (1000, "normal")),
-        (1001, False, False, (1001, "client_going_away")),
-        (None, False, False, (1006, "dropped")),
-        (1006, True, False, (1006, "timeout")),
-        (1006, False, True, (1009, "too_large")),
-        (4000, False, False, (4000, "client_closed")),
+        (1000, False, None, (1000, "normal")),
+        (1001, False, None, (1001, "client_going_away")),
+        (None, False, None, (1006, "dropped")),
+        (1006, True, None, (1006, "timeout")),
+        (1006, False, 1009, (1009, "too_large")),
+        (1006, False, 1007, (1007, "invalid_utf8")),
+        (1006, False, 1002, (1002, "protocol_error")),
+        (4000, False, None, (4000, "client_closed")),
     ],
 )
 def test_a_close_the_server_did_not_decide_is_recorded_with_its_code_and_reason(
-    code: int | None, timed_out: bool, too_large: bool, recorded: tuple[int, str]
+    code: int | None, timed_out: bool, layer_error: int | None, recorded: tuple[int, str]
 ) -> None:
     world = World()
     socket = live_socket(world, "c-1", "s-1")
-    effects = socket.protocol.socket_closed(code, timed_out=timed_out, too_large=too_large)
+    effects = socket.protocol.socket_closed(code, timed_out=timed_out, layer_error=layer_error)
     assert [type(e) for e in effects] == [Record]
     socket.run(effects)
     connection = world.aggregates["connection:c-1"]
