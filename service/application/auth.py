@@ -108,6 +108,8 @@ class TokenSigner:
     def verify(self, token: object) -> Principal:
         if not isinstance(token, str) or not token:
             raise AuthError("missing token")
+        if not token.isascii():
+            raise AuthError("the token is not a JWT (it has non-ASCII characters)")
         hit = self._verified.get(token)
         if hit is not None:
             principal, expires = hit
@@ -214,4 +216,9 @@ def bearer_token(header: str | None) -> str:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthError("Authorization must be 'Bearer <token>'")
-    return token.strip()
+    token = token.strip()
+    if not token.isascii():
+        # A JWT is base64url and dots; aiohttp hands bytes it cannot decode on
+        # as surrogates, which no JWT library can even encode back.
+        raise AuthError("the token is not a JWT (it has non-ASCII characters)")
+    return token

@@ -638,3 +638,30 @@ async def test_a_preflight_from_an_origin_not_listed_gets_no_cors_headers(
         assert r.status == 403
         assert "Access-Control-Allow-Origin" not in r.headers
         assert_error(await r.json(), "forbidden_origin")
+
+
+async def raw_request(api: Api, head: bytes) -> bytes:
+    """Send a request's head as raw bytes (headers a client library would not
+    send) and return the start of the answer."""
+    host, port = api.base_url.split("//", 1)[1].split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(head)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(2000), 10)
+    finally:
+        writer.close()
+
+
+async def test_a_non_utf8_byte_in_the_authorization_header_is_401_not_500(
+    serve: Serve, sqlite_url: str
+) -> None:
+    api = await serve(sqlite_url)
+    answer = await raw_request(
+        api,
+        b"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"
+        b"Authorization: Bearer abc\xff\xfedef\r\n\r\n",
+    )
+    assert answer.startswith(b"HTTP/1.1 401"), answer
+    assert b'"unauthenticated"' in answer
+    assert await metric(api, "sessiond_http_errors_total", code="internal") == 0

@@ -718,3 +718,23 @@ async def test_a_close_the_websocket_layer_sends_is_recorded_with_the_code_sent(
     assert await client.until_closed() == code
     closed = await closed_record(api, cid)
     assert closed["data"]["details"] == {"code": code, "reason": reason}
+
+
+async def test_a_non_utf8_byte_in_the_upgrades_authorization_header_closes_4401(
+    sqlite_url: str, serve: Serve
+) -> None:
+    api = await serve(sqlite_url)
+    host, port = api.base_url.split("//", 1)[1].split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"GET /v1/ws?session_id=s-bytes&connection_id=conn-bytes HTTP/1.1\r\nHost: x\r\n"
+        b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Authorization: Bearer abc\xff\xfedef\r\n\r\n"
+    )
+    await writer.drain()
+    assert (await asyncio.wait_for(reader.read(12), 10)).startswith(b"HTTP/1.1 101")
+    closed = await closed_record(api, "conn-bytes")
+    writer.close()
+    assert closed["data"]["details"]["code"] == 4401
+    assert await connection_states(api, "conn-bytes") == ["CONNECTING", "ACCEPTED", "CLOSED"]

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.application.auth import AuthError, Principal, TokenSigner
+from service.application.auth import AuthError, Principal, TokenSigner, bearer_token
 
 SECRET = "unit-secret-0123456789-0123456789-abcdef"
 OTHER = "another-secret-0123456789-0123456789-xyz"
@@ -146,3 +146,12 @@ def test_bad_tokens_are_refused(make: Callable[[int], str]) -> None:
     token = make(int(time.time()))
     with pytest.raises(AuthError):
         TokenSigner(SECRET).verify(token)
+
+
+def test_a_token_with_non_ascii_characters_is_refused_as_unauthenticated() -> None:
+    signer = TokenSigner("k" * 32)
+    for token in ("abc\udcff\udcfe.def.ghi", "ñ.ñ.ñ"):
+        with pytest.raises(AuthError):
+            signer.verify(token)
+    with pytest.raises(AuthError):
+        bearer_token("Bearer abc\udcffdef")
