@@ -60,22 +60,49 @@ class Principal:
         return (self.user_id == owner and ROLE_USER in self.roles) or self.is_service
 
 
-def load_or_create_key(directory: Path) -> str:
-    """The shared signing key in ``directory``, created (0600) on first use."""
+class KeyFileError(Exception):
+    """The shared key file is missing, empty or unreadable."""
+
+
+def read_key(directory: Path) -> str:
+    """The shared signing key that ``serve`` made in ``directory``.
+
+    ``sessiond token`` reads it and never makes one: a key it made would sign
+    tokens no running server accepts ("Signature verification failed").
+    """
     path = directory / KEY_FILE_NAME
     try:
         key = path.read_text().strip()
-        if key:
-            return key
     except FileNotFoundError:
-        pass
-    directory.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(48)
+        raise KeyFileError(
+            f"no key file at {path}: `sessiond serve` makes it beside its store on first "
+            "start (give the same --store), or set SESSIOND_SECRET"
+        ) from None
+    except OSError as e:
+        raise KeyFileError(f"cannot read the key file {path}: {e.strerror}") from None
+    if not key:
+        raise KeyFileError(f"the key file {path} is empty")
+    return key
+
+
+def load_or_create_key(directory: Path) -> str:
+    """The shared signing key in ``directory``, created (0600) on first use
+    (by ``serve`` only)."""
+    path = directory / KEY_FILE_NAME
     try:
+        return read_key(directory)
+    except KeyFileError:
+        if path.exists():
+            raise
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         # Another process made it first: use theirs.
-        return path.read_text().strip()
+        return read_key(directory)
+    except OSError as e:
+        raise KeyFileError(f"cannot create the key file {path}: {e.strerror}") from None
+    key = secrets.token_urlsafe(48)
     with os.fdopen(fd, "w") as f:
         f.write(key + "\n")
     return key

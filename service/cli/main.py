@@ -16,7 +16,13 @@ from domain.errors import InvalidId
 from domain.ids import check_id
 from domain.lifecycle import mermaid
 from service.application import replay
-from service.application.auth import ROLES, TokenSigner, load_or_create_key
+from service.application.auth import (
+    ROLES,
+    KeyFileError,
+    TokenSigner,
+    load_or_create_key,
+    read_key,
+)
 from service.runtime import logs
 from service.runtime.settings import Settings, SettingsError
 from service.storage.store import SessiondApplication, StoreError, open_store, parse_store_url
@@ -63,7 +69,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         config = parse_store_url(settings.store_url)
         open_store(config).close()  # fail fast, with a readable message
-    except StoreError as e:
+        if settings.secret is None:
+            load_or_create_key(config.key_dir)  # the key `sessiond token` reads
+    except (StoreError, KeyFileError) as e:
         raise CliError(str(e), 1) from None
     _check_port_free(settings.host, settings.port)
     # The server's imports (aiohttp, psycopg) load only when serving, so the
@@ -124,7 +132,10 @@ def cmd_token(args: argparse.Namespace) -> int:
         config = parse_store_url(settings.store_url)
     except StoreError as e:
         raise CliError(str(e)) from None
-    secret = settings.secret or load_or_create_key(config.key_dir)
+    try:
+        secret = settings.secret or read_key(config.key_dir)
+    except KeyFileError as e:
+        raise CliError(str(e), 1) from None
     roles = args.role or ["user"]
     try:
         token = TokenSigner(secret).mint(args.user, roles, ttl=args.ttl)

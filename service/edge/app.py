@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -42,7 +44,8 @@ from service.edge.errors import ApiError, error_response
 from service.edge.http import ROUTES
 from service.edge.metrics import Metrics
 from service.runtime.settings import Settings
-from service.storage.store import StoreConfig, open_store, parse_store_url
+from service.storage.lock import PostgresNodeLock, SqliteServeLock
+from service.storage.store import StoreConfig, StoreError, open_store, parse_store_url
 from service.storage.wire import wire_event
 
 log = logging.getLogger("sessiond")
@@ -111,7 +114,49 @@ def _publisher(app: web.Application) -> Callable[[list[dict[str, Any]]], None]:
     return publish
 
 
+def _node_lock(
+    settings: Settings, config: StoreConfig
+) -> SqliteServeLock | PostgresNodeLock | None:
+    """The lock that makes this node the only one serving under its name."""
+    holder = (
+        f"pid {os.getpid()} on {socket.gethostname()}, node {settings.node_id}, "
+        f"http://{settings.host}:{settings.port}"
+    )
+    if config.kind == "sqlite":
+        assert config.path is not None
+        return SqliteServeLock(config.path, holder)
+    if config.kind == "postgres":
+        return PostgresNodeLock(postgres_conninfo(config), settings.node_id)
+    return None
+
+
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    config = app[STORE_CONFIG]
+    loop = asyncio.get_running_loop()
+    lock = _node_lock(settings, config)
+    if lock is not None:
+        await loop.run_in_executor(None, lock.acquire)
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                await stack.enter_async_context(_serving(app))
+            except StoreError:
+                raise
+            except Exception as e:
+                # A store that opens but cannot be written (a read-only file,
+                # a full disk, a role without rights): one line, not a traceback.
+                raise StoreError(
+                    f"cannot serve on store {config.url!r}: {type(e).__name__}: {e}"
+                ) from e
+            yield
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+@contextlib.asynccontextmanager
+async def _serving(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     config = app[STORE_CONFIG]
     loop = asyncio.get_running_loop()

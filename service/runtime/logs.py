@@ -7,6 +7,8 @@ import logging
 import sys
 import time
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "message",
     "asctime",
@@ -51,6 +53,22 @@ class KeyValueFormatter(logging.Formatter):
         return line
 
 
+class ClientJunk(logging.Filter):
+    """aiohttp logs a request it cannot parse (a port scanner, TLS spoken to
+    plain HTTP, a malformed header) at ERROR with a traceback, though it has
+    already answered 400: one line at INFO says it, with no traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            reason = str(exc.message or exc).splitlines()[0].strip()
+            record.msg = "refused a malformed request (%s %s)"
+            record.args = (exc.code, reason[:200])
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def configure(level: str = "INFO") -> None:
     # Nothing in the format needs the caller's file, line, thread or process:
     # the logging cookbook's "what you don't want to collect" (findCaller
@@ -65,3 +83,4 @@ def configure(level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.server").addFilter(ClientJunk())

@@ -103,4 +103,7 @@ class Settings:
         )
         if not 0 < base.port < 65536:
             raise SettingsError(f"SESSIOND_PORT must be between 1 and 65535, got {base.port}")
-        return base.with_overrides(**overrides)
+        chosen = base.with_overrides(**overrides)
+        if not 0 < chosen.port < 65536:
+            raise SettingsError(f"the port must be between 1 and 65535, got {chosen.port}")
+        return chosen

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from tests.conftest import free_port
 
@@ -87,6 +88,71 @@ async def test_a_token_from_sessiond_token_is_accepted_by_sessiond_serve_with_no
     assert (tmp_path / "sessiond.db").exists()
 
 
+def test_sessiond_token_never_makes_a_key_and_says_where_it_looked(tmp_path: Path) -> None:
+    result = sessiond("token", "--user", "alice", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert f"no key file at {tmp_path / 'sessiond.key'}" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "sessiond.key").exists()
+    made = sessiond("token", "--user", "alice", cwd=tmp_path, env={"SESSIOND_SECRET": "s" * 40})
+    assert made.returncode == 0 and made.stdout.count(".") == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["serve", "--port", "99999"], "the port must be between 1 and 65535"),
+        (["serve", "--port", "0"], "the port must be between 1 and 65535"),
+        (["serve", "--store", "sqlite:///"], "bad store URL"),
+    ],
+)
+def test_a_bad_start_is_one_line_not_a_traceback(
+    tmp_path: Path, args: list[str], says: str
+) -> None:
+    result = sessiond(*args, cwd=tmp_path)
+    assert result.returncode != 0
+    assert says in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_read_only_store_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ro.db'}"
+    proc, _ = start_server("--store", url, cwd=tmp_path)
+    stop(proc)
+    db = tmp_path / "ro.db"
+    # Root writes through file modes; an immutable file it cannot write.
+    if subprocess.run(["chattr", "+i", str(db)], capture_output=True, check=False).returncode:
+        pytest.skip("this file system cannot mark a file immutable (chattr +i)")
+    try:
+        result = sessiond("serve", "--store", url, "--port", str(free_port()), cwd=tmp_path)
+    finally:
+        subprocess.run(["chattr", "-i", str(db)], check=True)
+    assert result.returncode != 0
+    assert "readonly" in result.stderr or "read-only" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_client_junk_is_one_line_at_info_without_a_traceback(tmp_path: Path) -> None:
+    proc, port = start_server("--store", f"sqlite:///{tmp_path / 'j.db'}", cwd=tmp_path)
+    try:
+        for junk in (
+            b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(40),
+            b"NOT HTTP AT ALL\r\n\r\n",
+        ):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                s.sendall(junk)
+                assert s.recv(100).startswith(b"HTTP/1.")
+    finally:
+        output = stop(proc)
+    assert "Traceback" not in output
+    assert " ERROR " not in output
+    assert "refused a malformed request" in output
+
+
 async def test_a_token_for_another_store_folder_uses_that_stores_key(tmp_path: Path) -> None:
     store = tmp_path / "data"
     store.mkdir()
@@ -145,3 +211,40 @@ def test_sessiond_lifecycle_prints_the_diagram_of_the_machine_class(tmp_path: Pa
     assert result.stdout.startswith("stateDiagram-v2")
     for state in ("CONNECTING", "ACCEPTED", "AUTHENTICATED", "SERVICES_READY", "PROCESSING_READY"):
         assert state in result.stdout
+
+
+async def test_a_second_serve_on_the_same_sqlite_store_exits_naming_the_first_and_touches_nothing(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'one.db'}"
+    first, port = start_server("--store", url, cwd=tmp_path)
+    try:
+        token = sessiond("token", "--user", "alice", "--store", url, cwd=tmp_path).stdout.strip()
+        async with aiohttp.ClientSession() as http:
+            ws = await http.ws_connect(
+                f"http://127.0.0.1:{port}/v1/ws?session_id=s-one&connection_id=conn-first",
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            while (await ws.receive_json()).get("state") != "PROCESSING_READY":
+                pass
+            second = sessiond("serve", "--store", url, "--port", str(free_port()), cwd=tmp_path)
+            assert second.returncode != 0
+            assert "another sessiond already serves this store" in second.stderr
+            assert f"pid {first.pid}" in second.stderr, second.stderr
+            assert "Traceback" not in second.stderr + second.stdout
+            assert len(second.stderr.strip().splitlines()) == 1, second.stderr
+            # The first node's socket is live and recorded live, not lost.
+            await ws.send_json({"type": "message", "content": "still here"})
+            frame = await ws.receive_json()
+            assert frame["type"] == "event" and frame["event"]["data"]["content"] == "still here"
+            async with http.get(
+                f"http://127.0.0.1:{port}/v1/connections/conn-first",
+                headers={"Authorization": f"Bearer {token}"},
+            ) as r:
+                assert (await r.json())["state"] == "PROCESSING_READY"
+            await ws.close()
+    finally:
+        stop(first)
+    # Once the first has stopped, the store is free again.
+    again, _ = start_server("--store", url, cwd=tmp_path)
+    stop(again)

@@ -224,3 +224,18 @@ async def test_a_postgresql_restart_loses_nothing_acknowledged(
         consumer.cancel()
     assert seen == list(range(seen[0], seen[-1] + 1)), "a position was dropped or repeated"
     assert set(acknowledged) <= set(seen)
+
+
+def test_a_node_name_a_live_node_holds_is_refused_and_freed_when_that_node_dies(
+    postgres_url: str, server_process: Callable[..., ServerProcess]
+) -> None:
+    first = server_process(postgres_url, SESSIOND_NODE="node-twin")
+    twin = ServerProcess(postgres_url, SESSIOND_NODE="node-twin")
+    with pytest.raises(RuntimeError) as refused:
+        twin.start(first.log_path.with_name("twin.log"))  # type: ignore[union-attr]
+    assert "a live node already serves under the name 'node-twin'" in str(refused.value)
+    assert "Traceback" not in str(refused.value)
+    first.kill()
+    # kill -9 ends its connection, and with it the lock: the name is free at once.
+    again = server_process(postgres_url, SESSIOND_NODE="node-twin")
+    again.stop()
