@@ -21,9 +21,9 @@ from typing import Any, Protocol
 import orjson
 
 from projections.views import Row
+from service.storage.postgres_url import SCHEMA_LOCK_KEY
 
 PROJECTIONS = ("sessions", "connections")
-SCHEMA_LOCK_KEY = 0x5E5510D
 
 DDL = [
     """CREATE TABLE IF NOT EXISTS sessiond_tracking (

@@ -17,7 +17,7 @@ from domain.ids import SESSION_PREFIX
 from service.application import commands
 from service.application.auth import TokenSigner, load_or_create_key
 from service.application.hub import Hub
-from service.application.readmodels import ReadModels, postgres_conninfo
+from service.application.readmodels import ReadModels
 from service.application.writer import Writer
 from service.cluster.follower import LogFollower
 from service.cluster.nodes import NodeRegistry
@@ -138,11 +138,11 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     writer.start(loop)
     app[WRITER] = writer
     follower: LogFollower | None = None
-    if config.kind == "postgres":
+    if config.conninfo is not None:
         # Other nodes' writes reach this node's sockets and projector.
         follower = LogFollower(
             store,
-            postgres_conninfo(config),
+            config.conninfo,
             on_followed,
             poll_interval=settings.poll_interval,
         )

@@ -33,7 +33,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
-from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+from eventsourcing.postgres import (
+    PostgresApplicationRecorder,
+    PostgresDatastore,
+    PostgresFactory,
+)
+from eventsourcing.utils import Environment, EnvType
 from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Identifier, Literal
 
@@ -166,3 +171,24 @@ class FailFastPostgresRecorder(PostgresApplicationRecorder):
     select_events = _fail_fast(PostgresApplicationRecorder.select_events)
     select_notifications = _fail_fast(PostgresApplicationRecorder.select_notifications)
     max_notification_id = _fail_fast(PostgresApplicationRecorder.max_notification_id)
+
+
+class SessiondPostgresFactory(PostgresFactory):
+    """eventsourcing's PostgreSQL factory, its pool connecting with every
+    libpq option of the store URL.
+
+    ``PostgresDatastore`` builds its pool from five keyword arguments (dbname,
+    host, port, user, password) and has no setting for any other libpq option
+    (sslmode, application_name, options, connect_timeout, ...). The pool's
+    connection string, which psycopg merges under those keywords, is left
+    empty: it is set here, before the pool opens (it opens on first use), to
+    the store URL's whole connection string (``POSTGRES_CONNINFO``, made by
+    service/storage/postgres_url.py), whose dbname, host, port, user and
+    password are the keywords' own.
+    """
+
+    POSTGRES_CONNINFO = "POSTGRES_CONNINFO"
+
+    def __init__(self, env: Environment | EnvType | None):
+        super().__init__(env)
+        self.datastore.pool.conninfo = self.env.get(self.POSTGRES_CONNINFO) or ""

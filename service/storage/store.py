@@ -1,21 +1,20 @@
 """The event store: an eventsourcing Application configured by a store URL.
 
 ``sqlite:///path`` (the embedded default, WAL), ``memory://`` (throwaway),
-``postgresql://user[:password]@host[:port]/db`` (the shared store for several
-nodes). Streams are keyed by text IDs (``ORIGINATOR_ID_TYPE=text``), and events
-are (de)serialised with orjson.
+``postgresql://user[:password]@host[:port]/db[?options]`` (the shared store for
+several nodes; service/storage/postgres_url.py reads it). Streams are keyed by
+text IDs (``ORIGINATOR_ID_TYPE=text``), and events are (de)serialised with
+orjson.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote
 
 import orjson
 from eventsourcing.application import AggregateNotFoundError, Application
@@ -26,6 +25,7 @@ from domain.base import Aggregate
 from domain.connection import Connection
 from domain.ids import connection_stream, id_from_stream, session_stream
 from domain.session import Session
+from service.storage.postgres_url import postgres_settings, schema_lock
 from service.storage.rows import LogRow, StreamRow
 from service.storage.wire import wire_from_row4, wire_from_stored
 
@@ -40,6 +40,9 @@ class StoreConfig:
     kind: str  # "memory" | "sqlite" | "postgres"
     env: dict[str, str]
     path: Path | None = None  # the SQLite file, for a sqlite store
+    # libpq's connection string, for a postgres store: what every direct
+    # psycopg connection to it uses.
+    conninfo: str | None = None
 
     @property
     def key_dir(self) -> Path:
@@ -77,34 +80,17 @@ def parse_store_url(url: str) -> StoreConfig:
             path=path,
         )
     if url.startswith(("postgresql://", "postgres://")):
-        parts = urlsplit(url)
-        dbname = unquote(parts.path.lstrip("/"))
-        if not dbname or not parts.hostname:
-            raise StoreError(
-                f"bad store URL {url!r}: expected postgresql://user[:password]@host[:port]/db"
-            )
-        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         try:
-            port = parts.port or 5432
-        except ValueError:
-            raise StoreError(f"bad store URL {url!r}: the port is not a number") from None
+            postgres = postgres_settings(url)
+        except ValueError as e:
+            raise StoreError(f"bad store URL {url!r}: {e}") from None
         env = {
             **base,
-            "PERSISTENCE_MODULE": "eventsourcing.postgres",
-            "POSTGRES_DBNAME": dbname,
-            "POSTGRES_HOST": parts.hostname,
-            "POSTGRES_PORT": str(port),
-            "POSTGRES_USER": unquote(parts.username or os.environ.get("PGUSER", "postgres")),
-            "POSTGRES_PASSWORD": unquote(parts.password or os.environ.get("PGPASSWORD", "")),
-            "POSTGRES_CONNECT_TIMEOUT": query.get("connect_timeout", "2"),
-            "POSTGRES_POOL_SIZE": query.get("pool_size", "5"),
-            "POSTGRES_MAX_OVERFLOW": query.get("max_overflow", "10"),
-            "POSTGRES_LOCK_TIMEOUT": query.get("lock_timeout", "5"),
+            **postgres.env,
+            "PERSISTENCE_MODULE": "service.storage.postgres:SessiondPostgresFactory",
             "APPLICATION_RECORDER_TOPIC": "service.storage.postgres:FailFastPostgresRecorder",
         }
-        if "schema" in query:
-            env["POSTGRES_SCHEMA"] = query["schema"]
-        return StoreConfig(url, "postgres", env)
+        return StoreConfig(url, "postgres", env, conninfo=postgres.conninfo)
     raise StoreError(
         f"bad store URL {url!r}: use sqlite:///path/to/file.db, memory:// or "
         "postgresql://user@host:port/db"
@@ -237,35 +223,6 @@ class SessiondApplication(Application[str]):
         return self.recorder.max_notification_id() or 0
 
 
-# Held while a node creates tables, so several nodes starting at once on one
-# PostgreSQL database do not race on CREATE TABLE IF NOT EXISTS.
-SCHEMA_LOCK_KEY = 0x5E5510D
-
-
-@contextmanager
-def schema_lock(config: StoreConfig) -> Iterator[None]:
-    if config.kind != "postgres":
-        yield
-        return
-    import psycopg
-
-    env = config.env
-    with psycopg.connect(
-        host=env["POSTGRES_HOST"],
-        port=int(env["POSTGRES_PORT"]),
-        dbname=env["POSTGRES_DBNAME"],
-        user=env["POSTGRES_USER"],
-        password=env.get("POSTGRES_PASSWORD") or None,
-        connect_timeout=int(env.get("POSTGRES_CONNECT_TIMEOUT", "5")),
-        autocommit=True,
-    ) as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK_KEY,))
-        try:
-            yield
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK_KEY,))
-
-
 def open_store(config: StoreConfig) -> SessiondApplication:
     """Open the store (creating its tables), or raise StoreError saying why."""
     if config.path is not None:
@@ -277,7 +234,7 @@ def open_store(config: StoreConfig) -> SessiondApplication:
     env = dict(config.env)
     env.setdefault("AGGREGATE_CACHE_MAXSIZE", "1000")
     try:
-        with schema_lock(config):
+        with schema_lock(config.conninfo) if config.conninfo else nullcontext():
             app = SessiondApplication(env=env)
         app.ping()
     except (PersistenceError, OSError, ValueError) as e:
