@@ -111,6 +111,11 @@ class FailFastPostgresRecorder(PostgresApplicationRecorder):
             "SELECT notification_id, originator_id, originator_version, topic, state "
             "FROM {schema}.{table} WHERE notification_id >= %s ORDER BY notification_id LIMIT %s"
         ).format(schema=schema, table=Identifier(self.events_table_name))
+        self.select_stream_rows_statement = SQL(
+            "SELECT originator_id, originator_version, topic, state FROM {schema}.{table} "
+            "WHERE originator_id = %s AND originator_version > %s "
+            "ORDER BY originator_version LIMIT %s"
+        ).format(schema=schema, table=Identifier(self.events_table_name))
         self.append_statement = SQL(
             "SELECT {schema}.{fn}(%s::text[], %s::bigint[], %s::text[], %s::bytea[], %s) AS ids"
         ).format(schema=schema, fn=Identifier(self.append_function))
@@ -167,6 +172,19 @@ class FailFastPostgresRecorder(PostgresApplicationRecorder):
         with self.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as curs:
             curs.execute(self.select_rows_statement, (start, limit), prepare=True)
             return [(i, o, v, t, bytes(s)) for i, o, v, t, s in curs.fetchall()]
+
+    @_fail_fast
+    def select_stream_rows(
+        self, stream_id: str, *, gt: int | None = None, limit: int | None = None
+    ) -> list[StreamRow]:
+        """A stream's rows after position ``gt``, oldest first (no limit: LIMIT NULL)."""
+        params = (stream_id, gt or 0, limit)
+        with self.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as curs:
+            curs.execute(self.select_stream_rows_statement, params, prepare=True)
+            return [(o, v, t, bytes(s)) for o, v, t, s in curs.fetchall()]
+
+    def close_connections(self) -> None:
+        """Nothing of its own: every connection is the datastore's pool's."""
 
     select_events = _fail_fast(PostgresApplicationRecorder.select_events)
     select_notifications = _fail_fast(PostgresApplicationRecorder.select_notifications)

@@ -18,16 +18,16 @@ from urllib.parse import unquote
 
 import orjson
 from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import PersistenceError, StoredEvent, Transcoder
-from eventsourcing.utils import get_topic
+from eventsourcing.persistence import PersistenceError, Transcoder
+from eventsourcing.utils import EnvType, get_topic
 
 from domain.base import Aggregate
 from domain.connection import Connection
 from domain.ids import connection_stream, id_from_stream, session_stream
 from domain.session import Session
 from service.storage.postgres_url import postgres_settings, schema_lock
-from service.storage.rows import LogRow, StreamRow
-from service.storage.wire import wire_from_row4, wire_from_stored
+from service.storage.rows import LogRow, RowRecorder, StreamRow
+from service.storage.wire import wire_from_row4
 
 
 class StoreError(Exception):
@@ -56,7 +56,12 @@ def parse_store_url(url: str) -> StoreConfig:
     """Turn a store URL into eventsourcing settings, or raise StoreError."""
     base = {"ORIGINATOR_ID_TYPE": "text", "CREATE_TABLE": "y"}
     if url in ("memory://", "memory:"):
-        return StoreConfig(url, "memory", {**base, "PERSISTENCE_MODULE": "eventsourcing.popo"})
+        env = {
+            **base,
+            "PERSISTENCE_MODULE": "service.storage.memory:MemoryFactory",
+            "APPLICATION_RECORDER_TOPIC": "service.storage.memory:MemoryRecorder",
+        }
+        return StoreConfig(url, "memory", env)
     if url.startswith("sqlite://"):
         # SQLAlchemy's convention: sqlite:///relative/path, sqlite:////absolute/path.
         if not url.startswith("sqlite:///"):
@@ -130,15 +135,19 @@ def _row(event: Aggregate.Event) -> StreamRow:
     return originator_id, originator_version, get_topic(cls), orjson.dumps(state)
 
 
-def _stored(event: Aggregate.Event) -> StoredEvent:
-    """The same as a ``StoredEvent``."""
-    return StoredEvent(*_row(event))
-
-
 class SessiondApplication(Application[str]):
     """The one event-sourced application: sessions and connections in one log."""
 
     name = "sessiond"
+
+    def __init__(self, env: EnvType | None = None) -> None:
+        super().__init__(env)
+        recorder = self.recorder
+        if not isinstance(recorder, RowRecorder):
+            super().close()
+            raise TypeError(f"{type(recorder).__name__} is not one of sessiond's recorders")
+        # The same recorder, as what sessiond adds to eventsourcing's interface.
+        self.row_recorder: RowRecorder = recorder
 
     def construct_transcoder(self) -> Transcoder:
         return OrjsonTranscoder()
@@ -172,24 +181,14 @@ class SessiondApplication(Application[str]):
     ) -> list[dict[str, Any]]:
         """A stream's events in wire shape, decoded straight from the rows."""
         id_from_stream(stream_id)  # refuses anything but a sessiond stream
-        select_rows = getattr(self.recorder, "select_stream_rows", None)
-        if select_rows is not None:
-            return [wire_from_row4(r) for r in select_rows(stream_id, gt=after, limit=limit)]
-        stored = self.recorder.select_events(stream_id, gt=after or None, limit=limit)
-        return [wire_from_stored(s) for s in stored]
+        rows = self.row_recorder.select_stream_rows(stream_id, gt=after, limit=limit)
+        return [wire_from_row4(r) for r in rows]
 
     def log_rows(self, start: int, limit: int) -> list[LogRow]:
         """Up to ``limit`` rows of the notification log from ID ``start`` on,
         as plain tuples (no Notification objects: the projector and the
         follower decode them straight to wire events)."""
-        select_rows = getattr(self.recorder, "select_rows", None)
-        if select_rows is not None:
-            rows: list[LogRow] = select_rows(start, limit)
-            return rows
-        return [
-            (n.id, str(n.originator_id), n.originator_version, n.topic, n.state)
-            for n in self.recorder.select_notifications(start, limit)
-        ]
+        return self.row_recorder.select_rows(start, limit)
 
     def record_aggregates(self, *aggregates: Aggregate) -> list[Aggregate.Event]:
         """Record our own aggregates' pending events in one transaction; the
@@ -206,17 +205,11 @@ class SessiondApplication(Application[str]):
         for aggregate in aggregates:
             events.extend(aggregate.collect_events())  # type: ignore[arg-type]
         if events:
-            insert_rows = getattr(self.recorder, "insert_rows", None)
-            if insert_rows is not None:  # sessiond's own recorders
-                insert_rows([_row(e) for e in events])
-            else:
-                self.recorder.insert_events([_stored(e) for e in events])
+            self.row_recorder.insert_rows([_row(e) for e in events])
         return events
 
     def close(self) -> None:
-        close_connections = getattr(self.recorder, "close_connections", None)
-        if close_connections is not None:
-            close_connections()
+        self.row_recorder.close_connections()
         super().close()
 
     def ping(self) -> int:
