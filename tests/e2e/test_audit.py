@@ -17,7 +17,7 @@ import pytest
 from service.application.readmodels import open_tables
 from service.storage.store import parse_store_url
 from tests.conftest import Api
-from tests.e2e.streaming import eventually
+from tests.e2e.wsclient import eventually
 
 AUDITOR = ("auditor",)
 
