@@ -21,8 +21,7 @@ from typing import Any, Protocol
 import orjson
 
 from projections.projection import Row
-
-SCHEMA_LOCK_KEY = 0x5E5510D
+from service.storage.postgres_url import SCHEMA_LOCK_KEY
 
 TRACKING_DDL = """CREATE TABLE IF NOT EXISTS sessiond_tracking (
     name TEXT PRIMARY KEY,

@@ -21,25 +21,13 @@ from service.storage.wire import wire_from_row
 log = logging.getLogger("sessiond.projections")
 
 
-def postgres_conninfo(config: StoreConfig) -> str:
-    env = config.env
-    conninfo = (
-        f"host={env['POSTGRES_HOST']} port={env['POSTGRES_PORT']} "
-        f"dbname={env['POSTGRES_DBNAME']} user={env['POSTGRES_USER']} "
-        f"connect_timeout={env.get('POSTGRES_CONNECT_TIMEOUT', '5')}"
-    )
-    if env.get("POSTGRES_PASSWORD"):
-        conninfo += f" password={env['POSTGRES_PASSWORD']}"
-    return conninfo
-
-
 def open_tables(config: StoreConfig) -> Tables:
     """The read-model tables, in the same database as the event log."""
     if config.kind == "sqlite":
         assert config.path is not None
         return SQLiteTables(str(config.path))
-    if config.kind == "postgres":
-        return PostgresTables(postgres_conninfo(config))
+    if config.conninfo is not None:
+        return PostgresTables(config.conninfo)
     return SQLiteTables(None)
 
 

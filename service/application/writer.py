@@ -59,6 +59,54 @@ class StoreUnavailable(Exception):
     """The store could not be reached or refused the write; nothing was recorded."""
 
 
+class AggregateCache:
+    """The aggregates the writer holds in memory, least recently used first,
+    in front of the store.
+
+    The writer is the only one on its node, so what it holds is current
+    unless another node wrote it since; a save then fails and the writer
+    forgets what the batch touched (see the module)."""
+
+    def __init__(self, app: SessiondApplication, size: int) -> None:
+        self._app = app
+        self._size = size
+        self._held: OrderedDict[str, Aggregate] = OrderedDict()
+
+    def holds(self, stream_id: str) -> bool:
+        return stream_id in self._held
+
+    def load(self, stream_id: str) -> Aggregate | None:
+        """The aggregate held, else read from the store; None if it has no events."""
+        agg = self._held.get(stream_id)
+        if agg is not None:
+            self._held.move_to_end(stream_id)
+            return agg
+        try:
+            # A deep copy: the repository's own cache is shared with readers.
+            loaded: object = self._app.repository.get(stream_id)
+        except AggregateNotFoundError:
+            return None
+        assert isinstance(loaded, Aggregate)
+        return loaded
+
+    def remember(self, aggregates: list[Aggregate]) -> None:
+        for agg in aggregates:
+            if isinstance(agg, Connection) and agg.is_closed:
+                # Nothing more is ever recorded for a closed connection: keep
+                # the cache (and the heap the garbage collector walks) for
+                # what is still live.
+                self._held.pop(agg.id, None)
+                continue
+            self._held[agg.id] = agg
+            self._held.move_to_end(agg.id)
+        while len(self._held) > self._size:
+            self._held.popitem(last=False)
+
+    def forget(self, aggregates: list[Aggregate]) -> None:
+        for agg in aggregates:
+            self._held.pop(agg.id, None)
+
+
 class UnitOfWork:
     """What one batch of commands sees: aggregates by ID, loaded once.
 
@@ -72,8 +120,8 @@ class UnitOfWork:
     docs/adr/0018-take-an-unknown-id-to-be-new-and-let-the-store-refuse-a-wrong-guess.md.
     """
 
-    def __init__(self, writer: Writer, *, guess_new: bool = False) -> None:
-        self._writer = writer
+    def __init__(self, held: AggregateCache, *, guess_new: bool = False) -> None:
+        self._held = held
         self.guess_new = guess_new
         self.guessed: list[str] = []
         self.touched: dict[str, Aggregate] = {}
@@ -81,7 +129,7 @@ class UnitOfWork:
     def _get(self, stream_id: str, kind: type[A]) -> A | None:
         agg = self.touched.get(stream_id)
         if agg is None:
-            agg = self._writer._load(stream_id)
+            agg = self._held.load(stream_id)
             if agg is None:
                 return None
             self.touched[stream_id] = agg
@@ -90,11 +138,7 @@ class UnitOfWork:
         return agg
 
     def _to_create(self, stream_id: str, kind: type[A]) -> A | None:
-        if (
-            self.guess_new
-            and stream_id not in self.touched
-            and stream_id not in self._writer._cache
-        ):
+        if self.guess_new and stream_id not in self.touched and not self._held.holds(stream_id):
             self.guessed.append(stream_id)
             return None
         return self._get(stream_id, kind)
@@ -154,8 +198,7 @@ class Writer:
         self.app = app
         self._on_commit = on_commit
         self._max_batch = max_batch
-        self._cache_size = cache_size
-        self._cache: OrderedDict[str, Aggregate] = OrderedDict()
+        self.cache = AggregateCache(app, cache_size)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._outbox: list[_Item[Any]] = []
         self._thread: threading.Thread | None = None
@@ -209,36 +252,6 @@ class Writer:
 
     # --- the writer thread --------------------------------------------------
 
-    def _load(self, stream_id: str) -> Aggregate | None:
-        agg = self._cache.get(stream_id)
-        if agg is not None:
-            self._cache.move_to_end(stream_id)
-            return agg
-        try:
-            # A deep copy: the repository's own cache is shared with readers.
-            loaded: object = self.app.repository.get(stream_id)
-        except AggregateNotFoundError:
-            return None
-        assert isinstance(loaded, Aggregate)
-        return loaded
-
-    def _remember(self, aggregates: list[Aggregate]) -> None:
-        for agg in aggregates:
-            if isinstance(agg, Connection) and agg.is_closed:
-                # Nothing more is ever recorded for a closed connection: keep
-                # the cache (and the heap the garbage collector walks) for
-                # what is still live.
-                self._cache.pop(agg.id, None)
-                continue
-            self._cache[agg.id] = agg
-            self._cache.move_to_end(agg.id)
-        while len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
-
-    def _forget(self, aggregates: list[Aggregate]) -> None:
-        for agg in aggregates:
-            self._cache.pop(agg.id, None)
-
     def _run(self) -> None:
         name_native_thread()
         waiting: deque[_Item[Any]] = deque()
@@ -273,14 +286,14 @@ class Writer:
     def _process(self, batch: list[_Item[Any]]) -> None:
         guess_new = True
         for attempt in range(MAX_CONFLICT_RETRIES):
-            uow = UnitOfWork(self, guess_new=guess_new)
+            uow = UnitOfWork(self.cache, guess_new=guess_new)
             guess_new = False
             isolated = len(batch) == 1
             try:
                 for item in batch:
                     item.outcome = self._run_command(item.command, uow, isolated)
             except _NeedsIsolation:
-                self._forget(list(uow.touched.values()))
+                self.cache.forget(list(uow.touched.values()))
                 for item in batch:
                     self._process([item])
                 return
@@ -289,13 +302,13 @@ class Writer:
             try:
                 recorded = self._save(pending)
             except IntegrityError:
-                self._forget(touched)
-                found = [a for a in map(self._load, uow.guessed) if a is not None]
+                self.cache.forget(touched)
+                found = [a for a in map(self.cache.load, uow.guessed) if a is not None]
                 if found:
                     # An ID taken to be new was recorded already: run again at
                     # once with what was found held (a real conflict with
                     # another writer shows up on that attempt too).
-                    self._remember(found)
+                    self.cache.remember(found)
                     self.wrong_guesses += 1
                     continue
                 self.conflicts += 1
@@ -303,19 +316,19 @@ class Writer:
                 time.sleep(random.random() * CONFLICT_PAUSE * min(attempt + 1, 10))
                 continue
             except (PersistenceError, OSError) as e:
-                self._forget(touched)
+                self.cache.forget(touched)
                 for item in batch:
                     item.outcome = (False, StoreUnavailable(f"store unavailable: {e}"))
                 self._resolve(batch, [])
                 return
             except Exception as e:  # driver errors not wrapped by eventsourcing
-                self._forget(touched)
+                self.cache.forget(touched)
                 log.exception("store write failed")
                 for item in batch:
                     item.outcome = (False, StoreUnavailable(f"store write failed: {e}"))
                 self._resolve(batch, [])
                 return
-            self._remember(touched)
+            self.cache.remember(touched)
             self._resolve(batch, recorded)
             return
         for item in batch:
@@ -336,7 +349,7 @@ class Writer:
                 raise _NeedsIsolation from e
             for agg in uow.touched.values():
                 agg.collect_events()
-            self._forget(list(uow.touched.values()))
+            self.cache.forget(list(uow.touched.values()))
             uow.touched.clear()
             log.exception("command failed", extra={"command": command.name})
             return False, e

@@ -30,6 +30,7 @@ from psycopg import sql
 
 from domain.ids import SESSION_PREFIX as SESSION
 from service.runtime.osthread import name_native_thread
+from service.storage.postgres import FailFastPostgresRecorder
 from service.storage.store import SessiondApplication
 from service.storage.wire import wire_from_row
 
@@ -48,7 +49,11 @@ class LogFollower:
         *,
         poll_interval: float = 1.0,
     ) -> None:
+        recorder = store.recorder
+        if not isinstance(recorder, FailFastPostgresRecorder):
+            raise TypeError("only a PostgreSQL store has a log to follow")
         self.store = store
+        self._recorder = recorder
         self.conninfo = conninfo
         self.on_events = on_events
         self.poll_interval = poll_interval
@@ -61,8 +66,7 @@ class LogFollower:
 
     @property
     def channel(self) -> str:
-        recorder: Any = self.store.recorder
-        return str(recorder.channel_name)
+        return self._recorder.channel_name
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -124,8 +128,7 @@ class LogFollower:
             return False
         if first != self.position + 1:
             return False
-        is_own = getattr(self.store.recorder, "is_own", None)
-        if is_own is None or not is_own(parts[0], first, last):
+        if not self._recorder.is_own(parts[0], first, last):
             return False
         self.position = last
         self.skipped += last - first + 1

@@ -21,7 +21,7 @@ from domain.lifecycle import final_states, state_values
 from service.application import commands
 from service.application.auth import TokenSigner, load_or_create_key
 from service.application.hub import Hub
-from service.application.readmodels import ReadModels, postgres_conninfo
+from service.application.readmodels import ReadModels
 from service.application.writer import Writer
 from service.cluster.follower import LogFollower
 from service.cluster.nodes import NodeRegistry
@@ -125,8 +125,8 @@ def _node_lock(
     if config.kind == "sqlite":
         assert config.path is not None
         return SqliteServeLock(config.path, holder)
-    if config.kind == "postgres":
-        return PostgresNodeLock(postgres_conninfo(config), settings.node_id)
+    if config.conninfo is not None:
+        return PostgresNodeLock(config.conninfo, settings.node_id)
     return None
 
 
@@ -192,11 +192,11 @@ async def _serving(app: web.Application) -> AsyncIterator[None]:
     writer.start(loop)
     app[WRITER] = writer
     follower: LogFollower | None = None
-    if config.kind == "postgres":
+    if config.conninfo is not None:
         # Other nodes' writes reach this node's sockets and projector.
         follower = LogFollower(
             store,
-            postgres_conninfo(config),
+            config.conninfo,
             on_followed,
             poll_interval=settings.poll_interval,
         )

@@ -33,7 +33,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
-from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+from eventsourcing.postgres import (
+    PostgresApplicationRecorder,
+    PostgresDatastore,
+    PostgresFactory,
+)
+from eventsourcing.utils import Environment, EnvType
 from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Identifier, Literal
 
@@ -106,6 +111,11 @@ class FailFastPostgresRecorder(PostgresApplicationRecorder):
             "SELECT notification_id, originator_id, originator_version, topic, state "
             "FROM {schema}.{table} WHERE notification_id >= %s ORDER BY notification_id LIMIT %s"
         ).format(schema=schema, table=Identifier(self.events_table_name))
+        self.select_stream_rows_statement = SQL(
+            "SELECT originator_id, originator_version, topic, state FROM {schema}.{table} "
+            "WHERE originator_id = %s AND originator_version > %s "
+            "ORDER BY originator_version LIMIT %s"
+        ).format(schema=schema, table=Identifier(self.events_table_name))
         self.append_statement = SQL(
             "SELECT {schema}.{fn}(%s::text[], %s::bigint[], %s::text[], %s::bytea[], %s) AS ids"
         ).format(schema=schema, fn=Identifier(self.append_function))
@@ -163,6 +173,40 @@ class FailFastPostgresRecorder(PostgresApplicationRecorder):
             curs.execute(self.select_rows_statement, (start, limit), prepare=True)
             return [(i, o, v, t, bytes(s)) for i, o, v, t, s in curs.fetchall()]
 
+    @_fail_fast
+    def select_stream_rows(
+        self, stream_id: str, *, gt: int | None = None, limit: int | None = None
+    ) -> list[StreamRow]:
+        """A stream's rows after position ``gt``, oldest first (no limit: LIMIT NULL)."""
+        params = (stream_id, gt or 0, limit)
+        with self.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as curs:
+            curs.execute(self.select_stream_rows_statement, params, prepare=True)
+            return [(o, v, t, bytes(s)) for o, v, t, s in curs.fetchall()]
+
+    def close_connections(self) -> None:
+        """Nothing of its own: every connection is the datastore's pool's."""
+
     select_events = _fail_fast(PostgresApplicationRecorder.select_events)
     select_notifications = _fail_fast(PostgresApplicationRecorder.select_notifications)
     max_notification_id = _fail_fast(PostgresApplicationRecorder.max_notification_id)
+
+
+class SessiondPostgresFactory(PostgresFactory):
+    """eventsourcing's PostgreSQL factory, its pool connecting with every
+    libpq option of the store URL.
+
+    ``PostgresDatastore`` builds its pool from five keyword arguments (dbname,
+    host, port, user, password) and has no setting for any other libpq option
+    (sslmode, application_name, options, connect_timeout, ...). The pool's
+    connection string, which psycopg merges under those keywords, is left
+    empty: it is set here, before the pool opens (it opens on first use), to
+    the store URL's whole connection string (``POSTGRES_CONNINFO``, made by
+    service/storage/postgres_url.py), whose dbname, host, port, user and
+    password are the keywords' own.
+    """
+
+    POSTGRES_CONNINFO = "POSTGRES_CONNINFO"
+
+    def __init__(self, env: Environment | EnvType | None):
+        super().__init__(env)
+        self.datastore.pool.conninfo = self.env.get(self.POSTGRES_CONNINFO) or ""

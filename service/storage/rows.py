@@ -6,16 +6,49 @@ store's notification ID in front: the global order the projector and the
 follower read in. Tuples rather than eventsourcing's ``StoredEvent`` and
 ``Notification`` objects: building those dataclasses cost more than the
 JSON in them on the hot paths (bench/).
+
+Every recorder sessiond runs on (memory, SQLite, PostgreSQL) is one of its
+own, an eventsourcing ``ApplicationRecorder`` that also reads and writes
+these rows: a ``RowRecorder``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 from eventsourcing.persistence import StoredEvent
 
 StreamRow = tuple[str, int, str, bytes]
 LogRow = tuple[int, str, int, str, bytes]
+
+
+@runtime_checkable
+class RowRecorder(Protocol):
+    """What sessiond's recorders add to eventsourcing's ``ApplicationRecorder``.
+
+    The rows are exactly those eventsourcing's own methods write and read
+    (``insert_events``, ``select_events``, ``select_notifications``).
+    """
+
+    def insert_rows(self, rows: Sequence[StreamRow]) -> list[int]:
+        """Insert the rows in one transaction; their notification IDs."""
+        ...
+
+    def select_rows(self, start: int, limit: int) -> list[LogRow]:
+        """Up to ``limit`` notification-log rows from ID ``start`` on."""
+        ...
+
+    def select_stream_rows(
+        self, stream_id: str, *, gt: int | None = None, limit: int | None = None
+    ) -> list[StreamRow]:
+        """A stream's rows after position ``gt``, oldest first."""
+        ...
+
+    def close_connections(self) -> None:
+        """Close the connections the recorder opened outside eventsourcing's
+        datastore (the application closes the datastore)."""
+        ...
 
 
 def stream_rows(stored_events: Sequence[StoredEvent]) -> list[StreamRow]:

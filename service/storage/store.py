@@ -1,33 +1,33 @@
 """The event store: an eventsourcing Application configured by a store URL.
 
 ``sqlite:///path`` (the embedded default, WAL), ``memory://`` (throwaway),
-``postgresql://user[:password]@host[:port]/db`` (the shared store for several
-nodes). Streams are keyed by text IDs (``ORIGINATOR_ID_TYPE=text``), and events
-are (de)serialised with orjson.
+``postgresql://user[:password]@host[:port]/db[?options]`` (the shared store for
+several nodes; service/storage/postgres_url.py reads it). Streams are keyed by
+text IDs (``ORIGINATOR_ID_TYPE=text``), and events are (de)serialised with
+orjson.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote
 
 import orjson
 from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import PersistenceError, StoredEvent, Transcoder
-from eventsourcing.utils import get_topic
+from eventsourcing.persistence import PersistenceError, Transcoder
+from eventsourcing.utils import EnvType, get_topic
 
 from domain.base import Aggregate
 from domain.connection import Connection
 from domain.ids import connection_stream, id_from_stream, session_stream
 from domain.session import Session
-from service.storage.rows import LogRow, StreamRow
-from service.storage.wire import wire_from_row4, wire_from_stored
+from service.storage.postgres_url import postgres_settings, schema_lock
+from service.storage.rows import LogRow, RowRecorder, StreamRow
+from service.storage.wire import wire_from_row4
 
 
 class StoreError(Exception):
@@ -40,6 +40,9 @@ class StoreConfig:
     kind: str  # "memory" | "sqlite" | "postgres"
     env: dict[str, str]
     path: Path | None = None  # the SQLite file, for a sqlite store
+    # libpq's connection string, for a postgres store: what every direct
+    # psycopg connection to it uses.
+    conninfo: str | None = None
 
     @property
     def key_dir(self) -> Path:
@@ -53,7 +56,12 @@ def parse_store_url(url: str) -> StoreConfig:
     """Turn a store URL into eventsourcing settings, or raise StoreError."""
     base = {"ORIGINATOR_ID_TYPE": "text", "CREATE_TABLE": "y"}
     if url in ("memory://", "memory:"):
-        return StoreConfig(url, "memory", {**base, "PERSISTENCE_MODULE": "eventsourcing.popo"})
+        env = {
+            **base,
+            "PERSISTENCE_MODULE": "service.storage.memory:MemoryFactory",
+            "APPLICATION_RECORDER_TOPIC": "service.storage.memory:MemoryRecorder",
+        }
+        return StoreConfig(url, "memory", env)
     if url.startswith("sqlite://"):
         # SQLAlchemy's convention: sqlite:///relative/path, sqlite:////absolute/path.
         if not url.startswith("sqlite:///"):
@@ -77,34 +85,17 @@ def parse_store_url(url: str) -> StoreConfig:
             path=path,
         )
     if url.startswith(("postgresql://", "postgres://")):
-        parts = urlsplit(url)
-        dbname = unquote(parts.path.lstrip("/"))
-        if not dbname or not parts.hostname:
-            raise StoreError(
-                f"bad store URL {url!r}: expected postgresql://user[:password]@host[:port]/db"
-            )
-        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         try:
-            port = parts.port or 5432
-        except ValueError:
-            raise StoreError(f"bad store URL {url!r}: the port is not a number") from None
+            postgres = postgres_settings(url)
+        except ValueError as e:
+            raise StoreError(f"bad store URL {url!r}: {e}") from None
         env = {
             **base,
-            "PERSISTENCE_MODULE": "eventsourcing.postgres",
-            "POSTGRES_DBNAME": dbname,
-            "POSTGRES_HOST": parts.hostname,
-            "POSTGRES_PORT": str(port),
-            "POSTGRES_USER": unquote(parts.username or os.environ.get("PGUSER", "postgres")),
-            "POSTGRES_PASSWORD": unquote(parts.password or os.environ.get("PGPASSWORD", "")),
-            "POSTGRES_CONNECT_TIMEOUT": query.get("connect_timeout", "2"),
-            "POSTGRES_POOL_SIZE": query.get("pool_size", "5"),
-            "POSTGRES_MAX_OVERFLOW": query.get("max_overflow", "10"),
-            "POSTGRES_LOCK_TIMEOUT": query.get("lock_timeout", "5"),
+            **postgres.env,
+            "PERSISTENCE_MODULE": "service.storage.postgres:SessiondPostgresFactory",
             "APPLICATION_RECORDER_TOPIC": "service.storage.postgres:FailFastPostgresRecorder",
         }
-        if "schema" in query:
-            env["POSTGRES_SCHEMA"] = query["schema"]
-        return StoreConfig(url, "postgres", env)
+        return StoreConfig(url, "postgres", env, conninfo=postgres.conninfo)
     raise StoreError(
         f"bad store URL {url!r}: use sqlite:///path/to/file.db, memory:// or "
         "postgresql://user@host:port/db"
@@ -144,15 +135,19 @@ def _row(event: Aggregate.Event) -> StreamRow:
     return originator_id, originator_version, get_topic(cls), orjson.dumps(state)
 
 
-def _stored(event: Aggregate.Event) -> StoredEvent:
-    """The same as a ``StoredEvent``."""
-    return StoredEvent(*_row(event))
-
-
 class SessiondApplication(Application[str]):
     """The one event-sourced application: sessions and connections in one log."""
 
     name = "sessiond"
+
+    def __init__(self, env: EnvType | None = None) -> None:
+        super().__init__(env)
+        recorder = self.recorder
+        if not isinstance(recorder, RowRecorder):
+            super().close()
+            raise TypeError(f"{type(recorder).__name__} is not one of sessiond's recorders")
+        # The same recorder, as what sessiond adds to eventsourcing's interface.
+        self.row_recorder: RowRecorder = recorder
 
     def construct_transcoder(self) -> Transcoder:
         return OrjsonTranscoder()
@@ -186,24 +181,14 @@ class SessiondApplication(Application[str]):
     ) -> list[dict[str, Any]]:
         """A stream's events in wire shape, decoded straight from the rows."""
         id_from_stream(stream_id)  # refuses anything but a sessiond stream
-        select_rows = getattr(self.recorder, "select_stream_rows", None)
-        if select_rows is not None:
-            return [wire_from_row4(r) for r in select_rows(stream_id, gt=after, limit=limit)]
-        stored = self.recorder.select_events(stream_id, gt=after or None, limit=limit)
-        return [wire_from_stored(s) for s in stored]
+        rows = self.row_recorder.select_stream_rows(stream_id, gt=after, limit=limit)
+        return [wire_from_row4(r) for r in rows]
 
     def log_rows(self, start: int, limit: int) -> list[LogRow]:
         """Up to ``limit`` rows of the notification log from ID ``start`` on,
         as plain tuples (no Notification objects: the projector and the
         follower decode them straight to wire events)."""
-        select_rows = getattr(self.recorder, "select_rows", None)
-        if select_rows is not None:
-            rows: list[LogRow] = select_rows(start, limit)
-            return rows
-        return [
-            (n.id, str(n.originator_id), n.originator_version, n.topic, n.state)
-            for n in self.recorder.select_notifications(start, limit)
-        ]
+        return self.row_recorder.select_rows(start, limit)
 
     def record_aggregates(self, *aggregates: Aggregate) -> list[Aggregate.Event]:
         """Record our own aggregates' pending events in one transaction; the
@@ -220,50 +205,15 @@ class SessiondApplication(Application[str]):
         for aggregate in aggregates:
             events.extend(aggregate.collect_events())  # type: ignore[arg-type]
         if events:
-            insert_rows = getattr(self.recorder, "insert_rows", None)
-            if insert_rows is not None:  # sessiond's own recorders
-                insert_rows([_row(e) for e in events])
-            else:
-                self.recorder.insert_events([_stored(e) for e in events])
+            self.row_recorder.insert_rows([_row(e) for e in events])
         return events
 
     def close(self) -> None:
-        close_connections = getattr(self.recorder, "close_connections", None)
-        if close_connections is not None:
-            close_connections()
+        self.row_recorder.close_connections()
         super().close()
 
     def ping(self) -> int:
         return self.recorder.max_notification_id() or 0
-
-
-# Held while a node creates tables, so several nodes starting at once on one
-# PostgreSQL database do not race on CREATE TABLE IF NOT EXISTS.
-SCHEMA_LOCK_KEY = 0x5E5510D
-
-
-@contextmanager
-def schema_lock(config: StoreConfig) -> Iterator[None]:
-    if config.kind != "postgres":
-        yield
-        return
-    import psycopg
-
-    env = config.env
-    with psycopg.connect(
-        host=env["POSTGRES_HOST"],
-        port=int(env["POSTGRES_PORT"]),
-        dbname=env["POSTGRES_DBNAME"],
-        user=env["POSTGRES_USER"],
-        password=env.get("POSTGRES_PASSWORD") or None,
-        connect_timeout=int(env.get("POSTGRES_CONNECT_TIMEOUT", "5")),
-        autocommit=True,
-    ) as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK_KEY,))
-        try:
-            yield
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK_KEY,))
 
 
 def open_store(config: StoreConfig) -> SessiondApplication:
@@ -277,7 +227,7 @@ def open_store(config: StoreConfig) -> SessiondApplication:
     env = dict(config.env)
     env.setdefault("AGGREGATE_CACHE_MAXSIZE", "1000")
     try:
-        with schema_lock(config):
+        with schema_lock(config.conninfo) if config.conninfo else nullcontext():
             app = SessiondApplication(env=env)
         app.ping()
     except (PersistenceError, OSError, ValueError) as e:

@@ -18,8 +18,7 @@ from projections.projector import PROJECTIONS, reset
 from service.application.readmodels import open_tables
 from service.storage.store import parse_store_url
 from tests.conftest import Api
-from tests.e2e.streaming import eventually
-from tests.e2e.wsclient import closed_record, open_live
+from tests.e2e.wsclient import closed_record, eventually, open_live
 
 AUDITOR = ("auditor",)
 

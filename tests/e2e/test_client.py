@@ -18,7 +18,7 @@ import pytest
 from service.client import ClientRefused, SessionClient, Superseded
 from service.edge.context import SOCKETS
 from tests.conftest import Api, ServerProcess
-from tests.e2e.streaming import (
+from tests.e2e.wsclient import (
     GUARD,
     SIGNER,
     call,

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import ServerProcess
-from tests.e2e.streaming import GUARD, all_events, call, open_socket, post_messages, report_progress
+from tests.e2e.wsclient import GUARD, all_events, call, open_socket, post_messages, report_progress
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tests.conftest import Api
-from tests.e2e.streaming import open_socket
+from tests.e2e.wsclient import open_socket
 
 WORKER = ("service",)
 

@@ -15,8 +15,8 @@ import aiohttp
 import pytest
 
 from tests.conftest import Api
-from tests.e2e.streaming import (
-    Socket,
+from tests.e2e.wsclient import (
+    WsClient,
     call,
     eventually,
     open_socket,
@@ -165,7 +165,7 @@ async def test_many_sockets_connecting_mid_stream_each_see_every_position_once(
         *(post_messages(http, base, "seam-2", 30, f"p{n}") for n in range(3)),
         report_progress(http, base, "seam-2", "job", 30),
     )
-    sockets: list[Socket] = []
+    sockets: list[WsClient] = []
     for n in range(6):
         sockets.append(await open_socket(http, base, "seam-2", connection_id=f"w{n}", after=n * 3))
         await asyncio.sleep(0)

@@ -77,7 +77,7 @@ async def test_full_lifecycle_walks_every_state_under_the_proposed_id(
         ("event", None),
         ("state", "PROCESSING_READY"),
     ]
-    backlog = client.events()
+    backlog = client.events
     assert [e["position"] for e in backlog] == [1, 2, 3]
     assert [e["type"] for e in backlog] == [
         "SessionCreated",
@@ -134,7 +134,7 @@ async def test_a_socket_without_a_proposed_id_uses_the_generated_one_everywhere(
     client = await open_live(api, "s-genid")
     cid = client.connection_id
     assert {f["connection_id"] for f in client.frames if f["type"] != "event"} == {cid}
-    attached = [e for e in client.events() if e["type"] == "ConnectionAttached"]
+    attached = [e for e in client.events if e["type"] == "ConnectionAttached"]
     assert attached[0]["data"]["connection_id"] == cid
     await client.close()
     await closed_record(api, cid)
@@ -149,7 +149,7 @@ async def test_a_socket_resuming_after_a_position_gets_only_the_later_events(
     for i in range(4):
         await post_message(api, "s-after", f"m{i}")
     client = await open_live(api, "s-after", after=3)
-    positions = [e["position"] for e in client.events()]
+    positions = [e["position"] for e in client.events]
     assert positions == [4, 5, 6]
     assert client.frames[-1]["position"] == 6
     await client.close()
@@ -161,7 +161,7 @@ async def test_the_authorization_header_on_the_upgrade_authenticates_the_socket(
     api = await serve(sqlite_url)
     client = await connect(api, "s-header", connection_id="conn-header", headers=api.auth("alice"))
     await client.until_state("PROCESSING_READY")
-    assert client.states() == ["ACCEPTED", "AUTHENTICATED", "SERVICES_READY", "PROCESSING_READY"]
+    assert client.states == ["ACCEPTED", "AUTHENTICATED", "SERVICES_READY", "PROCESSING_READY"]
     assert client.first("state", state="AUTHENTICATED")["user_id"] == "alice"  # type: ignore[index]
     await client.close()
     await closed_record(api, "conn-header")
@@ -264,7 +264,7 @@ async def test_a_bad_token_closes_the_socket_with_4401(
     await client.until_state("ACCEPTED")
     await client.send({"type": "auth", "token": sent})
     assert await client.until_closed() == 4401
-    assert client.states()[-1] == "CLOSED"
+    assert client.states[-1] == "CLOSED"
     closed = await closed_record(api, f"conn-{token}")
     assert closed["data"]["details"]["code"] == 4401
     assert await connection_states(api, f"conn-{token}") == ["CONNECTING", "ACCEPTED", "CLOSED"]
@@ -289,7 +289,7 @@ async def test_no_auth_within_the_auth_timeout_closes_the_socket_with_4401(
     api = await serve(sqlite_url, auth_timeout=0.3)
     client = await connect(api, "s-silent", connection_id="conn-silent")
     assert await client.until_closed() == 4401
-    assert client.states() == ["ACCEPTED", "CLOSED"]
+    assert client.states == ["ACCEPTED", "CLOSED"]
     closed = await closed_record(api, "conn-silent")
     assert closed["data"]["details"] == {"code": 4401, "reason": "auth_timeout"}
     assert await connection_states(api, "conn-silent") == ["CONNECTING", "ACCEPTED", "CLOSED"]
@@ -305,7 +305,7 @@ async def test_another_users_session_closes_the_socket_with_4403(
     await client.until_state("ACCEPTED")
     await client.send({"type": "auth", "token": api.signer.mint("bob")})
     assert await client.until_closed() == 4403
-    assert client.events() == [], "bob must see none of alice's events"
+    assert client.events == [], "bob must see none of alice's events"
     closed = await closed_record(api, "conn-bob")
     assert closed["data"]["details"]["code"] == 4403
     assert await connection_states(api, "conn-bob") == [
@@ -327,8 +327,8 @@ async def test_a_header_token_for_another_users_session_is_refused_after_authent
     assert status == 201
     client = await connect(api, "s-alices-2", connection_id="conn-bob-2", headers=api.auth("bob"))
     assert await client.until_closed() == 4403
-    assert client.states()[:2] == ["ACCEPTED", "AUTHENTICATED"]
-    assert client.events() == []
+    assert client.states[:2] == ["ACCEPTED", "AUTHENTICATED"]
+    assert client.events == []
     assert await connection_states(api, "conn-bob-2") == [
         "CONNECTING",
         "ACCEPTED",
@@ -396,7 +396,7 @@ async def test_message_frames_reach_every_socket_of_the_session_including_the_se
     assert [e["position"] for e in history] == list(range(1, len(history) + 1))
     # Each socket saw its session's positions once, in order, without gaps.
     for client in (sender, other):
-        positions = [e["position"] for e in client.events()]
+        positions = [e["position"] for e in client.events]
         assert positions == list(range(positions[0], positions[-1] + 1))
     assert sender.first("error") is None and other.first("error") is None
     await sender.close()
@@ -452,7 +452,7 @@ async def test_more_than_ten_bad_frames_in_a_minute_close_the_socket_with_4400(
     assert await client.until_closed() == 4400
     errors = [f for f in client.frames if f["type"] == "error"]
     assert [e["ref"] for e in errors] == [f"bad-{i}" for i in range(11)]
-    assert client.states()[-1] == "CLOSED"
+    assert client.states[-1] == "CLOSED"
     closed = await closed_record(api, "conn-spam")
     assert closed["data"]["details"]["code"] == 4400
     assert await connection_states(api, "conn-spam") == [*LIFECYCLE, "CLOSED"]
@@ -519,13 +519,13 @@ async def test_reload_supersedes_the_old_socket(sqlite_url: str, serve: Serve) -
     new_tab = await open_live(api, "sess_mgpresmh_6655kc3b0")
     assert new_tab.connection_id != old_tab.connection_id
     assert await old_tab.until_closed() == 4409
-    contents = [e["data"].get("content") for e in new_tab.events()]
+    contents = [e["data"].get("content") for e in new_tab.events]
     assert "before reload" in contents
-    assert new_tab.events()[0]["position"] == 1
+    assert new_tab.events[0]["position"] == 1
 
     after = await post_message(api, "sess_mgpresmh_6655kc3b0", "after reload")
     assert (await new_tab.until_event(after))["data"]["content"] == "after reload"
-    assert "after reload" not in [e["data"].get("content") for e in old_tab.events()]
+    assert "after reload" not in [e["data"].get("content") for e in old_tab.events]
 
     closed = await closed_record(api, old_tab.connection_id)
     assert closed["data"]["details"] == {"code": 4409, "reason": "superseded"}
@@ -647,7 +647,7 @@ async def test_a_socket_in_processing_ready_receives_events_recorded_while_it_co
     client = await open_live(api, "s-seam", connection_id="conn-seam")
     positions = await writing
     await client.until_event(positions[-1])
-    got = [e["position"] for e in client.events()]
+    got = [e["position"] for e in client.events]
     assert got == list(range(1, got[-1] + 1))
     assert got[-1] >= positions[-1]
     await client.close()

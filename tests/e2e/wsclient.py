@@ -1,4 +1,6 @@
-"""A small WebSocket client for the end-to-end tests: real sockets, real frames.
+"""The WebSocket client of the end-to-end tests (real sockets, real frames),
+and the helpers around it: sockets walked to PROCESSING_READY, producers and
+readers over HTTP, and polling.
 
 Every wait has a guard timeout so a broken server fails a test instead of
 hanging it; nothing here asserts on how long anything took.
@@ -17,14 +19,23 @@ from typing import Any
 import aiohttp
 import orjson
 
-from tests.conftest import Api
+from service.application.auth import TokenSigner
+from tests.conftest import TEST_SECRET, Api
 
-GUARD = 10.0  # seconds: fail instead of hang
+GUARD = 20.0  # seconds: fail instead of hang
 CLOSED_TYPES = (aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
 
 # Connection records are read as an auditor: it may read every connection,
 # whoever opened it and however it ended.
 AUDITOR: dict[str, Any] = {"user": "auditor-1", "roles": ("auditor",)}
+
+# Tokens for servers known only by their base URL (server processes): the
+# secret is the one the ``serve`` fixture's servers use too.
+SIGNER = TokenSigner(TEST_SECRET)
+
+
+def bearer(user: str = "alice", *roles: str) -> dict[str, str]:
+    return {"Authorization": "Bearer " + SIGNER.mint(user, list(roles) or ["user"])}
 
 
 class SocketClosed(AssertionError):
@@ -37,7 +48,7 @@ class SocketClosed(AssertionError):
 
 @dataclass
 class WsClient:
-    """One socket and every JSON frame it has received so far."""
+    """One socket and every JSON frame it has received so far, events kept apart."""
 
     ws: aiohttp.ClientWebSocketResponse
     frames: list[dict[str, Any]] = field(default_factory=list)
@@ -58,11 +69,17 @@ class WsClient:
                 return frame
         return None
 
+    @property
     def states(self) -> list[str]:
         return [f["state"] for f in self.frames if f.get("type") in ("welcome", "state")]
 
+    @property
     def events(self) -> list[dict[str, Any]]:
         return [f["event"] for f in self.frames if f.get("type") == "event"]
+
+    @property
+    def positions(self) -> list[int]:
+        return [e["position"] for e in self.events]
 
     async def send(self, frame: dict[str, Any]) -> None:
         await self.ws.send_str(orjson.dumps(frame).decode())
@@ -108,6 +125,12 @@ class WsClient:
             lambda f: f.get("type") == "event" and f["event"]["position"] >= position, within
         )
         return dict(frame["event"])
+
+    async def until_position(self, position: int) -> None:
+        """Return at once if an event at ``position`` or later is already in."""
+        if self.positions and self.positions[-1] >= position:
+            return
+        await self.until(lambda f: f.get("type") == "event" and f["event"]["position"] >= position)
 
     async def until_closed(self, within: float = GUARD) -> int | None:
         """Read (and keep) frames until the socket closes.
@@ -169,11 +192,18 @@ async def open_live(
     return client
 
 
+async def open_socket(
+    http: aiohttp.ClientSession, base_url: str, session_id: str, **kwargs: Any
+) -> WsClient:
+    """``open_live`` on a server known by its base URL (a server process)."""
+    return await open_live(Api(base_url, http, SIGNER), session_id, **kwargs)
+
+
 async def eventually(check: Callable[[], Awaitable[Any]], what: str, limit: float = GUARD) -> Any:
     """Poll ``check`` until it returns something truthy; fail (not hang) after ``limit``.
 
-    For what the server records *after* the socket is already gone (a CLOSED
-    event recorded once the close handshake ends)."""
+    For instance, what the server records *after* the socket is already gone
+    (a CLOSED event recorded once the close handshake ends)."""
     deadline = time.monotonic() + limit
     while True:
         result = await check()
@@ -224,3 +254,89 @@ async def refused_upgrade(
     async with api.http.get(url, headers=upgrade) as r:
         assert r.status != 101, "the server upgraded a request it should have refused"
         return r.status, await r.json(content_type=None)
+
+
+async def call(
+    http: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    *,
+    user: str = "alice",
+    roles: tuple[str, ...] = (),
+    json: Any = None,
+) -> tuple[int, Any]:
+    async with http.request(method, url, json=json, headers=bearer(user, *roles)) as r:
+        return r.status, await r.json(content_type=None)
+
+
+async def post_messages(
+    http: aiohttp.ClientSession,
+    base_url: str,
+    session_id: str,
+    count: int,
+    tag: str,
+    *,
+    content: str = "",
+) -> list[int]:
+    """Post ``count`` messages one after another; their acknowledged positions."""
+    positions = []
+    for i in range(count):
+        status, body = await call(
+            http,
+            "POST",
+            f"{base_url}/v1/sessions/{session_id}/messages",
+            json={"role": "user", "content": content or f"{tag}-{i}"},
+        )
+        assert status == 201, body
+        positions.append(body["position"])
+    return positions
+
+
+async def report_progress(
+    http: aiohttp.ClientSession, base_url: str, session_id: str, task_id: str, steps: int
+) -> list[int]:
+    """A worker (``service`` role): start a task, report ``steps`` times, complete."""
+    base = f"{base_url}/v1/sessions/{session_id}/tasks"
+    roles = ("service",)
+    status, body = await call(
+        http, "POST", base, user="worker", roles=roles, json={"task_id": task_id, "name": task_id}
+    )
+    assert status == 201, body
+    positions = [body["position"]]
+    for done in range(1, steps + 1):
+        status, body = await call(
+            http,
+            "POST",
+            f"{base}/{task_id}/progress",
+            user="worker",
+            roles=roles,
+            json={"done": done, "total": steps},
+        )
+        assert status == 202, body
+        positions.append(body["position"])
+    status, body = await call(
+        http, "POST", f"{base}/{task_id}/complete", user="worker", roles=roles, json={}
+    )
+    assert status == 200, body
+    positions.append(body["position"])
+    return positions
+
+
+async def all_events(
+    http: aiohttp.ClientSession, base_url: str, session_id: str, *, user: str = "alice"
+) -> list[dict[str, Any]]:
+    """The session's whole history over HTTP, page by page."""
+    events: list[dict[str, Any]] = []
+    after = 0
+    while True:
+        status, body = await call(
+            http,
+            "GET",
+            f"{base_url}/v1/sessions/{session_id}/events?after={after}&limit=1000",
+            user=user,
+        )
+        assert status == 200, body
+        events.extend(body["events"])
+        if not body["events"]:
+            return events
+        after = body["next_after"]

@@ -5,16 +5,19 @@ PostgreSQL database (ADR 0013)."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg
 import pytest
 from eventsourcing.persistence import IntegrityError, StoredEvent
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.sql import SQL, Identifier, Literal
 
 from domain.session import Session
-from service.application.readmodels import postgres_conninfo
 from service.cluster.follower import LogFollower
 from service.storage.store import SessiondApplication, open_store, parse_store_url
 
@@ -30,8 +33,57 @@ def two_nodes(postgres_url: str) -> Iterator[tuple[SessiondApplication, Sessiond
     second.close()
 
 
+SPACED_PASSWORD = "two words/@%"
+
+
+@pytest.fixture
+def spaced_role_url(postgres_url: str) -> Iterator[str]:
+    """A store URL for a role whose password holds a space (and ``/@%``), on
+    the test's fresh database; the role is dropped after."""
+    role = "sessiond_role_" + uuid.uuid4().hex[:12]
+    admin = parse_store_url(postgres_url).conninfo
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(
+            SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                Identifier(role), Literal(SPACED_PASSWORD)
+            )
+        )
+        conn.execute(SQL("GRANT CREATE, USAGE ON SCHEMA public TO {}").format(Identifier(role)))
+    parts = urlsplit(postgres_url)
+    netloc = f"{role}:{quote(SPACED_PASSWORD, safe='')}@{parts.hostname}:{parts.port or 5432}"
+    query = "application_name=sessiond%20spaced"
+    try:
+        yield urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(SQL("DROP OWNED BY {}").format(Identifier(role)))
+            conn.execute(SQL("DROP ROLE {}").format(Identifier(role)))
+
+
+def test_a_password_with_a_space_reaches_every_connection_exactly(spaced_role_url: str) -> None:
+    config = parse_store_url(spaced_role_url)
+    assert config.conninfo is not None
+    params = conninfo_to_dict(config.conninfo)
+    assert params["password"] == SPACED_PASSWORD
+    assert config.env["POSTGRES_PASSWORD"] == SPACED_PASSWORD
+    who = "SELECT current_user, current_setting('application_name')"
+    role = params["user"]
+    with psycopg.connect(config.conninfo) as conn:
+        assert conn.execute(who).fetchone() == (role, "sessiond spaced")
+    app = open_store(config)  # the schema lock, then eventsourcing's pool
+    try:
+        app.save(Session.create("spaced", "alice"))
+        assert app.get_session("spaced") is not None
+        recorder: Any = app.recorder
+        with recorder.datastore.get_connection() as conn:
+            row = conn.execute(who).fetchone()
+        assert (row["current_user"], row["current_setting"]) == (role, "sessiond spaced")
+    finally:
+        app.close()
+
+
 def _listen(postgres_url: str, channel: str) -> psycopg.Connection[Any]:
-    conn = psycopg.connect(postgres_conninfo(parse_store_url(postgres_url)), autocommit=True)
+    conn = psycopg.connect(parse_store_url(postgres_url).conninfo, autocommit=True)
     conn.execute(psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(channel)))
     return conn
 
@@ -83,9 +135,7 @@ def test_writes_go_on_after_the_server_drops_every_pooled_connection(
     app, _ = two_nodes
     app.save(Session.create("before", "alice"))
     dbname = parse_store_url(postgres_url).env["POSTGRES_DBNAME"]
-    with psycopg.connect(
-        postgres_conninfo(parse_store_url(postgres_url)), autocommit=True
-    ) as admin:
+    with psycopg.connect(parse_store_url(postgres_url).conninfo, autocommit=True) as admin:
         admin.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE datname = %s AND pid <> pg_backend_pid()",
@@ -171,9 +221,7 @@ async def following(
     app: SessiondApplication, postgres_url: str, on_events: Callable[[list[dict[str, Any]]], None]
 ) -> AsyncIterator[LogFollower]:
     """A follower of ``app``'s log (no bounded poll within a test), LISTENing."""
-    follower = LogFollower(
-        app, postgres_conninfo(parse_store_url(postgres_url)), on_events, poll_interval=30
-    )
+    follower = LogFollower(app, parse_store_url(postgres_url).conninfo, on_events, poll_interval=30)
     follower.start(asyncio.get_running_loop())
     try:
         await asyncio.sleep(0.3)  # LISTEN is in place

@@ -9,16 +9,18 @@ from pathlib import Path
 
 import orjson
 import pytest
+from eventsourcing.persistence import StoredEvent
 
 import domain.session
 from domain.connection import Connection
 from domain.ids import connection_stream, session_stream
 from domain.session import Session
+from service.storage.rows import RowRecorder
 from service.storage.store import (
     OrjsonTranscoder,
     SessiondApplication,
     StoreError,
-    _stored,
+    _row,
     open_store,
     parse_store_url,
 )
@@ -288,7 +290,7 @@ def test_a_sqlite_store_reopened_finds_what_it_wrote(sqlite_url: str) -> None:
 def test_store_urls_name_the_backend_and_its_settings(tmp_path: Path) -> None:
     memory = parse_store_url("memory://")
     assert memory.kind == "memory"
-    assert memory.env["PERSISTENCE_MODULE"] == "eventsourcing.popo"
+    assert memory.env["APPLICATION_RECORDER_TOPIC"] == "service.storage.memory:MemoryRecorder"
     sqlite = parse_store_url(f"sqlite:///{tmp_path}/a%20b.db")
     assert sqlite.kind == "sqlite" and sqlite.path == tmp_path / "a b.db"
     assert sqlite.env["SQLITE_DBNAME"] == str(tmp_path / "a b.db")
@@ -396,10 +398,37 @@ def test_the_writers_direct_path_records_exactly_the_rows_save_records(
     # Event by event, the very bytes eventsourcing's mapper makes.
     session, connection = every_event_type("bytes", "c-bytes")
     for event in [*session.collect_events(), *connection.collect_events()]:
-        assert _stored(event) == store.mapper.to_stored_event(event)  # type: ignore[arg-type]
+        assert StoredEvent(*_row(event)) == store.mapper.to_stored_event(event)  # type: ignore[arg-type]
     # And every event reads back as what was recorded.
     again = store.get_session("direct")
     assert again is not None and again.view() == ours[0].view()
+
+
+def test_every_recorder_reads_its_rows_exactly_as_eventsourcing_reads_them(
+    store: SessiondApplication,
+) -> None:
+    """The ``RowRecorder`` reads of each backend against the stock reads."""
+    assert isinstance(store.recorder, RowRecorder)
+    topic = "domain.session:Session.T"
+    rows = [(f"session:r{i % 2}", i // 2 + 1, topic, b'{"n":%d}' % i) for i in range(9)]
+    ids = store.row_recorder.insert_rows(rows)
+    assert ids == list(range(ids[0], ids[0] + 9))
+    for gt in (None, 0, 2, 9):
+        for limit in (None, 1, 3):
+            stored = store.recorder.select_events("session:r0", gt=gt, limit=limit)
+            assert store.row_recorder.select_stream_rows("session:r0", gt=gt, limit=limit) == [
+                (s.originator_id, s.originator_version, s.topic, s.state) for s in stored
+            ]
+    for start in (0, ids[0], ids[4]):
+        assert store.row_recorder.select_rows(start, 4) == [
+            (n.id, n.originator_id, n.originator_version, n.topic, n.state)
+            for n in store.recorder.select_notifications(start, 4)
+        ]
+
+
+def test_a_store_on_a_recorder_that_reads_no_rows_is_refused() -> None:
+    with pytest.raises(TypeError, match="POPOApplicationRecorder"):
+        SessiondApplication(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
 
 
 def test_the_fast_wire_path_shows_exactly_what_the_domain_events_show(

@@ -397,10 +397,10 @@ async def test_a_closed_connection_leaves_the_writers_cache_and_still_answers(
 ) -> None:
     w = running.writer
     await walk_to_live(w, "c-gone", "s-gone")
-    assert connection_stream("c-gone") in w._cache
+    assert w.cache.holds(connection_stream("c-gone"))
     assert await w.execute(commands.close_connection("c-gone", code=1000, reason="normal"))
-    assert connection_stream("c-gone") not in w._cache
-    assert session_stream("s-gone") in w._cache
+    assert not w.cache.holds(connection_stream("c-gone"))
+    assert w.cache.holds(session_stream("s-gone"))
     # Read back from the store when asked again: closing twice records nothing,
     # and a transition after CLOSED is refused and recorded.
     assert not await w.execute(commands.close_connection("c-gone", code=1000, reason="again"))

@@ -14,8 +14,8 @@ from domain.base import Aggregate
 from domain.session import Session
 from projections.sessions import SESSION_EVENTS, fold_session, timeline
 from service.storage import wire
-from service.storage.store import _stored
-from service.storage.wire import wire_event, wire_from_stored
+from service.storage.store import _row
+from service.storage.wire import wire_event, wire_from_row4
 
 
 def session_event_classes() -> list[type[Aggregate.Event]]:
@@ -82,7 +82,7 @@ def test_a_wire_shape_of_its_own_is_shown_from_events_and_from_stored_rows() -> 
     for event in a_session_with_a_message().collect_events():
         assert isinstance(event, Aggregate.Event)
         shown = wire_event(event)
-        assert wire_from_stored(_stored(event)) == shown
+        assert wire_from_row4(_row(event)) == shown
         if shown["type"] == "MessageRecorded":
             assert shown["data"]["content"] == "(hidden)"
         else:

@@ -1,0 +1,115 @@
+"""PostgreSQL connection settings from a store URL, in the two shapes sessiond needs.
+
+A PostgreSQL store URL is a libpq URI (``postgresql://user:password@host:port/db``)
+whose query may hold, besides any libpq option (``sslmode``,
+``application_name``, ``options``, ...), a few options of sessiond's own:
+``pool_size`` and ``max_overflow`` (eventsourcing's pool), ``lock_timeout``
+(seconds a write waits for the table lock) and ``schema`` (of the event
+table). libpq itself parses the rest (``psycopg.conninfo``), so a
+percent-encoded password and every option mean what they mean to psql.
+
+From that one parse come the libpq connection string that every direct
+psycopg connection uses (the read-model pool, the log follower, the schema
+lock) and eventsourcing's POSTGRES_* settings; the extra libpq options reach
+eventsourcing's own pool through ``POSTGRES_CONNINFO``
+(service/storage/postgres.py: ``SessiondPostgresFactory``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+# Held while a node creates tables, so several nodes starting at once on one
+# PostgreSQL database do not race on CREATE TABLE IF NOT EXISTS.
+SCHEMA_LOCK_KEY = 0x5E5510D
+
+# sessiond's own query options, which libpq would refuse, and their defaults
+# (None: not set unless given).
+OWN_OPTIONS: dict[str, str | None] = {
+    "pool_size": "5",
+    "max_overflow": "10",
+    "lock_timeout": "5",
+    "schema": None,
+}
+# A libpq option, but sessiond's default is shorter than libpq's (none): a
+# request waits on an unreachable database this long before it answers 503.
+CONNECT_TIMEOUT = "2"
+USAGE = "expected postgresql://user[:password]@host[:port]/db"
+
+
+@dataclass(frozen=True)
+class PostgresSettings:
+    conninfo: str  # for psycopg.connect and psycopg_pool
+    env: dict[str, str]  # eventsourcing's POSTGRES_* settings
+
+
+def postgres_settings(url: str) -> PostgresSettings:
+    """Parse a ``postgresql://`` (or ``postgres://``) URL; ValueError saying
+    what is wrong with it."""
+    params, own = _parse(url)
+    if not params.get("dbname") or not params.get("host"):
+        raise ValueError(USAGE)
+    port = params.setdefault("port", "5432")
+    if not port.isdigit():
+        raise ValueError("the port is not a number")
+    # As before libpq parsed the URL: these two fall back to the environment
+    # here, so that eventsourcing (which needs both) and psycopg agree.
+    params.setdefault("user", os.environ.get("PGUSER", "postgres"))
+    password = params.pop("password", "") or os.environ.get("PGPASSWORD", "")
+    if password:
+        params["password"] = password
+    params.setdefault("connect_timeout", CONNECT_TIMEOUT)
+    conninfo = make_conninfo("", **params)
+    env = {
+        "POSTGRES_DBNAME": params["dbname"],
+        "POSTGRES_HOST": params["host"],
+        "POSTGRES_PORT": port,
+        "POSTGRES_USER": params["user"],
+        "POSTGRES_PASSWORD": password,
+        # eventsourcing waits this long for a pooled connection.
+        "POSTGRES_CONNECT_TIMEOUT": params["connect_timeout"],
+        "POSTGRES_POOL_SIZE": own["pool_size"],
+        "POSTGRES_MAX_OVERFLOW": own["max_overflow"],
+        "POSTGRES_LOCK_TIMEOUT": own["lock_timeout"],
+        "POSTGRES_CONNINFO": conninfo,
+    }
+    if "schema" in own:
+        env["POSTGRES_SCHEMA"] = own["schema"]
+    return PostgresSettings(conninfo, env)
+
+
+def _parse(url: str) -> tuple[dict[str, str], dict[str, str]]:
+    """libpq's parameters of ``url`` and sessiond's own options (with their
+    defaults). The other query pairs are left as written, for libpq to decode."""
+    base, _, query = url.partition("?")
+    own = {k: v for k, v in OWN_OPTIONS.items() if v is not None}
+    kept: list[str] = []
+    for pair in filter(None, query.split("&")):
+        key, _, value = pair.partition("=")
+        if unquote(key) in OWN_OPTIONS:
+            own[unquote(key)] = unquote(value)
+        else:
+            kept.append(pair)
+    try:
+        params = conninfo_to_dict("?".join([base, "&".join(kept)]) if kept else base)
+    except psycopg.Error as e:
+        raise ValueError(str(e).strip()) from None
+    return {k: str(v) for k, v in params.items()}, own
+
+
+@contextmanager
+def schema_lock(conninfo: str) -> Iterator[None]:
+    """Hold the schema lock on the database ``conninfo`` names."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK_KEY,))
+        try:
+            yield
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK_KEY,))
