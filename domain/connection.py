@@ -5,6 +5,8 @@ Every transition is one ``Transitioned`` event whose wire type is the state it
 enters (``ACCEPTED``, ``AUTHENTICATED``, ...); the created event enters the
 initial state (``CONNECTING``). An attempt the lifecycle refuses is recorded
 as ``TransitionRefused``, changes no state, and raises InvalidTransition.
+A live connection's new token is ``TokenRefreshed``: an event of the
+connection that is not a transition (its state stays as it was).
 Subclasses may name another lifecycle class (see
 docs/adr/0003-model-the-lifecycle-as-one-statemachine-class.md); the events
 stay the same, so logs written before a state existed replay unchanged.
@@ -19,9 +21,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from statemachine import StateMachine
 
 from domain.base import Aggregate, utcnow
-from domain.errors import InvalidTransition
+from domain.errors import InvalidTransition, NotLive, TokenForAnotherUser
 from domain.ids import connection_stream
-from domain.lifecycle import ConnectionLifecycle, consult, final_states, initial_state
+from domain.lifecycle import (
+    ConnectionLifecycle,
+    consult,
+    final_states,
+    initial_state,
+    live_state,
+)
 
 
 class Connection(Aggregate):
@@ -89,6 +97,18 @@ class Connection(Aggregate):
         def apply(self, aggregate: Connection) -> None:
             aggregate.refused += 1
 
+    @dataclass(frozen=True, kw_only=True)
+    class TokenRefreshed(Aggregate.Event):
+        """The connection's authority now rests on a new token of its user,
+        valid until ``exp`` (Unix seconds)."""
+
+        user_id: str
+        roles: list[str]
+        exp: int
+
+        def apply(self, aggregate: Connection) -> None:
+            aggregate.roles = list(self.roles)
+
     # --- state (assigned only by the events above) -------------------------
     # Declared for type checkers only: at run time the annotations would make
     # eventsourcing treat the aggregate as a dataclass with a generated __init__.
@@ -155,8 +175,11 @@ class Connection(Aggregate):
     def accept(self) -> str:
         return self.transition("accept")
 
-    def authenticate(self, *, user_id: str, roles: list[str]) -> str:
-        return self.transition("authenticate", user_id=user_id, roles=list(roles))
+    def authenticate(self, *, user_id: str, roles: list[str], exp: int | None = None) -> str:
+        """AUTHENTICATED as ``user_id``; ``exp``: until when the token holds."""
+        if exp is None:
+            return self.transition("authenticate", user_id=user_id, roles=list(roles))
+        return self.transition("authenticate", user_id=user_id, roles=list(roles), exp=exp)
 
     def attach(self, *, session_id: str, superseded: list[str]) -> str:
         return self.transition("attach", session_id=session_id, superseded=list(superseded))
@@ -166,6 +189,24 @@ class Connection(Aggregate):
 
     def close(self, *, code: int, reason: str) -> str:
         return self.transition("close", code=code, reason=reason)
+
+    def refresh_token(self, *, user_id: str, roles: list[str], exp: int) -> None:
+        """Record a new token of the connection's user (``TokenRefreshed``).
+
+        Only a live connection's token is refreshed, and only with a token for
+        the user it authenticated as; anything else is refused (NotLive,
+        TokenForAnotherUser) and records nothing: it is not a transition.
+        """
+        live = live_state(type(self).lifecycle)
+        if self.state != live:
+            raise NotLive(f"a token is refreshed in {live}, not in {self.state}")
+        if user_id != self.user_id:
+            raise TokenForAnotherUser(
+                f"connection {self.connection_id!r} is {self.user_id!r}'s, not {user_id!r}'s"
+            )
+        self.trigger_event(
+            self.TokenRefreshed, user_id=user_id, roles=list(roles), exp=exp, timestamp=utcnow()
+        )
 
     def view(self) -> dict[str, Any]:
         """The connection view of PROTOCOL.md, as it stands at this version."""

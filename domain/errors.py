@@ -52,6 +52,19 @@ class InvalidTransition(DomainError):
         self.state = state
 
 
+class NotLive(DomainError):
+    """What only a live connection may do (a token refresh), asked of one that
+    is not live. Nothing is recorded."""
+
+    code = "not_ready"
+
+
+class TokenForAnotherUser(DomainError):
+    """A connection's token refreshed with a token for someone else."""
+
+    code = "forbidden"
+
+
 class TaskNotFound(DomainError):
     code = "task_not_found"
 

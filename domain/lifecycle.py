@@ -176,6 +176,12 @@ def final_states(machine_class: type[StateMachine]) -> frozenset[str]:
     return frozenset(str(s.value) for s in machine_class.states if s.final)
 
 
+def live_state(machine_class: type[StateMachine]) -> str:
+    """The state a connection is live in (messages, token refreshes)."""
+    lifecycle: Any = machine_class
+    return str(lifecycle.PROCESSING_READY.value)
+
+
 def transition_names(machine_class: type[StateMachine]) -> list[str]:
     return [str(e) for e in machine_class._events]
 

@@ -4,7 +4,8 @@
 recorded event of the connection's stream, and returns the view after it. It
 works on the wire events of PROTOCOL.md rather than on domain classes, so it
 never fails on a state it does not know: an unknown connection state is shown
-as recorded (see ADR 0003).
+as recorded (see ADR 0003), and an event that is not a transition (its type is
+not the state its data names) leaves the state as it was.
 
 The views are the same objects the aggregate's ``view()`` produces;
 tests/integration/test_projections.py checks that they agree.
@@ -34,10 +35,13 @@ def fold_connection(row: Row | None, event: WireEvent) -> Row | None:
             "position": event["position"],
         }
     row = {**row, "position": event["position"], "updated_at": at}
-    if kind == "TransitionRefused":
+    if data.get("state") != kind:
+        # Not a transition (a transition's type is the state it enters): a
+        # refused one, a token refresh, an event of a newer node. The state
+        # and everything else stay as they were.
         return row
     details = data.get("details") or {}
-    row["state"] = data.get("state", kind)
+    row["state"] = kind
     if "user_id" in details:
         row["user_id"] = details["user_id"]
     if "code" in details:

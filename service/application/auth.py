@@ -37,8 +37,12 @@ class AuthError(Exception):
 
 @dataclass(frozen=True)
 class Principal:
+    """Who a token speaks for, and until when: ``exp`` is the token's expiry
+    in Unix seconds (None for a principal no token stands behind)."""
+
     user_id: str
     roles: frozenset[str]
+    exp: int | None = None
 
     @property
     def is_service(self) -> bool:
@@ -114,7 +118,7 @@ class TokenSigner:
             raise ValueError("the signing secret must not be empty")
         self._secret = secret
         self._key = secret.encode()
-        self._verified: dict[str, tuple[Principal, float]] = {}
+        self._verified: dict[str, Principal] = {}
 
     def mint(self, user_id: str, roles: list[str] | None = None, ttl: int = 3600) -> str:
         roles = list(roles or [ROLE_USER])
@@ -139,17 +143,16 @@ class TokenSigner:
             raise AuthError("the token is not a JWT (it has non-ASCII characters)")
         hit = self._verified.get(token)
         if hit is not None:
-            principal, expires = hit
-            if time.time() < expires:
-                return principal
+            if hit.exp is not None and time.time() < hit.exp:
+                return hit
             del self._verified[token]
-        principal, expires = self._verify(token)
+        principal = self._verify(token)
         if len(self._verified) >= self.VERIFIED_CACHE_SIZE:
             self._verified.pop(next(iter(self._verified)))
-        self._verified[token] = (principal, expires)
+        self._verified[token] = principal
         return principal
 
-    def _verify(self, token: str) -> tuple[Principal, float]:
+    def _verify(self, token: str) -> Principal:
         claims = self._plain_claims(token)
         if claims is None:
             claims = self._pyjwt_claims(token)
@@ -160,7 +163,9 @@ class TokenSigner:
         if not isinstance(raw_roles, list) or not all(isinstance(r, str) for r in raw_roles):
             raise AuthError("roles must be a list of strings")
         roles = frozenset(r for r in raw_roles if r in ROLES) or frozenset({ROLE_USER})
-        return Principal(sub, roles), float(claims["exp"])
+        # PyJWT judges ``exp`` by its whole seconds (int()), and the fast path
+        # takes whole numbers only: the whole seconds are the token's expiry.
+        return Principal(sub, roles, exp=int(claims["exp"]))
 
     def _plain_claims(self, token: str) -> dict[str, Any] | None:
         """The claims of a token of the plain shape this service mints, checked

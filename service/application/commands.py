@@ -16,6 +16,7 @@ from domain.errors import (
     ConnectionIdTaken,
     ConnectionNotFound,
     DomainError,
+    InvalidCommand,
     SessionNotFound,
 )
 from domain.lifecycle import consult
@@ -202,9 +203,33 @@ def accept(connection_id: str) -> Command[str]:
 
 
 def authenticate(connection_id: str, actor: Principal) -> Command[str]:
-    return transition(
-        connection_id, "authenticate", user_id=actor.user_id, roles=sorted(actor.roles)
-    )
+    def run(uow: UnitOfWork) -> str:
+        connection = _connection(uow, connection_id)
+        return connection.authenticate(
+            user_id=actor.user_id, roles=sorted(actor.roles), exp=actor.exp
+        )
+
+    return Command("authenticate", run)
+
+
+def refresh_token(connection_id: str, actor: Principal) -> Command[int]:
+    """A live connection's new token (``TokenRefreshed``); returns its exp.
+
+    The new token must allow what the attach allowed (write to the session:
+    its owner, or a service), so a refresh cannot keep a socket on a session
+    its new token could not open."""
+
+    def run(uow: UnitOfWork) -> int:
+        if actor.exp is None:
+            raise InvalidCommand("a refreshed token must have an expiry")
+        connection = _connection(uow, connection_id)
+        session = _session(uow, connection.session_id)
+        if not actor.can_write or (session.owner != actor.user_id and not actor.is_service):
+            raise Forbidden(f"this token may not hold session {session.session_id!r}")
+        connection.refresh_token(user_id=actor.user_id, roles=sorted(actor.roles), exp=actor.exp)
+        return actor.exp
+
+    return Command("refresh_token", run)
 
 
 def attach(

@@ -12,16 +12,32 @@ proxy cuts it, the server closes a slow consumer with 4408 or shuts down with
 or skipped. It stops for good on 4401/4403 (raising :class:`ClientRefused`)
 and when superseded by a newer connection of the session (4409, raising
 :class:`Superseded`).
+
+``token`` is a string, or a *token provider*: a function, plain or async,
+that returns one. A provider is asked on every (re)connect and whenever the
+server sends ``token_expiring``, and the token it gives is sent on the live
+socket as a refresh, so the socket outlives its first token:
+
+    async def fresh_token() -> str:
+        return await my_auth_service.token_for("alice")
+
+    SessionClient("http://127.0.0.1:8080", "session-1", fresh_token)
+
+A socket whose token expired anyway (closed 4401 ``token_expired``) is
+reconnected with a token asked for again, resuming with ``after``; a 4401 for
+that new token stops the client with ClientRefused. An exception raised by
+the provider ends the iteration with it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import random
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
 from typing import Any
 
@@ -30,6 +46,8 @@ import aiohttp
 log = logging.getLogger("sessiond.client")
 
 RETRYABLE_CLOSES = {1001, 1006, 1011, 1012, 1013, 4408}
+
+TokenProvider = Callable[[], str] | Callable[[], Awaitable[str]]
 
 
 class ClientRefused(Exception):
@@ -50,7 +68,7 @@ class SessionClient:
         self,
         base_url: str,
         session_id: str,
-        token: str,
+        token: str | TokenProvider,
         *,
         after: int = 0,
         connection_prefix: str | None = None,
@@ -68,6 +86,9 @@ class SessionClient:
         self.base_url = base_url.rstrip("/")
         self.session_id = session_id
         self.token = token
+        # Until when the current socket's token holds (Unix seconds), as the
+        # server last said (token_expiring, token); None before it has.
+        self.token_exp: int | None = None
         self.last_position = after
         self.connection_prefix = connection_prefix or "py-" + uuid.uuid4().hex[:12]
         self.connection_id: str | None = None
@@ -130,6 +151,15 @@ class SessionClient:
         )
         return message_id
 
+    async def fresh_token(self) -> str:
+        """A token to send: the string given, or the provider's answer now."""
+        if isinstance(self.token, str):
+            return self.token
+        token = self.token()
+        if inspect.isawaitable(token):
+            token = await token
+        return token
+
     def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
         return self._events()
 
@@ -179,7 +209,17 @@ class SessionClient:
                 kind = frame.get("type")
                 if kind == "welcome":
                     self.state = frame.get("state", "ACCEPTED")
-                    await ws.send_json({"type": "auth", "token": self.token})
+                    await ws.send_json({"type": "auth", "token": await self.fresh_token()})
+                elif kind in ("token", "token_expiring"):
+                    self.token_exp = frame.get("exp")
+                    if kind == "token_expiring" and not isinstance(self.token, str):
+                        # A refresh: the server answers with a ``token`` frame.
+                        await ws.send_json({"type": "auth", "token": await self.fresh_token()})
+                elif kind == "error":
+                    log.info(
+                        "error frame",
+                        extra={"session_id": self.session_id, "code": frame.get("code")},
+                    )
                 elif kind == "state":
                     self.state = frame["state"]
                     if self.state == "PROCESSING_READY":
@@ -213,6 +253,10 @@ class SessionClient:
         self.close_code, self.close_reason = code, reason
         if code == 4409:
             raise Superseded(f"connection {self.connection_id} was superseded")
+        if code == 4401 and reason == "token_expired":
+            # Reconnect with a token asked for again (refused: ClientRefused).
+            log.info("token expired", extra={"session_id": self.session_id})
+            return
         if code in (4401, 4403):
             raise ClientRefused(code, reason)
         if code == 1000 and self._closed:

@@ -108,6 +108,14 @@ class Wake:
 
 
 @dataclass(slots=True)
+class WakeAt:
+    """Call :meth:`ConnectionProtocol.tick` once the clock reaches
+    ``deadline`` (or now, if it has passed); replaces any earlier WakeAt."""
+
+    deadline: float
+
+
+@dataclass(slots=True)
 class FollowLive:
     """From now on, feed each event the hub queues to :meth:`ConnectionProtocol.live`."""
 
@@ -125,7 +133,16 @@ class Closing:
 
 
 Effect = (
-    Send | Record | ReadEvents | Subscribe | TakeQueued | AwaitAuth | Wake | FollowLive | Closing
+    Send
+    | Record
+    | ReadEvents
+    | Subscribe
+    | TakeQueued
+    | AwaitAuth
+    | Wake
+    | WakeAt
+    | FollowLive
+    | Closing
 )
 
 

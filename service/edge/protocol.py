@@ -10,7 +10,8 @@ protocol what happened, and performs what it is told, in order.
 Inputs are method calls: the upgrade completed (:meth:`upgraded`), a frame
 arrived (:meth:`receive`), the wait for a token ended (:meth:`auth_wait_over`),
 session events arrived from the hub (:meth:`live`), the subscription overflowed
-(:meth:`overflowed`), the peer or the transport ended the socket
+(:meth:`overflowed`), the clock reached a deadline the protocol asked for with
+:class:`WakeAt` (:meth:`tick`), the peer or the transport ended the socket
 (:meth:`socket_closed`), the node wants it closed (:meth:`end`). Each returns a
 list of *effects* (the dataclasses below): frames to send, commands to record,
 events to read from the store, a wait, a close. An effect that needs an answer
@@ -30,6 +31,13 @@ next position goes out, older ones are dropped, and a hole (a position ahead
 of the next) is filled from the store first (:class:`ReadEvents`), so a
 socket sees every position after ``after`` exactly once, in order
 (docs/adr/0006-make-the-backlog-live-seam-gap-free.md).
+
+Tokens: a socket's authority ends at its token's ``exp`` (service/edge/expiry.py
+keeps the deadline). Ahead of it the socket is sent ``token_expiring``; an
+``auth`` frame in PROCESSING_READY refreshes the token (recorded
+``TokenRefreshed``, answered ``token``); at ``exp`` the socket is closed 4401
+``token_expired``, and a frame that arrives from then on is not acted on
+(docs/adr/0026-refresh-a-live-sockets-token-with-an-auth-frame.md).
 """
 
 from __future__ import annotations
@@ -62,11 +70,21 @@ from service.edge.effects import (
     TakeQueued,
     Unavailable,
     Wake,
+    WakeAt,
     answer_errors,
     error_frame,
     peer_close,
 )
-from service.edge.schema import AuthFrame, SchemaError, decode_frame, frame_ref
+from service.edge.expiry import Expiry
+from service.edge.schema import (
+    AuthFrame,
+    SchemaError,
+    TokenExpiringFrame,
+    TokenFrame,
+    decode_frame,
+    frame_ref,
+    server_frame,
+)
 
 BACKLOG_PAGE = 500
 BAD_FRAME_WINDOW = 60.0
@@ -77,6 +95,8 @@ class Limits:
     auth_timeout: float = 10.0
     bad_frames_per_minute: int = 10
     max_connections_per_session: int = 1
+    # How long before a token's exp the socket is sent token_expiring (0: never).
+    token_warning: float = 60.0
 
 
 # --- the protocol ---------------------------------------------------------------------
@@ -93,6 +113,9 @@ class ConnectionProtocol:
     verify: Callable[[object], Principal]
     limits: Limits = field(default_factory=Limits)
     aggregate: type[Connection] = Connection
+    # Wall-clock Unix seconds minus the shell's clock (``now``): turns a
+    # token's exp into the shell's clock (service/edge/expiry.py).
+    wall_offset: float = 0.0
 
     def __post_init__(self) -> None:
         # The lifecycle's states by attribute (the class is the one table).
@@ -110,6 +133,7 @@ class ConnectionProtocol:
         self._filling = False
         self._going_live = False
         self._bad_frames: deque[float] = deque()
+        self.expiry = Expiry(self.wall_offset, self.limits.token_warning)
 
     @property
     def awaiting_token(self) -> bool:
@@ -133,7 +157,7 @@ class ConnectionProtocol:
                 principal = self.verify(header_token)
             except AuthError as e:
                 return self._record(commands.accept(self.connection_id), self._refused_header(e))
-            return self._authenticated(principal, accept=True)
+            return self._authenticated(principal, now, accept=True)
         self.awaiting_auth = True
         deadline = now + self.limits.auth_timeout
         return self._record(
@@ -168,12 +192,14 @@ class ConnectionProtocol:
             principal = self.verify(self.token)
         except AuthError as e:
             return self.end(Close.UNAUTHENTICATED, _why(e))
-        return self._authenticated(principal, accept=False)
+        return self._authenticated(principal, now, accept=False)
 
-    def _authenticated(self, principal: Principal, *, accept: bool) -> Effects:
+    def _authenticated(self, principal: Principal, now: float, *, accept: bool) -> Effects:
         """Subscribe first, so nothing recorded from here on is missed; then
-        AUTHENTICATED and SERVICES_READY (the attach) in one commit."""
+        AUTHENTICATED and SERVICES_READY (the attach) in one commit. The
+        token's deadline runs from here."""
         self.principal = principal
+        self.expiry.hold(principal.exp, now)
         steps: list[Command[Any]] = [commands.accept(self.connection_id)] if accept else []
         steps.append(commands.authenticate(self.connection_id, principal))
         steps.append(
@@ -186,7 +212,7 @@ class ConnectionProtocol:
             )
         )
         then = self._handshake_recorded(principal, accept)
-        return [Subscribe(), Record(commands.chain(*steps), then)]
+        return [*self._wake(), Subscribe(), Record(commands.chain(*steps), then)]
 
     def _handshake_recorded(self, principal: Principal, accept: bool) -> Callable[..., Effects]:
         def then(outcome: Outcome) -> Effects:
@@ -253,7 +279,8 @@ class ConnectionProtocol:
             if not isinstance(outcome, Recorded):
                 return self._failed(outcome)
             self.state = outcome.value
-            return [self._announce(session_id=self.session_id, position=position), FollowLive()]
+            announce = self._announce(session_id=self.session_id, position=position)
+            return [announce, *self._wake(), FollowLive()]
 
         return [Record(commands.go_live(self.connection_id, position), then)]
 
@@ -321,6 +348,8 @@ class ConnectionProtocol:
         """A frame from the client: text (JSON), or bytes for a binary frame."""
         if self.ending is not None:
             return []
+        if self.expiry.expired(now):
+            return self.end(Close.UNAUTHENTICATED, "token_expired")
         if isinstance(data, bytes):
             return self._bad_frame("bad_frame", "frames are JSON text", None, now)
         try:
@@ -332,7 +361,7 @@ class ConnectionProtocol:
                 return [Wake()]
             return self._bad_frame(e.code, e.message, ref, now)
         if isinstance(frame, AuthFrame):
-            return self._on_auth(frame)
+            return self._on_auth(frame, now)
         if self.state != self.live_state:
             message = f"messages are accepted in {self.live_state}, not {self.state}"
             return [error_frame("not_ready", message, frame.ref)]
@@ -350,16 +379,71 @@ class ConnectionProtocol:
         )
         return [Record(command, answer_errors(frame.ref))]
 
-    def _on_auth(self, frame: AuthFrame) -> Effects:
+    def _on_auth(self, frame: AuthFrame, now: float) -> Effects:
         if self.awaiting_auth and self.token is None:
             self.token = frame.token
             return [Wake()]
         if self.principal is None:
             return [error_frame("invalid_transition", "already authenticating", frame.ref)]
+        if self.state == self.live_state:
+            return self._refresh(frame, now)
         # Authenticating twice is a transition the lifecycle refuses: record
         # the attempt for the audit, and tell the client.
         command = commands.authenticate(self.connection_id, self.principal)
         return [Record(command, answer_errors(frame.ref, "invalid_transition"))]
+
+    # --- the token's deadline ----------------------------------------------------
+
+    def _refresh(self, frame: AuthFrame, now: float) -> Effects:
+        """A new token on a live socket. One for the same user is recorded
+        (``TokenRefreshed``) and then holds; one for another user ends the
+        socket (4403); one that is not valid is answered with an error (and
+        counts as a bad frame), and the current token holds until its exp."""
+        assert self.principal is not None
+        try:
+            principal = self.verify(frame.token)
+        except AuthError as e:
+            message = f"{_why(e)}; the socket's token holds until {self.expiry.exp}"
+            return self._bad_frame("unauthenticated", message, frame.ref, now)
+        if principal.user_id != self.principal.user_id:
+            return self.end(Close.FORBIDDEN, "forbidden: a token for another user")
+        command = commands.refresh_token(self.connection_id, principal)
+        return [Record(command, self._refreshed(principal, frame.ref, now))]
+
+    def _refreshed(
+        self, principal: Principal, ref: str | None, now: float
+    ) -> Callable[..., Effects]:
+        def then(outcome: Outcome) -> Effects:
+            if self.ending is not None:
+                return []
+            if isinstance(outcome, Recorded):
+                self.principal = principal
+                self.expiry.hold(principal.exp, now)
+                return [Send(server_frame(TokenFrame(exp=outcome.value))), *self._wake()]
+            if isinstance(outcome, Refused) and outcome.error.code == "forbidden":
+                return self.end(Close.FORBIDDEN, f"forbidden: {outcome.error.message}"[:100])
+            return answer_errors(ref)(outcome)
+
+        return then
+
+    def tick(self, now: float) -> Effects:
+        """The clock reached a deadline asked for with :class:`WakeAt`: warn
+        ahead of the token's exp (once live), or end the socket at it."""
+        if self.ending is not None:
+            return []
+        if self.expiry.expired(now):
+            return self.end(Close.UNAUTHENTICATED, "token_expired")
+        effects: Effects = []
+        if self.state == self.live_state and self.expiry.warning_due(now):
+            exp = self.expiry.exp
+            assert exp is not None
+            effects.append(Send(server_frame(TokenExpiringFrame(exp=exp))))
+        return effects + self._wake()
+
+    def _wake(self) -> Effects:
+        """Ask the shell to call :meth:`tick` at the next deadline, if any."""
+        at = self.expiry.next_deadline(warn=self.state == self.live_state)
+        return [] if at is None else [WakeAt(at)]
 
     def _bad_frame(self, code: str, message: str, ref: str | None, now: float) -> Effects:
         """Answer a bad frame; past the budget, close 4400."""

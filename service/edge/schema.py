@@ -180,6 +180,36 @@ ClientFrame = AuthFrame | MessageFrame
 FRAME_TYPES = ("auth", "message")
 
 
+# --- WebSocket frames from the server --------------------------------------------------
+# Declared for what they say, and built from these declarations; they are not
+# client frames (``decode_frame`` refuses them as ``unknown_type``).
+
+UnixSeconds = Annotated[int, msgspec.Meta(ge=0, description="Unix time, in seconds")]
+
+
+class TokenFrame(msgspec.Struct, tag="token", tag_field="type"):
+    """A refresh (an ``auth`` frame in PROCESSING_READY) was recorded: the
+    socket's authority now ends at ``exp``."""
+
+    exp: UnixSeconds
+
+
+class TokenExpiringFrame(msgspec.Struct, tag="token_expiring", tag_field="type"):
+    """The socket's token ends at ``exp``: refresh before then, or the socket
+    is closed 4401 ``token_expired``."""
+
+    exp: UnixSeconds
+
+
+ServerFrame = TokenFrame | TokenExpiringFrame
+
+
+def server_frame(frame: ServerFrame) -> dict[str, Any]:
+    """A declared server frame as the JSON object it is sent as."""
+    built: dict[str, Any] = msgspec.to_builtins(frame)
+    return built
+
+
 # --- decoding ----------------------------------------------------------------------------
 
 _decoders: dict[Any, msgspec.json.Decoder[Any]] = {}

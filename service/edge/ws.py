@@ -9,7 +9,9 @@ the effects it returns, in order (:meth:`LiveConnection.run`).
 Two tasks serve a socket: the *driver* walks the handshake and then follows
 the session's live events; the *receiver* reads the client's frames. An end
 the server decides (:class:`~service.edge.protocol.Closing`) runs in a task
-of its own, so the task that decided it can be stopped by it.
+of its own, so the task that decided it can be stopped by it. The token's
+deadlines (:class:`~service.edge.effects.WakeAt`) are one timer handle on the
+loop, not a task: when it fires, the protocol's answer runs in a short task.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections import Counter, deque
 from typing import Any
 
@@ -45,6 +48,7 @@ from service.edge.effects import (
     TakeQueued,
     Unavailable,
     Wake,
+    WakeAt,
 )
 from service.edge.errors import ApiError
 from service.edge.protocol import ConnectionProtocol, Limits
@@ -101,6 +105,10 @@ class LiveConnection:
         self._token_arrived = asyncio.Event()
         self._ending: asyncio.Future[None] | None = None
         self.receiver: asyncio.Task[None] | None = None
+        # The token's deadline (WakeAt), and the task carrying out what the
+        # protocol said when it passed (held, so it is not collected mid-run).
+        self._timer: asyncio.TimerHandle | None = None
+        self._ticked: asyncio.Future[None] | None = None
 
     def release(self) -> None:
         """Drop what ties this connection to its own tasks once it is over.
@@ -112,8 +120,10 @@ class LiveConnection:
         collector could free (ADR 0017). Without the cycle, reference counting
         frees a connection the moment it ends.
         """
+        self.stop_timer()
         self.receiver = None
         self._ending = None
+        self._ticked = None
         self.subscription = None
 
     # --- carrying out effects -------------------------------------------------------
@@ -142,6 +152,9 @@ class LiveConnection:
                     more = await self._await_auth(wait)
                 case Wake():
                     self._token_arrived.set()
+                case WakeAt(deadline=deadline):
+                    self.stop_timer()
+                    self._timer = asyncio.get_running_loop().call_at(deadline, self._tick)
                 case FollowLive():
                     await self._follow_live()
                 case Closing() as closing:
@@ -198,6 +211,18 @@ class LiveConnection:
                 async with asyncio.timeout_at(effect.deadline):
                     await self._token_arrived.wait()
         return self.protocol.auth_wait_over(loop.time())
+
+    def _tick(self) -> None:
+        """The timer fired: the protocol says what its deadline means now."""
+        self._timer = None
+        effects = self.protocol.tick(asyncio.get_running_loop().time())
+        if effects:
+            self._ticked = asyncio.ensure_future(self.run(effects))
+
+    def stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     async def _follow_live(self) -> None:
         subscription = self.subscription
@@ -343,7 +368,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             auth_timeout=settings.auth_timeout,
             bad_frames_per_minute=settings.bad_frames_per_minute,
             max_connections_per_session=settings.max_connections_per_session,
+            token_warning=settings.token_warning,
         ),
+        wall_offset=time.time() - asyncio.get_running_loop().time(),
     )
     try:
         await request.app[WRITER].execute(

@@ -54,6 +54,9 @@ class Settings:
     max_body_bytes: int = MIB
     max_frame_bytes: int = MIB
     auth_timeout: float = 10.0
+    # A live socket is sent token_expiring this long before its token's exp
+    # (at most a quarter of the token's remaining life); 0: never.
+    token_warning: float = 60.0
     # aiohttp pings every `heartbeat` seconds and closes a socket whose pong
     # has not come back within half of it.
     heartbeat: float = 20.0
@@ -91,6 +94,7 @@ class Settings:
             max_body_bytes=_env_int(env, "SESSIOND_MAX_BODY_BYTES", MIB, minimum=1024),
             max_frame_bytes=_env_int(env, "SESSIOND_MAX_FRAME_BYTES", MIB, minimum=1024),
             auth_timeout=_env_float(env, "SESSIOND_AUTH_TIMEOUT", 10.0, minimum=0.01),
+            token_warning=_env_float(env, "SESSIOND_TOKEN_WARNING", 60.0),
             heartbeat=_env_float(env, "SESSIOND_HEARTBEAT", 20.0, minimum=0.01),
             max_connections_per_session=_env_int(
                 env, "SESSIOND_MAX_CONNECTIONS_PER_SESSION", 1, minimum=1

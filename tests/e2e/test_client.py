@@ -1,8 +1,9 @@
 """The Python client (service.client.SessionClient) against real servers: it
 iterates a session's events in order, exposes its state and connection ID,
 sends messages, survives a server killed and restarted on the same store in
-the middle of a stream without yielding a position twice or skipping one, and
-stops with ClientRefused (4401/4403) or Superseded (4409)."""
+the middle of a stream without yielding a position twice or skipping one,
+keeps going across its token's expiry with a token provider, and stops with
+ClientRefused (4401/4403) or Superseded (4409)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import jwt
 import pytest
 
 from service.client import ClientRefused, SessionClient, Superseded
@@ -69,6 +71,10 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 def token(user: str = "alice") -> str:
     return SIGNER.mint(user, ["user"])
+
+
+def exp_of(token: str) -> int:
+    return int(jwt.decode(token, options={"verify_signature": False})["exp"])
 
 
 async def head_position(http: aiohttp.ClientSession, base_url: str, session_id: str) -> int:
@@ -301,3 +307,112 @@ async def test_max_attempts_counts_failures_in_a_row_not_reconnects_over_a_lifet
     assert consumer.positions == list(range(1, consumer.positions[-1] + 1))
     assert client.reconnects == 4
     assert client.failures == 0
+
+
+# --- tokens that expire -------------------------------------------------------------------
+
+SHORT = 3  # seconds a short-lived token lives
+
+
+async def connection_types(api: Api, connection_id: str | None) -> list[str]:
+    status, body = await api.call(
+        "GET", f"/v1/connections/{connection_id}/events", user="auditor-1", roles=("auditor",)
+    )
+    assert status == 200, body
+    return [e["type"] for e in body["events"]]
+
+
+async def test_with_a_token_provider_the_client_reconnects_after_expiry_yielding_each_position_once(
+    serve: Callable[..., Any],
+) -> None:
+    """No warnings (SESSIOND_TOKEN_WARNING=0): each socket lives until its
+    token expires; the client asks its (async) provider again and resumes."""
+    api: Api = await serve("memory://", token_warning=0)
+    asked: list[str] = []
+
+    async def provider() -> str:
+        asked.append(SIGNER.mint("alice", ["user"], ttl=SHORT))
+        return asked[-1]
+
+    async with SessionClient(api.base_url, "cli-exp", provider, max_attempts=3) as client:
+        consumer = Consumer(client)
+        await asyncio.wait_for(client.wait_live(), GUARD)
+        first_connection = client.connection_id
+        acked = await post_messages(api.http, api.base_url, "cli-exp", 5, "before")
+        await consumer.until_position(acked[-1])
+
+        async def reconnected() -> bool:
+            if consumer.task.done():
+                consumer.task.result()
+            return client.connection_id != first_connection and client.state == "PROCESSING_READY"
+
+        await eventually(reconnected, "a connection with a new token")
+        acked += await post_messages(api.http, api.base_url, "cli-exp", 5, "after")
+        last = await head_position(api.http, api.base_url, "cli-exp")
+        await consumer.until_position(last)
+        await consumer.stop()
+
+    assert consumer.positions == list(range(1, consumer.positions[-1] + 1))
+    assert set(acked) <= set(consumer.positions)
+    assert len(asked) >= 2 and client.reconnects >= 1
+    status, view = await api.call("GET", f"/v1/connections/{first_connection}")
+    assert status == 200, view
+    assert (view["close_code"], view["close_reason"]) == (4401, "token_expired")
+
+
+async def test_with_a_token_provider_the_client_refreshes_on_token_expiring_and_keeps_its_socket(
+    serve: Callable[..., Any],
+) -> None:
+    api: Api = await serve("memory://")
+    asked: list[str] = []
+
+    def provider() -> str:
+        # Warned a quarter of its life ahead: time enough to answer.
+        asked.append(SIGNER.mint("alice", ["user"], ttl=SHORT + 2))
+        return asked[-1]
+
+    async with SessionClient(api.base_url, "cli-refresh", provider) as client:
+        consumer = Consumer(client)
+        await asyncio.wait_for(client.wait_live(), GUARD)
+        connection_id = client.connection_id
+
+        async def refreshed_twice() -> bool:
+            # The second refresh is asked for after the first refreshed token
+            # was warned about, which is after the first token expired.
+            if consumer.task.done():
+                consumer.task.result()
+            return len(asked) >= 3 and client.token_exp == exp_of(asked[2])
+
+        await eventually(refreshed_twice, "two refreshes on one socket")
+        acked = await post_messages(api.http, api.base_url, "cli-refresh", 3, "later")
+        await consumer.until_position(acked[-1])
+        types = await connection_types(api, connection_id)
+        await consumer.stop()
+
+    assert client.connection_id == connection_id and client.reconnects == 0
+    assert consumer.positions == list(range(1, consumer.positions[-1] + 1))
+    # The walk, then refreshes only: the socket was live all along.
+    assert types[-1] == "TokenRefreshed" and types.count("TokenRefreshed") >= 2
+    assert types[: types.index("TokenRefreshed")] == [
+        "CONNECTING",
+        "ACCEPTED",
+        "AUTHENTICATED",
+        "SERVICES_READY",
+        "PROCESSING_READY",
+    ]
+    assert set(types[types.index("TokenRefreshed") :]) == {"TokenRefreshed"}
+
+
+async def test_a_fixed_token_that_expired_stops_the_client_with_client_refused_after_one_retry(
+    serve: Callable[..., Any],
+) -> None:
+    api: Api = await serve("memory://", token_warning=0)
+    token = SIGNER.mint("alice", ["user"], ttl=SHORT)
+    async with SessionClient(api.base_url, "cli-fixed", token) as client:
+        with pytest.raises(ClientRefused) as refused:
+            async with asyncio.timeout(GUARD):
+                async for _ in client:
+                    pass
+    assert refused.value.code == 4401
+    assert "expired" in refused.value.reason and refused.value.reason != "token_expired"
+    assert client.reconnects == 1

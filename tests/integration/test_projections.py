@@ -191,6 +191,10 @@ async def connect(
             await world.run(commands.close_connection(old, code=4409, reason="superseded"))
     if stop_at >= 5 and world.store.get_connection(connection_id).state == "SERVICES_READY":  # type: ignore[union-attr]
         await world.run(commands.go_live(connection_id, 0))
+        if rng.random() < 0.5:
+            # A token refresh: an event of the connection that is not a state.
+            renewed = Principal(actor.user_id, actor.roles, exp=2_000_000_000 + rng.randint(0, 999))
+            await world.run(commands.refresh_token(connection_id, renewed))
     if rng.random() < 0.6:
         await world.run(
             commands.close_connection(connection_id, code=rng.choice((1000, 1001)), reason="bye")
@@ -510,15 +514,17 @@ async def test_two_projectors_running_at_once_keep_message_counts_right(world: W
         tables.close()
 
 
+OPENED = {
+    "connection_id": "c1",
+    "position": 1,
+    "type": "CONNECTING",
+    "at": "2026-01-01T00:00:00.000000Z",
+    "data": {"session_id": "s1", "node": "n1", "state": "CONNECTING", "proposed": True},
+}
+
+
 def test_an_unknown_connection_state_is_shown_as_recorded() -> None:
-    opened = {
-        "connection_id": "c1",
-        "position": 1,
-        "type": "CONNECTING",
-        "at": "2026-01-01T00:00:00.000000Z",
-        "data": {"session_id": "s1", "node": "n1", "state": "CONNECTING", "proposed": True},
-    }
-    row = fold_connection(None, opened)
+    row = fold_connection(None, OPENED)
     assert row is not None
     draining = {
         "connection_id": "c1",
@@ -543,6 +549,20 @@ def test_an_unknown_connection_state_is_shown_as_recorded() -> None:
     row = fold_connection(row, closed)
     assert row is not None
     assert (row["state"], row["close_code"], row["close_reason"]) == ("CLOSED", 1001, "x")
+
+
+def test_a_connection_event_that_is_not_a_transition_leaves_its_state() -> None:
+    row = fold_connection(None, OPENED)
+    assert row is not None
+    others = [
+        ("TokenRefreshed", {"user_id": "alice", "roles": ["user"], "exp": 2_000_000_000}),
+        ("TransitionRefused", {"transition": "attach", "state": "CONNECTING", "reason": "no"}),
+        ("Paused", {"details": {"code": 4000}}),
+    ]
+    for position, (kind, data) in enumerate(others, start=2):
+        before = row
+        row = fold_connection(row, {**OPENED, "position": position, "type": kind, "data": data})
+        assert row == {**before, "position": position}, kind
 
 
 def test_an_unknown_session_event_type_only_moves_position_and_updated_at() -> None:

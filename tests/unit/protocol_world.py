@@ -7,11 +7,13 @@ when the lifecycle refused it; a session's events go to the sockets
 subscribed to it). ``Socket`` is one protocol with its effects carried out
 against the world, in order, the way service/edge/ws.py carries them out
 against aiohttp: the frames it would send are collected, the close it would
-make is kept, and the clock is whatever the test says.
+make is kept, and the clock is whatever the test says (0 is the wall-clock
+time the socket was made, so tokens minted now expire ``ttl`` later on it).
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from typing import Any, TypeVar
 
@@ -39,6 +41,7 @@ from service.edge.effects import (
     TakeQueued,
     Unavailable,
     Wake,
+    WakeAt,
 )
 from service.edge.protocol import ConnectionProtocol, Limits
 from service.storage.wire import wire_event
@@ -84,8 +87,8 @@ class World:
         self.commands: list[str] = []
         self.down = False
 
-    def token(self, user: str = "alice", *roles: str) -> str:
-        return self.signer.mint(user, list(roles) or ["user"])
+    def token(self, user: str = "alice", *roles: str, ttl: int = 3600) -> str:
+        return self.signer.mint(user, list(roles) or ["user"], ttl=ttl)
 
     def execute(self, command: Command[Any]) -> Outcome:
         """Run ``command`` as the writer does, one commit per command."""
@@ -159,11 +162,15 @@ class Socket:
             node="node-1",
             verify=world.signer.verify,
             limits=world.limits,
+            wall_offset=time.time(),
         )
         self.frames: list[dict[str, Any]] = []
         self.queue: deque[dict[str, Any]] = deque()
         self.following = False
         self.waiting_until: float | None = None
+        self.wake_at: float | None = None  # the last WakeAt, until it fires
+        self.hold_reads = False  # leave ReadEvents unanswered (a slow store)
+        self.held_reads: list[ReadEvents] = []
         self.closed: tuple[int, str] | None = None
         self.now = 0.0
         world.record(self.protocol.open_command(proposed=True))
@@ -181,12 +188,24 @@ class Socket:
         self.world.flush()
 
     def tick(self, now: float) -> None:
-        """The clock moves; a wait whose deadline passed ends."""
+        """The clock moves; a wait or a WakeAt whose deadline passed ends."""
         self.now = now
         if self.waiting_until is not None and now >= self.waiting_until:
             self.waiting_until = None
             self.run(self.protocol.auth_wait_over(now))
             self.world.flush()
+        while self.wake_at is not None and now >= self.wake_at:
+            self.wake_at = None
+            self.run(self.protocol.tick(now))
+            self.world.flush()
+
+    def release_reads(self) -> None:
+        """Answer the reads held while ``hold_reads`` was set."""
+        self.hold_reads = False
+        held, self.held_reads = self.held_reads, []
+        for read in held:
+            self.run([read])
+        self.world.flush()
 
     # --- effects ------------------------------------------------------------------------
 
@@ -200,6 +219,8 @@ class Socket:
                         self.frames.append(frame)
                 case Record(command=command, then=then):
                     more = then(self.world.execute(command))
+                case ReadEvents() as read if self.hold_reads:
+                    self.held_reads.append(read)
                 case ReadEvents(after=after, limit=limit, then=then):
                     stored = self.world.session_events(self.protocol.session_id)
                     more = then([e for e in stored if e["position"] > after][:limit])
@@ -218,6 +239,8 @@ class Socket:
                     if self.waiting_until is not None:
                         self.waiting_until = None
                         more = self.protocol.auth_wait_over(self.now)
+                case WakeAt(deadline=deadline):
+                    self.wake_at = deadline
                 case FollowLive():
                     self.following = True
                 case Closing(code=code, reason=reason, record=record, frame=frame):
@@ -227,6 +250,7 @@ class Socket:
                     self.closed = (code, reason)
                     self.following = False
                     self.waiting_until = None
+                    self.wake_at = None
                     subs = self.world.subscribers.get(self.protocol.session_id, [])
                     if self in subs:
                         subs.remove(self)

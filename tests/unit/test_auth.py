@@ -119,6 +119,7 @@ def test_the_fast_path_accepts_only_what_pyjwt_accepts_with_the_same_claims(
         assert verdict is None
     elif verdict is not None:
         assert verdict.user_id == reference["sub"]
+        assert verdict.exp == int(reference["exp"])
 
 
 def test_minted_tokens_take_the_fast_path_and_give_the_same_principal() -> None:
@@ -126,7 +127,9 @@ def test_minted_tokens_take_the_fast_path_and_give_the_same_principal() -> None:
     token = signer.mint("alice", ["service", "user"])
     fast = signer._plain_claims(token)
     assert fast is not None and fast == pyjwt_accepts(token)
-    assert signer.verify(token) == Principal("alice", frozenset({"service", "user"}))
+    assert signer.verify(token) == Principal(
+        "alice", frozenset({"service", "user"}), exp=fast["exp"]
+    )
 
 
 @pytest.mark.parametrize(

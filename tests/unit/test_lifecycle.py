@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from domain.connection import Connection
-from domain.errors import InvalidTransition
+from domain.errors import InvalidTransition, NotLive, TokenForAnotherUser
 from domain.lifecycle import (
     ConnectionLifecycle,
     consult,
@@ -198,6 +198,39 @@ def test_the_command_methods_carry_their_details_into_the_connection() -> None:
         "PROCESSING_READY",
         "CLOSED",
     ]
+
+
+def test_a_token_refresh_is_recorded_on_a_live_connection_and_leaves_its_state() -> None:
+    c = connection_in("PROCESSING_READY")
+    c.collect_events()
+    c.refresh_token(user_id="alice", roles=["user", "service"], exp=2_000_000_000)
+    [event] = c.collect_events()
+    assert event.type_name() == "TokenRefreshed"
+    assert event.payload() == {
+        "user_id": "alice",
+        "roles": ["user", "service"],
+        "exp": 2_000_000_000,
+    }
+    assert (c.state, c.roles, c.refused) == ("PROCESSING_READY", ["user", "service"], 0)
+
+
+@pytest.mark.parametrize("state", [s for s in ALL_STATES if s != "PROCESSING_READY"])
+def test_a_token_refresh_is_refused_unless_live_and_records_nothing(state: str) -> None:
+    c = connection_in(state)
+    c.collect_events()
+    with pytest.raises(NotLive) as refused:
+        c.refresh_token(user_id="alice", roles=["user"], exp=2_000_000_000)
+    assert refused.value.code == "not_ready"
+    assert c.collect_events() == [] and c.state == state
+
+
+def test_a_token_refresh_for_another_user_is_refused_and_records_nothing() -> None:
+    c = connection_in("PROCESSING_READY")
+    c.collect_events()
+    with pytest.raises(TokenForAnotherUser) as refused:
+        c.refresh_token(user_id="bob", roles=["user"], exp=2_000_000_000)
+    assert refused.value.code == "forbidden"
+    assert c.collect_events() == [] and c.user_id == "alice"
 
 
 def test_a_closed_connection_refuses_everything_and_new_ones_still_walk() -> None:

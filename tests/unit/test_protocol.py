@@ -13,6 +13,7 @@ import jwt
 import pytest
 
 import service.edge.effects
+import service.edge.expiry
 import service.edge.protocol
 from service.application import commands
 from service.edge.effects import Close, Closing, ReadEvents, Record
@@ -279,9 +280,13 @@ def test_ending_twice_says_it_once() -> None:
     assert socket.protocol.receive('{"type": "message", "content": "x"}', 0.0) == []
 
 
-def test_a_second_auth_frame_is_a_refused_transition_recorded_for_the_audit() -> None:
+def test_a_second_auth_frame_before_processing_ready_is_a_refused_transition_recorded() -> None:
     world = World()
-    socket = live_socket(world, "c-1", "s-1")
+    live_socket(world, "c-0", "s-1")
+    socket = Socket(world, "c-1", "s-1")
+    socket.hold_reads = True  # the backlog read is slow: SERVICES_READY meanwhile
+    socket.upgrade(world.token())
+    assert socket.protocol.state == "SERVICES_READY" and socket.held_reads
     socket.send({"type": "auth", "token": world.token(), "ref": "again"})
     assert (socket.errors()[-1]["code"], socket.errors()[-1]["ref"]) == (
         "invalid_transition",
@@ -289,10 +294,12 @@ def test_a_second_auth_frame_is_a_refused_transition_recorded_for_the_audit() ->
     )
     assert world.connection_states("c-1")[-1] == "TransitionRefused"
     assert socket.closed is None
+    socket.release_reads()
+    assert socket.protocol.state == "PROCESSING_READY"
 
 
 def test_the_protocol_imports_neither_aiohttp_nor_asyncio() -> None:
-    for module in (service.edge.protocol, service.edge.effects):
+    for module in (service.edge.protocol, service.edge.effects, service.edge.expiry):
         tree = ast.parse(Path(str(module.__file__)).read_text())
         roots: set[str] = set()
         for node in ast.walk(tree):

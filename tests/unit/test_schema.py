@@ -18,9 +18,12 @@ from service.edge.schema import (
     ReportProgress,
     SchemaError,
     SocketQuery,
+    TokenExpiringFrame,
+    TokenFrame,
     decode_body,
     decode_frame,
     decode_query,
+    server_frame,
 )
 
 
@@ -116,3 +119,15 @@ def test_frames_are_refused_with_the_socket_codes(frame: str, code: str) -> None
     with pytest.raises(SchemaError) as e:
         decode_frame(frame)
     assert e.value.code == code
+
+
+@pytest.mark.parametrize("kind", ["token", "token_expiring"])
+def test_the_servers_token_frames_are_not_client_frames(kind: str) -> None:
+    with pytest.raises(SchemaError) as refused:
+        decode_frame(orjson.dumps({"type": kind, "exp": 1_900_000_000}))
+    assert refused.value.code == "unknown_type"
+
+
+def test_the_servers_token_frames_are_built_from_their_declarations() -> None:
+    assert server_frame(TokenFrame(exp=1_900_000_000)) == {"type": "token", "exp": 1_900_000_000}
+    assert server_frame(TokenExpiringFrame(exp=7)) == {"type": "token_expiring", "exp": 7}
