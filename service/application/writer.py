@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from eventsourcing.application import AggregateNotFoundError
-from eventsourcing.persistence import IntegrityError, PersistenceError
+from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError
 
 from domain.base import Aggregate
 from domain.connection import Connection
@@ -57,6 +57,25 @@ CONFLICT_PAUSE = 0.002
 
 class StoreUnavailable(Exception):
     """The store could not be reached or refused the write; nothing was recorded."""
+
+
+class CommandFailed(DomainError):
+    """A command failed for a reason of its own (a bug, or data the store
+    refused), run alone so that no other command failed with it; nothing of
+    it was recorded. The wire says ``internal`` (500)."""
+
+    code = "internal"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"the command {name} failed; nothing of it was recorded")
+        self.name = name
+
+
+def store_down(error: BaseException) -> bool:
+    """Whether ``error`` says the store cannot be reached or cannot write at
+    all now (connection lost, database locked or read-only, disk full), as
+    opposed to refusing what one command made."""
+    return isinstance(error, OperationalError | InterfaceError | OSError)
 
 
 class AggregateCache:
@@ -297,6 +316,12 @@ class Writer:
                 for item in batch:
                     self._process([item])
                 return
+            except Exception as e:  # the store, down while a command loaded
+                self.cache.forget(list(uow.touched.values()))
+                for item in batch:
+                    item.outcome = (False, StoreUnavailable(f"store unavailable: {e}"))
+                self._resolve(batch, [])
+                return
             touched = list(uow.touched.values())
             pending = [a for a in touched if a.pending_events]
             try:
@@ -315,18 +340,25 @@ class Writer:
                 log.info("write conflict, retrying batch", extra={"attempt": attempt + 1})
                 time.sleep(random.random() * CONFLICT_PAUSE * min(attempt + 1, 10))
                 continue
-            except (PersistenceError, OSError) as e:
+            except Exception as e:
                 self.cache.forget(touched)
-                for item in batch:
-                    item.outcome = (False, StoreUnavailable(f"store unavailable: {e}"))
-                self._resolve(batch, [])
-                return
-            except Exception as e:  # driver errors not wrapped by eventsourcing
-                self.cache.forget(touched)
-                log.exception("store write failed")
-                for item in batch:
-                    item.outcome = (False, StoreUnavailable(f"store write failed: {e}"))
-                self._resolve(batch, [])
+                if store_down(e):
+                    for item in batch:
+                        item.outcome = (False, StoreUnavailable(f"store unavailable: {e}"))
+                    self._resolve(batch, [])
+                elif len(batch) > 1:
+                    # The store refused what one command made (data it cannot
+                    # encode or hold): run each alone, so only that one fails.
+                    for item in batch:
+                        self._process([item])
+                else:
+                    item = batch[0]
+                    log.error(
+                        "command failed in the store",
+                        extra={"command": item.command.name, "error": repr(e)[:300]},
+                    )
+                    item.outcome = (False, CommandFailed(item.command.name))
+                    self._resolve(batch, [])
                 return
             self.cache.remember(touched)
             self._resolve(batch, recorded)
@@ -343,6 +375,8 @@ class Writer:
         except DomainError as e:
             return False, e
         except Exception as e:
+            if store_down(e):
+                raise  # the whole batch is answered 503, below
             if not isolated:
                 # A bug in one command must not leak half-made events into the
                 # others' transaction: run every command of the batch alone.
@@ -352,7 +386,7 @@ class Writer:
             self.cache.forget(list(uow.touched.values()))
             uow.touched.clear()
             log.exception("command failed", extra={"command": command.name})
-            return False, e
+            return False, CommandFailed(command.name)
 
     def _save(self, aggregates: list[Aggregate]) -> list[Aggregate.Event]:
         if not aggregates:

@@ -30,7 +30,7 @@ from domain.ids import connection_stream, session_stream
 from domain.session import Session
 from service.application import commands
 from service.application.auth import Principal
-from service.application.writer import Command, UnitOfWork, Writer
+from service.application.writer import Command, CommandFailed, UnitOfWork, Writer
 from service.storage.store import SessiondApplication, open_store, parse_store_url
 
 ALICE = Principal("alice", frozenset({"user"}))
@@ -278,7 +278,7 @@ async def test_an_unexpected_exception_in_a_batch_commits_none_of_its_half_made_
         w, message("buggy", "a"), Command("explode", explode), message("buggy", "c")
     )
 
-    assert isinstance(results[1], RuntimeError)
+    assert isinstance(results[1], CommandFailed) and "explode" in results[1].message
     assert results[0] == (2, True) and results[2] == (3, True)
     ids = [e.payload().get("message_id") for e in running.store.stream_events("session:buggy")]
     assert ids == [None, "a", "c"], "a failed command's events were committed"
@@ -606,3 +606,24 @@ async def test_stopping_finishes_every_queued_command_first(store_url: str) -> N
         assert r.positions(session_stream("draining")) == list(range(1, 102))
     finally:
         await r.stop()
+
+
+async def test_a_command_whose_events_the_store_refuses_fails_alone_and_its_neighbours_commit(
+    running: Running,
+) -> None:
+    w = running.writer
+    await w.execute(commands.create_session("mixed", ALICE, None))
+    # Data the store's encoder refuses (an integer beyond 64 bits, as JSON
+    # nested too deep once was): the edge refuses it now, but the writer
+    # must not let one such command fail a whole batch either way.
+    unencodable = commands.record_message(
+        "mixed", ALICE, message_id="bad", role="user", content="x", metadata={"n": 2**70}
+    )
+    results = await in_one_batch(w, message("mixed", "a"), unencodable, message("mixed", "c"))
+
+    assert results[0] == (2, True) and results[2] == (3, True)
+    assert isinstance(results[1], CommandFailed) and results[1].code == "internal"
+    assert "record_message" in results[1].message
+    ids = [e.payload().get("message_id") for e in running.store.stream_events("session:mixed")]
+    assert ids == [None, "a", "c"]
+    assert await w.execute(message("mixed", "d")) == (4, True)
