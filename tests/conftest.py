@@ -8,13 +8,10 @@ why.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -26,6 +23,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
+from faults.pgcluster import ClusterUnavailable, ThrowawayPostgres
 from service.application.auth import TokenSigner
 from service.edge.app import create_app
 from service.runtime.settings import Settings
@@ -264,66 +262,17 @@ def server_process(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
 # --- a throwaway PostgreSQL cluster, for tests that stop and restart it -------------
 
 
-class ThrowawayPostgres:
-    """A private PostgreSQL cluster (initdb in a temp folder, its own port).
-
-    Tests that stop or restart PostgreSQL use this, never the shared server.
-    """
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.data = root / "data"
-        self.port = free_port()
-        bins = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
-        if not bins:
-            pytest.skip("no PostgreSQL server binaries (initdb) on this machine")
-        self.bin = bins[-1]
-        self.as_postgres: list[str] = []
-        if os.geteuid() == 0:  # initdb refuses to run as root
-            self.as_postgres = ["runuser", "-u", "postgres", "--"]
-            subprocess.run(["chown", "-R", "postgres", str(root)], check=True)
-
-    def _run(self, *args: str) -> None:
-        subprocess.run([*self.as_postgres, *args], check=True, capture_output=True, timeout=120)
-
-    @property
-    def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-
-    def init(self) -> None:
-        self._run(str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres")
-
-    def start(self) -> None:
-        self._run(
-            str(self.bin / "pg_ctl"),
-            "-D",
-            str(self.data),
-            "-l",
-            str(self.root / "pg.log"),
-            "-o",
-            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1",
-            "-w",
-            "start",
-        )
-
-    def stop(self) -> None:
-        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
-
-
 @pytest.fixture
 def throwaway_postgres() -> Iterator[ThrowawayPostgres]:
-    # Not under pytest's tmp folder: that one is private to root, and the
-    # cluster runs as the postgres user.
-    root = Path(tempfile.mkdtemp(prefix="sessiond-pg-"))
-    pg = ThrowawayPostgres(root)
+    """A private cluster (faults/pgcluster.py); tests that stop or restart
+    PostgreSQL use this, never the shared server."""
     try:
+        pg = ThrowawayPostgres()
         pg.init()
         pg.start()
-    except (subprocess.CalledProcessError, FileNotFoundError) as e:
+    except ClusterUnavailable as e:
         pytest.skip(f"cannot start a throwaway PostgreSQL cluster: {e}")
     try:
         yield pg
     finally:
-        with contextlib.suppress(Exception):
-            pg.stop()
-        shutil.rmtree(root, ignore_errors=True)
+        pg.remove()
