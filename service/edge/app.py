@@ -73,25 +73,25 @@ async def _answer(
     try:
         return await handler(request)
     except ApiError as e:
-        metrics.inc("sessiond_http_errors_total", code=e.code)
+        metrics.http_error(e.code)
         return error_response(e.code, e.message, e.status)
     except DomainError as e:
-        metrics.inc("sessiond_http_errors_total", code=e.code)
+        metrics.http_error(e.code)
         return error_response(e.code, e.message)
     except web.HTTPRequestEntityTooLarge as e:
-        metrics.inc("sessiond_http_errors_total", code="too_large")
+        metrics.http_error("too_large")
         return error_response("too_large", f"the body is larger than {e.text or 'allowed'}", 413)
     except web.HTTPException as e:
         if e.status < 400:
             raise
         code = {404: "not_found", 405: "method_not_allowed"}.get(e.status, "bad_request")
-        metrics.inc("sessiond_http_errors_total", code=code)
+        metrics.http_error(code)
         return error_response(code, e.reason, e.status)
     except asyncio.CancelledError:
         raise
     except Exception:
         log.exception("unhandled error", extra={"path": request.path})
-        metrics.inc("sessiond_http_errors_total", code="internal")
+        metrics.http_error("internal")
         return error_response("internal", "internal error; nothing was recorded twice", 500)
 
 
@@ -229,35 +229,12 @@ async def _on_shutdown(app: web.Application) -> None:
     await app[SOCKETS].close_all(Close.GOING_AWAY, "server_shutdown", settings.shutdown_timeout)
 
 
-def _register_metrics(app: web.Application) -> Metrics:
-    metrics = Metrics()
-    metrics.describe("sessiond_http_errors_total", "counter", "HTTP error answers by code")
-    metrics.describe("sessiond_ws_errors_total", "counter", "WebSocket error frames by code")
-    metrics.describe("sessiond_ws_closes_total", "counter", "WebSocket closes by code and reason")
-
-    def connections() -> dict[tuple[tuple[str, str], ...], float]:
-        counts = app[SOCKETS].count_by_state()
-        return {(("state", s),): float(counts.get(s, 0)) for s in LIVE_STATES}
-
-    def writer_count(attribute: str) -> Callable[[], dict[tuple[tuple[str, str], ...], float]]:
-        def read() -> dict[tuple[tuple[str, str], ...], float]:
-            return {(): float(getattr(app[WRITER], attribute)) if WRITER in app else 0.0}
-
-        return read
-
-    metrics.gauge("sessiond_connections", "live connections on this node by state", connections)
-    for name, help_text, attribute in (
-        ("sessiond_events_appended_total", "events appended by this node", "events_appended"),
-        ("sessiond_store_transactions_total", "write transactions committed", "transactions"),
-        ("sessiond_write_conflicts_total", "write conflicts retried", "conflicts"),
-        (
-            "sessiond_writer_wrong_guesses_total",
-            "batches run again because an ID taken to be new was already recorded",
-            "wrong_guesses",
-        ),
-    ):
-        metrics.gauge(name, help_text, writer_count(attribute), "counter")
-    return metrics
+def _metrics(app: web.Application) -> Metrics:
+    return Metrics(
+        states=LIVE_STATES,
+        connections=lambda: app[SOCKETS].count_by_state(),
+        writer=lambda: app.get(WRITER),
+    )
 
 
 def create_app(settings: Settings | None = None) -> web.Application:
@@ -274,7 +251,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app[SIGNER] = TokenSigner(secret)
     app[HUB] = Hub()
     app[SOCKETS] = ws.SocketRegistry()
-    app[METRICS] = _register_metrics(app)
+    app[METRICS] = _metrics(app)
     app.cleanup_ctx.append(_store_ctx)
     app.on_shutdown.append(_on_shutdown)
     for routes in ROUTES:

@@ -152,7 +152,7 @@ class LiveConnection:
 
     async def send(self, effect: Send) -> None:
         if effect.error is not None:
-            self.metrics.inc("sessiond_ws_errors_total", code=effect.error)
+            self.metrics.ws_error(effect.error)
         await self._send_frame(effect.frame)
 
     async def _send_frame(self, frame: dict[str, Any]) -> None:
@@ -405,7 +405,7 @@ def _closed(conn: LiveConnection) -> None:
     if ending is None:
         return
     code, reason = ending
-    conn.metrics.inc("sessiond_ws_closes_total", code=str(code), reason=reason)
+    conn.metrics.ws_closed(code, reason)
     log.info(
         "connection closed",
         extra={
