@@ -40,7 +40,7 @@ from service.edge.cors import decorate, preflight
 from service.edge.effects import Close
 from service.edge.errors import ApiError, error_response
 from service.edge.http import ROUTES
-from service.edge.metrics import Metrics
+from service.edge.metrics import Metrics, stamped
 from service.runtime.settings import Settings
 from service.storage.store import StoreConfig, open_store, parse_store_url
 from service.storage.wire import wire_event
@@ -95,17 +95,21 @@ async def _answer(
         return error_response("internal", "internal error; nothing was recorded twice", 500)
 
 
-def _publisher(app: web.Application) -> Callable[[list[dict[str, Any]]], None]:
-    """Wire events to the hub, grouped by session (connection events stay out)."""
+def _publisher(app: web.Application) -> Callable[[list[dict[str, Any]], float | None], None]:
+    """Wire events to the hub, grouped by session (connection events stay out);
+    the last of each session's carries ``committed_at``, when known, for the
+    delivery-lag histogram."""
     hub = app[HUB]
 
-    def publish(events: list[dict[str, Any]]) -> None:
+    def publish(events: list[dict[str, Any]], committed_at: float | None) -> None:
         by_session: dict[str, list[dict[str, Any]]] = {}
         for event in events:
             session_id = event.get("session_id")
             if session_id is not None:
                 by_session.setdefault(session_id, []).append(event)
         for session_id, wire in by_session.items():
+            if committed_at is not None:
+                wire[-1] = stamped(wire[-1], committed_at)
             hub.publish(session_id, wire)
 
     return publish
@@ -125,8 +129,10 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     publish = _publisher(app)
 
     hub = app[HUB]
+    metrics = app[METRICS]
 
     def on_commit(events: list[Aggregate.Event]) -> None:
+        committed_at = metrics.committed_at(events)
         # Only session events reach sockets, and only sessions with a socket
         # on this node need them in wire shape (the rest was half the cost).
         wire = [
@@ -136,14 +142,19 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
             and hub.has_subscribers(e.originator_id[len(SESSION_PREFIX) :])
         ]
         if wire:
-            publish(wire)
+            publish(wire, committed_at)
         readmodels.notify()
 
     def on_followed(events: list[dict[str, Any]]) -> None:
-        publish(events)
+        publish(events, None)
         readmodels.notify()
 
-    writer = Writer(store, on_commit=on_commit, max_batch=settings.writer_max_batch)
+    writer = Writer(
+        store,
+        on_commit=on_commit,
+        max_batch=settings.writer_max_batch,
+        on_saved=metrics.saved,
+    )
     writer.start(loop)
     app[WRITER] = writer
     follower: LogFollower | None = None

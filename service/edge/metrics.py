@@ -7,10 +7,19 @@ when the app is built: each counter's label values come from the sets below
 ``other``, and every allowed label set is created at zero up front, so no
 request, frame or token can add a series (never an ID or free text in a
 label).
+
+Four histograms, in seconds unless said: the WebSocket handshake (upgrade
+request to PROCESSING_READY announced), the writer's store transaction, the
+events per committed transaction, and delivery lag (the writer's commit to the
+event frame written to a socket: the last event of each published batch
+carries its batch's commit instant, :class:`Stamped`, and the socket that
+writes it observes once).
 """
 
 from __future__ import annotations
 
+import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -18,6 +27,7 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     GCCollector,
+    Histogram,
     PlatformCollector,
     ProcessCollector,
     generate_latest,
@@ -68,6 +78,19 @@ CLOSE_CODES = frozenset(
     | {code for codes in CLOSE_REASONS.values() for code in codes}
 )
 
+# Bucket upper bounds. Handshakes: a token in the upgrade takes milliseconds;
+# one sent in a frame may take up to the auth timeout (10 s by default).
+HANDSHAKE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+# A SQLite commit with fsync takes about a millisecond, a PostgreSQL one a
+# round trip or two; seconds mean the store is in trouble.
+COMMIT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
+# Events per transaction: up to a few per command, up to writer_max_batch
+# (256 by default) commands per transaction.
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+# Commit to frame written: a hop to the event loop and a socket write when
+# all is well; the tail is a busy loop or a socket that reads slowly.
+LAG_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
 
@@ -90,6 +113,21 @@ def _close_label_sets() -> list[tuple[str, str]]:
     pairs = [(str(c), r) for r, cs in CLOSE_REASONS.items() for c in cs]
     pairs += [(c, r) for r in (*PEER_CODED_REASONS, OTHER) for c in codes]
     return pairs
+
+
+class Stamped(dict[str, Any]):
+    """A wire event that carries the monotonic instant its batch was
+    committed; sent and serialised as the plain dict it is."""
+
+    __slots__ = ("committed_at",)
+    committed_at: float
+
+
+def stamped(event: Mapping[str, Any], committed_at: float) -> Stamped:
+    # dict's own constructor: a third of the cost of one written in Python.
+    copy = Stamped(event)
+    copy.committed_at = committed_at
+    return copy
 
 
 class Metrics:
@@ -131,10 +169,38 @@ class Metrics:
             ),
             _close_label_sets(),
         )
+        self._handshake = Histogram(
+            "sessiond_ws_handshake_seconds",
+            "upgrade request to PROCESSING_READY announced",
+            buckets=HANDSHAKE_BUCKETS,
+            registry=registry,
+        )
+        self._commit = Histogram(
+            "sessiond_store_commit_seconds",
+            "the writer's store transaction",
+            buckets=COMMIT_BUCKETS,
+            registry=registry,
+        )
+        self._batch = Histogram(
+            "sessiond_store_commit_events",
+            "events per committed transaction",
+            buckets=BATCH_BUCKETS,
+            registry=registry,
+        )
+        self._lag = Histogram(
+            "sessiond_delivery_lag_seconds",
+            "the writer's commit to the event frame written to a socket (once per batch "
+            "and socket, for events this node committed)",
+            buckets=LAG_BUCKETS,
+            registry=registry,
+        )
         registry.register(_Readings(list(states), connections, writer))
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
         GCCollector(registry=registry)
+        # (identity, commit instant) of each committed batch not yet handed to
+        # the event loop, in commit order.
+        self._commits: deque[tuple[int, float]] = deque()
 
     # --- the edge ------------------------------------------------------------
 
@@ -146,6 +212,35 @@ class Metrics:
 
     def ws_closed(self, code: int, reason: str) -> None:
         self._closes[close_labels(code, reason)].inc()
+
+    def handshake(self, seconds: float) -> None:
+        self._handshake.observe(seconds)
+
+    def delivered(self, event: Stamped) -> None:
+        """``event``'s frame was written to a socket just now."""
+        self._lag.observe(time.monotonic() - event.committed_at)
+
+    # --- the writer ------------------------------------------------------------
+
+    def saved(self, events: list[Any], began: float, ended: float) -> None:
+        """The writer's hook (its thread): a transaction of ``events``
+        committed between the monotonic instants ``began`` and ``ended``."""
+        self._commit.observe(ended - began)
+        self._batch.observe(len(events))
+        self._commits.append((id(events), ended))
+
+    def committed_at(self, events: list[Any]) -> float | None:
+        """When the batch ``events`` (as the writer hands it to its
+        ``on_commit``, on the event loop) was committed."""
+        key = id(events)
+        commits = self._commits
+        while commits:
+            # A batch that never reached on_commit (the loop was closing)
+            # leaves its entry behind: skipped here.
+            known, at = commits.popleft()
+            if known == key:
+                return at
+        return None
 
     # --- the scrape ---------------------------------------------------------------
 

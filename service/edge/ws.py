@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections import Counter, deque
 from typing import Any
 
@@ -48,6 +49,7 @@ from service.edge.effects import (
     Wake,
 )
 from service.edge.errors import ApiError
+from service.edge.metrics import Stamped
 from service.edge.protocol import ConnectionProtocol, Limits
 from service.edge.schema import SchemaError, SocketQuery, decode_query
 from service.storage.wire import dumps
@@ -88,9 +90,15 @@ class LiveConnection:
     """One socket of this node: the protocol's decisions, carried out."""
 
     def __init__(
-        self, request: web.Request, ws: web.WebSocketResponse, protocol: ConnectionProtocol
+        self,
+        request: web.Request,
+        ws: web.WebSocketResponse,
+        protocol: ConnectionProtocol,
+        *,
+        opened_at: float,
     ) -> None:
         self.app = request.app
+        self.opened_at = opened_at  # monotonic: the upgrade request came in
         self.request = request
         self.ws = ws
         self.protocol = protocol
@@ -144,6 +152,7 @@ class LiveConnection:
                 case Wake():
                     self._token_arrived.set()
                 case FollowLive():
+                    self.metrics.handshake(time.monotonic() - self.opened_at)
                     await self._follow_live()
                 case Closing() as closing:
                     ending = self._close(closing)
@@ -153,13 +162,19 @@ class LiveConnection:
     async def send(self, effect: Send) -> None:
         if effect.error is not None:
             self.metrics.ws_error(effect.error)
-        await self._send_frame(effect.frame)
+        written = await self._send_frame(effect.frame)
+        event = effect.frame.get("event")
+        if written and type(event) is Stamped:
+            self.metrics.delivered(event)
 
-    async def _send_frame(self, frame: dict[str, Any]) -> None:
+    async def _send_frame(self, frame: dict[str, Any]) -> bool:
         if self.ws.closed:
-            return
-        with contextlib.suppress(ConnectionError, RuntimeError):
+            return False
+        try:
             await self.ws.send_frame(dumps(frame), WSMsgType.TEXT)
+        except (ConnectionError, RuntimeError):
+            return False
+        return True
 
     async def record(self, effect: Record) -> Outcome:
         try:
@@ -312,6 +327,7 @@ def _header_token(request: web.Request) -> str | None:
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:
+    opened_at = time.monotonic()
     settings = request.app[SETTINGS]
     try:
         asked = decode_query(request.query, SocketQuery)
@@ -352,7 +368,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     except StoreUnavailable as e:
         raise ApiError("unavailable", str(e)) from None
 
-    conn = LiveConnection(request, ws, protocol)
+    conn = LiveConnection(request, ws, protocol, opened_at=opened_at)
     registry = request.app[SOCKETS]
     registry.add(conn)
     log.info(

@@ -164,6 +164,20 @@ async def test_hostile_traffic_leaves_metrics_parseable_with_the_same_series(
     assert value(after, "sessiond_http_errors_total", code="method_not_allowed") == 1
     assert value(after, "sessiond_ws_errors_total", code="unknown_type") == 9
     assert value(after, "sessiond_ws_errors_total", code="bad_frame") == 2
+    for histogram in (
+        "sessiond_ws_handshake_seconds",
+        "sessiond_store_commit_seconds",
+        "sessiond_store_commit_events",
+        "sessiond_delivery_lag_seconds",
+    ):
+        assert value(after, f"{histogram}_count") > 0, histogram
+        assert value(after, f"{histogram}_bucket", le="+Inf") == value(after, f"{histogram}_count")
+    assert value(after, "sessiond_store_commit_seconds_count") == value(
+        after, "sessiond_store_transactions_total"
+    )
+    assert value(after, "sessiond_store_commit_events_sum") == value(
+        after, "sessiond_events_appended_total"
+    )
 
 
 async def test_two_apps_in_one_process_keep_their_own_metrics(

@@ -1,12 +1,13 @@
-"""The fixed label sets of /metrics, without a server (the e2e side is
-tests/e2e/test_metrics.py)."""
+"""The fixed label sets of /metrics and the commit stamps of delivery lag,
+without a server (the e2e side is tests/e2e/test_metrics.py)."""
 
 from __future__ import annotations
 
 import pytest
 
 from service.edge.effects import Close
-from service.edge.metrics import close_labels, error_label
+from service.edge.metrics import Metrics, close_labels, error_label, stamped
+from service.storage.wire import dumps
 
 
 @pytest.mark.parametrize(
@@ -46,3 +47,23 @@ def test_an_unknown_error_code_is_other() -> None:
     assert error_label("session_not_found") == "session_not_found"
     assert error_label("bad_frame") == "bad_frame"
     assert error_label('x"\n') == "other"
+
+
+def test_a_stamped_event_is_sent_as_the_plain_event() -> None:
+    event = {"session_id": "s", "position": 3, "type": "MessageRecorded", "data": {"a": 1}}
+    copy = stamped(event, 12.5)
+    assert copy.committed_at == 12.5
+    assert copy == event
+    assert dumps({"type": "event", "event": copy}) == dumps({"type": "event", "event": event})
+
+
+def test_each_committed_batch_gets_its_own_commit_instant_back() -> None:
+    metrics = Metrics(states=[], connections=dict, writer=lambda: None)
+    lost, first, second = [1], [2, 3], [4]
+    metrics.saved(lost, 1.0, 1.5)
+    metrics.saved(first, 2.0, 2.5)
+    metrics.saved(second, 3.0, 3.25)
+    # The first batch never reached the event loop: skipped, not reused.
+    assert metrics.committed_at(first) == 2.5
+    assert metrics.committed_at(second) == 3.25
+    assert metrics.committed_at([5]) is None
