@@ -6,7 +6,7 @@ when the app is built: each counter's label values come from the sets below
 (error codes, close codes, close reasons), anything else is counted as
 ``other``, and every allowed label set is created at zero up front, so no
 request, frame or token can add a series (never an ID or free text in a
-label).
+label). See docs/adr/0025-expose-metrics-through-prometheus-client-with-fixed-labels.md.
 
 Four histograms, in seconds unless said: the WebSocket handshake (upgrade
 request to PROCESSING_READY announced), the writer's store transaction, the
