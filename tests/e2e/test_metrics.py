@@ -16,21 +16,22 @@ from tests.conftest import TEST_SECRET, Api
 from tests.e2e.wsclient import connect, eventually, open_live, refused_upgrade
 
 Serve = Callable[..., Any]
-Series = frozenset[tuple[str, tuple[tuple[str, str], ...]]]
+Sample = tuple[str, tuple[tuple[str, str], ...]]  # a series: its name and labels
+Samples = dict[Sample, float]
 
 REFUSED_ATTACHES = 300
 BAD_IDS = 20
 HOSTILE_SUBS = ['eve"} 1\n# EOF', "mallory\nsessiond_fake_total 9", 'q"u"o\\t"e']
 
 
-async def scrape(api: Api) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+async def scrape(api: Api) -> Samples:
     """Every sample of /metrics, as Prometheus's parser reads it (it raises
     on a page it cannot read)."""
     async with api.http.get(api.url("/metrics")) as r:
         assert r.status == 200
         assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
         text = await r.text()
-    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    samples: Samples = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
             key = (s.name, tuple(sorted(s.labels.items())))
@@ -39,9 +40,7 @@ async def scrape(api: Api) -> dict[tuple[str, tuple[tuple[str, str], ...]], floa
     return samples
 
 
-def value(
-    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
-) -> float:
+def value(samples: Samples, name: str, **labels: str) -> float:
     return samples[(name, tuple(sorted(labels.items())))]
 
 
@@ -61,7 +60,7 @@ async def test_hostile_traffic_leaves_metrics_parseable_with_the_same_series(
 ) -> None:
     api = await serve(sqlite_url)
     before = await scrape(api)
-    series_before: Series = frozenset(before)
+    series_before = frozenset(before)
 
     # Real traffic: a socket walked to PROCESSING_READY, messages committed
     # and delivered to it.
@@ -138,7 +137,7 @@ async def test_hostile_traffic_leaves_metrics_parseable_with_the_same_series(
 
     closed = 2 + len(HOSTILE_SUBS) + REFUSED_ATTACHES + 2
 
-    async def counted() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
+    async def counted() -> Samples | None:
         now = await scrape(api)
         closes = sum(v for (name, _), v in now.items() if name == "sessiond_ws_closes_total")
         return now if closes == closed else None
