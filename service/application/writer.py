@@ -213,9 +213,13 @@ class Writer:
         on_commit: Callable[[list[Aggregate.Event]], None],
         max_batch: int = 256,
         cache_size: int = 20_000,
+        on_saved: Callable[[list[Aggregate.Event], float, float], None] | None = None,
     ) -> None:
         self.app = app
         self._on_commit = on_commit
+        # Told on this thread of each committed transaction: its events (the
+        # list on_commit gets) and the monotonic instants it began and ended.
+        self._on_saved = on_saved
         self._max_batch = max_batch
         self.cache = AggregateCache(app, cache_size)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -391,9 +395,16 @@ class Writer:
     def _save(self, aggregates: list[Aggregate]) -> list[Aggregate.Event]:
         if not aggregates:
             return []
+        began = time.monotonic()
         events = self.app.record_aggregates(*aggregates)
+        ended = time.monotonic()
         self.transactions += 1
         self.events_appended += len(events)
+        if self._on_saved is not None:
+            try:
+                self._on_saved(events, began, ended)
+            except Exception:  # the transaction is committed whatever an observer does
+                log.exception("observing a commit failed")
         return events
 
     def _resolve(self, batch: list[_Item[Any]], recorded: list[Aggregate.Event]) -> None:

@@ -42,7 +42,7 @@ from service.edge.cors import decorate, preflight
 from service.edge.effects import Close
 from service.edge.errors import ApiError, error_response
 from service.edge.http import ROUTES
-from service.edge.metrics import Metrics
+from service.edge.metrics import Metrics, stamped
 from service.runtime.settings import Settings
 from service.storage.lock import PostgresNodeLock, SqliteServeLock
 from service.storage.store import StoreConfig, StoreError, open_store, parse_store_url
@@ -76,39 +76,43 @@ async def _answer(
     try:
         return await handler(request)
     except ApiError as e:
-        metrics.inc("sessiond_http_errors_total", code=e.code)
+        metrics.http_error(e.code)
         return error_response(e.code, e.message, e.status)
     except DomainError as e:
-        metrics.inc("sessiond_http_errors_total", code=e.code)
+        metrics.http_error(e.code)
         return error_response(e.code, e.message)
     except web.HTTPRequestEntityTooLarge as e:
-        metrics.inc("sessiond_http_errors_total", code="too_large")
+        metrics.http_error("too_large")
         return error_response("too_large", f"the body is larger than {e.text or 'allowed'}", 413)
     except web.HTTPException as e:
         if e.status < 400:
             raise
         code = {404: "not_found", 405: "method_not_allowed"}.get(e.status, "bad_request")
-        metrics.inc("sessiond_http_errors_total", code=code)
+        metrics.http_error(code)
         return error_response(code, e.reason, e.status)
     except asyncio.CancelledError:
         raise
     except Exception:
         log.exception("unhandled error", extra={"path": request.path})
-        metrics.inc("sessiond_http_errors_total", code="internal")
+        metrics.http_error("internal")
         return error_response("internal", "internal error; nothing was recorded twice", 500)
 
 
-def _publisher(app: web.Application) -> Callable[[list[dict[str, Any]]], None]:
-    """Wire events to the hub, grouped by session (connection events stay out)."""
+def _publisher(app: web.Application) -> Callable[[list[dict[str, Any]], float | None], None]:
+    """Wire events to the hub, grouped by session (connection events stay out);
+    the last of each session's carries ``committed_at``, when known, for the
+    delivery-lag histogram."""
     hub = app[HUB]
 
-    def publish(events: list[dict[str, Any]]) -> None:
+    def publish(events: list[dict[str, Any]], committed_at: float | None) -> None:
         by_session: dict[str, list[dict[str, Any]]] = {}
         for event in events:
             session_id = event.get("session_id")
             if session_id is not None:
                 by_session.setdefault(session_id, []).append(event)
         for session_id, wire in by_session.items():
+            if committed_at is not None:
+                wire[-1] = stamped(wire[-1], committed_at)
             hub.publish(session_id, wire)
 
     return publish
@@ -170,8 +174,10 @@ async def _serving(app: web.Application) -> AsyncIterator[None]:
     publish = _publisher(app)
 
     hub = app[HUB]
+    metrics = app[METRICS]
 
     def on_commit(events: list[Aggregate.Event]) -> None:
+        committed_at = metrics.committed_at(events)
         # Only session events reach sockets, and only sessions with a socket
         # on this node need them in wire shape (the rest was half the cost).
         wire = [
@@ -181,14 +187,19 @@ async def _serving(app: web.Application) -> AsyncIterator[None]:
             and hub.has_subscribers(e.originator_id[len(SESSION_PREFIX) :])
         ]
         if wire:
-            publish(wire)
+            publish(wire, committed_at)
         readmodels.notify()
 
     def on_followed(events: list[dict[str, Any]]) -> None:
-        publish(events)
+        publish(events, None)
         readmodels.notify()
 
-    writer = Writer(store, on_commit=on_commit, max_batch=settings.writer_max_batch)
+    writer = Writer(
+        store,
+        on_commit=on_commit,
+        max_batch=settings.writer_max_batch,
+        on_saved=metrics.saved,
+    )
     writer.start(loop)
     app[WRITER] = writer
     follower: LogFollower | None = None
@@ -274,35 +285,12 @@ async def _on_shutdown(app: web.Application) -> None:
     await app[SOCKETS].close_all(Close.GOING_AWAY, "server_shutdown", settings.shutdown_timeout)
 
 
-def _register_metrics(app: web.Application) -> Metrics:
-    metrics = Metrics()
-    metrics.describe("sessiond_http_errors_total", "counter", "HTTP error answers by code")
-    metrics.describe("sessiond_ws_errors_total", "counter", "WebSocket error frames by code")
-    metrics.describe("sessiond_ws_closes_total", "counter", "WebSocket closes by code and reason")
-
-    def connections() -> dict[tuple[tuple[str, str], ...], float]:
-        counts = app[SOCKETS].count_by_state()
-        return {(("state", s),): float(counts.get(s, 0)) for s in LIVE_STATES}
-
-    def writer_count(attribute: str) -> Callable[[], dict[tuple[tuple[str, str], ...], float]]:
-        def read() -> dict[tuple[tuple[str, str], ...], float]:
-            return {(): float(getattr(app[WRITER], attribute)) if WRITER in app else 0.0}
-
-        return read
-
-    metrics.gauge("sessiond_connections", "live connections on this node by state", connections)
-    for name, help_text, attribute in (
-        ("sessiond_events_appended_total", "events appended by this node", "events_appended"),
-        ("sessiond_store_transactions_total", "write transactions committed", "transactions"),
-        ("sessiond_write_conflicts_total", "write conflicts retried", "conflicts"),
-        (
-            "sessiond_writer_wrong_guesses_total",
-            "batches run again because an ID taken to be new was already recorded",
-            "wrong_guesses",
-        ),
-    ):
-        metrics.gauge(name, help_text, writer_count(attribute), "counter")
-    return metrics
+def _metrics(app: web.Application) -> Metrics:
+    return Metrics(
+        states=LIVE_STATES,
+        connections=lambda: app[SOCKETS].count_by_state(),
+        writer=lambda: app.get(WRITER),
+    )
 
 
 def create_app(settings: Settings | None = None) -> web.Application:
@@ -319,7 +307,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app[SIGNER] = TokenSigner(secret)
     app[HUB] = Hub()
     app[SOCKETS] = ws.SocketRegistry()
-    app[METRICS] = _register_metrics(app)
+    app[METRICS] = _metrics(app)
     app.cleanup_ctx.append(_store_ctx)
     app.on_shutdown.append(_on_shutdown)
     for routes in ROUTES:

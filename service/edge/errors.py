@@ -7,6 +7,7 @@ from aiohttp import web
 from service.storage.wire import dumps
 
 STATUS_BY_CODE = {
+    "bad_request": 400,
     "invalid_id": 400,
     "invalid_body": 400,
     "invalid_json": 400,
@@ -26,6 +27,7 @@ STATUS_BY_CODE = {
     "invalid_transition": 409,
     "too_large": 413,
     "unsupported_media_type": 415,
+    "upgrade_required": 426,
     "unavailable": 503,
     "internal": 500,
 }

@@ -51,6 +51,7 @@ from service.edge.effects import (
     WakeAt,
 )
 from service.edge.errors import ApiError
+from service.edge.metrics import Stamped
 from service.edge.protocol import ConnectionProtocol, Limits
 from service.edge.schema import SchemaError, SocketQuery, decode_query
 from service.storage.wire import dumps
@@ -91,9 +92,15 @@ class LiveConnection:
     """One socket of this node: the protocol's decisions, carried out."""
 
     def __init__(
-        self, request: web.Request, ws: web.WebSocketResponse, protocol: ConnectionProtocol
+        self,
+        request: web.Request,
+        ws: web.WebSocketResponse,
+        protocol: ConnectionProtocol,
+        *,
+        opened_at: float,
     ) -> None:
         self.app = request.app
+        self.opened_at = opened_at  # monotonic: the upgrade request came in
         self.request = request
         self.ws = ws
         self.protocol = protocol
@@ -156,6 +163,7 @@ class LiveConnection:
                     self.stop_timer()
                     self._timer = asyncio.get_running_loop().call_at(deadline, self._tick)
                 case FollowLive():
+                    self.metrics.handshake(time.monotonic() - self.opened_at)
                     await self._follow_live()
                 case Closing() as closing:
                     ending = self._close(closing)
@@ -164,14 +172,20 @@ class LiveConnection:
 
     async def send(self, effect: Send) -> None:
         if effect.error is not None:
-            self.metrics.inc("sessiond_ws_errors_total", code=effect.error)
-        await self._send_frame(effect.frame)
+            self.metrics.ws_error(effect.error)
+        written = await self._send_frame(effect.frame)
+        event = effect.frame.get("event")
+        if written and type(event) is Stamped:
+            self.metrics.delivered(event)
 
-    async def _send_frame(self, frame: dict[str, Any]) -> None:
+    async def _send_frame(self, frame: dict[str, Any]) -> bool:
         if self.ws.closed:
-            return
-        with contextlib.suppress(ConnectionError, RuntimeError):
+            return False
+        try:
             await self.ws.send_frame(dumps(frame), WSMsgType.TEXT)
+        except (ConnectionError, RuntimeError):
+            return False
+        return True
 
     async def record(self, effect: Record) -> Outcome:
         try:
@@ -339,6 +353,7 @@ def _header_token(request: web.Request) -> str | None:
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:
+    opened_at = time.monotonic()
     settings = request.app[SETTINGS]
     try:
         asked = decode_query(request.query, SocketQuery)
@@ -381,7 +396,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     except StoreUnavailable as e:
         raise ApiError("unavailable", str(e)) from None
 
-    conn = LiveConnection(request, ws, protocol)
+    conn = LiveConnection(request, ws, protocol, opened_at=opened_at)
     registry = request.app[SOCKETS]
     registry.add(conn)
     log.info(
@@ -436,7 +451,7 @@ def _closed(conn: LiveConnection) -> None:
     if ending is None:
         return
     code, reason = ending
-    conn.metrics.inc("sessiond_ws_closes_total", code=str(code), reason=reason)
+    conn.metrics.ws_closed(code, reason)
     log.info(
         "connection closed",
         extra={

@@ -446,6 +446,34 @@ async def test_committed_events_are_published_after_the_commit_in_order(
     ]
 
 
+async def test_each_commit_is_told_to_the_observer_and_an_observer_that_fails_changes_nothing(
+    store_url: str,
+) -> None:
+    seen: list[tuple[list[Any], float, float]] = []
+    published: list[list[Any]] = []
+
+    def observe(events: list[Any], began: float, ended: float) -> None:
+        seen.append((events, began, ended))
+        raise RuntimeError("a broken observer")
+
+    store = open_store(parse_store_url(store_url))
+    w = Writer(store, on_commit=published.append, max_batch=MAX_BATCH, on_saved=observe)
+    w.start(asyncio.get_running_loop())
+    try:
+        await w.execute(commands.create_session("observed", ALICE, None))
+        answers = await in_one_batch(w, message("observed", "a"), message("observed", "b"))
+    finally:
+        await w.stop()
+        store.close()
+    assert [len(events) for events, _, _ in seen] == [1, 2]
+    assert all(began <= ended for _, began, ended in seen)
+    # The observer gets the very list on_commit gets, so the two can be paired.
+    assert [events for events, _, _ in seen] == published
+    assert all(a is b for (a, _, _), b in zip(seen, published, strict=True))
+    assert w.transactions == 2 and w.events_appended == 3
+    assert not [a for a in answers if isinstance(a, BaseException)], answers
+
+
 # --- conflicts with another writer --------------------------------------------------
 
 

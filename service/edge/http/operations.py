@@ -6,6 +6,7 @@ from aiohttp import web
 
 from service.edge.context import METRICS, SETTINGS, STORE, STORE_CONFIG
 from service.edge.errors import ApiError
+from service.edge.metrics import CONTENT_TYPE
 from service.edge.requests import json_response, run_read
 
 routes = web.RouteTableDef()
@@ -26,6 +27,4 @@ async def healthz(request: web.Request) -> web.Response:
 
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
-    return web.Response(
-        text=request.app[METRICS].render(), content_type="text/plain", charset="utf-8"
-    )
+    return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": CONTENT_TYPE})
