@@ -5,11 +5,12 @@ command on the writer or a read on the reader pool."""
 
 from aiohttp import web
 
-from service.edge.http import connections, operations, sessions, tasks
+from service.edge.http import connections, operations, sessions, static, tasks
 
 ROUTES: list[web.RouteTableDef] = [
     sessions.routes,
     tasks.routes,
     connections.routes,
     operations.routes,
+    static.routes,
 ]
