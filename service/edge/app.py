@@ -18,13 +18,16 @@ from domain.ids import SESSION_PREFIX
 from domain.lifecycle import final_states, state_values
 from service.application import commands
 from service.application.auth import TokenSigner, load_or_create_key
+from service.application.budgets import Budgets
 from service.application.hub import Hub
 from service.application.readmodels import ReadModels, postgres_conninfo
 from service.application.writer import Writer
 from service.cluster.follower import LogFollower
 from service.cluster.nodes import NodeRegistry
 from service.edge import ws
+from service.edge.budgets import bodies_in_flight
 from service.edge.context import (
+    BUDGETS,
     HUB,
     METRICS,
     READERS,
@@ -74,10 +77,10 @@ async def _answer(
         return await handler(request)
     except ApiError as e:
         metrics.inc("sessiond_http_errors_total", code=e.code)
-        return error_response(e.code, e.message, e.status)
+        return error_response(e.code, e.message, e.status, retry_after=e.retry_after)
     except DomainError as e:
         metrics.inc("sessiond_http_errors_total", code=e.code)
-        return error_response(e.code, e.message)
+        return error_response(e.code, e.message, retry_after=getattr(e, "retry_after", None))
     except web.HTTPRequestEntityTooLarge as e:
         metrics.inc("sessiond_http_errors_total", code="too_large")
         return error_response("too_large", f"the body is larger than {e.text or 'allowed'}", 413)
@@ -267,12 +270,13 @@ def create_app(settings: Settings | None = None) -> web.Application:
     secret = settings.secret or load_or_create_key(config.key_dir)
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[edge_middleware],
+        middlewares=[edge_middleware, bodies_in_flight],
     )
     app[SETTINGS] = settings
     app[STORE_CONFIG] = config
     app[SIGNER] = TokenSigner(secret)
     app[HUB] = Hub()
+    app[BUDGETS] = Budgets(settings)
     app[SOCKETS] = ws.SocketRegistry()
     app[METRICS] = _register_metrics(app)
     app.cleanup_ctx.append(_store_ctx)

@@ -1,0 +1,77 @@
+"""The budgets at the edge (service/application/budgets.py keeps their
+arithmetic): who a client is by address, what a refusal looks like (429
+``rate_limited`` with ``Retry-After``), and the cap on request bodies in
+flight."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from service.edge.context import BUDGETS, SETTINGS
+from service.edge.errors import ApiError
+
+# What a 503 for bodies in flight tells the client to wait: bodies are read
+# in milliseconds, so the next second is already another situation.
+BODIES_RETRY = 1.0
+
+
+def client_address(request: web.Request) -> str:
+    """The client's address as its budgets know it: the peer's, or with
+    ``forwarded_hops`` N, the N-th ``X-Forwarded-For`` entry from the right
+    (the one the nearest trusted proxy wrote). An IPv6 client is its /64,
+    the block one host is usually given."""
+    address = request.remote or ""
+    hops = request.app[SETTINGS].forwarded_hops
+    if hops:
+        forwarded = [
+            entry.strip()
+            for header in request.headers.getall("X-Forwarded-For", ())
+            for entry in header.split(",")
+            if entry.strip()
+        ]
+        if len(forwarded) >= hops:
+            address = forwarded[-hops]
+    return address_key(address)
+
+
+def address_key(address: str) -> str:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+def rate_limited(message: str, retry_after: float) -> ApiError:
+    return ApiError("rate_limited", message, retry_after=retry_after)
+
+
+@web.middleware
+async def bodies_in_flight(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Reserve a request's body (its ``Content-Length``, or the body limit
+    when it has none) for as long as the request is handled; past the node's
+    cap, 503 ``unavailable`` before a byte of it is read."""
+    if not request.body_exists:
+        return await handler(request)
+    limit = request.app[SETTINGS].max_body_bytes
+    size = min(request.content_length or limit, limit)
+    bodies = request.app[BUDGETS].bodies
+    if not bodies.reserve(size):
+        raise ApiError(
+            "unavailable",
+            f"the node is reading {bodies.reserved} bytes of request bodies; try again",
+            retry_after=BODIES_RETRY,
+        )
+    try:
+        return await handler(request)
+    finally:
+        bodies.release(size)
