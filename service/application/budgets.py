@@ -264,11 +264,17 @@ class SocketAdmission:
         return self.budgets.session_gate(user_id)
 
     def ended(self) -> None:
-        """The socket is over (or was refused after admission)."""
-        self._release_pending()
+        """The socket is over: one of its address's failed upgrades if it
+        never authenticated, and whatever it held given back."""
         if not self.authenticated_once:
             self.authenticated_once = True  # charged once
             self.budgets.failed_upgrades.take(self.address)
+        self.release()
+
+    def release(self) -> None:
+        """Give back whatever is held, charging nothing (an upgrade refused
+        before anything was recorded)."""
+        self._release_pending()
         if self.user_id is not None:
             self.budgets.user_sockets.release(self.user_id)
             self.user_id = None

@@ -5,12 +5,15 @@ flight."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from service.edge.context import BUDGETS, SETTINGS
+from service.application.auth import AuthError, Principal
+from service.application.budgets import SocketAdmission
+from service.edge.context import BUDGETS, SETTINGS, SIGNER
 from service.edge.errors import ApiError
 
 # What a 503 for bodies in flight tells the client to wait: bodies are read
@@ -51,6 +54,25 @@ def address_key(address: str) -> str:
 
 def rate_limited(message: str, retry_after: float) -> ApiError:
     return ApiError("rate_limited", message, retry_after=retry_after)
+
+
+def admit_socket(request: web.Request, header_token: str | None) -> SocketAdmission:
+    """A WebSocket upgrade and the budgets, before anything is recorded: a
+    valid token in the upgrade request spends one of its user's live
+    sockets; without one, the upgrade waits for its token as one of its
+    address's pending upgrades, and is refused once the address has spent
+    its failed ones. Over budget: 429."""
+    admission = SocketAdmission(request.app[BUDGETS], client_address(request))
+    user: Principal | None = None
+    if header_token:
+        with contextlib.suppress(AuthError):
+            user = request.app[SIGNER].verify(header_token)
+    wait = admission.before_upgrade(None if user is None else user.user_id)
+    if wait:
+        if user is not None:
+            raise rate_limited(f"user {user.user_id!r} holds every live socket allowed", wait)
+        raise rate_limited("too many upgrades without a token from this address", wait)
+    return admission
 
 
 @web.middleware

@@ -6,11 +6,25 @@ one budget it is about; every other stays at its default."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import math
+import os
+import time
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
+
+from service.edge.context import STORE
 from service.runtime.settings import Rate
 from tests.conftest import Api
+from tests.e2e.wsclient import (
+    AUDITOR,
+    closed_record,
+    connect,
+    connection_states,
+    open_live,
+)
 
 Serve = Callable[..., Any]
 
@@ -178,3 +192,159 @@ async def _eventually(check: Callable[[], Any], tries: int = 100) -> bool:
             return True
         await asyncio.sleep(0.02)
     return False
+
+
+# --- WebSocket ----------------------------------------------------------------------
+
+
+def logged(api: Api) -> int:
+    """How many events the node's store holds (its log's head)."""
+    return int(api.server.app[STORE].ping())  # type: ignore[attr-defined]
+
+
+async def upgrade(
+    api: Api, session_id: str, headers: dict[str, str] | None = None, **params: Any
+) -> tuple[int, Any, str | None]:
+    """A WebSocket upgrade the server is expected to refuse before upgrading:
+    status, JSON body, Retry-After."""
+    request = {
+        "Connection": "Upgrade",
+        "Upgrade": "websocket",
+        "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode(),
+        **(headers or {}),
+    }
+    async with api.http.get(api.ws_url(session_id, **params), headers=request) as r:
+        assert r.status != 101, "the server upgraded a request it should have refused"
+        return r.status, await r.json(content_type=None), r.headers.get("Retry-After")
+
+
+async def test_tokenless_upgrades_past_the_address_pending_budget_get_429_recording_nothing(
+    sqlite_url: str, serve: Serve
+) -> None:
+    api: Api = await serve(sqlite_url, address_pending_upgrades=2)
+    waiting = [await connect(api, f"s-{n}", connection_id=f"c-{n}") for n in range(2)]
+    for client in waiting:
+        await client.until_state("ACCEPTED")
+    head = logged(api)
+    assert_rate_limited(*await upgrade(api, "s-2", connection_id="c-2"))
+    assert logged(api) == head
+    status, _ = await api.call("GET", "/v1/connections/c-2", **AUDITOR)
+    assert status == 404
+    # A token in the upgrade request is not the address's business.
+    with_token = await connect(api, "s-3", headers=api.auth("carol"))
+    await with_token.until_state("PROCESSING_READY")
+    # Once one of the waiting sockets authenticates, its place is free.
+    await waiting[0].send({"type": "auth", "token": api.signer.mint("alice")})
+    await waiting[0].until_state("PROCESSING_READY")
+    third = await open_live(api, "s-2", connection_id="c-2")
+    assert third.connection_id == "c-2"
+
+
+async def test_a_tokenless_flood_is_refused_with_429_after_the_address_budget_of_failures(
+    sqlite_url: str, serve: Serve
+) -> None:
+    """The attack that left 10,773 connections in 20 s: open a socket, send no
+    token, close, again. With the default budgets the address gets its budget
+    of failures (60 a minute) and then 429s that record nothing."""
+    api: Api = await serve(sqlite_url)
+    opened = refused = 0
+    waits: set[str] = set()
+    started = time.monotonic()
+    for n in range(150):
+        try:
+            client = await connect(api, "s-flood", connection_id=f"flood-{n}")
+        except aiohttp.WSServerHandshakeError as e:
+            assert e.status == 429, e
+            assert e.headers is not None
+            waits.add(e.headers["Retry-After"])
+            refused += 1
+            continue
+        opened += 1
+        await client.close()
+    # 60 at once, refilled at one a second while the flood lasts, and the one
+    # still closing (its failure not yet counted) when the next came.
+    assert opened <= 60 + math.ceil(time.monotonic() - started) + 2, opened
+    assert refused >= 150 - opened and refused > 0
+    assert all(wait.isdigit() and int(wait) >= 1 for wait in waits)
+    head = logged(api)
+    for n in range(5):
+        status, body, retry_after = await upgrade(api, "s-flood", connection_id=f"late-{n}")
+        assert_rate_limited(status, body, retry_after)
+    assert logged(api) == head
+    # A client of that address with a token is not refused.
+    client = await connect(api, "s-flood", headers=api.auth())
+    await client.until_state("PROCESSING_READY")
+
+
+async def test_a_users_live_sockets_past_the_budget_get_429_before_the_upgrade_or_4429(
+    sqlite_url: str, serve: Serve
+) -> None:
+    api: Api = await serve(sqlite_url, user_sockets=2, max_connections_per_session=5)
+    first = await open_live(api, "s-1")
+    second = await connect(api, "s-2", headers=api.auth())
+    await second.until_state("PROCESSING_READY")
+    head = logged(api)
+    # The token in the upgrade request names the user: refused before anything.
+    wait = assert_rate_limited(*await upgrade(api, "s-3", api.auth(), connection_id="c-3"))
+    assert wait == 1
+    assert logged(api) == head
+    # With the token in an auth frame the user is known only after the upgrade.
+    third = await connect(api, "s-3", connection_id="c-4")
+    await third.until_state("ACCEPTED")
+    await third.send({"type": "auth", "token": api.signer.mint("alice")})
+    assert await third.until_closed() == 4429
+    closed = await closed_record(api, "c-4")
+    details = closed["data"]["details"]
+    assert (details["code"], details["reason"]) == (4429, "rate_limited")
+    assert "AUTHENTICATED" not in await connection_states(api, "c-4")
+    # Another user is not concerned; and a closed socket gives its place back.
+    bob = await connect(api, "s-b", headers=api.auth("bob"))
+    await bob.until_state("PROCESSING_READY")
+    await first.close()
+    await closed_record(api, first.connection_id)
+    again = await connect(api, "s-1", headers=api.auth())
+    await again.until_state("PROCESSING_READY")
+
+
+async def test_message_frames_past_the_users_write_budget_close_4429(
+    sqlite_url: str, serve: Serve
+) -> None:
+    api: Api = await serve(sqlite_url, user_writes=Rate(3, 60.0))
+    status, body = await api.call("POST", "/v1/sessions", json={"session_id": "s-m"})
+    assert status == 201, body
+    client = await open_live(api, "s-m", connection_id="c-m")
+    for n in range(2):
+        await client.send({"type": "message", "content": f"m{n}"})
+    await client.until(
+        lambda f: f.get("type") == "event" and f["event"]["data"].get("content") == "m1"
+    )
+    messages = len(await session_events(api, "s-m"))
+    await client.send({"type": "message", "content": "one too many"})
+    assert await client.until_closed() == 4429
+    last = client.frames[-1]
+    assert (last["state"], last["code"], last["reason"]) == ("CLOSED", 4429, "rate_limited")
+    closed = await closed_record(api, "c-m")
+    details = closed["data"]["details"]
+    assert (details["code"], details["reason"]) == (4429, "rate_limited")
+    contents = [e["data"].get("content") for e in await session_events(api, "s-m")]
+    assert "one too many" not in contents and len(contents) == messages + 1  # + detached
+    # One budget for both ways of writing.
+    assert_rate_limited(
+        *await answer(
+            api, "POST", "/v1/sessions/s-m/messages", json={"content": "x", "role": "user"}
+        )
+    )
+
+
+async def test_a_socket_that_would_create_a_session_past_the_users_budget_closes_4429(
+    sqlite_url: str, serve: Serve
+) -> None:
+    api: Api = await serve(sqlite_url, user_sessions=Rate(1, 60.0))
+    await open_live(api, "s-1")
+    late = await connect(api, "s-2", connection_id="c-late", headers=api.auth())
+    assert await late.until_closed() == 4429
+    status, _ = await api.call("GET", "/v1/sessions/s-2")
+    assert status == 404
+    # Joining a session that exists creates nothing: admitted.
+    await open_live(api, "s-1")

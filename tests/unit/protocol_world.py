@@ -23,6 +23,8 @@ from domain.errors import DomainError
 from domain.ids import SESSION_PREFIX, connection_stream, session_stream
 from domain.session import Session
 from service.application.auth import TokenSigner
+from service.application.budgets import Admission, Unlimited
+from service.application.hub import EventFrame
 from service.application.writer import Command
 from service.edge.effects import (
     AwaitAuth,
@@ -111,7 +113,7 @@ class World:
                 continue
             wire = wire_event(event)
             for socket in list(self.subscribers.get(wire["session_id"], [])):
-                socket.queue.append(wire)
+                socket.queue.append(EventFrame.of(wire))
 
     def session_events(self, session_id: str) -> list[dict[str, Any]]:
         stream = session_stream(session_id)
@@ -150,6 +152,7 @@ class Socket:
         *,
         after: int = 0,
         protocol: type[ConnectionProtocol] = ConnectionProtocol,
+        admission: Admission | None = None,
     ) -> None:
         self.world = world
         self.protocol = protocol(
@@ -159,9 +162,10 @@ class Socket:
             node="node-1",
             verify=world.signer.verify,
             limits=world.limits,
+            admission=admission or Unlimited(),
         )
         self.frames: list[dict[str, Any]] = []
-        self.queue: deque[dict[str, Any]] = deque()
+        self.queue: deque[EventFrame] = deque()
         self.following = False
         self.waiting_until: float | None = None
         self.closed: tuple[int, str] | None = None
