@@ -25,7 +25,6 @@ from service.application.writer import Writer
 from service.cluster.follower import LogFollower
 from service.cluster.nodes import NodeRegistry
 from service.edge import ws
-from service.edge.budgets import bodies_in_flight
 from service.edge.context import (
     BUDGETS,
     HUB,
@@ -270,7 +269,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     secret = settings.secret or load_or_create_key(config.key_dir)
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[edge_middleware, bodies_in_flight],
+        middlewares=[edge_middleware],
     )
     app[SETTINGS] = settings
     app[STORE_CONFIG] = config

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -75,15 +74,11 @@ def admit_socket(request: web.Request, header_token: str | None) -> SocketAdmiss
     return admission
 
 
-@web.middleware
-async def bodies_in_flight(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """Reserve a request's body (its ``Content-Length``, or the body limit
-    when it has none) for as long as the request is handled; past the node's
-    cap, 503 ``unavailable`` before a byte of it is read."""
-    if not request.body_exists:
-        return await handler(request)
+async def read_body(request: web.Request) -> bytes:
+    """The request's body, read under the node's cap on bodies being read at
+    once: each reserves its ``Content-Length`` (the body limit when it has
+    none) while it is read; past the cap, 503 ``unavailable`` before a byte
+    of it is read."""
     limit = request.app[SETTINGS].max_body_bytes
     size = min(request.content_length or limit, limit)
     bodies = request.app[BUDGETS].bodies
@@ -94,6 +89,6 @@ async def bodies_in_flight(
             retry_after=BODIES_RETRY,
         )
     try:
-        return await handler(request)
+        return await request.read()
     finally:
         bodies.release(size)

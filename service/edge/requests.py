@@ -16,7 +16,7 @@ from domain.ids import check_id
 from service.application.auth import AuthError, Principal, bearer_token
 from service.application.budgets import RateLimited
 from service.application.writer import Command, StoreUnavailable
-from service.edge.budgets import client_address, rate_limited
+from service.edge.budgets import client_address, rate_limited, read_body
 from service.edge.context import BUDGETS, READERS, SIGNER, WRITER
 from service.edge.errors import ApiError
 from service.edge.schema import SchemaError, decode_body, decode_query
@@ -100,7 +100,7 @@ def query(request: web.Request, kind: type[T]) -> T:
 async def body(request: web.Request, kind: type[T]) -> T:
     """The request's JSON body as ``kind`` (an empty body counts as ``{}``)."""
     ctype = request.headers.get("Content-Type", "")
-    raw = await request.read()
+    raw = await read_body(request) if request.body_exists else b""
     if raw and ctype and not ctype.split(";")[0].strip().lower().endswith(("/json", "+json")):
         raise ApiError("unsupported_media_type", f"send application/json, not {ctype!r}")
     try:

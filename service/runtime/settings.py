@@ -118,7 +118,7 @@ class Settings:
     # Proxies in front whose X-Forwarded-For entry names the client (0: none,
     # the peer address is the client's).
     forwarded_hops: int = 0
-    # Request bodies being read or handled at once, in bytes, across requests.
+    # Request bodies being read at once, in bytes, across requests.
     bodies_in_flight_bytes: int = 64 * MIB
     # Commands the writer commits in one transaction at most.
     writer_max_batch: int = 256
