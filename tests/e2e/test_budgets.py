@@ -348,3 +348,54 @@ async def test_a_socket_that_would_create_a_session_past_the_users_budget_closes
     assert status == 404
     # Joining a session that exists creates nothing: admitted.
     await open_live(api, "s-1")
+
+
+# --- honest heavy use ---------------------------------------------------------------
+
+
+async def test_the_benchs_heavy_honest_load_from_one_address_is_never_refused(
+    sqlite_url: str, serve: Serve
+) -> None:
+    """The shape of ``python -m bench``, with every budget at its default: 40
+    clients from one address, each a user of its own, doing full handshakes
+    (a new session each, the token in an auth frame) as fast as they can,
+    while 16 workers post progress on one session. What counts against the
+    address is what never authenticates: none of it is refused."""
+    api: Api = await serve(sqlite_url)
+    owner = await open_live(api, "s-progress", user="owner")
+    status, body = await api.call(
+        "POST", "/v1/sessions/s-progress/tasks", user="owner", json={"task_id": "t", "name": "n"}
+    )
+    assert status == 201, body
+    handshakes: list[str] = []
+    acknowledged: list[int] = []
+
+    async def client(n: int) -> None:
+        for k in range(5):
+            socket = await connect(api, f"hs-{n}-{k}")
+            await socket.until_state("ACCEPTED")
+            await socket.send({"type": "auth", "token": api.signer.mint(f"bench-{n}", ["user"])})
+            await socket.until_state("PROCESSING_READY")
+            await socket.close()
+            handshakes.append(socket.connection_id)
+
+    async def worker(n: int) -> None:
+        for k in range(25):
+            status, body = await api.call(
+                "POST",
+                "/v1/sessions/s-progress/tasks/t/progress",
+                user=f"worker-{n}",
+                roles=("service",),
+                json={"done": k + 1},
+            )
+            assert status == 202, body
+            acknowledged.append(body["position"])
+
+    async with asyncio.timeout(120):
+        await asyncio.gather(*(client(n) for n in range(40)), *(worker(n) for n in range(16)))
+    assert len(handshakes) == 200
+    assert len(acknowledged) == 400
+    last = max(acknowledged)
+    await owner.until_event(last)
+    progress = [e for e in owner.events() if e["type"] == "TaskProgressed"]
+    assert len(progress) == 400
