@@ -25,6 +25,12 @@ decision (its code and reason) is made here. The lifecycle's state names come
 from the lifecycle class and the connection aggregate's answers, never from
 literals.
 
+Budgets: the protocol asks its ``admission`` (service/application/budgets.py)
+whether the user may hold one more live socket when its token verifies,
+whether a ``message`` frame fits the user's writes, and passes its gate to
+the attach that may create the session; over any of them it closes 4429
+``rate_limited``. The budgets checked before the upgrade are the shell's.
+
 Delivery: events to send wait in ``_pending`` in the order they came; the
 next position goes out, older ones are dropped, and a hole (a position ahead
 of the next) is filled from the store first (:class:`ReadEvents`), so a
