@@ -25,10 +25,14 @@ SECRET_DEFAULT = "bench-secret-0123456789-0123456789-abcdef"
 FRAME_PATIENCE = 60.0
 
 
-def token(secret: str, user: str = "bench") -> str:
-    """A token of its own (a distinct ``jti``), as every real client would have."""
+def token(secret: str, user: str = "bench", role: str = "user") -> str:
+    """A token of its own (a distinct ``jti``), as every real client would have.
+
+    Each simulated client is a user of its own, as real clients are: sessiond
+    budgets each user (docs/adr/0027-bound-every-caller-by-budgets-and-every-queue-by-bytes.md),
+    and 40 clients or 10,000 sockets of one user are not the load measured."""
     now = int(time.time())
-    claims = {"sub": user, "iat": now, "exp": now + 3600, "roles": ["user"]}
+    claims = {"sub": user, "iat": now, "exp": now + 3600, "roles": [role]}
     claims["jti"] = uuid.uuid4().hex
     return jwt.encode(claims, secret, "HS256")
 
@@ -164,10 +168,10 @@ async def handshakes(args: argparse.Namespace) -> dict[str, Any]:
                 return bool(claimed <= args.count)
             return bool(time.perf_counter() < deadline)
 
-        async def one_client() -> None:
+        async def one_client(n: int) -> None:
             nonlocal done
             while claim():
-                tok = token(args.secret)
+                tok = token(args.secret, f"bench-{n}")
                 t0 = time.perf_counter()
                 conn = make()
                 await conn.open(args.url, "hs-" + uuid.uuid4().hex[:20], tok)
@@ -176,7 +180,7 @@ async def handshakes(args: argparse.Namespace) -> dict[str, Any]:
                 done += 1
 
         started = time.perf_counter()
-        await asyncio.gather(*(one_client() for _ in range(args.clients)))
+        await asyncio.gather(*(one_client(n) for n in range(args.clients)))
         elapsed = time.perf_counter() - started
     latencies.sort()
     p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
@@ -195,17 +199,18 @@ async def handshakes(args: argparse.Namespace) -> dict[str, Any]:
 async def delivery(args: argparse.Namespace) -> dict[str, Any]:
     """One live socket; ``producers`` concurrent HTTP clients report progress on
     its session (each waits for its acknowledgement before the next); every
-    acknowledged position must arrive on the socket, once."""
-    worker = token(args.secret)
+    acknowledged position must arrive on the socket, once. The socket's user
+    owns the session; each producer is a worker with a ``service`` token."""
+    owner = token(args.secret)
     session_id = "dl-" + uuid.uuid4().hex[:20]
-    headers = {"Authorization": f"Bearer {worker}", "Content-Type": "application/json"}
+    headers = {"Authorization": f"Bearer {owner}", "Content-Type": "application/json"}
     received: list[int] = []
     acknowledged: list[int] = []
     per_producer = args.events // args.producers
     total = per_producer * args.producers
     async with new_http() as http:
         conn = connector(args.kind, http)()
-        await conn.open(args.url, session_id, token(args.secret))
+        await conn.open(args.url, session_id, owner)
         tasks = f"{args.url}/v1/sessions/{session_id}/tasks"
         body = orjson.dumps({"task_id": "t1", "name": "bench", "total": total})
         async with http.post(tasks, data=body, headers=headers) as r:
@@ -215,9 +220,11 @@ async def delivery(args: argparse.Namespace) -> dict[str, Any]:
         last_arrival = time.perf_counter()
 
         async def produce(n: int) -> None:
+            worker = token(args.secret, f"worker-{n}", "service")
+            as_worker = {**headers, "Authorization": f"Bearer {worker}"}
             for i in range(per_producer):
                 done = orjson.dumps({"done": n * per_producer + i + 1})
-                async with http.post(progress, data=done, headers=headers) as r:
+                async with http.post(progress, data=done, headers=as_worker) as r:
                     if r.status not in (200, 201, 202):
                         raise RuntimeError(f"progress refused: {r.status} {await r.text()}")
                     acknowledged.append(int((await r.json(loads=orjson.loads))["position"]))
@@ -265,7 +272,7 @@ async def idle(args: argparse.Namespace) -> dict[str, Any]:
         async def one(i: int) -> None:
             async with gate:
                 conn = make()
-                await conn.open(args.url, f"{prefix}-{i}", token(args.secret))
+                await conn.open(args.url, f"{prefix}-{i}", token(args.secret, f"{prefix}-{i}"))
                 conns.append(conn)
 
         await asyncio.gather(*(one(i) for i in range(args.sockets)))

@@ -69,9 +69,15 @@ def on_session(
 
 
 def create_session(
-    session_id: str, actor: Principal, metadata: dict[str, Any] | None
+    session_id: str,
+    actor: Principal,
+    metadata: dict[str, Any] | None,
+    *,
+    admit: Callable[[], None] | None = None,
 ) -> Command[tuple[dict[str, Any], bool]]:
-    """Create the session, or answer with it if the caller already has it."""
+    """Create the session, or answer with it if the caller already has it.
+    ``admit`` is called just before creating (the user's session budget; it
+    raises to refuse)."""
 
     def run(uow: UnitOfWork) -> tuple[dict[str, Any], bool]:
         if not actor.can_write:
@@ -81,6 +87,8 @@ def create_session(
             if session.owner != actor.user_id and not actor.is_service:
                 session.check_owner(actor.user_id)
             return wire_view(session.view()), False
+        if admit is not None:
+            admit()
         session = Session.create(session_id, actor.user_id, metadata)
         uow.add(session)
         return wire_view(session.view()), True
@@ -239,9 +247,11 @@ def attach(
     *,
     node: str,
     max_connections: int,
+    admit: Callable[[], None] | None = None,
 ) -> Command[tuple[list[str], int]]:
-    """SERVICES_READY: create the session if need be, check its owner, attach
-    the connection and supersede the oldest beyond the limit, in one commit.
+    """SERVICES_READY: create the session if need be (``admit`` is called
+    first, as by :func:`create_session`), check its owner, attach the
+    connection and supersede the oldest beyond the limit, in one commit.
 
     Returns the superseded connection IDs and the session's position *before*
     this commit: everything after it reaches a socket subscribed beforehand
@@ -260,6 +270,8 @@ def attach(
         session = uow.session_to_create(session_id)
         position_before = 0
         if session is None:
+            if admit is not None:
+                admit()
             session = Session.create(session_id, actor.user_id, None)
             uow.add(session)
         elif session.owner != actor.user_id and not actor.is_service:

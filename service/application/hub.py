@@ -5,9 +5,15 @@ The writer publishes each committed batch here (on the event loop, after the
 commit). A socket subscribes *before* it reads its backlog from the store, so
 nothing recorded meanwhile can fall between the two; it then drops whatever
 it has already sent and fills any hole from the store (see
-docs/adr/0006-make-the-backlog-live-seam-gap-free.md). Each subscription holds
-at most ``limit`` undelivered events: one that overflows is marked, and its
-socket is closed with 4408 (slow consumer) rather than let memory grow.
+docs/adr/0006-make-the-backlog-live-seam-gap-free.md).
+
+Each event is encoded once, as the ``event`` frame every socket sends
+(:class:`EventFrame`), so a session's sockets share the same bytes. Each
+subscription holds at most ``limit`` undelivered events and ``max_bytes`` of
+them, counting what its socket's transport has not sent yet: one that
+overflows is marked, and its socket is closed with 4408 (slow consumer)
+rather than let memory grow. A subscription with nothing waiting always
+takes the next event, whatever its size.
 """
 
 from __future__ import annotations
@@ -15,11 +21,31 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
+
+from service.storage.wire import dumps
 
 
 class SlowConsumer(Exception):
-    """The subscriber fell more than ``limit`` events behind."""
+    """The subscriber fell more than ``limit`` events, or ``max_bytes``, behind."""
+
+
+@dataclass(frozen=True, slots=True)
+class EventFrame:
+    """A recorded session event and the ``event`` frame that carries it,
+    encoded once for every socket of the session."""
+
+    event: dict[str, Any]
+    frame: bytes
+
+    @classmethod
+    def of(cls, event: dict[str, Any]) -> EventFrame:
+        return cls(event, dumps({"type": "event", "event": event}))
+
+
+def _nothing_buffered() -> int:
+    return 0
 
 
 class Subscription:
@@ -29,33 +55,48 @@ class Subscription:
         session_id: str,
         limit: int,
         on_overflow: Callable[[], None] | None = None,
+        *,
+        max_bytes: int = 0,
+        buffered: Callable[[], int] = _nothing_buffered,
     ) -> None:
         self.hub = hub
         self.session_id = session_id
         self.limit = limit
+        self.max_bytes = max_bytes
+        # Bytes its socket has written and not yet sent (the transport's buffer).
+        self.buffered = buffered
         self.on_overflow = on_overflow
         self.overflowed = False
-        self._items: deque[dict[str, Any]] = deque()
+        self.bytes = 0
+        self._items: deque[EventFrame] = deque()
         self._ready = asyncio.Event()
 
-    def push(self, event: dict[str, Any]) -> None:
+    def push(self, item: EventFrame) -> None:
         if self.overflowed:
             return
-        if len(self._items) >= self.limit:
+        if len(self._items) >= self.limit or self._over_bytes(len(item.frame)):
             self.overflowed = True
             self._items.clear()
+            self.bytes = 0
             # The owner may be stuck writing to a client that stopped reading,
             # so it is told now rather than at its next get().
             if self.on_overflow is not None:
                 self.on_overflow()
         else:
-            self._items.append(event)
+            self._items.append(item)
+            self.bytes += len(item.frame)
         self._ready.set()
+
+    def _over_bytes(self, size: int) -> bool:
+        if not self.max_bytes:
+            return False
+        waiting = self.bytes + self.buffered()
+        return waiting > 0 and waiting + size > self.max_bytes
 
     def pending(self) -> int:
         return len(self._items)
 
-    async def get(self) -> dict[str, Any]:
+    async def get(self) -> EventFrame:
         while not self._items:
             if self.overflowed:
                 raise SlowConsumer(self.session_id)
@@ -63,14 +104,17 @@ class Subscription:
             await self._ready.wait()
         if self.overflowed:
             raise SlowConsumer(self.session_id)
-        return self._items.popleft()
+        item = self._items.popleft()
+        self.bytes -= len(item.frame)
+        return item
 
-    def drain(self) -> list[dict[str, Any]]:
+    def drain(self) -> list[EventFrame]:
         """Everything buffered now, without waiting."""
         if self.overflowed:
             raise SlowConsumer(self.session_id)
         items = list(self._items)
         self._items.clear()
+        self.bytes = 0
         return items
 
     def close(self) -> None:
@@ -91,9 +135,17 @@ class Hub:
         self._marks: dict[str, int] = {}
 
     def subscribe(
-        self, session_id: str, limit: int, on_overflow: Callable[[], None] | None = None
+        self,
+        session_id: str,
+        limit: int,
+        on_overflow: Callable[[], None] | None = None,
+        *,
+        max_bytes: int = 0,
+        buffered: Callable[[], int] = _nothing_buffered,
     ) -> Subscription:
-        sub = Subscription(self, session_id, limit, on_overflow)
+        sub = Subscription(
+            self, session_id, limit, on_overflow, max_bytes=max_bytes, buffered=buffered
+        )
         self._subs.setdefault(session_id, set()).add(sub)
         return sub
 
@@ -114,9 +166,10 @@ class Hub:
         if not fresh:
             return
         self._marks[session_id] = fresh[-1]["position"]
+        frames = [EventFrame.of(event) for event in fresh]
         for sub in tuple(subs):
-            for event in fresh:
-                sub.push(event)
+            for item in frames:
+                sub.push(item)
 
     def has_subscribers(self, session_id: str) -> bool:
         return session_id in self._subs

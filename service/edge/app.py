@@ -20,6 +20,7 @@ from domain.ids import SESSION_PREFIX
 from domain.lifecycle import final_states, state_values
 from service.application import commands
 from service.application.auth import TokenSigner, load_or_create_key
+from service.application.budgets import Budgets
 from service.application.hub import Hub
 from service.application.readmodels import ReadModels
 from service.application.writer import Writer
@@ -27,6 +28,7 @@ from service.cluster.follower import LogFollower
 from service.cluster.nodes import NodeRegistry
 from service.edge import ws
 from service.edge.context import (
+    BUDGETS,
     HUB,
     METRICS,
     READERS,
@@ -77,10 +79,10 @@ async def _answer(
         return await handler(request)
     except ApiError as e:
         metrics.http_error(e.code)
-        return error_response(e.code, e.message, e.status)
+        return error_response(e.code, e.message, e.status, retry_after=e.retry_after)
     except DomainError as e:
         metrics.http_error(e.code)
-        return error_response(e.code, e.message)
+        return error_response(e.code, e.message, retry_after=getattr(e, "retry_after", None))
     except web.HTTPRequestEntityTooLarge as e:
         metrics.http_error("too_large")
         return error_response("too_large", f"the body is larger than {e.text or 'allowed'}", 413)
@@ -306,6 +308,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app[STORE_CONFIG] = config
     app[SIGNER] = TokenSigner(secret)
     app[HUB] = Hub()
+    app[BUDGETS] = Budgets(settings)
     app[SOCKETS] = ws.SocketRegistry()
     app[METRICS] = _metrics(app)
     app.cleanup_ctx.append(_store_ctx)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from service.application.auth import TokenSigner
+from service.application.budgets import Budgets
 from service.application.hub import Hub
 from service.application.writer import Writer
 from service.edge.metrics import Metrics
@@ -26,5 +27,6 @@ HUB = web.AppKey("hub", Hub)
 METRICS = web.AppKey("metrics", Metrics)
 SIGNER = web.AppKey("signer", TokenSigner)
 READERS = web.AppKey("readers", ThreadPoolExecutor)
+BUDGETS = web.AppKey("budgets", Budgets)
 SOCKETS: web.AppKey[SocketRegistry] = web.AppKey("sockets")
 READMODELS: web.AppKey[ReadModels] = web.AppKey("readmodels")

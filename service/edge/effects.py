@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from domain.errors import DomainError
+from service.application.hub import EventFrame
 from service.application.writer import Command
 
 
@@ -31,6 +32,7 @@ class Close:
     FORBIDDEN = 4403
     SLOW_CONSUMER = 4408
     SUPERSEDED = 4409
+    RATE_LIMITED = 4429
 
 
 Effects = list["Effect"]
@@ -41,10 +43,12 @@ Effects = list["Effect"]
 
 @dataclass(slots=True)
 class Send:
-    """Send ``frame``; ``error`` is its code when it is an error frame."""
+    """Send ``frame``; ``error`` is its code when it is an error frame;
+    ``data`` is ``frame`` already encoded (an event's, shared by every socket)."""
 
     frame: dict[str, Any]
     error: str | None = None
+    data: bytes | None = None
 
 
 @dataclass(slots=True)
@@ -91,7 +95,7 @@ class Subscribe:
 class TakeQueued:
     """Hand ``then`` every event queued so far (the overflow, if any, wins)."""
 
-    then: Callable[[list[dict[str, Any]]], Effects]
+    then: Callable[[list[EventFrame]], Effects]
 
 
 @dataclass(slots=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from service.application.budgets import retry_after_header
 from service.storage.wire import dumps
 
 STATUS_BY_CODE = {
@@ -28,22 +29,38 @@ STATUS_BY_CODE = {
     "too_large": 413,
     "unsupported_media_type": 415,
     "upgrade_required": 426,
+    "rate_limited": 429,
     "unavailable": 503,
     "internal": 500,
 }
 
 
 class ApiError(Exception):
-    def __init__(self, code: str, message: str, status: int | None = None) -> None:
+    """An answer in the contract's error shape; ``retry_after`` (seconds) becomes
+    a ``Retry-After`` header."""
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        status: int | None = None,
+        *,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.status = status or STATUS_BY_CODE.get(code, 400)
+        self.retry_after = retry_after
 
 
-def error_response(code: str, message: str, status: int | None = None) -> web.Response:
+def error_response(
+    code: str, message: str, status: int | None = None, *, retry_after: float | None = None
+) -> web.Response:
+    headers = None if retry_after is None else {"Retry-After": retry_after_header(retry_after)}
     return web.Response(
         body=dumps({"error": {"code": code, "message": message}}),
         status=status or STATUS_BY_CODE.get(code, 400),
         content_type="application/json",
+        headers=headers,
     )

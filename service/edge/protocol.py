@@ -26,6 +26,12 @@ decision (its code and reason) is made here. The lifecycle's state names come
 from the lifecycle class and the connection aggregate's answers, never from
 literals.
 
+Budgets: the protocol asks its ``admission`` (service/application/budgets.py)
+whether the user may hold one more live socket when its token verifies,
+whether a ``message`` frame fits the user's writes, and passes its gate to
+the attach that may create the session; over any of them it closes 4429
+``rate_limited``. The budgets checked before the upgrade are the shell's.
+
 Delivery: events to send wait in ``_pending`` in the order they came; the
 next position goes out, older ones are dropped, and a hole (a position ahead
 of the next) is filled from the store first (:class:`ReadEvents`), so a
@@ -53,6 +59,8 @@ from domain.errors import DomainError
 from domain.lifecycle import initial_state
 from service.application import commands
 from service.application.auth import AuthError, Principal
+from service.application.budgets import Admission, Unlimited
+from service.application.hub import EventFrame
 from service.application.writer import Command
 from service.edge.effects import (
     AwaitAuth,
@@ -112,6 +120,8 @@ class ConnectionProtocol:
     node: str
     verify: Callable[[object], Principal]
     limits: Limits = field(default_factory=Limits)
+    # The budgets of its user (and, until it authenticates, its address).
+    admission: Admission = field(default_factory=Unlimited)
     aggregate: type[Connection] = Connection
     # Wall-clock Unix seconds minus the shell's clock (``now``): turns a
     # token's exp into the shell's clock (service/edge/expiry.py).
@@ -129,7 +139,7 @@ class ConnectionProtocol:
         self.awaiting_auth = False
         self.ending: tuple[int, str] | None = None
         self.last_sent = self.after
-        self._pending: deque[dict[str, Any]] = deque()
+        self._pending: deque[EventFrame] = deque()
         self._filling = False
         self._going_live = False
         self._bad_frames: deque[float] = deque()
@@ -197,7 +207,10 @@ class ConnectionProtocol:
     def _authenticated(self, principal: Principal, now: float, *, accept: bool) -> Effects:
         """Subscribe first, so nothing recorded from here on is missed; then
         AUTHENTICATED and SERVICES_READY (the attach) in one commit. The
-        token's deadline runs from here."""
+        token's deadline runs from here. A user with all the live sockets the
+        budget allows gets no other: 4429."""
+        if not self.admission.authenticated(principal.user_id):
+            return self.end(Close.RATE_LIMITED, "rate_limited")
         self.principal = principal
         self.expiry.hold(principal.exp, now)
         steps: list[Command[Any]] = [commands.accept(self.connection_id)] if accept else []
@@ -209,6 +222,7 @@ class ConnectionProtocol:
                 principal,
                 node=self.node,
                 max_connections=self.limits.max_connections_per_session,
+                admit=self.admission.session_gate(principal.user_id),
             )
         )
         then = self._handshake_recorded(principal, accept)
@@ -235,6 +249,8 @@ class ConnectionProtocol:
             ok, attached = next(steps)
             if not ok:
                 error: DomainError = attached
+                if error.code == "rate_limited":  # the user's sessions budget
+                    return effects + self.end(Close.RATE_LIMITED, "rate_limited")
                 why = f"forbidden: {error.message}" if error.code == "forbidden" else error.code
                 return effects + self.end(Close.FORBIDDEN, why[:100])
             superseded, position_before = attached
@@ -264,7 +280,7 @@ class ConnectionProtocol:
 
         return then
 
-    def _caught_up(self, queued: list[dict[str, Any]]) -> Effects:
+    def _caught_up(self, queued: list[EventFrame]) -> Effects:
         self._going_live = True
         return self.live(queued)
 
@@ -286,8 +302,9 @@ class ConnectionProtocol:
 
     # --- delivery ----------------------------------------------------------------
 
-    def live(self, events: list[dict[str, Any]]) -> Effects:
-        """Events the hub queued for this socket, in the order recorded."""
+    def live(self, events: list[EventFrame]) -> Effects:
+        """Events the hub queued for this socket, in the order recorded (each
+        with its frame, encoded once for every socket)."""
         self._pending.extend(events)
         return self._pump()
 
@@ -295,15 +312,15 @@ class ConnectionProtocol:
         effects: Effects = []
         pending = self._pending
         while pending and not self._filling and self.ending is None:
-            event = pending[0]
-            position = event["position"]
+            item = pending[0]
+            position = item.event["position"]
             if position > self.last_sent + 1:
                 self._filling = True
                 limit = min(BACKLOG_PAGE, position - 1 - self.last_sent)
                 effects.append(ReadEvents(self.last_sent, limit, self._filled))
                 return effects
             pending.popleft()
-            effects += self._deliver(event)
+            effects += self._deliver(item.event, item.frame)
         if self._going_live and not self._filling and self.ending is None:
             effects += self._go_live()
         return effects
@@ -320,13 +337,14 @@ class ConnectionProtocol:
             effects += self._deliver(event)
         return effects
 
-    def _deliver(self, event: dict[str, Any]) -> Effects:
-        """Send ``event`` if it is the next position; end the connection when
-        the log says it is no longer attached."""
+    def _deliver(self, event: dict[str, Any], encoded: bytes | None = None) -> Effects:
+        """Send ``event`` (``encoded``: its frame, already encoded) if it is the
+        next position; end the connection when the log says it is no longer
+        attached."""
         effects: Effects = []
         if event["position"] == self.last_sent + 1:
             self.last_sent += 1
-            effects.append(Send({"type": "event", "event": event}))
+            effects.append(Send({"type": "event", "event": event}, data=encoded))
         if event["type"] == "ConnectionDetached":
             data = event["data"]
             if data.get("connection_id") == self.connection_id:
@@ -366,6 +384,8 @@ class ConnectionProtocol:
             message = f"messages are accepted in {self.live_state}, not {self.state}"
             return [error_frame("not_ready", message, frame.ref)]
         assert self.principal is not None
+        if self.admission.write(self.principal.user_id) > 0:
+            return self.end(Close.RATE_LIMITED, "rate_limited")
         command = commands.record_message(
             self.session_id,
             self.principal,

@@ -14,8 +14,10 @@ from aiohttp import web
 from domain.errors import DomainError, InvalidId
 from domain.ids import check_id
 from service.application.auth import AuthError, Principal, bearer_token
+from service.application.budgets import RateLimited
 from service.application.writer import Command, StoreUnavailable
-from service.edge.context import READERS, SIGNER, WRITER
+from service.edge.budgets import client_address, rate_limited, read_body
+from service.edge.context import BUDGETS, READERS, SIGNER, WRITER
 from service.edge.errors import ApiError
 from service.edge.schema import SchemaError, decode_body, decode_query
 from service.storage.wire import dumps
@@ -30,16 +32,41 @@ def json_response(body: Any, status: int = 200) -> web.Response:
 
 
 def principal(request: web.Request) -> Principal:
+    """The caller, by its token. Without a valid one: 401, or 429 once the
+    client's address has spent its budget of such requests."""
     try:
         token = bearer_token(request.headers.get("Authorization"))
         return request.app[SIGNER].verify(token)
     except AuthError as e:
+        budget = request.app[BUDGETS].unauthenticated
+        wait = budget.take(client_address(request))
+        if wait:
+            raise rate_limited(
+                f"too many requests without a valid token from this address ({budget.rate})",
+                wait,
+            ) from None
         raise ApiError("unauthenticated", str(e)) from None
+
+
+def writer(request: web.Request) -> Principal:
+    """The caller of a write (every POST and DELETE), which spends one of its
+    user's writes: 429 once they are spent."""
+    actor = principal(request)
+    budgets = request.app[BUDGETS]
+    wait = budgets.write(actor.user_id)
+    if wait:
+        raise rate_limited(
+            f"user {actor.user_id!r} is writing faster than {budgets.user_writes.rate} allows",
+            wait,
+        )
+    return actor
 
 
 async def run_command(request: web.Request, command: Command[T]) -> T:
     try:
         return await request.app[WRITER].execute(command)
+    except RateLimited as e:
+        raise rate_limited(e.message, e.retry_after) from None
     except DomainError as e:
         raise ApiError(e.code, e.message) from None
     except StoreUnavailable as e:
@@ -73,7 +100,7 @@ def query(request: web.Request, kind: type[T]) -> T:
 async def body(request: web.Request, kind: type[T]) -> T:
     """The request's JSON body as ``kind`` (an empty body counts as ``{}``)."""
     ctype = request.headers.get("Content-Type", "")
-    raw = await request.read()
+    raw = await read_body(request) if request.body_exists else b""
     if raw and ctype and not ctype.split(";")[0].strip().lower().endswith(("/json", "+json")):
         raise ApiError("unsupported_media_type", f"send application/json, not {ctype!r}")
     try:

@@ -31,6 +31,7 @@ from domain.ids import new_connection_id, session_stream
 from service.application.auth import AuthError, bearer_token
 from service.application.hub import SlowConsumer, Subscription
 from service.application.writer import StoreUnavailable
+from service.edge.budgets import admit_socket
 from service.edge.context import HUB, METRICS, READERS, SETTINGS, SIGNER, SOCKETS, STORE, WRITER
 from service.edge.cors import origin_allowed
 from service.edge.effects import (
@@ -148,10 +149,13 @@ class LiveConnection:
                 case ReadEvents() as read:
                     more = read.then(await self.read(read))
                 case Subscribe():
+                    settings = self.app[SETTINGS]
                     self.subscription = self.app[HUB].subscribe(
                         self.protocol.session_id,
-                        self.app[SETTINGS].send_queue_limit,
+                        settings.send_queue_limit,
                         on_overflow=self._overflowed,
+                        max_bytes=settings.send_queue_bytes,
+                        buffered=self._buffered,
                     )
                 case TakeQueued() as take:
                     more = self._take_queued(take)
@@ -173,19 +177,24 @@ class LiveConnection:
     async def send(self, effect: Send) -> None:
         if effect.error is not None:
             self.metrics.ws_error(effect.error)
-        written = await self._send_frame(effect.frame)
+        written = await self._send_frame(effect.frame, effect.data)
         event = effect.frame.get("event")
         if written and type(event) is Stamped:
             self.metrics.delivered(event)
 
-    async def _send_frame(self, frame: dict[str, Any]) -> bool:
+    async def _send_frame(self, frame: dict[str, Any], data: bytes | None = None) -> bool:
         if self.ws.closed:
             return False
         try:
-            await self.ws.send_frame(dumps(frame), WSMsgType.TEXT)
+            await self.ws.send_frame(dumps(frame) if data is None else data, WSMsgType.TEXT)
         except (ConnectionError, RuntimeError):
             return False
         return True
+
+    def _buffered(self) -> int:
+        """Bytes written to this socket and not yet sent (its transport's buffer)."""
+        transport = self.request.transport
+        return 0 if transport is None else transport.get_write_buffer_size()
 
     async def record(self, effect: Record) -> Outcome:
         try:
@@ -373,6 +382,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     if request.headers.get("Upgrade", "").lower() != "websocket":
         raise ApiError("upgrade_required", "this endpoint speaks WebSocket only", status=426)
     header_token = _header_token(request)
+    admission = admit_socket(request, header_token)
     protocol = ConnectionProtocol(
         connection_id=asked.connection_id or new_connection_id(),
         session_id=asked.session_id,
@@ -386,15 +396,19 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             token_warning=settings.token_warning,
         ),
         wall_offset=time.time() - asyncio.get_running_loop().time(),
+        admission=admission,
     )
     try:
         await request.app[WRITER].execute(
             protocol.open_command(proposed=asked.connection_id is not None)
         )
-    except DomainError as e:
-        raise ApiError(e.code, e.message) from None
-    except StoreUnavailable as e:
-        raise ApiError("unavailable", str(e)) from None
+    except BaseException as e:
+        admission.release()  # nothing recorded: nothing charged
+        if isinstance(e, DomainError):
+            raise ApiError(e.code, e.message) from None
+        if isinstance(e, StoreUnavailable):
+            raise ApiError("unavailable", str(e)) from None
+        raise
 
     conn = LiveConnection(request, ws, protocol, opened_at=opened_at)
     registry = request.app[SOCKETS]
@@ -439,6 +453,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                 protocol.socket_closed(code, timed_out=timed_out, layer_error=layer_error)
             )
         _closed(conn)
+        admission.ended()
         if conn.subscription is not None:
             conn.subscription.close()
         registry.remove(conn)

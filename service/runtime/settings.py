@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -14,6 +15,47 @@ MIB = 1024 * 1024
 
 class SettingsError(ValueError):
     """A setting has a value the service cannot use."""
+
+
+_UNITS = {"s": 1.0, "min": 60.0, "h": 3600.0}
+_RATE = re.compile(r"\s*(\d+)\s*/\s*(\d*\.?\d*)\s*(s|min|h)\s*")
+
+
+@dataclass(frozen=True)
+class Rate:
+    """A budget's rate: ``count`` in a burst, refilled evenly over ``period``
+    seconds (written ``count/period``: ``1000/s``, ``60/min``, ``500/10s``)."""
+
+    count: int
+    period: float
+
+    @classmethod
+    def parse(cls, text: str) -> Rate | None:
+        """``N/s``, ``N/min``, ``N/h`` or ``N/Ks`` (K seconds); ``0`` or ``off``: no budget."""
+        if text.strip().lower() in ("0", "off"):
+            return None
+        match = _RATE.fullmatch(text)
+        if match is None:
+            raise ValueError(f"a rate is N/s, N/min, N/h or N/Ks, not {text!r}")
+        count, times, unit = int(match[1]), float(match[2] or 1), _UNITS[match[3]]
+        if count == 0:
+            return None
+        if times <= 0:
+            raise ValueError(f"a rate's period must be positive, not {text!r}")
+        return cls(count, times * unit)
+
+    def __str__(self) -> str:
+        return f"{self.count}/{self.period:g}s"
+
+
+def _env_rate(env: Mapping[str, str], key: str, default: Rate | None) -> Rate | None:
+    raw = env.get(key)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return Rate.parse(raw)
+    except ValueError as e:
+        raise SettingsError(f"{key}: {e}") from None
 
 
 def _env_int(env: Mapping[str, str], key: str, default: int, minimum: int = 0) -> int:
@@ -62,8 +104,25 @@ class Settings:
     heartbeat: float = 20.0
     max_connections_per_session: int = 1
     bad_frames_per_minute: int = 10
-    # Events queued for one socket before it is closed as a slow consumer (4408).
+    # Events queued for one socket before it is closed as a slow consumer (4408),
+    # and the bytes of them plus what its transport still holds.
     send_queue_limit: int = 1000
+    send_queue_bytes: int = 4 * MIB
+    # Budgets (docs/adr/0027-bound-every-caller-by-budgets-and-every-queue-by-bytes.md);
+    # a rate of None and a count of 0 are no budget. Per user (the token's sub):
+    user_writes: Rate | None = Rate(1000, 1.0)
+    user_sessions: Rate | None = Rate(100, 1.0)
+    user_sockets: int = 100
+    # Per client address: upgrades not yet authenticated, at once; upgrades
+    # that ended without authenticating; HTTP requests without a valid token.
+    address_pending_upgrades: int = 128
+    address_failed_upgrades: Rate | None = Rate(60, 60.0)
+    address_unauthenticated: Rate | None = Rate(600, 60.0)
+    # Proxies in front whose X-Forwarded-For entry names the client (0: none,
+    # the peer address is the client's).
+    forwarded_hops: int = 0
+    # Request bodies being read at once, in bytes, across requests.
+    bodies_in_flight_bytes: int = 64 * MIB
     # Commands the writer commits in one transaction at most.
     writer_max_batch: int = 256
     shutdown_timeout: float = 10.0
@@ -101,6 +160,25 @@ class Settings:
             ),
             bad_frames_per_minute=_env_int(env, "SESSIOND_BAD_FRAMES_PER_MINUTE", 10, minimum=10),
             send_queue_limit=_env_int(env, "SESSIOND_SEND_QUEUE_LIMIT", 1000, minimum=1),
+            send_queue_bytes=_env_int(
+                env, "SESSIOND_SEND_QUEUE_BYTES", cls.send_queue_bytes, minimum=1024
+            ),
+            user_writes=_env_rate(env, "SESSIOND_USER_WRITES", cls.user_writes),
+            user_sessions=_env_rate(env, "SESSIOND_USER_SESSIONS", cls.user_sessions),
+            user_sockets=_env_int(env, "SESSIOND_USER_SOCKETS", cls.user_sockets),
+            address_pending_upgrades=_env_int(
+                env, "SESSIOND_ADDRESS_PENDING_UPGRADES", cls.address_pending_upgrades
+            ),
+            address_failed_upgrades=_env_rate(
+                env, "SESSIOND_ADDRESS_FAILED_UPGRADES", cls.address_failed_upgrades
+            ),
+            address_unauthenticated=_env_rate(
+                env, "SESSIOND_ADDRESS_UNAUTHENTICATED", cls.address_unauthenticated
+            ),
+            forwarded_hops=_env_int(env, "SESSIOND_FORWARDED_HOPS", 0),
+            bodies_in_flight_bytes=_env_int(
+                env, "SESSIOND_BODIES_IN_FLIGHT_BYTES", cls.bodies_in_flight_bytes, minimum=1024
+            ),
             writer_max_batch=_env_int(env, "SESSIOND_WRITER_MAX_BATCH", 256, minimum=1),
             node_timeout=_env_float(env, "SESSIOND_NODE_TIMEOUT", 15.0, minimum=0.1),
             poll_interval=_env_float(env, "SESSIOND_POLL_INTERVAL", 1.0, minimum=0.01),

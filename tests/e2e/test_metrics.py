@@ -12,6 +12,7 @@ from typing import Any
 import jwt
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.runtime.settings import Rate
 from tests.conftest import TEST_SECRET, Api
 from tests.e2e.wsclient import connect, eventually, open_live, refused_upgrade
 
@@ -58,7 +59,13 @@ async def refused_attach(api: Api, session_id: str) -> None:
 async def test_hostile_traffic_leaves_metrics_parseable_with_the_same_series(
     sqlite_url: str, serve: Serve
 ) -> None:
-    api = await serve(sqlite_url)
+    # Hundreds of sessions and of refused upgrades from one address are the
+    # point here, not a flood to stop: those budgets are lifted.
+    api = await serve(
+        sqlite_url,
+        address_failed_upgrades=Rate(100_000, 60.0),
+        user_sessions=Rate(100_000, 1.0),
+    )
     before = await scrape(api)
     series_before = frozenset(before)
 

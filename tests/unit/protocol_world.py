@@ -25,6 +25,8 @@ from domain.errors import DomainError
 from domain.ids import SESSION_PREFIX, connection_stream, session_stream
 from domain.session import Session
 from service.application.auth import TokenSigner
+from service.application.budgets import Admission, Unlimited
+from service.application.hub import EventFrame
 from service.application.writer import Command
 from service.edge.effects import (
     AwaitAuth,
@@ -114,7 +116,7 @@ class World:
                 continue
             wire = wire_event(event)
             for socket in list(self.subscribers.get(wire["session_id"], [])):
-                socket.queue.append(wire)
+                socket.queue.append(EventFrame.of(wire))
 
     def session_events(self, session_id: str) -> list[dict[str, Any]]:
         stream = session_stream(session_id)
@@ -153,6 +155,7 @@ class Socket:
         *,
         after: int = 0,
         protocol: type[ConnectionProtocol] = ConnectionProtocol,
+        admission: Admission | None = None,
     ) -> None:
         self.world = world
         self.protocol = protocol(
@@ -163,9 +166,10 @@ class Socket:
             verify=world.signer.verify,
             limits=world.limits,
             wall_offset=time.time(),
+            admission=admission or Unlimited(),
         )
         self.frames: list[dict[str, Any]] = []
-        self.queue: deque[dict[str, Any]] = deque()
+        self.queue: deque[EventFrame] = deque()
         self.following = False
         self.waiting_until: float | None = None
         self.wake_at: float | None = None  # the last WakeAt, until it fires

@@ -16,8 +16,11 @@ import service.edge.effects
 import service.edge.expiry
 import service.edge.protocol
 from service.application import commands
+from service.application.budgets import Budgets, SocketAdmission
+from service.application.hub import EventFrame
 from service.edge.effects import Close, Closing, ReadEvents, Record
 from service.edge.protocol import BAD_FRAME_WINDOW
+from service.runtime.settings import Rate, Settings
 from tests.unit.protocol_world import SECRET, Socket, World
 
 LIVE = [("welcome", "ACCEPTED"), ("state", "AUTHENTICATED"), ("state", "SERVICES_READY")]
@@ -201,6 +204,56 @@ def test_a_slow_consumer_is_closed_4408_and_recorded() -> None:
     assert world.connection_states("c-slow")[-1] == "CLOSED"
 
 
+def budgets(**settings: Any) -> Budgets:
+    return Budgets(Settings(**settings))
+
+
+def test_message_frames_past_the_users_write_budget_close_4429_and_record_nothing() -> None:
+    world = World()
+    shared = budgets(user_writes=Rate(2, 60.0))
+    socket = live_socket(world, "c-1", "s-1", admission=SocketAdmission(shared, "10.0.0.1"))
+    for n in range(2):
+        socket.send({"type": "message", "content": f"m{n}"})
+    recorded = len(world.session_events("s-1"))
+    socket.send({"type": "message", "content": "one too many"})
+    assert socket.closed == (Close.RATE_LIMITED, "rate_limited")
+    last = socket.frames[-1]
+    assert (last["state"], last["code"], last["reason"]) == ("CLOSED", 4429, "rate_limited")
+    session_types = [e["type"] for e in world.session_events("s-1")]
+    assert len(session_types) == recorded + 1 and session_types[-1] == "ConnectionDetached"
+    # The same budget as the user's HTTP writes: spent, whichever way.
+    assert shared.write("alice") > 0
+
+
+def test_an_auth_frame_for_a_user_with_every_live_socket_allowed_closes_4429() -> None:
+    world = World(max_connections=5)
+    shared = budgets(user_sockets=1)
+    first = live_socket(world, "c-1", "s-1", admission=SocketAdmission(shared, "10.0.0.1"))
+    second = Socket(world, "c-2", "s-2", admission=SocketAdmission(shared, "10.0.0.1")).upgrade()
+    second.send({"type": "auth", "token": world.token("alice")})
+    assert second.closed == (Close.RATE_LIMITED, "rate_limited")
+    assert world.connection_states("c-2") == ["CONNECTING", "ACCEPTED", "CLOSED"]
+    assert world.session_events("s-2") == []  # nothing attached, nothing created
+    assert first.closed is None
+    bob = Socket(world, "c-3", "s-3", admission=SocketAdmission(shared, "10.0.0.1")).upgrade()
+    bob.send({"type": "auth", "token": world.token("bob")})
+    assert bob.protocol.state == "PROCESSING_READY"
+
+
+def test_an_attach_that_would_create_a_session_past_the_users_budget_closes_4429() -> None:
+    world = World()
+    shared = budgets(user_sessions=Rate(1, 60.0))
+    live_socket(world, "c-1", "s-1", admission=SocketAdmission(shared, "10.0.0.1"))
+    late = Socket(world, "c-2", "s-2", admission=SocketAdmission(shared, "10.0.0.1")).upgrade()
+    late.send({"type": "auth", "token": world.token("alice")})
+    assert late.closed == (Close.RATE_LIMITED, "rate_limited")
+    assert world.session_events("s-2") == []
+    # Joining a session that exists creates nothing, so spends nothing.
+    again = Socket(world, "c-3", "s-1", admission=SocketAdmission(shared, "10.0.0.1")).upgrade()
+    again.send({"type": "auth", "token": world.token("alice")})
+    assert again.protocol.state == "PROCESSING_READY"
+
+
 def test_a_live_event_ahead_of_the_next_position_is_held_until_the_hole_is_read() -> None:
     world = World()
     socket = live_socket(world, "c-1", "s-1")
@@ -223,7 +276,7 @@ def test_events_already_sent_are_dropped_and_each_position_goes_out_once() -> No
     world = World()
     socket = live_socket(world, "c-1", "s-1")
     sent = socket.events()
-    effects = socket.protocol.live(sent)
+    effects = socket.protocol.live([EventFrame.of(event) for event in sent])
     assert effects == []
 
 

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from domain.ids import new_session_id, session_stream
 from service.application import commands
-from service.edge.context import READMODELS, STORE
+from service.edge.context import BUDGETS, READMODELS, STORE
 from service.edge.errors import ApiError
 from service.edge.http.reads import caught_up, readable_session
 from service.edge.requests import (
@@ -23,6 +23,7 @@ from service.edge.requests import (
     query,
     run_command,
     run_read,
+    writer,
 )
 from service.edge.schema import (
     CreateSession,
@@ -38,11 +39,12 @@ routes = web.RouteTableDef()
 
 @routes.post("/v1/sessions")
 async def create_session(request: web.Request) -> web.Response:
-    actor = principal(request)
+    actor = writer(request)
     sent = await body(request, CreateSession)
     session_id = sent.session_id or new_session_id()
+    admit = request.app[BUDGETS].session_gate(actor.user_id)
     view, created = await run_command(
-        request, commands.create_session(session_id, actor, sent.metadata)
+        request, commands.create_session(session_id, actor, sent.metadata, admit=admit)
     )
     return json_response(view, 201 if created else 200)
 
@@ -89,7 +91,7 @@ async def get_session(request: web.Request) -> web.Response:
 
 @routes.delete("/v1/sessions/{session_id}")
 async def end_session(request: web.Request) -> web.Response:
-    actor = principal(request)
+    actor = writer(request)
     session_id = path_id(request, "session_id")
     view = await run_command(request, commands.end_session(session_id, actor))
     return json_response(view)
@@ -97,7 +99,7 @@ async def end_session(request: web.Request) -> web.Response:
 
 @routes.post("/v1/sessions/{session_id}/messages")
 async def post_message(request: web.Request) -> web.Response:
-    actor = principal(request)
+    actor = writer(request)
     session_id = path_id(request, "session_id")
     sent = await body(request, PostMessage)
     message_id = sent.message_id or "msg_" + uuid.uuid4().hex

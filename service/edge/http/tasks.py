@@ -7,7 +7,7 @@ import uuid
 from aiohttp import web
 
 from service.application import commands
-from service.edge.requests import body, json_response, path_id, principal, run_command
+from service.edge.requests import body, json_response, path_id, run_command, writer
 from service.edge.schema import CompleteTask, FailTask, ReportProgress, StartTask
 
 routes = web.RouteTableDef()
@@ -15,7 +15,7 @@ routes = web.RouteTableDef()
 
 @routes.post("/v1/sessions/{session_id}/tasks")
 async def start_task(request: web.Request) -> web.Response:
-    actor = principal(request)
+    actor = writer(request)
     session_id = path_id(request, "session_id")
     sent = await body(request, StartTask)
     task_id = sent.task_id or "task_" + uuid.uuid4().hex
@@ -28,7 +28,7 @@ async def start_task(request: web.Request) -> web.Response:
 
 @routes.post("/v1/sessions/{session_id}/tasks/{task_id}/progress")
 async def task_progress(request: web.Request) -> web.Response:
-    actor = principal(request)
+    actor = writer(request)
     session_id = path_id(request, "session_id")
     task_id = path_id(request, "task_id")
     sent = await body(request, ReportProgress)
@@ -43,7 +43,7 @@ async def task_progress(request: web.Request) -> web.Response:
 
 @routes.post("/v1/sessions/{session_id}/tasks/{task_id}/complete")
 async def task_complete(request: web.Request) -> web.Response:
-    actor = principal(request)
+    actor = writer(request)
     session_id = path_id(request, "session_id")
     task_id = path_id(request, "task_id")
     sent = await body(request, CompleteTask)
@@ -55,7 +55,7 @@ async def task_complete(request: web.Request) -> web.Response:
 
 @routes.post("/v1/sessions/{session_id}/tasks/{task_id}/fail")
 async def task_fail(request: web.Request) -> web.Response:
-    actor = principal(request)
+    actor = writer(request)
     session_id = path_id(request, "session_id")
     task_id = path_id(request, "task_id")
     sent = await body(request, FailTask)
