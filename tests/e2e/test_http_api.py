@@ -13,7 +13,7 @@ import pytest
 
 from service.application.auth import TokenSigner
 from tests.conftest import TEST_SECRET, Api
-from tests.e2e.wsclient import connection_events, open_live
+from tests.e2e.wsclient import connection_events, open_live, refused_upgrade
 
 Serve = Callable[..., Any]
 
@@ -664,4 +664,51 @@ async def test_a_non_utf8_byte_in_the_authorization_header_is_401_not_500(
     )
     assert answer.startswith(b"HTTP/1.1 401"), answer
     assert b'"unauthenticated"' in answer
+    assert await metric(api, "sessiond_http_errors_total", code="internal") == 0
+
+
+async def test_one_request_the_store_could_not_record_fails_alone_among_forty_concurrent_writes(
+    serve: Serve, sqlite_url: str
+) -> None:
+    """JSON nested a few hundred levels deep used to pass the edge and fail
+    the writer's whole batch: most of another user's concurrent writes got 503."""
+    api = await serve(sqlite_url)
+    await create(api, "s-honest")
+    await api.call("POST", "/v1/sessions", user="mallory", json={"session_id": "s-mallory"})
+    deep = b'{"role": "user", "content": "x", "metadata": ' + b"[" * 300 + b"]" * 300 + b"}"
+
+    async def honest(i: int) -> int:
+        status, _ = await api.call(
+            "POST",
+            "/v1/sessions/s-honest/messages",
+            json={"role": "user", "content": f"m{i}", "message_id": f"m-{i}"},
+        )
+        return status
+
+    async def hostile() -> int:
+        status, body = await api.call(
+            "POST", "/v1/sessions/s-mallory/messages", user="mallory", **raw(deep)
+        )
+        assert body["error"]["code"] == "invalid_body", body
+        return status
+
+    for _ in range(10):
+        statuses = await asyncio.gather(hostile(), *(honest(i) for i in range(40)))
+        assert statuses[0] == 400
+        assert set(statuses[1:]) <= {200, 201}, statuses
+    assert [e["type"] for e in await events(api, "s-mallory", user="mallory")] == ["SessionCreated"]
+
+
+@pytest.mark.parametrize("after", [str(2**63), str(2**64 + 5), "99999999999999999999999"])
+async def test_a_position_beyond_64_bits_is_invalid_query_not_a_store_failure(
+    serve: Serve, sqlite_url: str, after: str
+) -> None:
+    api = await serve(sqlite_url)
+    await create(api, "s-after")
+    status, body = await api.call("GET", f"/v1/sessions/s-after/events?after={after}")
+    assert status == 400, body
+    assert_error(body, "invalid_query")
+    status, body = await refused_upgrade(api, api.ws_url("s-after", after=after))
+    assert status == 400, body
+    assert body["error"]["code"] == "invalid_query"
     assert await metric(api, "sessiond_http_errors_total", code="internal") == 0
