@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from service.application.auth import TokenSigner
+from service.application.health import StoreHealth
 from service.application.hub import Hub
+from service.application.reconcile import UnrecordedCloses
 from service.application.writer import Writer
 from service.edge.metrics import Metrics
 from service.runtime.settings import Settings
@@ -26,5 +28,7 @@ HUB = web.AppKey("hub", Hub)
 METRICS = web.AppKey("metrics", Metrics)
 SIGNER = web.AppKey("signer", TokenSigner)
 READERS = web.AppKey("readers", ThreadPoolExecutor)
+HEALTH = web.AppKey("health", StoreHealth)
+CLOSES = web.AppKey("closes", UnrecordedCloses)
 SOCKETS: web.AppKey[SocketRegistry] = web.AppKey("sockets")
 READMODELS: web.AppKey[ReadModels] = web.AppKey("readmodels")
