@@ -7,8 +7,8 @@ the other: a full disk or a read-only SQLite file refuses writes while
 everything recorded can still be read.
 
 * A call that fails because the store is down (service/storage/faults.py:
-  not merely busy) marks its side down; a read's failure marks both (what
-  cannot be read cannot be written either).
+  not merely busy, nor a mistake of the call) marks its side down; a read's
+  failure marks both (what cannot be read cannot be written either).
 * While a side is down, every call on it fails at once with
   :class:`StoreUnavailable` (503 ``unavailable``, ``Retry-After``), without a
   new attempt each time.
@@ -40,7 +40,7 @@ from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 from service.runtime.osthread import name_native_thread
-from service.storage.faults import busy, store_down
+from service.storage.faults import down, store_down
 
 log = logging.getLogger("sessiond.health")
 
@@ -105,9 +105,10 @@ class StoreHealth:
             raise StoreUnavailable(f"store unavailable: {self.reason}")
 
     def failed(self, error: BaseException, *, write: bool) -> None:
-        """A call failed with ``error``: if it says the store is down (and
-        not merely busy), mark the side down (both, for a read)."""
-        if not store_down(error) or busy(error):
+        """A call failed with ``error``: if it says the store is down (not
+        merely busy, nor a mistake of the call), mark the side down (both,
+        for a read)."""
+        if not down(error):
             return
         with self._lock:
             was_up = self.up

@@ -10,12 +10,13 @@ import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psycopg
 import pytest
-from eventsourcing.persistence import DataError, IntegrityError, OperationalError
+from eventsourcing.persistence import DataError, IntegrityError, InternalError, OperationalError
 from psycopg import errors as pg_errors
 
 from service.application.health import PATIENCE, StoreHealth, StoreUnavailable
-from service.storage.faults import busy, read_only
+from service.storage.faults import busy, down, read_only, store_down
 
 
 class Store:
@@ -56,7 +57,7 @@ def health_of(store: Store, clock: Clock | None = None) -> StoreHealth:
     return health
 
 
-def down() -> OperationalError:
+def refused() -> OperationalError:
     return OperationalError("connection refused")
 
 
@@ -83,7 +84,7 @@ def sqlite_busy(tmp_path: Path) -> OperationalError:
 def test_a_read_that_finds_the_store_down_fails_both_sides_fast_until_the_probe_finds_it() -> None:
     store = Store()
     health = health_of(store)
-    health.failed(down(), write=False)
+    health.failed(refused(), write=False)
     assert not health.readable and not health.writable and not health.ready
     for write in (False, True):
         with pytest.raises(StoreUnavailable, match="connection refused"):
@@ -116,19 +117,43 @@ def test_a_write_the_store_refuses_leaves_reads_up_and_only_a_real_write_brings_
     assert "settle" not in " ".join(store.log), "reads were never down: nothing to settle"
 
 
-def test_a_busy_store_and_a_commands_own_error_mark_nothing_down(tmp_path: Path) -> None:
+def wrapped(error: Exception, cause: BaseException) -> Exception:
+    """``error`` raised from ``cause``, as the recorders raise theirs."""
+    try:
+        raise error from cause
+    except Exception as e:
+        return e
+
+
+def test_a_busy_store_and_a_calls_own_mistake_mark_nothing_down(tmp_path: Path) -> None:
     health = health_of(Store())
     locked = sqlite_busy(tmp_path)
-    assert busy(locked)
-    try:
-        raise OperationalError("canceling statement") from pg_errors.QueryCanceled("timeout")
-    except OperationalError as e:
-        cancelled = e
-    assert busy(cancelled)
-    for error in (locked, cancelled, IntegrityError("taken"), DataError("bad bytes")):
+    cancelled = wrapped(OperationalError("canceling"), pg_errors.QueryCanceled("timeout"))
+    no_table = wrapped(OperationalError("x"), sqlite3.OperationalError("no such table: t"))
+    assert busy(locked) and busy(cancelled)
+    for error in (locked, cancelled, no_table, IntegrityError("taken"), DataError("bad")):
+        assert not down(error)
         health.failed(error, write=True)
         health.failed(error, write=False)
     assert health.up
+
+
+def test_what_says_the_store_is_away_is_down_and_answered_unavailable(tmp_path: Path) -> None:
+    path = tmp_path / "ro.db"
+    sqlite3.connect(path).execute("CREATE TABLE t (x)")
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    with pytest.raises(sqlite3.OperationalError) as refused:
+        conn.execute("INSERT INTO t VALUES (1)")
+    conn.close()
+    for error in (
+        wrapped(OperationalError("x"), refused.value),
+        wrapped(OperationalError("x"), pg_errors.AdminShutdown("terminating connection")),
+        wrapped(OperationalError("x"), pg_errors.DiskFull("could not extend file")),
+        wrapped(OperationalError("x"), psycopg.OperationalError("connection refused")),
+        wrapped(InternalError("x"), pg_errors.ReadOnlySqlTransaction("read-only")),
+        OperationalError("couldn't get a connection after 2.00 sec"),
+    ):
+        assert store_down(error) and down(error), error
 
 
 def test_a_connection_sqlite_opened_read_only_is_told_apart(tmp_path: Path) -> None:
