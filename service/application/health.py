@@ -182,20 +182,27 @@ class StoreHealth:
                 else:
                     log.exception("store write probe failed")
             else:
-                self._back(readable=self.readable, writable=True)
+                self._back(writes=True)
         if not self.readable:
             if self.writable:
-                self._settle()
-            self._back(readable=True, writable=self.writable)
+                try:
+                    self._settle()
+                except Exception as e:  # reads stay down until the next probe
+                    log.warning("settling with the store failed", extra={"error": repr(e)})
+                    return False
+            self._back(reads=True)
         return self.up
 
-    def _back(self, *, readable: bool, writable: bool) -> None:
+    def _back(self, *, reads: bool = False, writes: bool = False) -> None:
+        """Reads, or writes, are up again."""
         with self._lock:
-            self.readable, self.writable = readable, writable
-            if self.up:
+            self.readable = self.readable or reads
+            self.writable = self.writable or writes
+            up = self.up
+            if up:
                 self.up_since = self._clock()
                 self.reason = ""
-        if self.up:
+        if up:
             log.info("store back")
         for listener in self._listeners:
             try:

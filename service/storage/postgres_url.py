@@ -13,9 +13,10 @@ Every store call has a deadline (docs/adr/0028-fail-fast-while-the-store-is-down
 unless the URL says otherwise, a connection attempt gives up after
 ``connect_timeout`` seconds, a statement is cancelled by the server after
 ``statement_timeout`` (sent as ``options=-c statement_timeout=...``, so it
-holds on every connection, pooled or not), and TCP keepalives notice a
-server that vanished without a word (a cut network) within a few seconds
-instead of the operating system's two hours.
+holds on every connection, pooled or not), and TCP keepalives and
+``tcp_user_timeout`` notice a server that vanished without a word (a cut
+network) within a few seconds instead of the operating system's minutes or
+hours.
 
 From that one parse come the libpq connection string that every direct
 psycopg connection uses (the read-model pool, the log follower, the schema
@@ -50,13 +51,16 @@ OWN_OPTIONS: dict[str, str | None] = {
 }
 # libpq options whose defaults sessiond shortens (libpq's are none, or the
 # operating system's): a request waits on an unreachable database at most
-# connect_timeout seconds, and a server gone silent is given up after about
-# keepalives_idle + keepalives_count * keepalives_interval seconds.
+# connect_timeout seconds; a server gone silent is given up after about
+# keepalives_idle + keepalives_count * keepalives_interval seconds while we
+# wait for its answer, and after tcp_user_timeout milliseconds while what we
+# sent goes unacknowledged.
 LIBPQ_DEFAULTS = {
     "connect_timeout": "2",
     "keepalives_idle": "2",
     "keepalives_interval": "1",
     "keepalives_count": "2",
+    "tcp_user_timeout": "4000",
 }
 USAGE = "expected postgresql://user[:password]@host[:port]/db"
 

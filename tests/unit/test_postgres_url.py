@@ -41,6 +41,7 @@ def test_the_conninfo_names_the_same_database_as_the_settings() -> None:
         "keepalives_idle": "2",
         "keepalives_interval": "1",
         "keepalives_count": "2",
+        "tcp_user_timeout": "4000",
         "options": "-c statement_timeout=3000",
     }
     env = settings.env
@@ -90,7 +91,7 @@ def test_every_connection_has_deadlines_unless_the_url_sets_its_own() -> None:
     assert params["connect_timeout"] == "2"
     assert params["options"] == "-c statement_timeout=3000"
     assert (params["keepalives_idle"], params["keepalives_interval"]) == ("2", "1")
-    assert params["keepalives_count"] == "2"
+    assert (params["keepalives_count"], params["tcp_user_timeout"]) == ("2", "4000")
     own = conninfo_to_dict(
         postgres_settings(
             "postgresql://h/db?statement_timeout=0.5&connect_timeout=7&keepalives_idle=30"
