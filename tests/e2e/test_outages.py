@@ -219,17 +219,15 @@ async def test_while_postgresql_is_down_every_call_answers_503_with_retry_after_
     pg.start()
     await writes_succeed(api, "warm-1", "after-outage")
     await writes_succeed(api, "cold-1", "after-outage-cold")
-    assert await eventually(
-        lambda: _equals(status_of(api, "/readyz"), 200), "/readyz to answer 200 again"
-    )
+
+    async def ready() -> bool:
+        return await status_of(api, "/readyz") == 200
+
+    await eventually(ready, "/readyz to answer 200 again")
     status, _ = await api.call("GET", "/v1/connections/never-1", **AUDITOR)
     assert status == 404, "a refused upgrade recorded a connection"
     await steady.close()
     await no_internal_errors(api)
-
-
-async def _equals(answer: Any, expected: Any) -> bool:
-    return bool(await answer == expected)
 
 
 async def test_sockets_ride_out_a_postgresql_outage_and_every_close_is_recorded_with_its_code(

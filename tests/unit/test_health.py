@@ -138,15 +138,20 @@ def test_a_busy_store_and_a_calls_own_mistake_mark_nothing_down(tmp_path: Path) 
     assert health.up
 
 
-def test_what_says_the_store_is_away_is_down_and_answered_unavailable(tmp_path: Path) -> None:
+def write_refused_read_only(tmp_path: Path) -> sqlite3.OperationalError:
+    """What a real SQLite connection opened read-only says to a write."""
     path = tmp_path / "ro.db"
     sqlite3.connect(path).execute("CREATE TABLE t (x)")
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     with pytest.raises(sqlite3.OperationalError) as refused:
         conn.execute("INSERT INTO t VALUES (1)")
     conn.close()
+    return refused.value
+
+
+def test_what_says_the_store_is_away_is_down_and_answered_unavailable(tmp_path: Path) -> None:
     for error in (
-        wrapped(OperationalError("x"), refused.value),
+        wrapped(OperationalError("x"), write_refused_read_only(tmp_path)),
         wrapped(OperationalError("x"), pg_errors.AdminShutdown("terminating connection")),
         wrapped(OperationalError("x"), pg_errors.DiskFull("could not extend file")),
         wrapped(OperationalError("x"), psycopg.OperationalError("connection refused")),
@@ -157,13 +162,7 @@ def test_what_says_the_store_is_away_is_down_and_answered_unavailable(tmp_path: 
 
 
 def test_a_connection_sqlite_opened_read_only_is_told_apart(tmp_path: Path) -> None:
-    path = tmp_path / "ro.db"
-    sqlite3.connect(path).execute("CREATE TABLE t (x)")
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    with pytest.raises(sqlite3.OperationalError) as refused:
-        conn.execute("INSERT INTO t VALUES (1)")
-    conn.close()
-    assert read_only(refused.value)
+    assert read_only(write_refused_read_only(tmp_path))
     assert not read_only(sqlite3.OperationalError("no such table"))
 
 
