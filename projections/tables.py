@@ -15,13 +15,16 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, Protocol
 
 import orjson
 
 from projections.projection import Row
-from service.storage.postgres_url import SCHEMA_LOCK_KEY
+from service.storage.faults import read_only
+from service.storage.postgres import RECONNECT_TIMEOUT
+from service.storage.postgres_url import LIBPQ_DEFAULTS, SCHEMA_LOCK_KEY
+from service.storage.store import SQLITE_BUSY_TIMEOUT
 
 TRACKING_DDL = """CREATE TABLE IF NOT EXISTS sessiond_tracking (
     name TEXT PRIMARY KEY,
@@ -71,7 +74,9 @@ class Tables:
         position 0 for each name in ``tracked`` that has none yet."""
         with self.write() as c:
             if self.placeholder != "?":
-                # Nodes starting together must not race on CREATE ... IF NOT EXISTS.
+                # Nodes starting together must not race on CREATE ... IF NOT
+                # EXISTS: a deliberate wait, not a statement that should give up.
+                c.execute("SET LOCAL statement_timeout = 0")
                 c.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
             for statement in [TRACKING_DDL, *extra_ddl]:
                 c.execute(statement)
@@ -208,7 +213,12 @@ class SQLiteTables(Tables):
             self._shared = self._connect(":memory:")
 
     def _connect(self, target: str) -> sqlite3.Connection:
-        conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False, timeout=30)
+        conn = sqlite3.connect(
+            target,
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=float(SQLITE_BUSY_TIMEOUT),
+        )
         if target != ":memory:":
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
@@ -228,15 +238,26 @@ class SQLiteTables(Tables):
     def write(self) -> Iterator[Cursor]:
         with self._lock if self._shared is not None else _nolock():
             conn = self._conn()
-            cur = conn.cursor()
-            cur.execute("BEGIN IMMEDIATE")
             try:
-                yield cur
-            except BaseException:
-                cur.execute("ROLLBACK")
+                cur = conn.cursor()
+                cur.execute("BEGIN IMMEDIATE")
+                try:
+                    yield cur
+                    cur.execute("COMMIT")
+                except BaseException:
+                    # A COMMIT that failed (a full disk) may leave the
+                    # transaction open: the connection must not keep it.
+                    if conn.in_transaction:
+                        with suppress(sqlite3.Error):
+                            cur.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as e:
+                if read_only(e) and self._shared is None:
+                    # Opened while the file could not be written: it would
+                    # stay read-only, so the next write opens another.
+                    conn.close()
+                    self._local.conn = None
                 raise
-            else:
-                cur.execute("COMMIT")
 
     @contextmanager
     def read(self) -> Iterator[Cursor]:
@@ -271,7 +292,17 @@ class PostgresTables(Tables):
     def __init__(self, conninfo: str) -> None:
         from psycopg_pool import ConnectionPool
 
-        self._pool = ConnectionPool(conninfo, min_size=1, max_size=4, open=True, timeout=10)
+        # Asked for a connection, the pool waits as long as a connection
+        # attempt may take, and gives up reconnecting early (as the event
+        # store's pool does: service/storage/postgres.py).
+        self._pool = ConnectionPool(
+            conninfo,
+            min_size=1,
+            max_size=4,
+            open=True,
+            timeout=float(LIBPQ_DEFAULTS["connect_timeout"]),
+            reconnect_timeout=RECONNECT_TIMEOUT,
+        )
 
     @contextmanager
     def write(self) -> Iterator[Cursor]:

@@ -76,6 +76,9 @@ class ReadModels:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self.applied = 0
+        # How many catch-ups in a row have failed (the store down, a full
+        # disk): while any has, nobody waits for the projector.
+        self.failures = 0
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Create the tables and catch up (on the calling thread), then follow."""
@@ -102,21 +105,24 @@ class ReadModels:
 
     def _run(self) -> None:
         name_native_thread()
-        failures = 0
         while not self._stopping.is_set():
             self._wake.wait(self._poll)
             self._wake.clear()
-            if not self._urgent.is_set():
+            if not self._urgent.is_set() and not self.failures:
                 self._urgent.wait(self._coalesce)
             self._urgent.clear()
             try:
                 self.applied += self.projector.catch_up()
-                failures = 0
             except Exception as e:
-                failures += 1
-                log.warning("projector failed; retrying", extra={"error": e, "failures": failures})
-                self._stopping.wait(min(5.0, 0.1 * 2**failures))
+                self.failures += 1
+                if self.failures == 1:
+                    log.warning("projector failed; retrying", extra={"error": e})
+                # Tried again within the poll interval, and at once when the
+                # store comes back (the health view calls notify).
                 continue
+            if self.failures:
+                log.info("projector caught up again", extra={"failures": self.failures})
+                self.failures = 0
             if self._loop is not None and not self._loop.is_closed():
                 with contextlib.suppress(RuntimeError):
                     self._loop.call_soon_threadsafe(self._advanced, self.projector.position)
@@ -132,9 +138,13 @@ class ReadModels:
         self._waiters = keep
 
     async def wait_for(self, position: int, patience: float) -> bool:
-        """Wait until the tables include ``position``; False if they did not in time."""
+        """Wait until the tables include ``position``; False if they did not
+        in time, and at once while the projector is failing (the caller reads
+        the log instead)."""
         if self.projector.position >= position:
             return True
+        if self.failures:
+            return False
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append((position, future))
         self._urgent.set()

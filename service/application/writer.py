@@ -33,14 +33,17 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from eventsourcing.application import AggregateNotFoundError
-from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError
+from eventsourcing.persistence import IntegrityError
 
 from domain.base import Aggregate
 from domain.connection import Connection
 from domain.errors import DomainError
 from domain.ids import connection_stream, session_stream
 from domain.session import Session
+from service.application.health import StoreHealth
+from service.application.health import StoreUnavailable as StoreUnavailable  # its users' import
 from service.runtime.osthread import name_native_thread
+from service.storage.faults import store_down
 from service.storage.store import SessiondApplication
 
 log = logging.getLogger("sessiond.writer")
@@ -55,10 +58,6 @@ MAX_CONFLICT_RETRIES = 64
 CONFLICT_PAUSE = 0.002
 
 
-class StoreUnavailable(Exception):
-    """The store could not be reached or refused the write; nothing was recorded."""
-
-
 class CommandFailed(DomainError):
     """A command failed for a reason of its own (a bug, or data the store
     refused), run alone so that no other command failed with it; nothing of
@@ -69,13 +68,6 @@ class CommandFailed(DomainError):
     def __init__(self, name: str) -> None:
         super().__init__(f"the command {name} failed; nothing of it was recorded")
         self.name = name
-
-
-def store_down(error: BaseException) -> bool:
-    """Whether ``error`` says the store cannot be reached or cannot write at
-    all now (connection lost, database locked or read-only, disk full), as
-    opposed to refusing what one command made."""
-    return isinstance(error, OperationalError | InterfaceError | OSError)
 
 
 class AggregateCache:
@@ -197,6 +189,7 @@ class Command(Generic[T]):
 class _Item(Generic[T]):
     command: Command[T]
     future: asyncio.Future[T]
+    since: float  # when it came in (time.monotonic)
     outcome: tuple[bool, Any] = field(default=(False, None))
 
 
@@ -214,12 +207,16 @@ class Writer:
         max_batch: int = 256,
         cache_size: int = 20_000,
         on_saved: Callable[[list[Aggregate.Event], float, float], None] | None = None,
+        health: StoreHealth | None = None,
     ) -> None:
         self.app = app
         self._on_commit = on_commit
         # Told on this thread of each committed transaction: its events (the
         # list on_commit gets) and the monotonic instants it began and ended.
         self._on_saved = on_saved
+        # The node's view of its store: commands fail fast while it cannot
+        # take writes, and a failure that says it is down is told to it.
+        self._health = health
         self._max_batch = max_batch
         self.cache = AggregateCache(app, cache_size)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -259,11 +256,13 @@ class Writer:
         """
         if self._thread is None or self._loop is None:
             raise StoreUnavailable("the writer is not running")
+        if self._health is not None:
+            self._health.check(write=True)
         future: asyncio.Future[T] = self._loop.create_future()
         # Commands issued in one turn of the event loop reach the writer
         # thread together: one hand-over (and one wake-up of the thread) per
         # turn rather than per command.
-        self._outbox.append(_Item(command, future))
+        self._outbox.append(_Item(command, future, time.monotonic()))
         if len(self._outbox) == 1:
             self._loop.call_soon(self._flush)
         return await future
@@ -306,7 +305,37 @@ class Writer:
                     item.outcome = (False, StoreUnavailable(f"internal writer error: {e}"))
                 self._resolve(batch, [])
 
+    def _admitted(self, batch: list[_Item[Any]]) -> list[_Item[Any]]:
+        """The commands of ``batch`` worth trying now; the others are answered
+        StoreUnavailable at once: all of them while the store takes no
+        writes, and those that waited too long for their turn (ADR 0028)."""
+        health = self._health
+        if health is None:
+            return batch
+        if health.writable and not health.expired(batch[0].since):
+            return batch  # the first came in first: none waited too long
+        if not health.writable:
+            late = batch
+        else:
+            late = [item for item in batch if health.expired(item.since)]
+        for item in late:
+            item.outcome = (False, StoreUnavailable("store unavailable: not tried in time"))
+        self._resolve(late, [])
+        answered = set(map(id, late))
+        return [item for item in batch if id(item) not in answered]
+
+    def _store_down(self, batch: list[_Item[Any]], error: Exception) -> None:
+        """The store failed ``batch`` as a whole: nothing of it was recorded."""
+        if self._health is not None:
+            self._health.failed(error, write=True)
+        for item in batch:
+            item.outcome = (False, StoreUnavailable(f"store unavailable: {error}"))
+        self._resolve(batch, [])
+
     def _process(self, batch: list[_Item[Any]]) -> None:
+        batch = self._admitted(batch)
+        if not batch:
+            return
         guess_new = True
         for attempt in range(MAX_CONFLICT_RETRIES):
             uow = UnitOfWork(self.cache, guess_new=guess_new)
@@ -322,9 +351,7 @@ class Writer:
                 return
             except Exception as e:  # the store, down while a command loaded
                 self.cache.forget(list(uow.touched.values()))
-                for item in batch:
-                    item.outcome = (False, StoreUnavailable(f"store unavailable: {e}"))
-                self._resolve(batch, [])
+                self._store_down(batch, e)
                 return
             touched = list(uow.touched.values())
             pending = [a for a in touched if a.pending_events]
@@ -347,9 +374,7 @@ class Writer:
             except Exception as e:
                 self.cache.forget(touched)
                 if store_down(e):
-                    for item in batch:
-                        item.outcome = (False, StoreUnavailable(f"store unavailable: {e}"))
-                    self._resolve(batch, [])
+                    self._store_down(batch, e)
                 elif len(batch) > 1:
                     # The store refused what one command made (data it cannot
                     # encode or hold): run each alone, so only that one fails.

@@ -75,11 +75,11 @@ class ConnectionView(Answer):
     user_id: str | None
     state: str
     opened_at: Timestamp
-    updated_at: Timestamp | None = None
     closed_at: Timestamp | None
     close_code: int | None
     close_reason: str | None
     node: str
+    updated_at: Timestamp | None = None
     position: Position | None = None
 
 

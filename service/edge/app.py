@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -21,14 +22,18 @@ from domain.lifecycle import final_states, state_values
 from service.application import commands
 from service.application.auth import TokenSigner, load_or_create_key
 from service.application.budgets import Budgets
+from service.application.health import RETRY_AFTER, StoreHealth
 from service.application.hub import Hub
 from service.application.readmodels import ReadModels
+from service.application.reconcile import UnrecordedCloses
 from service.application.writer import Writer
 from service.cluster.follower import LogFollower
 from service.cluster.nodes import NodeRegistry
 from service.edge import ws
 from service.edge.context import (
     BUDGETS,
+    CLOSES,
+    HEALTH,
     HUB,
     METRICS,
     READERS,
@@ -52,6 +57,10 @@ from service.storage.wire import wire_event
 
 log = logging.getLogger("sessiond")
 
+# How long the probe waits for the closes owed to the store to be recorded
+# before it lets reads through again.
+SETTLE_PATIENCE = 10.0
+
 # The states a live socket can be in, as the lifecycle names them.
 LIVE_STATES = [
     s for s in state_values(Connection.lifecycle) if s not in final_states(Connection.lifecycle)
@@ -68,6 +77,8 @@ async def edge_middleware(
     answer = preflight(request)
     if answer is None:
         answer = await _answer(request, handler)
+        if answer.status == 503 and "Retry-After" not in answer.headers:
+            answer.headers["Retry-After"] = str(RETRY_AFTER)
     return decorate(request, answer)
 
 
@@ -196,14 +207,27 @@ async def _serving(app: web.Application) -> AsyncIterator[None]:
         publish(events, None)
         readmodels.notify()
 
+    nodes = NodeRegistry(readmodels.tables, settings.node_id)
+    await loop.run_in_executor(app[READERS], nodes.setup)
+
+    def settle() -> None:
+        # Before reads are let through again: the closes owed to the store.
+        asyncio.run_coroutine_threadsafe(closes.flush(), loop).result(SETTLE_PATIENCE)
+
+    health = StoreHealth(ping=store.ping, write_probe=nodes.heartbeat, settle=settle)
+    app[HEALTH] = health
     writer = Writer(
         store,
         on_commit=on_commit,
         max_batch=settings.writer_max_batch,
         on_saved=metrics.saved,
+        health=health,
     )
     writer.start(loop)
     app[WRITER] = writer
+    closes = app[CLOSES] = UnrecordedCloses(writer, health)
+    health.on_recovery(readmodels.notify)
+    health.on_recovery(lambda: loop.call_soon_threadsafe(closes.wake))
     follower: LogFollower | None = None
     if config.conninfo is not None:
         # Other nodes' writes reach this node's sockets and projector.
@@ -214,19 +238,21 @@ async def _serving(app: web.Application) -> AsyncIterator[None]:
             poll_interval=settings.poll_interval,
         )
         follower.start(loop)
-    nodes = NodeRegistry(readmodels.tables, settings.node_id)
-    await loop.run_in_executor(app[READERS], nodes.setup)
     log.info("store open", extra={"store": config.kind, "node": settings.node_id})
-    watchdog: asyncio.Task[None] | None = None
+    tasks: list[asyncio.Task[None]] = []
     try:
+        health.start()
+        tasks.append(asyncio.create_task(closes.run()))
         await _record_lost_connections(app, settings.node_id)
-        watchdog = asyncio.create_task(_watch_nodes(app, nodes))
+        tasks.append(asyncio.create_task(_watch_nodes(app, nodes)))
         yield
     finally:
-        if watchdog is not None:
-            watchdog.cancel()
+        for task in tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await watchdog
+                await task
+        await loop.run_in_executor(None, health.stop)
+        await closes.last_try()
         if follower is not None:
             await loop.run_in_executor(None, follower.stop)
         await writer.stop()
@@ -237,17 +263,24 @@ async def _serving(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _watch_nodes(app: web.Application, nodes: NodeRegistry) -> None:
-    """Heartbeat this node; record the connections of dead peers as lost."""
+    """Heartbeat this node; record the connections of dead peers as lost.
+
+    Not while the store is down (every node's heartbeat stops then), and not
+    until a whole ``node_timeout`` after it came back: live peers have had
+    their turn to heartbeat again by then, and none is taken for dead."""
     settings = app[SETTINGS]
+    health = app[HEALTH]
     loop = asyncio.get_running_loop()
     while True:
         try:
-            await loop.run_in_executor(app[READERS], nodes.heartbeat)
-            dead = await loop.run_in_executor(app[READERS], nodes.dead_nodes, settings.node_timeout)
-            for node in dead:
-                log.warning("node presumed dead", extra={"node": node})
-                await _record_lost_connections(app, node)
-                await loop.run_in_executor(app[READERS], nodes.forget, node)
+            if health.up:
+                await loop.run_in_executor(app[READERS], nodes.heartbeat)
+            if health.up and time.monotonic() - health.up_since >= settings.node_timeout:
+                timeout = settings.node_timeout
+                for node in await loop.run_in_executor(app[READERS], nodes.dead_nodes, timeout):
+                    log.warning("node presumed dead", extra={"node": node})
+                    await _record_lost_connections(app, node)
+                    await loop.run_in_executor(app[READERS], nodes.forget, node)
         except asyncio.CancelledError:
             raise
         except Exception as e:

@@ -9,7 +9,9 @@ from aiohttp import web
 
 from service.application.auth import TokenSigner
 from service.application.budgets import Budgets
+from service.application.health import StoreHealth
 from service.application.hub import Hub
+from service.application.reconcile import UnrecordedCloses
 from service.application.writer import Writer
 from service.edge.metrics import Metrics
 from service.runtime.settings import Settings
@@ -28,5 +30,7 @@ METRICS = web.AppKey("metrics", Metrics)
 SIGNER = web.AppKey("signer", TokenSigner)
 READERS = web.AppKey("readers", ThreadPoolExecutor)
 BUDGETS = web.AppKey("budgets", Budgets)
+HEALTH = web.AppKey("health", StoreHealth)
+CLOSES = web.AppKey("closes", UnrecordedCloses)
 SOCKETS: web.AppKey[SocketRegistry] = web.AppKey("sockets")
 READMODELS: web.AppKey[ReadModels] = web.AppKey("readmodels")

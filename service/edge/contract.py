@@ -153,7 +153,12 @@ def _parameters(path: str, op: Operation, schemas: dict[str, Any]) -> list[dict[
     params: list[dict[str, Any]] = []
     for name in _PARAM.findall(path):
         params.append(
-            {"name": name, "in": "path", "required": True, "schema": {"$ref": "#/components/schemas/ID"}}
+            {
+                "name": name,
+                "in": "path",
+                "required": True,
+                "schema": {"$ref": "#/components/schemas/ID"},
+            }
         )
     if op.query is not None:
         query = schemas[op.query.__name__]
@@ -182,9 +187,7 @@ def openapi(app: web.Application, *, version: str, servers: Sequence[str] = ()) 
     if missing:
         raise LookupError(f"routes without a declared operation: {', '.join(missing)}")
     ops = [op for _, _, h in routes if (op := operation_of(h)) is not None]
-    (_, components) = msgspec.json.schema_components(
-        [*_structs(ops), ID], ref_template=COMPONENTS
-    )
+    (_, components) = msgspec.json.schema_components([*_structs(ops), ID], ref_template=COMPONENTS)
     components["ID"] = msgspec.json.schema(ID)
     paths: dict[str, dict[str, Any]] = {}
     for method, path, handler in routes:

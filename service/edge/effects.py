@@ -27,6 +27,7 @@ class Close:
     INVALID_DATA = 1007
     TOO_LARGE = 1009
     INTERNAL = 1011
+    TRY_AGAIN_LATER = 1013  # the store is down
     PROTOCOL = 4400
     UNAUTHENTICATED = 4401
     FORBIDDEN = 4403
@@ -78,8 +79,18 @@ class Record:
 
 
 @dataclass(slots=True)
+class RecordLater:
+    """The store could not take this connection's CLOSED (``command``) now:
+    record it as soon as it takes writes again."""
+
+    connection_id: str
+    command: Command[Any]
+
+
+@dataclass(slots=True)
 class ReadEvents:
-    """Read up to ``limit`` session events after ``after`` from the store."""
+    """Read up to ``limit`` session events after ``after`` from the store
+    (if the store cannot be read: :meth:`ConnectionProtocol.read_failed`)."""
 
     after: int
     limit: int
@@ -126,19 +137,20 @@ class FollowLive:
 
 @dataclass(slots=True)
 class Closing:
-    """End the connection: record ``record``, send ``frame`` (if the socket
-    can still take one), close with ``code``/``reason``. Done apart from
-    whatever else the shell is doing, and only once."""
+    """End the connection: carry out ``record`` (its CLOSED), send ``frame``
+    (if the socket can still take one), close with ``code``/``reason``. Done
+    apart from whatever else the shell is doing, and only once."""
 
     code: int
     reason: str
-    record: Command[Any]
+    record: Record
     frame: dict[str, Any] | None
 
 
 Effect = (
     Send
     | Record
+    | RecordLater
     | ReadEvents
     | Subscribe
     | TakeQueued

@@ -11,8 +11,9 @@ Inputs are method calls: the upgrade completed (:meth:`upgraded`), a frame
 arrived (:meth:`receive`), the wait for a token ended (:meth:`auth_wait_over`),
 session events arrived from the hub (:meth:`live`), the subscription overflowed
 (:meth:`overflowed`), the clock reached a deadline the protocol asked for with
-:class:`WakeAt` (:meth:`tick`), the peer or the transport ended the socket
-(:meth:`socket_closed`), the node wants it closed (:meth:`end`). Each returns a
+:class:`WakeAt` (:meth:`tick`), a read it asked for failed (:meth:`read_failed`),
+the peer or the transport ended the socket (:meth:`socket_closed`), the node
+wants it closed (:meth:`end`). Each returns a
 list of *effects* (the dataclasses below): frames to send, commands to record,
 events to read from the store, a wait, a close. An effect that needs an answer
 carries a ``then``: the protocol's own method the shell calls with the answer,
@@ -37,6 +38,12 @@ next position goes out, older ones are dropped, and a hole (a position ahead
 of the next) is filled from the store first (:class:`ReadEvents`), so a
 socket sees every position after ``after`` exactly once, in order
 (docs/adr/0006-make-the-backlog-live-seam-gap-free.md).
+
+The store down: a ``message`` frame it cannot record is answered with an
+``error`` frame ``unavailable`` and the socket stays; a handshake step or a
+read it cannot do ends the socket with 1013 (try again later); a CLOSED it
+cannot record is handed back (:class:`RecordLater`) to be recorded as soon as
+it can (docs/adr/0028-fail-fast-while-the-store-is-down.md).
 
 Tokens: a socket's authority ends at its token's ``exp`` (service/edge/expiry.py
 keeps the deadline). Ahead of it the socket is sent ``token_expiring``; an
@@ -72,6 +79,7 @@ from service.edge.effects import (
     ReadEvents,
     Record,
     Recorded,
+    RecordLater,
     Refused,
     Send,
     Subscribe,
@@ -490,7 +498,7 @@ class ConnectionProtocol:
             "code": code,
             "reason": reason,
         }
-        return [Closing(code, reason, self._close_command(code, reason), frame)]
+        return [Closing(code, reason, self._close_record(code, reason), frame)]
 
     def socket_closed(
         self, code: int | None, *, timed_out: bool, layer_error: int | None = None
@@ -505,17 +513,32 @@ class ConnectionProtocol:
         """CONNECTING was recorded but the upgrade itself failed."""
         return [] if self.ending is not None else self._record_end(Close.ABNORMAL, "upgrade_failed")
 
+    def read_failed(self) -> Effects:
+        """A read asked for with :class:`ReadEvents` failed: the store cannot
+        be read, so the socket cannot deliver without a gap. It is ended
+        (1013); the client resumes with ``after``."""
+        return self.end(Close.TRY_AGAIN_LATER, "store_unavailable")
+
     def _record_end(self, code: int, reason: str) -> Effects:
         self.ending = (code, reason)
-        return [Record(self._close_command(code, reason), lambda outcome: [])]
+        return [self._close_record(code, reason)]
 
-    def _close_command(self, code: int, reason: str) -> Command[bool]:
+    def _close_record(self, code: int, reason: str) -> Record:
+        """CLOSED with the code sent; kept to be recorded later if the store
+        cannot take it now (docs/adr/0028-fail-fast-while-the-store-is-down.md)."""
         self.state = self.closed_state
-        return commands.close_connection(self.connection_id, code=code, reason=reason)
+        command = commands.close_connection(self.connection_id, code=code, reason=reason)
+
+        def then(outcome: Outcome) -> Effects:
+            if isinstance(outcome, Unavailable):
+                return [RecordLater(self.connection_id, command)]
+            return []
+
+        return Record(command, then)
 
     def _failed(self, outcome: Refused | Unavailable) -> Effects:
         if isinstance(outcome, Unavailable):
-            return self.end(Close.GOING_AWAY, f"store unavailable: {outcome.message}"[:100])
+            return self.end(Close.TRY_AGAIN_LATER, "store_unavailable")
         return self.end(Close.INTERNAL, "internal_error")
 
     def _announce(self, **extra: Any) -> Send:

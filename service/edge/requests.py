@@ -5,7 +5,6 @@ shape; a client's mistake is never a 500."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -17,7 +16,7 @@ from service.application.auth import AuthError, Principal, bearer_token
 from service.application.budgets import RateLimited
 from service.application.writer import Command, StoreUnavailable
 from service.edge.budgets import client_address, rate_limited, read_body
-from service.edge.context import BUDGETS, READERS, SIGNER, WRITER
+from service.edge.context import BUDGETS, HEALTH, READERS, SIGNER, WRITER
 from service.edge.errors import ApiError
 from service.edge.schema import SchemaError, decode_body, decode_query
 from service.storage.wire import dumps
@@ -74,11 +73,13 @@ async def run_command(request: web.Request, command: Command[T]) -> T:
 
 
 async def run_read(request: web.Request, fn: Callable[..., T], *args: Any) -> T:
-    loop = asyncio.get_running_loop()
+    """``fn(*args)`` on the read pool; 503 at once while the store cannot be read."""
     try:
-        return await loop.run_in_executor(request.app[READERS], fn, *args)
+        return await request.app[HEALTH].read(request.app[READERS], fn, *args)
     except DomainError as e:
         raise ApiError(e.code, e.message) from None
+    except StoreUnavailable as e:
+        raise ApiError("unavailable", str(e)) from None
     except Exception as e:
         raise ApiError("unavailable", f"store unavailable: {type(e).__name__}: {e}") from None
 

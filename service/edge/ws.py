@@ -32,7 +32,18 @@ from service.application.auth import AuthError, bearer_token
 from service.application.hub import SlowConsumer, Subscription
 from service.application.writer import StoreUnavailable
 from service.edge.budgets import admit_socket
-from service.edge.context import HUB, METRICS, READERS, SETTINGS, SIGNER, SOCKETS, STORE, WRITER
+from service.edge.context import (
+    CLOSES,
+    HEALTH,
+    HUB,
+    METRICS,
+    READERS,
+    SETTINGS,
+    SIGNER,
+    SOCKETS,
+    STORE,
+    WRITER,
+)
 from service.edge.cors import origin_allowed
 from service.edge.effects import (
     AwaitAuth,
@@ -43,6 +54,7 @@ from service.edge.effects import (
     ReadEvents,
     Record,
     Recorded,
+    RecordLater,
     Refused,
     Send,
     Subscribe,
@@ -147,7 +159,10 @@ class LiveConnection:
                 case Record() as record:
                     more = record.then(await self.record(record))
                 case ReadEvents() as read:
-                    more = read.then(await self.read(read))
+                    events = await self.read(read)
+                    more = self.protocol.read_failed() if events is None else read.then(events)
+                case RecordLater(connection_id=connection_id, command=command):
+                    self.app[CLOSES].keep(connection_id, command)
                 case Subscribe():
                     settings = self.app[SETTINGS]
                     self.subscription = self.app[HUB].subscribe(
@@ -208,17 +223,19 @@ class LiveConnection:
             )
             return Unavailable(str(e))
 
-    async def read(self, effect: ReadEvents) -> list[dict[str, Any]]:
+    async def read(self, effect: ReadEvents) -> list[dict[str, Any]] | None:
+        """The session events asked for; None when the store cannot be read."""
         read = functools.partial(
             self.app[STORE].stream_wire_events,
             session_stream(self.protocol.session_id),
             after=effect.after,
             limit=effect.limit,
         )
-        events: list[dict[str, Any]] = await asyncio.get_running_loop().run_in_executor(
-            self.app[READERS], read
-        )
-        return events
+        try:
+            return await self.app[HEALTH].read(self.app[READERS], read)
+        except StoreUnavailable:
+            log.warning("store unavailable", extra={"connection_id": self.connection_id})
+            return None
 
     def _take_queued(self, effect: TakeQueued) -> list[Effect]:
         assert self.subscription is not None
@@ -279,7 +296,7 @@ class LiveConnection:
         return self._ending
 
     async def _closing(self, effect: Closing) -> None:
-        await self.run([Record(effect.record, lambda outcome: [])])
+        await self.run([effect.record])
         try:
             # A client that stopped reading cannot take a last frame nor a
             # closing handshake: give it a moment, then drop the transport.
@@ -381,6 +398,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     # recorded CLOSED upgrade_failed.
     if request.headers.get("Upgrade", "").lower() != "websocket":
         raise ApiError("upgrade_required", "this endpoint speaks WebSocket only", status=426)
+    if not request.app[HEALTH].up:  # refused before anything is recorded
+        raise ApiError("unavailable", "the store is down; try again later")
     header_token = _header_token(request)
     admission = admit_socket(request, header_token)
     protocol = ConnectionProtocol(

@@ -4,10 +4,17 @@ Failing fast: the stock recorder retries each operation ten times on a
 connection error, each try waiting up to the connect timeout: a write then
 hangs for most of a minute before it fails, holding the writer thread and
 every command queued behind it. sessiond answers 503 ``unavailable`` instead
-and lets the client retry (ADR 0004), so two attempts are enough to ride over
-a dropped pooled connection (the pool is checked before the second), and a
-dead database is reported within a few seconds. Pooled connections are not
-pinged before use: the retry is what notices a dead one.
+and lets the client retry (ADR 0004). An operation is tried a second time
+only when its first try failed at once, which is a pooled connection that
+died with its server (the pool is checked before the second); a try that
+waited out a deadline (the pool found no connection within the connect
+timeout, the server cancelled the statement) is not tried again, so one
+operation takes at most one deadline (ADR 0028). Pooled connections are not
+pinged before use: the retry is what notices a dead one. The pool gives up
+reconnecting a lost connection after ``RECONNECT_TIMEOUT`` and opens one
+again when it is next asked for: psycopg_pool's own default backs off to
+minutes, and a pool deep in its backoff left a node failing for tens of
+seconds after its database was back.
 
 One round trip: the stock insert is a pipeline of BEGIN, SET LOCAL, LOCK
 TABLE, NOTIFY, INSERT, a sync, and then COMMIT, which is two round trips (three
@@ -42,10 +49,14 @@ from eventsourcing.utils import Environment, EnvType
 from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Identifier, Literal
 
+from service.storage.faults import busy
 from service.storage.rows import LogRow, StreamRow, stream_rows
 
-ATTEMPTS = 2
+# A first try that failed within this long met a dead pooled connection: it is
+# tried once more, after a short pause and a check of the pool.
+RETRY_WITHIN = 0.5
 WAIT = 0.2
+RECONNECT_TIMEOUT = 1.0
 OWN_RANGES = 4096  # batches remembered for the follower; older ones are just read
 ANSWER_PATIENCE = 0.05
 
@@ -55,17 +66,17 @@ def _fail_fast(method: Any) -> Any:
 
     @functools.wraps(raw)
     def attempt(self: FailFastPostgresRecorder, *args: Any, **kwargs: Any) -> Any:
-        for remaining in range(ATTEMPTS - 1, -1, -1):
-            try:
-                return raw(self, *args, **kwargs)
-            except (InterfaceError, OperationalError):
-                if not remaining:
-                    raise
-                # The connection we were given may have died with its server:
-                # make the pool test its idle connections before trying again.
-                time.sleep(WAIT)
-                self.datastore.pool.check()
-        raise AssertionError("unreachable")
+        started = time.monotonic()
+        try:
+            return raw(self, *args, **kwargs)
+        except (InterfaceError, OperationalError) as e:
+            if time.monotonic() - started > RETRY_WITHIN or busy(e):
+                raise
+        # The connection we were given died with its server: make the pool
+        # test its idle connections before trying again.
+        time.sleep(WAIT)
+        self.datastore.pool.check()
+        return raw(self, *args, **kwargs)
 
     return attempt
 
@@ -202,11 +213,14 @@ class SessiondPostgresFactory(PostgresFactory):
     empty: it is set here, before the pool opens (it opens on first use), to
     the store URL's whole connection string (``POSTGRES_CONNINFO``, made by
     service/storage/postgres_url.py), whose dbname, host, port, user and
-    password are the keywords' own.
+    password are the keywords' own. Its reconnection gives up early (see the
+    module).
     """
 
     POSTGRES_CONNINFO = "POSTGRES_CONNINFO"
 
     def __init__(self, env: Environment | EnvType | None):
         super().__init__(env)
-        self.datastore.pool.conninfo = self.env.get(self.POSTGRES_CONNINFO) or ""
+        pool = self.datastore.pool
+        pool.conninfo = self.env.get(self.POSTGRES_CONNINFO) or ""
+        pool.reconnect_timeout = RECONNECT_TIMEOUT  # see the module

@@ -4,9 +4,19 @@ A PostgreSQL store URL is a libpq URI (``postgresql://user:password@host:port/db
 whose query may hold, besides any libpq option (``sslmode``,
 ``application_name``, ``options``, ...), a few options of sessiond's own:
 ``pool_size`` and ``max_overflow`` (eventsourcing's pool), ``lock_timeout``
-(seconds a write waits for the table lock) and ``schema`` (of the event
-table). libpq itself parses the rest (``psycopg.conninfo``), so a
-percent-encoded password and every option mean what they mean to psql.
+(seconds a write waits for the table lock), ``statement_timeout`` (seconds
+any statement may run; 0: no limit) and ``schema`` (of the event table).
+libpq itself parses the rest (``psycopg.conninfo``), so a percent-encoded
+password and every option mean what they mean to psql.
+
+Every store call has a deadline (docs/adr/0028-fail-fast-while-the-store-is-down.md):
+unless the URL says otherwise, a connection attempt gives up after
+``connect_timeout`` seconds, a statement is cancelled by the server after
+``statement_timeout`` (sent as ``options=-c statement_timeout=...``, so it
+holds on every connection, pooled or not), and TCP keepalives and
+``tcp_user_timeout`` notice a server that vanished without a word (a cut
+network) within a few seconds instead of the operating system's minutes or
+hours.
 
 From that one parse come the libpq connection string that every direct
 psycopg connection uses (the read-model pool, the log follower, the schema
@@ -35,12 +45,23 @@ SCHEMA_LOCK_KEY = 0x5E5510D
 OWN_OPTIONS: dict[str, str | None] = {
     "pool_size": "5",
     "max_overflow": "10",
-    "lock_timeout": "5",
+    "lock_timeout": "2",
+    "statement_timeout": "3",
     "schema": None,
 }
-# A libpq option, but sessiond's default is shorter than libpq's (none): a
-# request waits on an unreachable database this long before it answers 503.
-CONNECT_TIMEOUT = "2"
+# libpq options whose defaults sessiond shortens (libpq's are none, or the
+# operating system's): a request waits on an unreachable database at most
+# connect_timeout seconds; a server gone silent is given up after about
+# keepalives_idle + keepalives_count * keepalives_interval seconds while we
+# wait for its answer, and after tcp_user_timeout milliseconds while what we
+# sent goes unacknowledged.
+LIBPQ_DEFAULTS = {
+    "connect_timeout": "2",
+    "keepalives_idle": "2",
+    "keepalives_interval": "1",
+    "keepalives_count": "2",
+    "tcp_user_timeout": "4000",
+}
 USAGE = "expected postgresql://user[:password]@host[:port]/db"
 
 
@@ -65,7 +86,9 @@ def postgres_settings(url: str) -> PostgresSettings:
     password = params.pop("password", "") or os.environ.get("PGPASSWORD", "")
     if password:
         params["password"] = password
-    params.setdefault("connect_timeout", CONNECT_TIMEOUT)
+    for key, value in LIBPQ_DEFAULTS.items():
+        params.setdefault(key, value)
+    _limit_statements(params, own["statement_timeout"])
     conninfo = make_conninfo("", **params)
     env = {
         "POSTGRES_DBNAME": params["dbname"],
@@ -83,6 +106,21 @@ def postgres_settings(url: str) -> PostgresSettings:
     if "schema" in own:
         env["POSTGRES_SCHEMA"] = own["schema"]
     return PostgresSettings(conninfo, env)
+
+
+def _limit_statements(params: dict[str, str], seconds: str) -> None:
+    """Add ``statement_timeout`` to the libpq ``options`` (the server applies
+    it to every statement of the connection), unless the URL's own options set
+    one or ``seconds`` is 0."""
+    try:
+        limit = float(seconds)
+    except ValueError:
+        raise ValueError(f"statement_timeout is seconds, not {seconds!r}") from None
+    options = params.get("options", "")
+    if limit <= 0 or "statement_timeout" in options:
+        return
+    ours = f"-c statement_timeout={int(limit * 1000)}"
+    params["options"] = f"{ours} {options}" if options else ours
 
 
 def _parse(url: str) -> tuple[dict[str, str], dict[str, str]]:
@@ -108,6 +146,9 @@ def _parse(url: str) -> tuple[dict[str, str], dict[str, str]]:
 def schema_lock(conninfo: str) -> Iterator[None]:
     """Hold the schema lock on the database ``conninfo`` names."""
     with psycopg.connect(conninfo, autocommit=True) as conn:
+        # A deliberate wait (another node is creating the tables), not a
+        # statement that should give up.
+        conn.execute("SET statement_timeout = 0")
         conn.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK_KEY,))
         try:
             yield

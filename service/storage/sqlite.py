@@ -40,6 +40,7 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore
 
+from service.storage.faults import read_only
 from service.storage.rows import LogRow, StreamRow, stream_rows
 
 # Batch sizes whose INSERT text is kept (larger ones are rare: bulk loads).
@@ -111,6 +112,16 @@ class BatchSQLiteRecorder(SQLiteApplicationRecorder):
         except sqlite3.Error as e:
             raise _translated(e) from e
 
+    def _forget(self, conn: sqlite3.Connection) -> None:
+        """Close this thread's connection; the next call opens another. SQLite
+        opens a file it cannot write read-only, and such a connection stays
+        read-only after the file is writable again."""
+        with self._opened_lock:
+            if conn in self._opened:
+                self._opened.remove(conn)
+        conn.close()
+        self._local.conn = None
+
     def close_connections(self) -> None:
         with self._opened_lock:
             opened, self._opened = self._opened, []
@@ -156,6 +167,8 @@ class BatchSQLiteRecorder(SQLiteApplicationRecorder):
                         conn.execute("ROLLBACK")
                     raise
         except sqlite3.Error as e:
+            if read_only(e):
+                self._forget(conn)
             raise _translated(e) from e
         # The write lock was held throughout: the rows took consecutive IDs.
         return list(range(last - len(rows) + 1, last + 1))

@@ -29,6 +29,10 @@ from service.storage.postgres_url import postgres_settings, schema_lock
 from service.storage.rows import LogRow, RowRecorder, StreamRow
 from service.storage.wire import wire_from_row4
 
+# Seconds a SQLite statement waits for another connection's lock before it
+# fails (busy): a deadline of every store call (ADR 0028).
+SQLITE_BUSY_TIMEOUT = "2"
+
 
 class StoreError(Exception):
     """The store URL is wrong, or the store cannot be opened or reached."""
@@ -79,7 +83,7 @@ def parse_store_url(url: str) -> StoreConfig:
                 **base,
                 "PERSISTENCE_MODULE": "eventsourcing.sqlite",
                 "SQLITE_DBNAME": str(path),
-                "SQLITE_LOCK_TIMEOUT": "10",
+                "SQLITE_LOCK_TIMEOUT": SQLITE_BUSY_TIMEOUT,
                 "APPLICATION_RECORDER_TOPIC": "service.storage.sqlite:BatchSQLiteRecorder",
             },
             path=path,

@@ -13,12 +13,13 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg
 import pytest
-from eventsourcing.persistence import IntegrityError, StoredEvent
+from eventsourcing.persistence import IntegrityError, OperationalError, StoredEvent
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.sql import SQL, Identifier, Literal
 
 from domain.session import Session
 from service.cluster.follower import LogFollower
+from service.storage.faults import busy, store_down
 from service.storage.store import SessiondApplication, open_store, parse_store_url
 
 pytestmark = pytest.mark.postgres
@@ -80,6 +81,24 @@ def test_a_password_with_a_space_reaches_every_connection_exactly(spaced_role_ur
         assert (row["current_user"], row["current_setting"]) == (role, "sessiond spaced")
     finally:
         app.close()
+
+
+def test_a_statement_past_its_deadline_is_cancelled_and_taken_for_busy_not_down(
+    postgres_url: str,
+) -> None:
+    store = open_store(parse_store_url(postgres_url + "?statement_timeout=0.2"))
+    try:
+        recorder: Any = store.recorder
+        with recorder.datastore.get_connection() as conn:
+            assert conn.execute("SHOW statement_timeout").fetchone()["statement_timeout"] == "200ms"
+        with (
+            pytest.raises(OperationalError) as cancelled,
+            recorder.datastore.get_connection() as conn,
+        ):
+            conn.execute("SELECT pg_sleep(2)")
+        assert store_down(cancelled.value) and busy(cancelled.value)
+    finally:
+        store.close()
 
 
 def _listen(postgres_url: str, channel: str) -> psycopg.Connection[Any]:

@@ -37,6 +37,7 @@ from service.edge.effects import (
     ReadEvents,
     Record,
     Recorded,
+    RecordLater,
     Refused,
     Send,
     Subscribe,
@@ -88,6 +89,8 @@ class World:
         self.limits = Limits(auth_timeout=10.0, max_connections_per_session=max_connections)
         self.commands: list[str] = []
         self.down = False
+        # Closes the store could not take, as the node keeps them (RecordLater).
+        self.owed: list[Command[Any]] = []
 
     def token(self, user: str = "alice", *roles: str, ttl: int = 3600) -> str:
         return self.signer.mint(user, list(roles) or ["user"], ttl=ttl)
@@ -109,6 +112,14 @@ class World:
         self.log.extend(committed)
         self._publish(committed)
         return outcome
+
+    def back(self) -> None:
+        """The store is back: what was owed to it is recorded, as the node does."""
+        self.down = False
+        owed, self.owed = self.owed, []
+        for command in owed:
+            self.record(command)
+        self.flush()
 
     def _publish(self, events: list[Aggregate.Event]) -> None:
         for event in events:
@@ -223,8 +234,12 @@ class Socket:
                         self.frames.append(frame)
                 case Record(command=command, then=then):
                     more = then(self.world.execute(command))
+                case RecordLater(command=command):
+                    self.world.owed.append(command)
                 case ReadEvents() as read if self.hold_reads:
                     self.held_reads.append(read)
+                case ReadEvents() if self.world.down:
+                    more = self.protocol.read_failed()
                 case ReadEvents(after=after, limit=limit, then=then):
                     stored = self.world.session_events(self.protocol.session_id)
                     more = then([e for e in stored if e["position"] > after][:limit])
@@ -248,7 +263,7 @@ class Socket:
                 case FollowLive():
                     self.following = True
                 case Closing(code=code, reason=reason, record=record, frame=frame):
-                    self.world.execute(record)
+                    more = record.then(self.world.execute(record.command))
                     if frame is not None:
                         self.frames.append(frame)
                     self.closed = (code, reason)

@@ -38,6 +38,11 @@ def test_the_conninfo_names_the_same_database_as_the_settings() -> None:
         "user": "u",
         "password": "pw",
         "connect_timeout": "2",
+        "keepalives_idle": "2",
+        "keepalives_interval": "1",
+        "keepalives_count": "2",
+        "tcp_user_timeout": "4000",
+        "options": "-c statement_timeout=3000",
     }
     env = settings.env
     assert (env["POSTGRES_HOST"], env["POSTGRES_PORT"]) == ("db.example", "6543")
@@ -56,7 +61,9 @@ def test_libpq_options_pass_through_and_sessionds_own_stay_out_of_the_conninfo()
     assert params["application_name"] == "node 1"
     assert params["options"] == "-c statement_timeout=5000"
     assert params["connect_timeout"] == "4"
-    assert not {"pool_size", "max_overflow", "lock_timeout", "schema"} & set(params)
+    assert not {"pool_size", "max_overflow", "lock_timeout", "statement_timeout", "schema"} & set(
+        params
+    )
     env = settings.env
     assert env["POSTGRES_CONNECT_TIMEOUT"] == "4"
     assert (env["POSTGRES_POOL_SIZE"], env["POSTGRES_MAX_OVERFLOW"]) == ("7", "3")
@@ -75,8 +82,31 @@ def test_sessionds_defaults_hold_when_the_url_sets_nothing(
     env = settings.env
     assert (env["POSTGRES_USER"], env["POSTGRES_PASSWORD"]) == ("postgres", "")
     assert (env["POSTGRES_POOL_SIZE"], env["POSTGRES_MAX_OVERFLOW"]) == ("5", "10")
-    assert env["POSTGRES_LOCK_TIMEOUT"] == "5"
+    assert env["POSTGRES_LOCK_TIMEOUT"] == "2"
     assert "POSTGRES_SCHEMA" not in env
+
+
+def test_every_connection_has_deadlines_unless_the_url_sets_its_own() -> None:
+    params = conninfo_to_dict(postgres_settings("postgresql://h/db").conninfo)
+    assert params["connect_timeout"] == "2"
+    assert params["options"] == "-c statement_timeout=3000"
+    assert (params["keepalives_idle"], params["keepalives_interval"]) == ("2", "1")
+    assert (params["keepalives_count"], params["tcp_user_timeout"]) == ("2", "4000")
+    own = conninfo_to_dict(
+        postgres_settings(
+            "postgresql://h/db?statement_timeout=0.5&connect_timeout=7&keepalives_idle=30"
+            "&options=-c%20search_path%3Dx"
+        ).conninfo
+    )
+    assert own["options"] == "-c statement_timeout=500 -c search_path=x"
+    assert (own["connect_timeout"], own["keepalives_idle"]) == ("7", "30")
+    off = conninfo_to_dict(postgres_settings("postgresql://h/db?statement_timeout=0").conninfo)
+    assert "options" not in off
+
+
+def test_a_statement_timeout_that_is_not_a_number_is_a_bad_url() -> None:
+    with pytest.raises(ValueError, match="statement_timeout is seconds"):
+        postgres_settings("postgresql://h/db?statement_timeout=soon")
 
 
 def test_user_and_password_fall_back_to_the_libpq_environment(

@@ -307,12 +307,44 @@ def test_a_close_the_server_did_not_decide_is_recorded_with_its_code_and_reason(
     assert socket.protocol.end(Close.GOING_AWAY, "server_shutdown") == []
 
 
-def test_the_store_down_during_the_handshake_ends_the_socket_and_tries_to_record_it() -> None:
+def test_the_store_down_mid_handshake_ends_the_socket_1013_recorded_once_it_is_back() -> None:
     world = World()
     socket = Socket(world, "c-1", "s-1").upgrade()
     world.down = True
     socket.send({"type": "auth", "token": world.token()})
-    assert socket.closed is not None and socket.closed[0] == Close.GOING_AWAY
+    assert socket.closed == (Close.TRY_AGAIN_LATER, "store_unavailable")
+    assert socket.frames[-1]["state"] == "CLOSED" and socket.frames[-1]["code"] == 1013
+    assert world.connection_states("c-1") == ["CONNECTING", "ACCEPTED"]
+    world.back()
+    assert world.connection_states("c-1")[-1] == "CLOSED"
+    closed = world.aggregates["connection:c-1"]
+    assert (closed.close_code, closed.close_reason) == (1013, "store_unavailable")  # type: ignore[attr-defined]
+
+
+def test_a_socket_closed_while_the_store_is_down_is_recorded_closed_once_it_is_back() -> None:
+    world = World()
+    socket = live_socket(world, "c-1", "s-1")
+    world.down = True
+    socket.run(socket.protocol.socket_closed(4321, timed_out=False))
+    assert world.connection_states("c-1")[-1] == "PROCESSING_READY"
+    world.back()
+    closed = world.aggregates["connection:c-1"]
+    assert (closed.close_code, closed.close_reason) == (4321, "client_closed")  # type: ignore[attr-defined]
+    session = world.aggregates["session:s-1"]
+    assert "c-1" not in session.connections  # type: ignore[attr-defined]
+
+
+def test_a_hole_the_store_cannot_fill_ends_the_socket_1013_not_a_gap() -> None:
+    world = World()
+    socket = live_socket(world, "c-1", "s-1")
+    sent = socket.events()[-1]["position"] if socket.events() else 0
+    world.down = True
+    # An event two positions ahead: the one between must be read first.
+    later = {**socket.events()[-1], "position": sent + 2} if socket.events() else None
+    assert later is not None
+    socket.run(socket.protocol.live([EventFrame.of(later)]))
+    assert socket.closed == (Close.TRY_AGAIN_LATER, "store_unavailable")
+    assert [e["position"] for e in socket.events()][-1] == sent
 
 
 def test_a_message_when_the_store_is_down_gets_an_unavailable_error_and_the_socket_stays() -> None:

@@ -1,28 +1,44 @@
-"""What operators and their tools ask a node: is it healthy, and its metrics."""
+"""What operators and their tools ask a node: is it alive, should it get
+traffic, and its metrics. Liveness and readiness answer from what the node
+already knows (service/application/health.py), never by waiting on the store."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from service.edge.context import METRICS, SETTINGS, STORE, STORE_CONFIG
+from service.application.health import StoreHealth
+from service.edge.context import HEALTH, METRICS, SETTINGS, STORE_CONFIG
 from service.edge.errors import ApiError
 from service.edge.metrics import CONTENT_TYPE
-from service.edge.requests import json_response, run_read
+from service.edge.requests import json_response
 
 routes = web.RouteTableDef()
 
 
+@routes.get("/livez")
+async def livez(request: web.Request) -> web.Response:
+    """200 while the process serves, whatever its store says."""
+    return json_response({"status": "live", "node": request.app[SETTINGS].node_id})
+
+
+@routes.get("/readyz")
 @routes.get("/healthz")
-async def healthz(request: web.Request) -> web.Response:
-    store = request.app[STORE]
-    try:
-        await run_read(request, store.ping)
-    except ApiError as e:
-        raise ApiError("unavailable", e.message) from None
+async def readyz(request: web.Request) -> web.Response:
+    """200 when the store answers and the node is not draining, else 503."""
+    health = request.app[HEALTH]
+    if not health.ready:
+        raise ApiError("unavailable", _not_ready(health))
     settings = request.app[SETTINGS]
     return json_response(
         {"status": "ok", "node": settings.node_id, "store": request.app[STORE_CONFIG].kind}
     )
+
+
+def _not_ready(health: StoreHealth) -> str:
+    if health.draining:
+        return "the node is draining"
+    side = "read" if not health.readable else "written"
+    return f"the store cannot be {side}: {health.reason}"
 
 
 @routes.get("/metrics")
