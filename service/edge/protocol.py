@@ -96,6 +96,14 @@ from service.edge.seam import Seam
 
 BAD_FRAME_WINDOW = 60.0
 
+# How a socket whose detach it reads in its session's events is closed, by
+# the detach's reason (any other reason: 1001 ``detached: <reason>``).
+DETACHED_CLOSES = {
+    "superseded": Close.SUPERSEDED,
+    "kicked": Close.FORBIDDEN,
+    "session_ended": Close.FORBIDDEN,
+}
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:
@@ -308,12 +316,14 @@ class ConnectionProtocol:
         if event["type"] == "ConnectionDetached":
             data = event["data"]
             if data.get("connection_id") == self.connection_id:
-                # Superseded by a newer connection, or given up for lost by a
-                # peer that thought this node dead: the socket must not
-                # outlive the record.
-                if data.get("reason") == "superseded":
-                    return effects + self.end(Close.SUPERSEDED, "superseded")
-                return effects + self.end(Close.GOING_AWAY, f"detached: {data.get('reason')}")
+                # Superseded by a newer connection, kicked, its session ended,
+                # or given up for lost by a peer that thought this node dead:
+                # the socket must not outlive the record.
+                reason = str(data.get("reason"))
+                code = DETACHED_CLOSES.get(reason)
+                if code is not None:
+                    return effects + self.end(code, reason)
+                return effects + self.end(Close.GOING_AWAY, f"detached: {reason}")
         return effects
 
     def overflowed(self) -> Effects:
