@@ -50,6 +50,16 @@ RETRYABLE_CLOSES = {1001, 1006, 1011, 1012, 1013, 4408}
 TokenProvider = Callable[[], str] | Callable[[], Awaitable[str]]
 
 
+async def fresh_token(token: str | TokenProvider) -> str:
+    """``token``, or its provider's answer now."""
+    if isinstance(token, str):
+        return token
+    answer = token()
+    if inspect.isawaitable(answer):
+        answer = await answer
+    return answer
+
+
 class ClientRefused(Exception):
     """The server refused this client (bad token, another user's session)."""
 
@@ -153,12 +163,7 @@ class SessionClient:
 
     async def fresh_token(self) -> str:
         """A token to send: the string given, or the provider's answer now."""
-        if isinstance(self.token, str):
-            return self.token
-        token = self.token()
-        if inspect.isawaitable(token):
-            token = await token
-        return token
+        return await fresh_token(self.token)
 
     def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
         return self._events()

@@ -38,12 +38,14 @@ from service.edge.context import (
     SOCKETS,
     STORE,
     STORE_CONFIG,
+    WATCHERS,
     WRITER,
 )
 from service.edge.cors import decorate, preflight
 from service.edge.effects import Close
 from service.edge.errors import ApiError, error_response
 from service.edge.http import ROUTES
+from service.edge.http.stream import WatcherRegistry
 from service.edge.metrics import Metrics, stamped
 from service.runtime.settings import Settings
 from service.storage.lock import PostgresNodeLock, SqliteServeLock
@@ -284,6 +286,7 @@ async def _record_lost_connections(app: web.Application, node: str) -> None:
 
 async def _on_shutdown(app: web.Application) -> None:
     settings = app[SETTINGS]
+    await app[WATCHERS].close_all(settings.shutdown_timeout)
     await app[SOCKETS].close_all(Close.GOING_AWAY, "server_shutdown", settings.shutdown_timeout)
 
 
@@ -310,6 +313,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app[HUB] = Hub()
     app[BUDGETS] = Budgets(settings)
     app[SOCKETS] = ws.SocketRegistry()
+    app[WATCHERS] = WatcherRegistry()
     app[METRICS] = _metrics(app)
     app.cleanup_ctx.append(_store_ctx)
     app.on_shutdown.append(_on_shutdown)

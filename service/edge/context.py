@@ -17,6 +17,7 @@ from service.storage.store import SessiondApplication, StoreConfig
 
 if TYPE_CHECKING:
     from service.application.readmodels import ReadModels
+    from service.edge.http.stream import WatcherRegistry
     from service.edge.ws import SocketRegistry
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -29,4 +30,5 @@ SIGNER = web.AppKey("signer", TokenSigner)
 READERS = web.AppKey("readers", ThreadPoolExecutor)
 BUDGETS = web.AppKey("budgets", Budgets)
 SOCKETS: web.AppKey[SocketRegistry] = web.AppKey("sockets")
+WATCHERS: web.AppKey[WatcherRegistry] = web.AppKey("watchers")
 READMODELS: web.AppKey[ReadModels] = web.AppKey("readmodels")
