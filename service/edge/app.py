@@ -18,6 +18,7 @@ from domain.connection import Connection
 from domain.errors import DomainError
 from domain.ids import SESSION_PREFIX
 from domain.lifecycle import final_states, state_values
+from projections.projector import PROJECTIONS
 from service.application import commands
 from service.application.auth import TokenSigner, load_or_create_key
 from service.application.budgets import Budgets
@@ -295,6 +296,8 @@ def _metrics(app: web.Application) -> Metrics:
         states=LIVE_STATES,
         connections=lambda: app[SOCKETS].count_by_state(),
         writer=lambda: app.get(WRITER),
+        watchers=lambda: len(app[WATCHERS]),
+        projections=[p.name for p in PROJECTIONS],
     )
 
 

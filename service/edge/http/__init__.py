@@ -5,7 +5,7 @@ command on the writer or a read on the reader pool."""
 
 from aiohttp import web
 
-from service.edge.http import connections, operations, sessions, static, stream, tasks
+from service.edge.http import connections, node, operations, sessions, static, stream, tasks
 
 ROUTES: list[web.RouteTableDef] = [
     sessions.routes,
@@ -13,5 +13,6 @@ ROUTES: list[web.RouteTableDef] = [
     tasks.routes,
     connections.routes,
     operations.routes,
+    node.routes,
     static.routes,
 ]

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from service.edge.context import METRICS, SETTINGS, STORE, STORE_CONFIG
 from service.edge.errors import ApiError
+from service.edge.http.node import read_store_figures
 from service.edge.metrics import CONTENT_TYPE
 from service.edge.requests import json_response, run_read
 
@@ -27,4 +28,5 @@ async def healthz(request: web.Request) -> web.Response:
 
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
+    await read_store_figures(request)
     return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": CONTENT_TYPE})
