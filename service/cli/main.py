@@ -10,7 +10,7 @@ import logging
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TextIO
 
 from domain.errors import InvalidId
@@ -158,14 +158,23 @@ def _open(args: argparse.Namespace) -> SessiondApplication:
         raise CliError(str(e), 1) from None
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
-    return value
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number, ``minimum`` or more."""
+
+    def whole(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {minimum} or more, got {value}")
+        return value
+
+    return whole
+
+
+positive_int = at_least(1)
+position = at_least(0)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -249,16 +258,6 @@ class ProgressBar:
     def done(self) -> None:
         self.out.write("\n")
         self.out.flush()
-
-
-def position(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
 
 
 def cmd_tail(args: argparse.Namespace) -> int:

@@ -27,13 +27,12 @@ import logging
 import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import aiohttp
 import orjson
 
-from service.client import ClientRefused, TokenProvider, fresh_token
+from service.client import ClientRefused, HttpUser, TokenProvider, fresh_token
 
 log = logging.getLogger("sessiond.client")
 
@@ -100,7 +99,7 @@ async def read_event_stream(
             yield found
 
 
-class StreamWatcher:
+class StreamWatcher(HttpUser):
     def __init__(
         self,
         base_url: str,
@@ -122,26 +121,10 @@ class StreamWatcher:
         self.ended = False  # the session has ended: nothing more will come
         self.end_reason = ""  # the server's last ``: end <reason>``
         self.connects = 0
-        self._http = http
-        self._own_http = http is None
+        super().__init__(http)
         self._min_backoff = min_backoff
         self._max_backoff = max_backoff
         self._on_status = on_status or (lambda text: None)
-
-    async def __aenter__(self) -> StreamWatcher:
-        if self._http is None:
-            self._http = aiohttp.ClientSession()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._own_http and self._http is not None:
-            await self._http.close()
-            self._http = None
 
     def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
         return self._events()
