@@ -186,6 +186,26 @@ async def test_the_owner_a_service_and_an_auditor_read_it_and_no_one_else_nor_a_
     assert (status, body["error"]["code"]) == (404, "session_not_found")
 
 
+async def test_a_page_on_an_allowed_origin_may_read_the_stream_and_resume_it(
+    sqlite_url: str, serve: Serve
+) -> None:
+    page = "http://127.0.0.1:3000"
+    api = await serve(sqlite_url, cors_origins=(page,))
+    await new_session(api, "st-cors")
+    asked = {
+        "Origin": page,
+        "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "authorization, last-event-id",
+    }
+    async with api.http.options(api.url("/v1/sessions/st-cors/stream"), headers=asked) as r:
+        assert r.status == 204
+        allowed = r.headers["Access-Control-Allow-Headers"].lower()
+        assert "authorization" in allowed and "last-event-id" in allowed
+    async with stream(api, "st-cors", headers={"Origin": page, "Last-Event-ID": "0"}) as s:
+        assert s.response.headers["Access-Control-Allow-Origin"] == page
+        await s.until_position(1)
+
+
 async def test_a_watcher_records_nothing(sqlite_url: str, serve: Serve) -> None:
     api = await serve(sqlite_url)
     await new_session(api, "st-4")

@@ -40,6 +40,7 @@ from service.application.budgets import RETRY_HELD
 from service.application.hub import SlowConsumer, Subscription, event_json
 from service.edge.budgets import rate_limited
 from service.edge.context import BUDGETS, HUB, READERS, SETTINGS, STORE, WATCHERS
+from service.edge.cors import decorate
 from service.edge.effects import Effects, ReadEvents, Send
 from service.edge.errors import ApiError
 from service.edge.http.reads import readable_session
@@ -137,6 +138,8 @@ class Watcher:
             buffered=self._buffered,
         )
         try:
+            # Its headers go out now, before the edge middleware could add them.
+            decorate(self.request, self.response)
             await self.response.prepare(self.request)
             opening = b": session %s after %d\n\n" % (
                 self.session_id.encode(),
