@@ -41,6 +41,13 @@ class ConnectionIdTaken(DomainError):
     code = "connection_id_taken"
 
 
+class ConnectionNotAttached(DomainError):
+    """A connection still in its handshake (not closed, not yet attached to
+    its session) asked to be kicked: only an attached one can be."""
+
+    code = "connection_not_attached"
+
+
 class InvalidTransition(DomainError):
     """The lifecycle refused a transition. The refusal itself was recorded."""
 

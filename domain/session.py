@@ -373,9 +373,16 @@ class Session(Aggregate):
         return True
 
     def end(self, *, user_id: str) -> bool:
-        """End the session; ending an ended session records nothing."""
+        """End the session; ending an ended session records nothing.
+
+        Its live connections are detached first (reason ``session_ended``):
+        the node holding each socket sees its detach and closes it 4403. So
+        ``SessionEnded`` is the session's last event: nothing can attach to,
+        or be recorded in, an ended session after it."""
         if self.state == ENDED:
             return False
+        for connection_id in list(self.connections):
+            self.detach(connection_id=connection_id, reason="session_ended")
         self.trigger_event(self.SessionEnded, user_id=user_id, timestamp=utcnow())
         return True
 

@@ -166,6 +166,7 @@ class Budgets:
         # Taken from the writer thread only, inside the commands that create.
         self.user_sessions = RateBudget(settings.user_sessions, clock=clock)
         self.user_sockets = InFlight(settings.user_sockets)
+        self.user_watchers = InFlight(settings.user_watchers)
         self.pending_upgrades = InFlight(settings.address_pending_upgrades)
         self.failed_upgrades = RateBudget(settings.address_failed_upgrades, clock=clock)
         self.unauthenticated = RateBudget(settings.address_unauthenticated, clock=clock)

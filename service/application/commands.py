@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from domain.connection import Connection
 from domain.errors import (
     ConnectionIdTaken,
+    ConnectionNotAttached,
     ConnectionNotFound,
     DomainError,
     InvalidCommand,
@@ -312,6 +313,36 @@ def close_connection(connection_id: str, *, code: int, reason: str) -> Command[b
         return True
 
     return Command("close_connection", run)
+
+
+def kick_connection(connection_id: str, actor: Principal) -> Command[tuple[str, int | None]]:
+    """Detach a live connection from its session with reason ``kicked``, by
+    the session's owner or a service. The node holding its socket sees the
+    detach in the session's events and closes it 4403 ``kicked``, recording
+    its CLOSED (docs/adr/0030-watch-sessions-over-server-sent-events-and-kick-through-the-log.md).
+
+    Returns the session's ID and the detach's position; the position is None
+    when the connection is closed already (nothing is recorded). One still in
+    its handshake, not yet attached, is refused (ConnectionNotAttached)."""
+
+    def run(uow: UnitOfWork) -> tuple[str, int | None]:
+        connection = _connection(uow, connection_id)
+        session = uow.session(connection.session_id)
+        if not actor.is_service and (session is None or not actor.can_write_to(session.owner)):
+            raise Forbidden(
+                f"only the owner of session {connection.session_id!r} or a service "
+                "may kick its connections"
+            )
+        if connection.is_closed:
+            return connection.session_id, None
+        if session is None or not session.detach(connection_id=connection_id, reason="kicked"):
+            raise ConnectionNotAttached(
+                f"connection {connection_id!r} is in {connection.state}, not attached to "
+                f"session {connection.session_id!r} yet; ask again once it is"
+            )
+        return session.session_id, session.version
+
+    return Command("kick_connection", run)
 
 
 # --- several steps, one commit ------------------------------------------------

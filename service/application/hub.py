@@ -44,6 +44,16 @@ class EventFrame:
         return cls(event, dumps({"type": "event", "event": event}))
 
 
+# How every ``event`` frame starts (the encoder keeps keys in order, with no spaces).
+_FRAME_HEAD = b'{"type":"event","event":'
+
+
+def event_json(frame: bytes) -> bytes:
+    """The event alone as JSON, from its ``event`` frame's bytes (an event
+    stream sends these, with no second encoding)."""
+    return frame[len(_FRAME_HEAD) : -1]
+
+
 def _nothing_buffered() -> int:
     return 0
 

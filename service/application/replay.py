@@ -30,14 +30,19 @@ def iter_session_events(
         after = events[-1]["position"]
 
 
+def timeline_line(event: dict[str, Any]) -> str:
+    """One event as a line of the timeline (``sessiond replay``, ``sessiond tail``)."""
+    connection = event["data"].get("connection_id") or "-"
+    return (
+        f"{event['at']}  {event['position']:>6}  {event['type']:<18}  "
+        f"conn={connection}  {timeline(event)}"
+    )
+
+
 def write_timeline(events: Iterator[dict[str, Any]], out: TextIO) -> int:
     count = 0
     for event in events:
-        connection = event["data"].get("connection_id") or "-"
-        out.write(
-            f"{event['at']}  {event['position']:>6}  {event['type']:<18}  "
-            f"conn={connection}  {timeline(event)}\n"
-        )
+        out.write(timeline_line(event) + "\n")
         count += 1
     return count
 

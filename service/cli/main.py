@@ -1,4 +1,5 @@
-"""``sessiond``: serve, mint tokens, replay history, rebuild projections, draw the lifecycle."""
+"""``sessiond``: serve, mint tokens, replay history, follow a session, rebuild
+projections, draw the lifecycle."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import logging
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TextIO
 
 from domain.errors import InvalidId
@@ -157,14 +158,23 @@ def _open(args: argparse.Namespace) -> SessiondApplication:
         raise CliError(str(e), 1) from None
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
-    return value
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number, ``minimum`` or more."""
+
+    def whole(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {minimum} or more, got {value}")
+        return value
+
+    return whole
+
+
+positive_int = at_least(1)
+position = at_least(0)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -250,6 +260,17 @@ class ProgressBar:
         self.out.flush()
 
 
+def cmd_tail(args: argparse.Namespace) -> int:
+    try:
+        check_id(args.session_id, "session_id")
+    except InvalidId as e:
+        raise CliError(e.message) from None
+    # The client's imports (aiohttp, rich) load only when tailing.
+    from service.cli.tail import run
+
+    return run(args)
+
+
 def cmd_lifecycle(args: argparse.Namespace) -> int:
     print(mermaid())
     return 0
@@ -305,6 +326,40 @@ def build_parser() -> argparse.ArgumentParser:
             "--batch-size", type=positive_int, default=5000, help="events per transaction"
         )
         act.set_defaults(func=cmd_projections)
+
+    tail = sub.add_parser(
+        "tail",
+        help="follow a session live: its timeline, and a progress bar per running task",
+        description=(
+            "Follow a session through its event stream (GET /v1/sessions/ID/stream): one "
+            "line per event, as sessiond replay prints it, and on a terminal a progress bar "
+            "per running task. A dropped connection is resumed where it stopped. Exits 0 "
+            "when the session ends, 1 when the server refuses, 130 on Ctrl-C."
+        ),
+    )
+    tail.add_argument("session_id", metavar="SESSION_ID")
+    tail.add_argument(
+        "--after",
+        type=position,
+        default=0,
+        help="the last position already seen (default 0: the whole history, then live)",
+    )
+    tail.add_argument(
+        "--url",
+        help="the server (default: SESSIOND_URL, else http://SESSIOND_HOST:SESSIOND_PORT, "
+        "that is http://127.0.0.1:8080)",
+    )
+    tail.add_argument(
+        "--token",
+        help="a token that may read the session (default: SESSIOND_TOKEN; without either, an "
+        "auditor token signed for a few minutes at a time with SESSIOND_SECRET or the key "
+        "file serve made beside --store; no key is ever made)",
+    )
+    tail.add_argument(
+        "--store",
+        help="where to find that key file (default: SESSIOND_STORE, else sqlite:///./sessiond.db)",
+    )
+    tail.set_defaults(func=cmd_tail)
 
     lifecycle = sub.add_parser("lifecycle", help="print the connection lifecycle as Mermaid")
     lifecycle.set_defaults(func=cmd_lifecycle)

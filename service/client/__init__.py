@@ -39,7 +39,7 @@ import random
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import aiohttp
 
@@ -48,6 +48,16 @@ log = logging.getLogger("sessiond.client")
 RETRYABLE_CLOSES = {1001, 1006, 1011, 1012, 1013, 4408}
 
 TokenProvider = Callable[[], str] | Callable[[], Awaitable[str]]
+
+
+async def fresh_token(token: str | TokenProvider) -> str:
+    """``token``, or its provider's answer now."""
+    if isinstance(token, str):
+        return token
+    answer = token()
+    if inspect.isawaitable(answer):
+        answer = await answer
+    return answer
 
 
 class ClientRefused(Exception):
@@ -63,7 +73,34 @@ class Superseded(Exception):
     """A newer connection of the same session replaced this one (4409)."""
 
 
-class SessionClient:
+class HttpUser:
+    """Holds an aiohttp session: the one it was given, or one of its own,
+    opened on entering and closed by :meth:`close`."""
+
+    def __init__(self, http: aiohttp.ClientSession | None) -> None:
+        self._http = http
+        self._own_http = http is None
+
+    async def __aenter__(self) -> Self:
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._own_http and self._http is not None:
+            await self._http.close()
+            self._http = None
+
+
+class SessionClient(HttpUser):
     def __init__(
         self,
         base_url: str,
@@ -99,8 +136,7 @@ class SessionClient:
         self.attempts = 0  # connections tried, in all
         self.failures = 0  # attempts in a row that did not reach PROCESSING_READY
         self.reconnects = 0
-        self._http = http
-        self._own_http = http is None
+        super().__init__(http)
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._min_backoff = min_backoff
         self._max_backoff = max_backoff
@@ -109,26 +145,11 @@ class SessionClient:
         self._closed = False
         self._live = asyncio.Event()
 
-    async def __aenter__(self) -> SessionClient:
-        if self._http is None:
-            self._http = aiohttp.ClientSession()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
     async def close(self) -> None:
         self._closed = True
         if self._ws is not None and not self._ws.closed:
             await self._ws.close()
-        if self._own_http and self._http is not None:
-            await self._http.close()
-            self._http = None
+        await super().close()
         self.state = "CLOSED"
 
     async def wait_live(self) -> None:
@@ -153,12 +174,7 @@ class SessionClient:
 
     async def fresh_token(self) -> str:
         """A token to send: the string given, or the provider's answer now."""
-        if isinstance(self.token, str):
-            return self.token
-        token = self.token()
-        if inspect.isawaitable(token):
-            token = await token
-        return token
+        return await fresh_token(self.token)
 
     def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
         return self._events()

@@ -19,6 +19,7 @@ from domain.connection import Connection
 from domain.errors import DomainError
 from domain.ids import SESSION_PREFIX
 from domain.lifecycle import final_states, state_values
+from projections.projector import PROJECTIONS
 from service.application import commands
 from service.application.auth import TokenSigner, load_or_create_key
 from service.application.budgets import Budgets
@@ -43,12 +44,14 @@ from service.edge.context import (
     SOCKETS,
     STORE,
     STORE_CONFIG,
+    WATCHERS,
     WRITER,
 )
 from service.edge.cors import decorate, preflight
 from service.edge.effects import Close
 from service.edge.errors import ApiError, error_response
 from service.edge.http import ROUTES
+from service.edge.http.stream import WatcherRegistry
 from service.edge.metrics import Metrics, stamped
 from service.runtime.settings import Settings
 from service.storage.lock import PostgresNodeLock, SqliteServeLock
@@ -317,6 +320,7 @@ async def _record_lost_connections(app: web.Application, node: str) -> None:
 
 async def _on_shutdown(app: web.Application) -> None:
     settings = app[SETTINGS]
+    await app[WATCHERS].close_all(settings.shutdown_timeout)
     await app[SOCKETS].close_all(Close.GOING_AWAY, "server_shutdown", settings.shutdown_timeout)
 
 
@@ -325,6 +329,8 @@ def _metrics(app: web.Application) -> Metrics:
         states=LIVE_STATES,
         connections=lambda: app[SOCKETS].count_by_state(),
         writer=lambda: app.get(WRITER),
+        watchers=lambda: len(app[WATCHERS]),
+        projections=[p.name for p in PROJECTIONS],
     )
 
 
@@ -343,6 +349,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app[HUB] = Hub()
     app[BUDGETS] = Budgets(settings)
     app[SOCKETS] = ws.SocketRegistry()
+    app[WATCHERS] = WatcherRegistry()
     app[METRICS] = _metrics(app)
     app.cleanup_ctx.append(_store_ctx)
     app.on_shutdown.append(_on_shutdown)

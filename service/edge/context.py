@@ -19,6 +19,7 @@ from service.storage.store import SessiondApplication, StoreConfig
 
 if TYPE_CHECKING:
     from service.application.readmodels import ReadModels
+    from service.edge.http.stream import WatcherRegistry
     from service.edge.ws import SocketRegistry
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -33,4 +34,5 @@ BUDGETS = web.AppKey("budgets", Budgets)
 HEALTH = web.AppKey("health", StoreHealth)
 CLOSES = web.AppKey("closes", UnrecordedCloses)
 SOCKETS: web.AppKey[SocketRegistry] = web.AppKey("sockets")
+WATCHERS: web.AppKey[WatcherRegistry] = web.AppKey("watchers")
 READMODELS: web.AppKey[ReadModels] = web.AppKey("readmodels")

@@ -13,7 +13,8 @@ from service.edge.context import SETTINGS
 from service.edge.errors import error_response
 
 ALLOW_METHODS = "GET, POST, DELETE, OPTIONS"
-ALLOW_HEADERS = "Authorization, Content-Type"
+# Last-Event-ID: a page resuming an event stream with fetch() sends it.
+ALLOW_HEADERS = "Authorization, Content-Type, Last-Event-ID"
 MAX_AGE = "600"
 
 

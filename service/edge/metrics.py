@@ -8,6 +8,12 @@ when the app is built: each counter's label values come from the sets below
 request, frame or token can add a series (never an ID or free text in a
 label). See docs/adr/0025-expose-metrics-through-prometheus-client-with-fixed-labels.md.
 
+The node's figures that ``GET /v1/node`` shows are read from this registry
+too (:meth:`Metrics.samples`), never kept twice: live sockets by state,
+event-stream watchers, events appended, when the node started, and the
+store's head and each projection's position and lag, which a scrape or a node
+view reads from the store first (:meth:`Metrics.store_read`).
+
 Four histograms, in seconds unless said: the WebSocket handshake (upgrade
 request to PROCESSING_READY announced), the writer's store transaction, the
 events per committed transaction, and delivery lag (the writer's commit to the
@@ -20,8 +26,8 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -131,12 +137,29 @@ def stamped(event: Mapping[str, Any], committed_at: float) -> Stamped:
     return copy
 
 
+class ProjectionStatus(Protocol):
+    """A projection's position and lag (projections.projector.Status)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def position(self) -> int: ...
+    @property
+    def head(self) -> int: ...
+    @property
+    def lag(self) -> int: ...
+
+
+Samples = dict[str, dict[tuple[tuple[str, str], ...], float]]
+
+
 class Metrics:
     """One app's metrics and its own registry (several apps share a test process).
 
-    ``connections`` counts the live sockets by state and ``writer`` is the
-    writer whose running totals are shown (None before it starts); both are
-    called when scraped.
+    ``connections`` counts the live sockets by state, ``watchers`` the
+    event-stream watchers, and ``writer`` is the writer whose running totals
+    are shown (None before it starts); all are called when scraped.
+    ``projections`` names the projections whose positions are shown.
     """
 
     def __init__(
@@ -145,9 +168,13 @@ class Metrics:
         states: Iterable[str],
         connections: Callable[[], Mapping[str, int]],
         writer: Callable[[], object | None],
+        watchers: Callable[[], int] = lambda: 0,
+        projections: Sequence[str] = (),
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         registry = self.registry
+        self.started_at = time.time()
+        self._store = _StoreReadings(list(projections))
         codes = [(c,) for c in sorted(ERROR_CODES | {OTHER})]
         self._http_errors = _children(
             Counter(
@@ -195,7 +222,8 @@ class Metrics:
             buckets=LAG_BUCKETS,
             registry=registry,
         )
-        registry.register(_Readings(list(states), connections, writer))
+        registry.register(_Readings(list(states), connections, writer, watchers, self.started_at))
+        registry.register(self._store)
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
         GCCollector(registry=registry)
@@ -245,8 +273,22 @@ class Metrics:
 
     # --- the scrape ---------------------------------------------------------------
 
+    def store_read(self, statuses: Sequence[ProjectionStatus] | None) -> None:
+        """What the store said just now: each projection's status (its head
+        is the store's), or None when it did not answer."""
+        self._store.update(statuses)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def samples(self) -> Samples:
+        """Every sample of the registry now, by name, then by its labels."""
+        found: Samples = {}
+        for metric in self.registry.collect():
+            for sample in metric.samples:
+                labels = tuple(sorted(sample.labels.items()))
+                found.setdefault(sample.name, {})[labels] = sample.value
+        return found
 
 
 def _children(
@@ -275,10 +317,14 @@ class _Readings(Collector):
         states: list[str],
         connections: Callable[[], Mapping[str, int]],
         writer: Callable[[], object | None],
+        watchers: Callable[[], int],
+        started_at: float,
     ) -> None:
         self.states = states
         self.connections = connections
         self.writer = writer
+        self.watchers = watchers
+        self.started_at = started_at
 
     def collect(self) -> Iterable[Metric]:
         gauge = GaugeMetricFamily(
@@ -288,6 +334,50 @@ class _Readings(Collector):
         for state in self.states:
             gauge.add_metric([state], counts.get(state, 0))
         yield gauge
+        yield GaugeMetricFamily(
+            "sessiond_stream_watchers", "event-stream watchers on this node", value=self.watchers()
+        )
+        yield GaugeMetricFamily(
+            "sessiond_node_start_time_seconds",
+            "when this node started serving, in Unix seconds",
+            value=self.started_at,
+        )
         writer = self.writer()
         for name, text, attribute in self.WRITER_TOTALS:
             yield CounterMetricFamily(name, text, value=getattr(writer, attribute, 0))
+
+
+class _StoreReadings(Collector):
+    """The store's head and each projection's position and lag, as last
+    read (nothing before the first read, nor while the store does not answer)."""
+
+    def __init__(self, projections: list[str]) -> None:
+        self.projections = projections
+        self.statuses: list[ProjectionStatus] | None = None
+
+    def update(self, statuses: Sequence[ProjectionStatus] | None) -> None:
+        self.statuses = None if statuses is None else list(statuses)
+
+    def collect(self) -> Iterable[Metric]:
+        statuses = self.statuses
+        if not statuses:
+            return
+        yield GaugeMetricFamily(
+            "sessiond_store_head", "the store's last notification position", value=statuses[0].head
+        )
+        position = GaugeMetricFamily(
+            "sessiond_projection_position",
+            "the last notification position applied to a projection",
+            labels=["projection"],
+        )
+        lag = GaugeMetricFamily(
+            "sessiond_projection_lag",
+            "notifications recorded that a projection has not applied",
+            labels=["projection"],
+        )
+        for status in statuses:
+            if status.name in self.projections:
+                position.add_metric([status.name], status.position)
+                lag.add_metric([status.name], status.lag)
+        yield position
+        yield lag

@@ -33,10 +33,10 @@ whether a ``message`` frame fits the user's writes, and passes its gate to
 the attach that may create the session; over any of them it closes 4429
 ``rate_limited``. The budgets checked before the upgrade are the shell's.
 
-Delivery: events to send wait in ``_pending`` in the order they came; the
-next position goes out, older ones are dropped, and a hole (a position ahead
-of the next) is filled from the store first (:class:`ReadEvents`), so a
-socket sees every position after ``after`` exactly once, in order
+Delivery: the seam (service/edge/seam.py, shared with the event stream)
+sends the next position, drops older ones, and fills a hole (a position ahead
+of the next) from the store first (:class:`ReadEvents`), so a socket sees
+every position after ``after`` exactly once, in order
 (docs/adr/0006-make-the-backlog-live-seam-gap-free.md).
 
 The store down: a ``message`` frame it cannot record is answered with an
@@ -76,7 +76,6 @@ from service.edge.effects import (
     Effects,
     FollowLive,
     Outcome,
-    ReadEvents,
     Record,
     Recorded,
     RecordLater,
@@ -101,9 +100,17 @@ from service.edge.schema import (
     frame_ref,
     server_frame,
 )
+from service.edge.seam import Seam
 
-BACKLOG_PAGE = 500
 BAD_FRAME_WINDOW = 60.0
+
+# How a socket whose detach it reads in its session's events is closed, by
+# the detach's reason (any other reason: 1001 ``detached: <reason>``).
+DETACHED_CLOSES = {
+    "superseded": Close.SUPERSEDED,
+    "kicked": Close.FORBIDDEN,
+    "session_ended": Close.FORBIDDEN,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,12 +153,20 @@ class ConnectionProtocol:
         self.token: str | None = None  # from an auth frame, awaiting its check
         self.awaiting_auth = False
         self.ending: tuple[int, str] | None = None
-        self.last_sent = self.after
-        self._pending: deque[EventFrame] = deque()
-        self._filling = False
+        self.seam = Seam(
+            self.after,
+            self._deliver,
+            stopped=lambda: self.ending is not None,
+            settled=lambda: self._go_live() if self._going_live else [],
+        )
         self._going_live = False
         self._bad_frames: deque[float] = deque()
         self.expiry = Expiry(self.wall_offset, self.limits.token_warning)
+
+    @property
+    def last_sent(self) -> int:
+        """The last position sent to this socket."""
+        return self.seam.last_sent
 
     @property
     def awaiting_token(self) -> bool:
@@ -272,21 +287,7 @@ class ConnectionProtocol:
         return then
 
     def _read_backlog(self, until: int) -> Effects:
-        limit = min(BACKLOG_PAGE, until - self.last_sent)
-        if limit <= 0:
-            return [TakeQueued(self._caught_up)]
-        return [ReadEvents(self.last_sent, limit, self._backlog_page(until, limit))]
-
-    def _backlog_page(self, until: int, limit: int) -> Callable[..., Effects]:
-        def then(events: list[dict[str, Any]]) -> Effects:
-            effects = self._deliver_stored(events)
-            if self.ending is not None:
-                return effects
-            if len(events) < limit:
-                return [*effects, TakeQueued(self._caught_up)]
-            return effects + self._read_backlog(until)
-
-        return then
+        return self.seam.backlog(until, lambda: [TakeQueued(self._caught_up)])
 
     def _caught_up(self, queued: list[EventFrame]) -> Effects:
         self._going_live = True
@@ -313,55 +314,24 @@ class ConnectionProtocol:
     def live(self, events: list[EventFrame]) -> Effects:
         """Events the hub queued for this socket, in the order recorded (each
         with its frame, encoded once for every socket)."""
-        self._pending.extend(events)
-        return self._pump()
+        return self.seam.queued(events)
 
-    def _pump(self) -> Effects:
-        effects: Effects = []
-        pending = self._pending
-        while pending and not self._filling and self.ending is None:
-            item = pending[0]
-            position = item.event["position"]
-            if position > self.last_sent + 1:
-                self._filling = True
-                limit = min(BACKLOG_PAGE, position - 1 - self.last_sent)
-                effects.append(ReadEvents(self.last_sent, limit, self._filled))
-                return effects
-            pending.popleft()
-            effects += self._deliver(item.event, item.frame)
-        if self._going_live and not self._filling and self.ending is None:
-            effects += self._go_live()
-        return effects
-
-    def _filled(self, events: list[dict[str, Any]]) -> Effects:
-        self._filling = False
-        return self._deliver_stored(events) + self._pump()
-
-    def _deliver_stored(self, events: list[dict[str, Any]]) -> Effects:
-        effects: Effects = []
-        for event in events:
-            if self.ending is not None:
-                break
-            effects += self._deliver(event)
-        return effects
-
-    def _deliver(self, event: dict[str, Any], encoded: bytes | None = None) -> Effects:
-        """Send ``event`` (``encoded``: its frame, already encoded) if it is the
-        next position; end the connection when the log says it is no longer
+    def _deliver(self, event: dict[str, Any], encoded: bytes | None) -> Effects:
+        """Send ``event``, the next position (``encoded``: its frame, already
+        encoded); end the connection when the log says it is no longer
         attached."""
-        effects: Effects = []
-        if event["position"] == self.last_sent + 1:
-            self.last_sent += 1
-            effects.append(Send({"type": "event", "event": event}, data=encoded))
+        effects: Effects = [Send({"type": "event", "event": event}, data=encoded)]
         if event["type"] == "ConnectionDetached":
             data = event["data"]
             if data.get("connection_id") == self.connection_id:
-                # Superseded by a newer connection, or given up for lost by a
-                # peer that thought this node dead: the socket must not
-                # outlive the record.
-                if data.get("reason") == "superseded":
-                    return effects + self.end(Close.SUPERSEDED, "superseded")
-                return effects + self.end(Close.GOING_AWAY, f"detached: {data.get('reason')}")
+                # Superseded by a newer connection, kicked, its session ended,
+                # or given up for lost by a peer that thought this node dead:
+                # the socket must not outlive the record.
+                reason = str(data.get("reason"))
+                code = DETACHED_CLOSES.get(reason)
+                if code is not None:
+                    return effects + self.end(code, reason)
+                return effects + self.end(Close.GOING_AWAY, f"detached: {reason}")
         return effects
 
     def overflowed(self) -> Effects:

@@ -157,6 +157,13 @@ class StateQuery(Query):
     at: Annotated[int, msgspec.Meta(ge=1, le=INT64_MAX)] | None = None
 
 
+class StreamQuery(Query):
+    """``GET /v1/sessions/{id}/stream``: the last position already seen (a
+    ``Last-Event-ID`` header, when present, is taken instead)."""
+
+    after: Position = 0
+
+
 class SocketQuery(Query):
     session_id: ID
     connection_id: ID | None = None

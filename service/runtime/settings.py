@@ -108,11 +108,17 @@ class Settings:
     # and the bytes of them plus what its transport still holds.
     send_queue_limit: int = 1000
     send_queue_bytes: int = 4 * MIB
+    # An event stream with nothing to send says so (a comment) this often,
+    # so proxies and clients see it alive and a gone client is noticed.
+    stream_heartbeat: float = 15.0
     # Budgets (docs/adr/0027-bound-every-caller-by-budgets-and-every-queue-by-bytes.md);
     # a rate of None and a count of 0 are no budget. Per user (the token's sub):
     user_writes: Rate | None = Rate(1000, 1.0)
     user_sessions: Rate | None = Rate(100, 1.0)
     user_sockets: int = 100
+    # Event-stream watchers (GET /v1/sessions/{id}/stream) at once; a budget
+    # of their own, so watching never costs a user a socket.
+    user_watchers: int = 100
     # Per client address: upgrades not yet authenticated, at once; upgrades
     # that ended without authenticating; HTTP requests without a valid token.
     address_pending_upgrades: int = 128
@@ -166,6 +172,10 @@ class Settings:
             user_writes=_env_rate(env, "SESSIOND_USER_WRITES", cls.user_writes),
             user_sessions=_env_rate(env, "SESSIOND_USER_SESSIONS", cls.user_sessions),
             user_sockets=_env_int(env, "SESSIOND_USER_SOCKETS", cls.user_sockets),
+            user_watchers=_env_int(env, "SESSIOND_USER_WATCHERS", cls.user_watchers),
+            stream_heartbeat=_env_float(
+                env, "SESSIOND_STREAM_HEARTBEAT", cls.stream_heartbeat, minimum=0.01
+            ),
             address_pending_upgrades=_env_int(
                 env, "SESSIOND_ADDRESS_PENDING_UPGRADES", cls.address_pending_upgrades
             ),

@@ -8,7 +8,9 @@ from typing import Any
 import orjson
 import pytest
 
-from service.application.hub import EventFrame, Hub, SlowConsumer
+from service.application.hub import EventFrame, Hub, SlowConsumer, event_json
+from service.edge.metrics import stamped
+from service.storage.wire import dumps
 
 
 def event(position: int, content: str = "x") -> dict[str, Any]:
@@ -30,6 +32,19 @@ def test_an_event_is_encoded_once_and_every_socket_shares_the_bytes() -> None:
     first = queued[0][0]
     assert all(q[0].frame is first.frame for q in queued)
     assert orjson.loads(first.frame) == {"type": "event", "event": event(1)}
+
+
+@pytest.mark.parametrize(
+    "shown",
+    [event(7, 'quotes " and \\ and \u2028 and é'), stamped(event(8), 12.5)],
+    ids=["plain", "stamped"],
+)
+def test_an_event_stream_takes_the_event_out_of_its_frame_as_it_would_encode_it(
+    shown: dict[str, Any],
+) -> None:
+    frame = EventFrame.of(shown).frame
+    assert event_json(frame) == dumps(dict(shown))
+    assert orjson.loads(event_json(frame)) == dict(shown)
 
 
 def test_past_its_bytes_a_subscription_overflows_and_tells_its_owner_at_once() -> None:

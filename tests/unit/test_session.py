@@ -248,14 +248,27 @@ def test_every_write_to_an_ended_session_raises_session_ended_and_records_nothin
     assert s.position == 3
 
 
-def test_a_connection_can_still_be_detached_from_an_ended_session() -> None:
-    # A socket closing after DELETE must still leave the live list.
+def test_ending_detaches_every_live_connection_first_so_session_ended_is_the_last_event() -> None:
+    # PROTOCOL.md v1.1: DELETE closes the session's live sockets (4403
+    # session_ended); each socket's node sees its detach.
     s = fresh()
-    s.attach(connection_id="a", user_id="alice", node="n", max_connections=1)
-    s.end(user_id="alice")
+    s.attach(connection_id="a", user_id="alice", node="n", max_connections=2)
+    s.attach(connection_id="b", user_id="alice", node="n", max_connections=2)
     s.collect_events()
-    assert s.detach(connection_id="a", reason="normal") is True
+    s.end(user_id="alice")
+    events = s.collect_events()
+    assert [type(e).__name__ for e in events] == [
+        "ConnectionDetached",
+        "ConnectionDetached",
+        "SessionEnded",
+    ]
+    assert [(e.connection_id, e.reason) for e in events[:2]] == [  # type: ignore[attr-defined]
+        ("a", "session_ended"),
+        ("b", "session_ended"),
+    ]
     assert s.connections == []
+    # A socket closing after that finds nothing to detach, and records nothing.
+    assert s.detach(connection_id="a", reason="normal") is False
 
 
 # --- tasks ----------------------------------------------------------------------

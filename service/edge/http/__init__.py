@@ -5,12 +5,14 @@ command on the writer or a read on the reader pool."""
 
 from aiohttp import web
 
-from service.edge.http import connections, operations, sessions, static, tasks
+from service.edge.http import connections, node, operations, sessions, static, stream, tasks
 
 ROUTES: list[web.RouteTableDef] = [
     sessions.routes,
+    stream.routes,
     tasks.routes,
     connections.routes,
     operations.routes,
+    node.routes,
     static.routes,
 ]

@@ -1,14 +1,17 @@
 """Connections: a socket's view and its lifecycle, for its user, the
-session's owner, services and auditors."""
+session's owner, services and auditors; and the kick, for the session's owner
+or a service."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
 from domain.ids import connection_stream
+from service.application import commands
 from service.edge.context import STORE
 from service.edge.http.reads import readable_connection
-from service.edge.requests import json_response, path_id, principal, run_read
+from service.edge.requests import json_response, path_id, principal, run_command, run_read, writer
+from service.edge.responses import Kicked, respond
 
 routes = web.RouteTableDef()
 
@@ -28,3 +31,21 @@ async def connection_events(request: web.Request) -> web.Response:
     store = request.app[STORE]
     events = await run_read(request, store.stream_wire_events, connection_stream(connection_id))
     return json_response({"events": events})
+
+
+@routes.delete("/v1/connections/{connection_id}")
+async def kick_connection(request: web.Request) -> web.Response:
+    """202: the detach is recorded on the session (reason ``kicked``); the
+    node holding the socket closes it 4403 when it reads that (ADR 0030)."""
+    actor = writer(request)
+    connection_id = path_id(request, "connection_id")
+    session_id, position = await run_command(
+        request, commands.kick_connection(connection_id, actor)
+    )
+    kicked = Kicked(
+        connection_id=connection_id,
+        session_id=session_id,
+        kicked=position is not None,
+        position=position,
+    )
+    return respond(kicked, 202)

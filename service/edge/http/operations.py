@@ -9,6 +9,7 @@ from aiohttp import web
 from service.application.health import StoreHealth
 from service.edge.context import HEALTH, METRICS, SETTINGS, STORE_CONFIG
 from service.edge.errors import ApiError
+from service.edge.http.node import read_store_figures
 from service.edge.metrics import CONTENT_TYPE
 from service.edge.requests import json_response
 
@@ -43,4 +44,5 @@ def _not_ready(health: StoreHealth) -> str:
 
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
+    await read_store_figures(request)
     return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": CONTENT_TYPE})

@@ -1,0 +1,116 @@
+"""The backlog/live seam: a session's events after a position, each once, in
+order, with no gap, whoever watches (a socket, a stream), with no I/O.
+
+The watcher subscribes to the hub first, then reads what the store holds
+(:meth:`Seam.backlog`, in pages); what the hub queued meanwhile and from then
+on goes through :meth:`Seam.queued`. Either way the next position goes out,
+older ones are dropped, and a hole (a position ahead of the next) is filled
+from the store first. Each read is a :class:`~service.edge.effects.ReadEvents`
+effect for the shell to carry out
+(docs/adr/0006-make-the-backlog-live-seam-gap-free.md).
+
+The owner says what sending an event means (``deliver``: the effects of
+sending the next position), whether it has stopped (then nothing more is
+delivered), and what to do once nothing is waiting on the store (``settled``:
+the socket's PROCESSING_READY comes then).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from service.application.hub import EventFrame
+from service.edge.effects import Effects, ReadEvents
+
+BACKLOG_PAGE = 500
+
+Deliver = Callable[[dict[str, Any], bytes | None], Effects]
+
+
+def _nothing() -> Effects:
+    return []
+
+
+class Seam:
+    """Positions after ``after``, each handed to ``deliver`` once, in order."""
+
+    def __init__(
+        self,
+        after: int,
+        deliver: Deliver,
+        stopped: Callable[[], bool],
+        settled: Callable[[], Effects] = _nothing,
+    ) -> None:
+        self.last_sent = after
+        self._deliver = deliver
+        self._stopped = stopped
+        self._settled = settled
+        self._pending: deque[EventFrame] = deque()
+        self._filling = False
+
+    def backlog(self, until: int | None, then: Callable[[], Effects]) -> Effects:
+        """Deliver what the store holds after ``last_sent`` up to ``until``
+        (None: up to the end of the log as each page finds it), page by page;
+        then ``then()``."""
+        limit = BACKLOG_PAGE if until is None else min(BACKLOG_PAGE, until - self.last_sent)
+        if limit <= 0:
+            return then()
+        return [ReadEvents(self.last_sent, limit, self._page(until, limit, then))]
+
+    def _page(
+        self, until: int | None, limit: int, then: Callable[[], Effects]
+    ) -> Callable[[list[dict[str, Any]]], Effects]:
+        def read(events: list[dict[str, Any]]) -> Effects:
+            effects = self._deliver_stored(events)
+            if self._stopped():
+                return effects
+            if len(events) < limit:
+                return effects + then()
+            return effects + self.backlog(until, then)
+
+        return read
+
+    def queued(self, events: list[EventFrame]) -> Effects:
+        """Events the hub queued, in the order recorded (each with its frame,
+        encoded once for every watcher)."""
+        self._pending.extend(events)
+        return self._pump()
+
+    def _pump(self) -> Effects:
+        effects: Effects = []
+        pending = self._pending
+        while pending and not self._filling and not self._stopped():
+            item = pending[0]
+            position = item.event["position"]
+            if position > self.last_sent + 1:
+                self._filling = True
+                limit = min(BACKLOG_PAGE, position - 1 - self.last_sent)
+                effects.append(ReadEvents(self.last_sent, limit, self._filled))
+                return effects
+            pending.popleft()
+            effects += self._next(item.event, item.frame)
+        if not self._filling and not self._stopped():
+            effects += self._settled()
+        return effects
+
+    def _filled(self, events: list[dict[str, Any]]) -> Effects:
+        self._filling = False
+        return self._deliver_stored(events) + self._pump()
+
+    def _deliver_stored(self, events: list[dict[str, Any]]) -> Effects:
+        effects: Effects = []
+        for event in events:
+            if self._stopped():
+                break
+            effects += self._next(event, None)
+        return effects
+
+    def _next(self, event: dict[str, Any], encoded: bytes | None) -> Effects:
+        """Deliver ``event`` if it is the next position (an older one was
+        delivered already)."""
+        if event["position"] != self.last_sent + 1:
+            return []
+        self.last_sent += 1
+        return self._deliver(event, encoded)

@@ -1,0 +1,178 @@
+"""``sessiond tail`` as a person runs it: a real process following a real
+server through its event stream, across a server restart, until the session
+ends or Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from service.application.replay import timeline_line
+from tests.conftest import TEST_SECRET, ServerProcess
+from tests.e2e.wsclient import GUARD, SIGNER, bearer, call, post_messages
+
+Start = Callable[..., ServerProcess]
+
+
+def tail_env(**extra: str) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SESSIOND_")}
+    return {**base, **extra}
+
+
+class Tail:
+    """A ``sessiond tail`` process and the lines it has printed."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+
+    async def line(self) -> str:
+        assert self.proc.stdout is not None
+        raw = await asyncio.wait_for(self.proc.stdout.readline(), GUARD)
+        assert raw, f"tail ended early: {await self.stderr()}"
+        text = raw.decode().rstrip("\n")
+        self.lines.append(text)
+        return text
+
+    async def lines_until(self, position: int) -> None:
+        while not self.lines or int(self.lines[-1].split()[1]) < position:
+            await self.line()
+
+    async def stderr(self) -> str:
+        assert self.proc.stderr is not None
+        return (await asyncio.wait_for(self.proc.stderr.read(), GUARD)).decode()
+
+    async def exit_code(self) -> int:
+        return await asyncio.wait_for(self.proc.wait(), GUARD)
+
+
+async def start_tail(*args: str, env: dict[str, str]) -> Tail:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "service",
+        "tail",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    return Tail(proc)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    # No kept-alive connections: a restarted server must not meet a stale one.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+        yield session
+
+
+async def history(http: aiohttp.ClientSession, base: str, session_id: str) -> list[dict[str, Any]]:
+    status, body = await call(
+        http, "GET", f"{base}/v1/sessions/{session_id}/events?limit=1000", roles=("auditor",)
+    )
+    assert status == 200, body
+    return list(body["events"])
+
+
+async def test_tail_prints_each_event_once_across_a_server_restart_and_exits_0_at_the_end(
+    sqlite_url: str, server_process: Start, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    server = server_process(sqlite_url)
+    base = server.base_url
+    status, _ = await call(http, "POST", f"{base}/v1/sessions", json={"session_id": "tail-1"})
+    assert status == 201
+    await post_messages(http, base, "tail-1", 2, "before")
+    # No token given: it signs an auditor token of its own with the secret.
+    tail = await start_tail("tail-1", "--url", base, env=tail_env(SESSIOND_SECRET=TEST_SECRET))
+    await tail.lines_until(3)
+    live = await post_messages(http, base, "tail-1", 2, "live")
+    await tail.lines_until(live[-1])
+
+    server.terminate()
+    server.start(tmp_path / "server-again.log")
+    worker = ("service",)
+    tasks = f"{base}/v1/sessions/tail-1/tasks"
+    status, _ = await call(
+        http, "POST", tasks, user="w", roles=worker, json={"task_id": "t-1", "name": "export"}
+    )
+    assert status == 201
+    status, _ = await call(
+        http, "POST", f"{tasks}/t-1/progress", user="w", roles=worker, json={"done": 3}
+    )
+    assert status == 202
+    status, _ = await call(http, "DELETE", f"{base}/v1/sessions/tail-1")
+    assert status == 200
+
+    assert await tail.exit_code() == 0
+    assert tail.proc.stdout is not None
+    tail.lines += (await tail.proc.stdout.read()).decode().splitlines()
+    events = await history(http, base, "tail-1")
+    assert tail.lines == [timeline_line(e) for e in events]
+    assert events[-1]["type"] == "SessionEnded"
+    said = await tail.stderr()
+    assert "resum" in said and "Traceback" not in said
+
+
+async def test_ctrl_c_ends_tail_with_130_and_no_traceback(
+    sqlite_url: str, server_process: Start, http: aiohttp.ClientSession
+) -> None:
+    server = server_process(sqlite_url)
+    status, _ = await call(
+        http, "POST", f"{server.base_url}/v1/sessions", json={"session_id": "tail-2"}
+    )
+    assert status == 201
+    token = SIGNER.mint("alice")
+    tail = await start_tail("tail-2", "--url", server.base_url, env=tail_env(SESSIOND_TOKEN=token))
+    await tail.lines_until(1)
+    tail.proc.send_signal(signal.SIGINT)
+    assert await tail.exit_code() == 130
+    assert "Traceback" not in await tail.stderr()
+
+
+async def test_tail_refused_or_without_a_token_says_so_in_one_line_and_exits_1(
+    sqlite_url: str, server_process: Start, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    server = server_process(sqlite_url)
+    status, _ = await call(
+        http, "POST", f"{server.base_url}/v1/sessions", json={"session_id": "tail-3"}
+    )
+    assert status == 201
+    bob = bearer("bob")["Authorization"].removeprefix("Bearer ")
+    for args, env, said in (
+        (["--token", bob], tail_env(), "forbidden"),
+        ([], tail_env(SESSIOND_TOKEN=bob), "forbidden"),
+        (["--store", f"sqlite:///{tmp_path}/none/s.db"], tail_env(), "no token"),
+    ):
+        tail = await start_tail("tail-3", "--url", server.base_url, *args, env=env)
+        assert await tail.exit_code() == 1
+        err = await tail.stderr()
+        assert said in err and "Traceback" not in err
+        assert len(err.strip().splitlines()) == 1, err
+
+
+async def test_tail_help_shows_its_defaults_and_environment_variables() -> None:
+    tail = await start_tail("--help", env=tail_env())
+    assert await tail.exit_code() == 0
+    assert tail.proc.stdout is not None
+    text = " ".join((await tail.proc.stdout.read()).decode().split())
+    for shown in (
+        "SESSIOND_URL",
+        "SESSIOND_HOST",
+        "SESSIOND_PORT",
+        "http://127.0.0.1:8080",
+        "SESSIOND_TOKEN",
+        "SESSIOND_SECRET",
+        "SESSIOND_STORE",
+        "sqlite:///./sessiond.db",
+        "default 0",
+    ):
+        assert shown in text, shown
