@@ -355,5 +355,4 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.on_shutdown.append(_on_shutdown)
     for routes in ROUTES:
         app.router.add_routes(routes)
-    app.router.add_get("/v1/ws", ws.websocket)
     return app

@@ -55,7 +55,6 @@ keeps the deadline). Ahead of it the socket is sent ``token_expiring``; an
 
 from __future__ import annotations
 
-import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -84,25 +83,11 @@ from service.edge.effects import (
     Subscribe,
     TakeQueued,
     Unavailable,
-    Wake,
-    WakeAt,
-    answer_errors,
-    error_frame,
     peer_close,
 )
 from service.edge.expiry import Expiry
-from service.edge.schema import (
-    AuthFrame,
-    SchemaError,
-    TokenExpiringFrame,
-    TokenFrame,
-    decode_frame,
-    frame_ref,
-    server_frame,
-)
+from service.edge.frames import ClientFrames, why
 from service.edge.seam import Seam
-
-BAD_FRAME_WINDOW = 60.0
 
 # How a socket whose detach it reads in its session's events is closed, by
 # the detach's reason (any other reason: 1001 ``detached: <reason>``).
@@ -126,7 +111,7 @@ class Limits:
 
 
 @dataclass(eq=False)
-class ConnectionProtocol:
+class ConnectionProtocol(ClientFrames):
     """One connection's decisions, from upgrade to close."""
 
     connection_id: str
@@ -200,7 +185,7 @@ class ConnectionProtocol:
 
     def _refused_header(self, error: AuthError) -> Callable[[Any], Effects]:
         def then(state: Any) -> Effects:
-            return [*self._welcome(state), *self.end(Close.UNAUTHENTICATED, _why(error))]
+            return [*self._welcome(state), *self.end(Close.UNAUTHENTICATED, why(error))]
 
         return then
 
@@ -224,7 +209,7 @@ class ConnectionProtocol:
         try:
             principal = self.verify(self.token)
         except AuthError as e:
-            return self.end(Close.UNAUTHENTICATED, _why(e))
+            return self.end(Close.UNAUTHENTICATED, why(e))
         return self._authenticated(principal, now, accept=False)
 
     def _authenticated(self, principal: Principal, now: float, *, accept: bool) -> Effects:
@@ -338,122 +323,6 @@ class ConnectionProtocol:
         """The socket fell too far behind the session's events."""
         return self.end(Close.SLOW_CONSUMER, "slow_consumer")
 
-    # --- frames from the client --------------------------------------------------
-
-    def receive(self, data: str | bytes, now: float) -> Effects:
-        """A frame from the client: text (JSON), or bytes for a binary frame."""
-        if self.ending is not None:
-            return []
-        if self.expiry.expired(now):
-            return self.end(Close.UNAUTHENTICATED, "token_expired")
-        if isinstance(data, bytes):
-            return self._bad_frame("bad_frame", "frames are JSON text", None, now)
-        try:
-            frame = decode_frame(data)
-        except SchemaError as e:
-            kind, ref = frame_ref(data)
-            if kind == "auth" and self.awaiting_auth and self.token is None:
-                self.token = ""  # an auth frame without a token: unauthenticated
-                return [Wake()]
-            return self._bad_frame(e.code, e.message, ref, now)
-        if isinstance(frame, AuthFrame):
-            return self._on_auth(frame, now)
-        if self.state != self.live_state:
-            message = f"messages are accepted in {self.live_state}, not {self.state}"
-            return [error_frame("not_ready", message, frame.ref)]
-        assert self.principal is not None
-        if self.admission.write(self.principal.user_id) > 0:
-            return self.end(Close.RATE_LIMITED, "rate_limited")
-        command = commands.record_message(
-            self.session_id,
-            self.principal,
-            message_id=frame.message_id or _new_message_id(),
-            role=frame.role,
-            content=frame.content,
-            model=frame.model,
-            tokens=frame.tokens,
-            metadata=frame.metadata,
-            connection_id=self.connection_id,
-        )
-        return [Record(command, answer_errors(frame.ref))]
-
-    def _on_auth(self, frame: AuthFrame, now: float) -> Effects:
-        if self.awaiting_auth and self.token is None:
-            self.token = frame.token
-            return [Wake()]
-        if self.principal is None:
-            return [error_frame("invalid_transition", "already authenticating", frame.ref)]
-        if self.state == self.live_state:
-            return self._refresh(frame, now)
-        # Authenticating twice is a transition the lifecycle refuses: record
-        # the attempt for the audit, and tell the client.
-        command = commands.authenticate(self.connection_id, self.principal)
-        return [Record(command, answer_errors(frame.ref, "invalid_transition"))]
-
-    # --- the token's deadline ----------------------------------------------------
-
-    def _refresh(self, frame: AuthFrame, now: float) -> Effects:
-        """A new token on a live socket. One for the same user is recorded
-        (``TokenRefreshed``) and then holds; one for another user ends the
-        socket (4403); one that is not valid is answered with an error (and
-        counts as a bad frame), and the current token holds until its exp."""
-        assert self.principal is not None
-        try:
-            principal = self.verify(frame.token)
-        except AuthError as e:
-            message = f"{_why(e)}; the socket's token holds until {self.expiry.exp}"
-            return self._bad_frame("unauthenticated", message, frame.ref, now)
-        if principal.user_id != self.principal.user_id:
-            return self.end(Close.FORBIDDEN, "forbidden: a token for another user")
-        command = commands.refresh_token(self.connection_id, principal)
-        return [Record(command, self._refreshed(principal, frame.ref, now))]
-
-    def _refreshed(
-        self, principal: Principal, ref: str | None, now: float
-    ) -> Callable[..., Effects]:
-        def then(outcome: Outcome) -> Effects:
-            if self.ending is not None:
-                return []
-            if isinstance(outcome, Recorded):
-                self.principal = principal
-                self.expiry.hold(principal.exp, now)
-                return [Send(server_frame(TokenFrame(exp=outcome.value))), *self._wake()]
-            if isinstance(outcome, Refused) and outcome.error.code == "forbidden":
-                return self.end(Close.FORBIDDEN, f"forbidden: {outcome.error.message}"[:100])
-            return answer_errors(ref)(outcome)
-
-        return then
-
-    def tick(self, now: float) -> Effects:
-        """The clock reached a deadline asked for with :class:`WakeAt`: warn
-        ahead of the token's exp (once live), or end the socket at it."""
-        if self.ending is not None:
-            return []
-        if self.expiry.expired(now):
-            return self.end(Close.UNAUTHENTICATED, "token_expired")
-        effects: Effects = []
-        if self.state == self.live_state and self.expiry.warning_due(now):
-            exp = self.expiry.exp
-            assert exp is not None
-            effects.append(Send(server_frame(TokenExpiringFrame(exp=exp))))
-        return effects + self._wake()
-
-    def _wake(self) -> Effects:
-        """Ask the shell to call :meth:`tick` at the next deadline, if any."""
-        at = self.expiry.next_deadline(warn=self.state == self.live_state)
-        return [] if at is None else [WakeAt(at)]
-
-    def _bad_frame(self, code: str, message: str, ref: str | None, now: float) -> Effects:
-        """Answer a bad frame; past the budget, close 4400."""
-        window = self._bad_frames
-        window.append(now)
-        while window and now - window[0] > BAD_FRAME_WINDOW:
-            window.popleft()
-        effects: Effects = [error_frame(code, message, ref)]
-        if len(window) > self.limits.bad_frames_per_minute:
-            effects += self.end(Close.PROTOCOL, "protocol_error")
-        return effects
-
     # --- the end -----------------------------------------------------------------
 
     def end(self, code: int, reason: str) -> Effects:
@@ -527,11 +396,3 @@ class ConnectionProtocol:
             return self._failed(outcome)
 
         return [Record(command, on_outcome)]
-
-
-def _why(error: AuthError) -> str:
-    return f"unauthenticated: {error}"[:100]
-
-
-def _new_message_id() -> str:
-    return "msg_" + uuid.uuid4().hex

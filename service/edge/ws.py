@@ -24,14 +24,12 @@ import time
 from collections import Counter, deque
 from typing import Any
 
-from aiohttp import WebSocketError, WSMsgType, web
+from aiohttp import WSMsgType, web
 
 from domain.errors import DomainError
-from domain.ids import new_connection_id, session_stream
-from service.application.auth import AuthError, bearer_token
+from domain.ids import session_stream
 from service.application.hub import SlowConsumer, Subscription
 from service.application.writer import StoreUnavailable
-from service.edge.budgets import admit_socket
 from service.edge.context import (
     CLOSES,
     HEALTH,
@@ -39,12 +37,9 @@ from service.edge.context import (
     METRICS,
     READERS,
     SETTINGS,
-    SIGNER,
-    SOCKETS,
     STORE,
     WRITER,
 )
-from service.edge.cors import origin_allowed
 from service.edge.effects import (
     AwaitAuth,
     Closing,
@@ -63,10 +58,8 @@ from service.edge.effects import (
     Wake,
     WakeAt,
 )
-from service.edge.errors import ApiError
 from service.edge.metrics import Stamped
-from service.edge.protocol import ConnectionProtocol, Limits
-from service.edge.schema import SchemaError, SocketQuery, decode_query
+from service.edge.protocol import ConnectionProtocol
 from service.storage.wire import dumps
 
 log = logging.getLogger("sessiond.ws")
@@ -324,7 +317,7 @@ class LiveConnection:
         receiver = self.receiver
         if receiver is not None and not receiver.done() and receiver is not asyncio.current_task():
             receiver.cancel()
-            await _finished(receiver)
+            await finished(receiver)
 
     # --- frames from the client (receive loop) ------------------------------------------
 
@@ -339,7 +332,7 @@ class LiveConnection:
                 break
 
 
-async def _finished(task: asyncio.Task[None]) -> None:
+async def finished(task: asyncio.Task[None]) -> None:
     """Wait for ``task`` to end without cancelling it if we are cancelled
     (what ``asyncio.wait({task})`` does, for a fraction of its cost, measured
     at several percent of a handshake's CPU)."""
@@ -356,142 +349,3 @@ async def _finished(task: asyncio.Task[None]) -> None:
         await waiter
     finally:
         task.remove_done_callback(wake)
-
-
-def _peer_close_facts(ws: web.WebSocketResponse) -> tuple[int | None, bool, int | None]:
-    """What aiohttp knows of a close the server did not decide: the close
-    code, whether pongs stopped, and the code aiohttp itself sent when the
-    WebSocket layer refused a frame (1002, 1007, 1009: then its close code
-    reads 1006, as it could not wait for the client's reply)."""
-    exc = ws.exception()
-    layer_error = exc.code if isinstance(exc, WebSocketError) else None
-    return ws.close_code, isinstance(exc, asyncio.TimeoutError), layer_error
-
-
-def _header_token(request: web.Request) -> str | None:
-    header = request.headers.get("Authorization")
-    if header is None:
-        return None
-    try:
-        return bearer_token(header)
-    except AuthError:
-        return ""  # present but malformed: refused with 4401 after the upgrade
-
-
-async def websocket(request: web.Request) -> web.StreamResponse:
-    opened_at = time.monotonic()
-    settings = request.app[SETTINGS]
-    try:
-        asked = decode_query(request.query, SocketQuery)
-    except SchemaError as e:
-        raise ApiError(e.code, e.message) from None
-    if not origin_allowed(request, settings.cors_origins):
-        raise ApiError(
-            "forbidden_origin", f"origin {request.headers.get('Origin')!r} is not allowed"
-        )
-    ws = web.WebSocketResponse(
-        heartbeat=settings.heartbeat, max_msg_size=settings.max_frame_bytes, autoping=True
-    )
-    # A cheap look at the upgrade header (aiohttp's can_prepare() runs the
-    # whole handshake check, which prepare() then runs again); a request that
-    # claims an upgrade but is otherwise malformed fails in prepare() and is
-    # recorded CLOSED upgrade_failed.
-    if request.headers.get("Upgrade", "").lower() != "websocket":
-        raise ApiError("upgrade_required", "this endpoint speaks WebSocket only", status=426)
-    if not request.app[HEALTH].up:  # refused before anything is recorded
-        raise ApiError("unavailable", "the store is down; try again later")
-    header_token = _header_token(request)
-    admission = admit_socket(request, header_token)
-    protocol = ConnectionProtocol(
-        connection_id=asked.connection_id or new_connection_id(),
-        session_id=asked.session_id,
-        after=asked.after,
-        node=settings.node_id,
-        verify=request.app[SIGNER].verify,
-        limits=Limits(
-            auth_timeout=settings.auth_timeout,
-            bad_frames_per_minute=settings.bad_frames_per_minute,
-            max_connections_per_session=settings.max_connections_per_session,
-            token_warning=settings.token_warning,
-        ),
-        wall_offset=time.time() - asyncio.get_running_loop().time(),
-        admission=admission,
-    )
-    try:
-        await request.app[WRITER].execute(
-            protocol.open_command(proposed=asked.connection_id is not None)
-        )
-    except BaseException as e:
-        admission.release()  # nothing recorded: nothing charged
-        if isinstance(e, DomainError):
-            raise ApiError(e.code, e.message) from None
-        if isinstance(e, StoreUnavailable):
-            raise ApiError("unavailable", str(e)) from None
-        raise
-
-    conn = LiveConnection(request, ws, protocol, opened_at=opened_at)
-    registry = request.app[SOCKETS]
-    registry.add(conn)
-    log.info(
-        "connection opened",
-        extra={
-            "connection_id": conn.connection_id,
-            "session_id": protocol.session_id,
-            "after": protocol.after,
-        },
-    )
-    try:
-        try:
-            await ws.prepare(request)
-        except Exception:
-            await conn.run(protocol.upgrade_failed())
-            raise
-        loop = asyncio.get_running_loop()
-        driver = asyncio.ensure_future(conn.run(protocol.upgraded(header_token, loop.time())))
-        receiver = conn.receiver = asyncio.ensure_future(conn.receive_loop())
-        try:
-            await _finished(receiver)
-            if conn._ending is not None:
-                await asyncio.shield(conn._ending)
-        finally:
-            receiver.cancel()
-            driver.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await driver
-        code, timed_out, layer_error = _peer_close_facts(ws)
-        await conn.run(protocol.socket_closed(code, timed_out=timed_out, layer_error=layer_error))
-        return ws
-    finally:
-        if protocol.ending is None:
-            # aiohttp cancels this handler when the transport goes away (a
-            # missed pong, a dropped client): still record why it ended.
-            code, timed_out, layer_error = (
-                _peer_close_facts(ws) if ws.prepared else (None, False, None)
-            )
-            await conn.run(
-                protocol.socket_closed(code, timed_out=timed_out, layer_error=layer_error)
-            )
-        _closed(conn)
-        admission.ended()
-        if conn.subscription is not None:
-            conn.subscription.close()
-        registry.remove(conn)
-        conn.finished.set()
-        conn.release()
-
-
-def _closed(conn: LiveConnection) -> None:
-    ending = conn.protocol.ending
-    if ending is None:
-        return
-    code, reason = ending
-    conn.metrics.ws_closed(code, reason)
-    log.info(
-        "connection closed",
-        extra={
-            "connection_id": conn.connection_id,
-            "session_id": conn.protocol.session_id,
-            "code": code,
-            "reason": reason,
-        },
-    )

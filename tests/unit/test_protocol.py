@@ -19,7 +19,7 @@ from service.application import commands
 from service.application.budgets import Budgets, SocketAdmission
 from service.application.hub import EventFrame
 from service.edge.effects import Close, Closing, ReadEvents, Record
-from service.edge.protocol import BAD_FRAME_WINDOW
+from service.edge.frames import BAD_FRAME_WINDOW
 from service.runtime.settings import Rate, Settings
 from tests.unit.protocol_world import SECRET, Socket, World
 

@@ -5,11 +5,21 @@ command on the writer or a read on the reader pool."""
 
 from aiohttp import web
 
-from service.edge.http import connections, node, operations, sessions, static, stream, tasks
+from service.edge.http import (
+    connections,
+    node,
+    operations,
+    sessions,
+    socket,
+    static,
+    stream,
+    tasks,
+)
 
 ROUTES: list[web.RouteTableDef] = [
     sessions.routes,
     stream.routes,
+    socket.routes,
     tasks.routes,
     connections.routes,
     operations.routes,
