@@ -134,6 +134,11 @@ async def test_the_dashboard_shows_a_sessions_tasks_moving_and_its_connections(
     await expect(row).to_contain_text("CLOSED")
     await expect(row).to_contain_text("1000 normal")
 
+    status, body = await api.call("DELETE", f"/v1/sessions/{session}")
+    assert status == 200, body
+    await expect(page.locator(".page-head > .badge")).to_have_text("ENDED")
+    await expect(page.locator(".stream-ended")).to_have_text("ended")
+
 
 @needs_routes(KICK)
 async def test_a_kick_from_the_dashboard_closes_the_socket(

@@ -3,7 +3,7 @@
 // each projection trails it. Refreshed every few seconds.
 
 import { paths } from "./api.js";
-import { card, duration, emptyState, h, replace } from "./dom.js";
+import { card, dateTime, duration, emptyState, h, replace } from "./dom.js";
 
 const REFRESH_MS = 2000;
 const STATES = ["CONNECTING", "ACCEPTED", "AUTHENTICATED", "SERVICES_READY", "PROCESSING_READY"];
@@ -44,9 +44,10 @@ function render(node) {
       { class: "stats" },
       stat("node", h("span", {}, node.node ?? node.name ?? "?")),
       stat("store", store.kind ?? "?"),
-      stat("uptime", typeof uptime === "number" ? duration(uptime * 1000) : String(uptime ?? "—")),
+      stat("uptime", typeof uptime === "number" ? duration(uptime * 1000) : String(uptime ?? "—"), node.started_at && `since ${dateTime(node.started_at)}`),
       stat("events appended", number(first(node, "events_appended", "appended")), "by this node since it started"),
       stat("store head", number(head), "the log's last position"),
+      node.watchers !== undefined && stat("stream watchers", number(node.watchers), "following a session over SSE"),
     ),
     h(
       "div",

@@ -136,12 +136,18 @@ export function sessionPage({ api, claims, signal, problem }, sessionId) {
   }
 
   function onStatus({ state, error }) {
-    const words = { connecting: "connecting…", live: "live", retrying: "reconnecting…", stopped: "stopped" };
+    const words = { connecting: "connecting…", live: "live", retrying: "reconnecting…", ended: "ended", stopped: "stopped" };
     replace(live, words[state]);
     live.className = `chip stream-${state}`;
     replace(
       liveProblem,
-      error && problem(Object.assign(error, { title: state === "stopped" ? "Live updates stopped" : "Live updates interrupted, retrying" })),
+      error &&
+        problem({
+          status: error.status,
+          code: error.code,
+          message: error.message,
+          title: state === "stopped" ? "Live updates stopped" : "Live updates interrupted, retrying",
+        }),
     );
   }
 
