@@ -75,6 +75,7 @@ export function sessionPage({ api, claims, signal, problem }, sessionId) {
   );
   let view = null;
   let first = null; // the oldest position shown
+  let olderConnections = 0; // named in the timeline, not fetched
   const known = new Map(); // connection ID -> its view, or null while it loads
 
   function renderMeta() {
@@ -102,7 +103,8 @@ export function sessionPage({ api, claims, signal, problem }, sessionId) {
     replace(
       connections,
       rows.length ? rows.slice(0, CONNECTIONS_SHOWN).map((c) => connectionRow(c, options)) : emptyState("No connections", "None has attached to this session yet."),
-      rows.length > CONNECTIONS_SHOWN && h("li", { class: "muted small" }, `${rows.length - CONNECTIONS_SHOWN} older in the timeline`),
+      rows.length + olderConnections > CONNECTIONS_SHOWN &&
+        h("li", { class: "muted small" }, `${rows.length + olderConnections - CONNECTIONS_SHOWN} older in the timeline`),
     );
   }
 
@@ -117,9 +119,22 @@ export function sessionPage({ api, claims, signal, problem }, sessionId) {
     renderConnections();
   }
 
+  let backlogConnections = null; // while the backlog is read: the IDs it names, oldest first
+
   function noteConnection(event) {
     const id = event.data?.connection_id;
-    if (event.type.startsWith("Connection") && id) loadConnection(id);
+    if (!event.type.startsWith("Connection") || !id) return;
+    if (backlogConnections) backlogConnections.push(id);
+    else loadConnection(id);
+  }
+
+  /** The backlog's connections: only the live ones and the latest few are fetched. */
+  function loadBacklogConnections() {
+    const ids = [...new Set(backlogConnections.toReversed())];
+    const wanted = new Set([...view.connections, ...ids.slice(0, CONNECTIONS_SHOWN)]);
+    olderConnections = ids.filter((id) => !wanted.has(id)).length;
+    backlogConnections = null;
+    for (const id of wanted) loadConnection(id);
   }
 
   function show(event) {
@@ -171,8 +186,9 @@ export function sessionPage({ api, claims, signal, problem }, sessionId) {
       view = await api.get(paths.session(sessionId), { signal });
       const after = Math.max(0, view.position - BACKLOG);
       const backlog = (await api.get(paths.sessionEvents(sessionId, after, BACKLOG), { signal })).events;
-      for (const id of view.connections) loadConnection(id);
+      backlogConnections = [];
       backlog.forEach(show);
+      loadBacklogConnections();
       first = backlog.length ? backlog[0].position : view.position + 1;
       earlier.hidden = first <= 1;
       renderMeta();
