@@ -182,6 +182,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], log_path: Path) -> None:
+    """Until ``proc`` listens on ``port``; its log in the error if it exits or never does."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {log_path.read_text()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"server did not start: {log_path.read_text()}")
+
+
 class ServerProcess:
     """``sessiond serve`` as a separate process, for kill and restart tests."""
 
@@ -217,16 +231,7 @@ class ServerProcess:
         self.log_path = log_path
         with open(log_path, "ab") as log:  # the child keeps its own copy of the fd
             self.proc = self._spawn(log)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {log_path.read_text()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"server did not start: {log_path.read_text()}")
+        wait_for_port(self.port, self.proc, log_path)
 
     def kill(self) -> None:
         assert self.proc is not None

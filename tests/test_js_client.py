@@ -10,7 +10,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from service.edge.http.static import client_script
+from service.edge.http.static import client_script, ui_files
 from tests.nodejs import JS_MODULE, JS_PACKAGE, ROOT, node_command
 
 # What a copy of the checkout leaves out: nothing a build reads.
@@ -57,7 +57,8 @@ def test_sessiond_serves_the_npm_packages_own_file() -> None:
 
 def test_the_wheel_carries_the_npm_packages_file_itself(tmp_path: Path) -> None:
     """A wheel built from a copy of the checkout (as `pip install .` builds
-    one) has the client's bytes, not the link that stands for them."""
+    one) has the client's bytes, not the link that stands for them, and the
+    dashboard's files."""
     source = tmp_path / "src"
     shutil.copytree(
         ROOT,
@@ -76,4 +77,11 @@ def test_the_wheel_carries_the_npm_packages_file_itself(tmp_path: Path) -> None:
     (wheel,) = (tmp_path / "out").glob("sessiond-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         packed = archive.read("service/edge/static/sessiond-client.js")
+        dashboard = {
+            name.rsplit("/", 1)[1]: archive.read(name)
+            for name in archive.namelist()
+            if name.startswith("service/edge/ui/")
+        }
     assert packed == JS_MODULE.read_bytes()
+    # The dashboard's files (GET /ui/) travel with it, every one of them.
+    assert dashboard == {name: asset.body for name, asset in ui_files().items()}

@@ -202,7 +202,10 @@ class TokenSigner:
             return None
         if not isinstance(claims, dict) or _UNPLAIN_CLAIMS & claims.keys():
             return None
-        if not isinstance(claims.get("sub", ""), str) or not isinstance(claims.get("jti", ""), str):
+        # PyJWT is asked to require sub and exp: a token without either is
+        # left to it, to be refused there with its own reason.
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not sub or not isinstance(claims.get("jti", ""), str):
             return None
         now = time.time()
         exp, iat = claims.get("exp"), claims.get("iat", 0)
