@@ -107,7 +107,12 @@ async def _under_load(
     await asyncio.sleep(timing.after)
     stop.set()
     await writers
-    events = await history(server.url, session_id)
+    try:
+        events = await history(server.url, session_id)
+    except Exception as e:
+        code = server.proc.poll() if server.proc is not None else None
+        state = "running" if code is None else f"exited with {code}"
+        raise RuntimeError(f"{server.name}: history unreadable, server {state}") from e
     return ledger, faults, events
 
 
@@ -217,7 +222,12 @@ async def read_only(workdir: Path, timing: Timing) -> Result:
     server.start()
     peak = PeakRss()
     peak.pids.append(server.pid)
-    files = [db, db.with_name("ro.db-wal"), db.with_name("ro.db-shm")]
+    # The database and its write-ahead log refuse writes; the WAL index
+    # (ro.db-shm) is left alone. SQLite maps that file into memory, and Linux
+    # answers a write to a shared mapping of an immutable file with SIGBUS,
+    # which kills any process (seen here as exit -7 about one run in four):
+    # that is a kill -9 by another name, which its own scenario covers.
+    files = [db, db.with_name("ro.db-wal")]
 
     def chattr(flag: str) -> bool:
         done = [subprocess.run(["chattr", flag, str(f)], capture_output=True) for f in files]
@@ -290,12 +300,25 @@ def _skipped(name: str, why: str) -> Result:
 SCENARIOS = [kill_9, postgres_restart, full_disk, read_only, hostile]
 
 
+def _log_tails(folder: Path) -> str:
+    return "\n".join(
+        f"faults: {log.name} ends with:\n{log.read_text(errors='replace')[-3000:]}"
+        for log in sorted(folder.glob("*.log"))
+    )
+
+
 async def run_all(timing: Timing) -> list[Result]:
     results = []
     with tempfile.TemporaryDirectory(prefix="sessiond-faults-") as folder:
         for scenario in SCENARIOS:
             started = time.monotonic()
-            result = await scenario(Path(folder), timing)
+            try:
+                result = await scenario(Path(folder), timing)
+            except Exception:
+                # A scenario that cannot finish (a server that died, say) says
+                # what its servers logged, which the temporary folder loses.
+                print(await asyncio.to_thread(_log_tails, Path(folder)), file=sys.stderr)
+                raise
             print(
                 f"faults: {result.name}: {time.monotonic() - started:.1f} s"
                 + (f" (skipped: {result.skipped})" if result.skipped else ""),
