@@ -105,7 +105,10 @@ async def _answer(
             raise
         code = {404: "not_found", 405: "method_not_allowed"}.get(e.status, "bad_request")
         metrics.http_error(code)
-        return error_response(code, e.reason, e.status)
+        answer = error_response(code, e.reason, e.status)
+        if "Allow" in e.headers:  # a 405 says which methods the path takes (RFC 9110)
+            answer.headers["Allow"] = e.headers["Allow"]
+        return answer
     except asyncio.CancelledError:
         raise
     except Exception:

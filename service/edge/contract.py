@@ -2,7 +2,7 @@
 
 Every HTTP handler declares its operation with :func:`operation` beside its
 route: a summary, the Structs of its body and query (service/edge/schema.py)
-and of its answers (service/edge/answers.py), the error codes it may give, and
+and of its answers (service/edge/responses.py), the error codes it may give, and
 the links a client follows from its answer. :func:`openapi` walks the app's
 router and turns those declarations, and the Structs' own JSON Schema, into an
 OpenAPI 3.1 document; a route without a declaration is an error, so the
@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import msgspec
+import msgspec.structs
 from aiohttp import web
 
-from service.edge.answers import ErrorBody
 from service.edge.errors import STATUS_BY_CODE
+from service.edge.responses import ErrorBody, SessionEvent
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 H = TypeVar("H", bound=Handler)
@@ -71,8 +72,15 @@ def operation_of(handler: Any) -> Operation | None:
     return op if isinstance(op, Operation) else None
 
 
-def operation_id(handler: Any) -> str:
-    return str(handler.__name__)
+def operation_ids(routes: list[tuple[str, str, Any]]) -> list[str]:
+    """Each route's operationId: its handler's name, or, for a handler that
+    serves several paths (``/readyz`` and ``/healthz``), its path's."""
+    names = [str(handler.__name__) for _, _, handler in routes]
+    shared = {n for n in names if names.count(n) > 1}
+    return [
+        re.sub(r"\W+", "_", path).strip("_") or "root" if name in shared else name
+        for (_, path, _), name in zip(routes, names, strict=True)
+    ]
 
 
 def documented_routes(app: web.Application) -> list[tuple[str, str, Any]]:
@@ -119,10 +127,35 @@ def _ref(kind: type) -> str:
     return COMPONENTS.format(name=kind.__name__)
 
 
+def _media_schema(media_type: str) -> dict[str, Any]:
+    """The schema of an answer given only by its media type."""
+    if media_type == "application/json":
+        return {"type": "object"}
+    if media_type == "text/event-stream":
+        # Each message: its id (the position), its event (the type) and its
+        # data (the event object, as JSON text).
+        return {
+            "type": "object",
+            "properties": {
+                "id": {"type": "string", "pattern": "^[0-9]+$"},
+                "event": {"type": "string"},
+                "data": {
+                    "type": "string",
+                    "contentMediaType": "application/json",
+                    "contentSchema": {"$ref": COMPONENTS.format(name="SessionEvent")},
+                },
+            },
+            "required": ["id", "event", "data"],
+        }
+    return {"type": "string"}
+
+
 def _answer(status: int, kind: Any, links: Mapping[str, Link]) -> dict[str, Any]:
     answer: dict[str, Any] = {"description": _STATUS_TEXT.get(status, "answer")}
     if isinstance(kind, str):
-        answer["content"] = {kind: {"schema": {"type": "string"}}}
+        answer["content"] = {kind: {"schema": _media_schema(kind)}}
+    elif isinstance(kind, tuple):  # one of several media types
+        answer["content"] = {media: {"schema": _media_schema(media)} for media in kind}
     elif kind is not None:
         answer["content"] = {"application/json": {"schema": {"$ref": _ref(kind)}}}
     if links:
@@ -171,7 +204,7 @@ def _parameters(path: str, op: Operation, schemas: dict[str, Any]) -> list[dict[
 
 
 def _structs(ops: list[Operation]) -> list[type]:
-    kinds: list[type] = [ErrorBody]
+    kinds: list[type] = [ErrorBody, SessionEvent]
     for op in ops:
         kinds += [k for k in (op.body, op.query) if k is not None]
         kinds += [k for k in op.answers.values() if isinstance(k, type)]
@@ -180,7 +213,7 @@ def _structs(ops: list[Operation]) -> list[type]:
 
 def openapi(app: web.Application, *, version: str, servers: Sequence[str] = ()) -> dict[str, Any]:
     """The OpenAPI 3.1 document of ``app``'s HTTP API."""
-    from service.edge.schema import ID
+    from service.edge.schema import ID, json_value_schema
 
     routes = documented_routes(app)
     missing = [f"{m} {p}" for m, p, h in routes if operation_of(h) is None]
@@ -189,12 +222,13 @@ def openapi(app: web.Application, *, version: str, servers: Sequence[str] = ()) 
     ops = [op for _, _, h in routes if (op := operation_of(h)) is not None]
     (_, components) = msgspec.json.schema_components([*_structs(ops), ID], ref_template=COMPONENTS)
     components["ID"] = msgspec.json.schema(ID)
+    components["JsonValue"] = json_value_schema()
     paths: dict[str, dict[str, Any]] = {}
-    for method, path, handler in routes:
+    for (method, path, handler), op_id in zip(routes, operation_ids(routes), strict=True):
         op = operation_of(handler)
         assert op is not None
         entry: dict[str, Any] = {
-            "operationId": operation_id(handler),
+            "operationId": op_id,
             "summary": op.summary,
             "parameters": _parameters(path, op, components),
             "responses": {
@@ -211,7 +245,8 @@ def openapi(app: web.Application, *, version: str, servers: Sequence[str] = ()) 
             entry["tags"] = list(op.tags)
         if op.body is not None:
             entry["requestBody"] = {
-                "required": False,
+                # Required when it has required fields (an empty body is {}).
+                "required": any(f.required for f in msgspec.structs.fields(op.body)),
                 "content": {"application/json": {"schema": {"$ref": _ref(op.body)}}},
             }
         entry["security"] = [{"bearer": []}] if op.auth else []

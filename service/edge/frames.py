@@ -107,7 +107,7 @@ class ClientFrames:
             role=frame.role,
             content=frame.content,
             model=frame.model,
-            tokens=frame.tokens,
+            tokens=frame.token_count,
             metadata=frame.metadata,
             connection_id=self.connection_id,
         )

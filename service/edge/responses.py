@@ -1,49 +1,154 @@
-"""The shapes of the answers the edge adds for operators and watchers, each a
-msgspec ``Struct``: declared once, encoded from the declaration, and the
-source a generated API document reads (as service/edge/schema.py is for what
-comes in).
+"""The shapes of what the HTTP API answers, declared once (msgspec Structs).
 
-* :class:`Kicked`: ``DELETE /v1/connections/{id}`` (202).
-* :class:`StreamEvent`: the ``data`` of each message of
-  ``GET /v1/sessions/{id}/stream`` (the event object of PROTOCOL.md, the same
-  as over HTTP and WebSocket).
-* :class:`NodeView`: ``GET /v1/node``.
+Handlers build most answers as plain JSON-ready objects (the projections'
+rows, the writer's results); these declarations say what those objects are,
+for the contract's documents (service/edge/contract.py) and for the tests
+that check answers against them. A few answers are encoded straight from
+their Struct (:func:`respond`). The request side is service/edge/schema.py.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from aiohttp import web
 
-Position = Annotated[int, msgspec.Meta(ge=0)]
-Timestamp = Annotated[str, msgspec.Meta(description="RFC 3339 UTC, with microseconds")]
+from service.edge.schema import ID
+
+Timestamp = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$",
+        description="RFC 3339, UTC, microseconds",
+        examples=["2026-11-22T06:37:37.123456Z"],
+    ),
+]
+Position = Annotated[int, msgspec.Meta(ge=0, description="a position in a session's history")]
+Number = int | float
 
 
-class Kicked(msgspec.Struct, kw_only=True):
+class Answer(msgspec.Struct, kw_only=True):
+    """An answer object; fields beyond these may be added compatibly."""
+
+
+class ErrorDetail(Answer):
+    code: Annotated[str, msgspec.Meta(description="snake_case, stable")]
+    message: Annotated[str, msgspec.Meta(description="for people")]
+
+
+class ErrorBody(Answer):
+    error: ErrorDetail
+
+
+class TaskView(Answer):
+    task_id: ID
+    name: str
+    state: Literal["RUNNING", "COMPLETED", "FAILED"]
+    done: Number
+    total: Number | None
+    note: str | None = None
+    result: Any = None
+    error: str | None = None
+
+
+class SessionView(Answer):
+    session_id: ID
+    owner: str
+    state: Literal["ACTIVE", "ENDED"]
+    created_at: Timestamp
+    updated_at: Timestamp
+    position: Position
+    metadata: dict[str, Any]
+    message_count: Annotated[int, msgspec.Meta(ge=0)]
+    tasks: list[TaskView]
+    connections: Annotated[list[ID], msgspec.Meta(description="the live connections' IDs")]
+
+
+class SessionPage(Answer):
+    sessions: list[SessionView]
+    next_cursor: str | None
+
+
+class ConnectionView(Answer):
+    connection_id: ID
+    session_id: ID
+    user_id: str | None
+    state: str
+    opened_at: Timestamp
+    closed_at: Timestamp | None
+    close_code: int | None
+    close_reason: str | None
+    node: str
+    updated_at: Timestamp | None = None
+    position: Position | None = None
+
+
+class SessionEvent(Answer):
+    session_id: ID
+    position: Annotated[int, msgspec.Meta(ge=1)]
+    type: Annotated[str, msgspec.Meta(examples=["MessageRecorded", "TaskProgressed"])]
+    at: Timestamp
+    data: dict[str, Any]
+
+
+class ConnectionEvent(Answer):
+    connection_id: ID
+    position: Annotated[int, msgspec.Meta(ge=1)]
+    type: Annotated[str, msgspec.Meta(description="the state entered, or TransitionRefused")]
+    at: Timestamp
+    data: dict[str, Any]
+
+
+# Each message of ``GET /v1/sessions/{id}/stream`` carries one as its ``data``.
+StreamEvent = SessionEvent
+
+
+class SessionEvents(Answer):
+    events: list[SessionEvent]
+    next_after: Position
+
+
+class ConnectionEvents(Answer):
+    events: list[ConnectionEvent]
+
+
+class Recorded(Answer):
+    position: Annotated[int, msgspec.Meta(ge=1)]
+
+
+class MessageRecorded(Recorded):
+    message_id: ID
+
+
+class TaskStarted(Recorded):
+    task_id: ID
+
+
+class Liveness(Answer):
+    status: Literal["live"]
+    node: str
+
+
+class Health(Answer):
+    status: Literal["ok"]
+    node: str
+    store: Literal["memory", "sqlite", "postgres"]
+
+
+class Kicked(Answer):
     """A kick was taken: the socket, wherever it is, gets a ``state`` CLOSED
     frame and close 4403 ``kicked`` once its node reads the detach."""
 
-    connection_id: str
-    session_id: str
+    connection_id: ID
+    session_id: ID
     # False: the connection was closed already, and nothing was recorded.
     kicked: bool
     # The detach's position in the session's events (None when not kicked).
     position: Position | None
 
 
-class StreamEvent(msgspec.Struct, kw_only=True):
-    """One session event, as every read and stream shows it."""
-
-    session_id: str
-    position: Annotated[int, msgspec.Meta(ge=1)]
-    type: str
-    at: Timestamp
-    data: dict[str, Any]
-
-
-class ProjectionFigures(msgspec.Struct, kw_only=True):
+class ProjectionFigures(Answer):
     name: str
     # The last notification position applied to its tables.
     position: Position
@@ -51,7 +156,7 @@ class ProjectionFigures(msgspec.Struct, kw_only=True):
     lag: Position
 
 
-class NodeView(msgspec.Struct, kw_only=True):
+class NodeView(Answer):
     """One node at a glance, from the figures ``/metrics`` exports."""
 
     node: str

@@ -45,12 +45,42 @@ ID = Annotated[
     ),
 ]
 Position = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
-Count = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
-# A whole number stays whole (``5``, not ``5.0``) in what is recorded.
-Number = Annotated[int, msgspec.Meta(ge=INT64_MIN, le=INT64_MAX)] | float
+# A count given as a whole float (``3.0``, a whole number to JSON Schema)
+# is taken as the integer it is.
+Count = (
+    Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
+    | Annotated[float, msgspec.Meta(ge=0, le=INT64_MAX, multiple_of=1)]
+)
+# An amount of a task's work: a whole number stays whole (``5``, not ``5.0``)
+# in what is recorded; never negative.
+Amount = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)] | Annotated[float, msgspec.Meta(ge=0)]
 Role = Literal["user", "assistant", "system"]
 assert set(Role.__args__) == set(MESSAGE_ROLES)  # type: ignore[attr-defined]
-JsonObject = dict[str, Any]
+# Free JSON (metadata, a task's result): any JSON value, numbers within 64
+# bits, nested at most MAX_DEPTH deep (checked by check_json).
+JSON_VALUE = "#/components/schemas/JsonValue"
+JsonObject = Annotated[
+    dict[str, Any],
+    msgspec.Meta(extra_json_schema={"additionalProperties": {"$ref": JSON_VALUE}}),
+]
+JsonAny = Annotated[Any, msgspec.Meta(extra_json_schema={"$ref": JSON_VALUE})]
+
+
+def json_value_schema() -> dict[str, Any]:
+    """The JSON Schema of one free JSON value (what check_json allows, but
+    for the depth, which JSON Schema cannot say)."""
+    ref = {"$ref": JSON_VALUE}
+    return {
+        "description": f"any JSON value; numbers within 64 bits; at most {MAX_DEPTH} deep",
+        "anyOf": [
+            {"type": "null"},
+            {"type": "boolean"},
+            {"type": "string"},
+            {"type": "number", "minimum": INT64_MIN, "maximum": INT64_MAX},
+            {"type": "array", "items": ref},
+            {"type": "object", "additionalProperties": ref},
+        ],
+    }
 
 
 class SchemaError(Exception):
@@ -64,12 +94,13 @@ class SchemaError(Exception):
 
 def check_json(value: Any, depth: int = 1) -> None:
     """Refuse free JSON (``metadata``, ``result``) the store could not record:
-    nested deeper than MAX_DEPTH, or an integer outside 64 bits."""
+    nested deeper than MAX_DEPTH, or an integer outside 64 bits (and, so that
+    the document can say it, any number outside that range)."""
     if depth > MAX_DEPTH:
         raise ValueError(f"JSON nested deeper than {MAX_DEPTH} levels")
-    if type(value) is int:
+    if type(value) is int or type(value) is float:
         if not INT64_MIN <= value <= INT64_MAX:
-            raise ValueError("an integer outside the signed 64-bit range")
+            raise ValueError("a number outside the signed 64-bit range")
     elif type(value) is dict:
         for item in value.values():
             check_json(item, depth + 1)
@@ -108,6 +139,11 @@ class MessageFields(Body):
         if self.metadata:
             check_json(self.metadata)
 
+    @property
+    def token_count(self) -> int | None:
+        """``tokens`` as the whole number it is (``3.0`` is 3)."""
+        return None if self.tokens is None else int(self.tokens)
+
 
 class PostMessage(MessageFields, kw_only=True):
     role: Role
@@ -116,17 +152,17 @@ class PostMessage(MessageFields, kw_only=True):
 class StartTask(Body):
     name: str
     task_id: ID | None = None
-    total: Number | None = None
+    total: Amount | None = None
 
 
 class ReportProgress(Body):
-    done: Number
-    total: Number | None = None
+    done: Amount
+    total: Amount | None = None
     note: str | None = None
 
 
 class CompleteTask(Body):
-    result: Any = None
+    result: JsonAny = None
 
     def __post_init__(self) -> None:
         check_json(self.result)
@@ -208,7 +244,58 @@ class TokenExpiringFrame(msgspec.Struct, tag="token_expiring", tag_field="type")
     exp: UnixSeconds
 
 
+class WelcomeFrame(msgspec.Struct, tag="welcome", tag_field="type"):
+    """The upgrade completed: the connection is ACCEPTED under its one ID."""
+
+    connection_id: ID
+    session_id: ID
+    state: str
+
+
+class StateFrame(msgspec.Struct, tag="state", tag_field="type", kw_only=True):
+    """A transition, recorded before this frame is sent. Which fields come
+    with it depends on the state: ``user_id`` with AUTHENTICATED;
+    ``session_id`` and ``superseded`` with SERVICES_READY; ``session_id`` and
+    ``position`` (the last position sent) with PROCESSING_READY; ``code`` and
+    ``reason`` with CLOSED."""
+
+    connection_id: ID
+    state: str
+    user_id: str | None = None
+    session_id: ID | None = None
+    superseded: list[ID] | None = None
+    position: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    code: int | None = None
+    reason: str | None = None
+
+
+class EventFrameBody(msgspec.Struct, kw_only=True):
+    """A recorded session event, the same object as over HTTP."""
+
+    session_id: ID
+    position: Annotated[int, msgspec.Meta(ge=1)]
+    type: str
+    at: str
+    data: dict[str, Any]
+
+
+class EventFrame(msgspec.Struct, tag="event", tag_field="type"):
+    """The session's next position: each exactly once, in order, no gaps."""
+
+    event: EventFrameBody
+
+
+class ErrorFrame(msgspec.Struct, tag="error", tag_field="type", kw_only=True):
+    """A frame the server could not act on; ``ref`` echoes the frame's."""
+
+    code: str
+    message: str
+    ref: str | None = None
+
+
 ServerFrame = TokenFrame | TokenExpiringFrame
+# Every frame the server sends, for the protocol's document and its tests.
+SERVER_FRAMES = (WelcomeFrame, StateFrame, EventFrame, ErrorFrame, TokenFrame, TokenExpiringFrame)
 
 
 def server_frame(frame: ServerFrame) -> dict[str, Any]:
@@ -289,13 +376,11 @@ def decode_body(raw: bytes, kind: type[T]) -> T:
 
 def decode_query(values: Any, kind: type[T]) -> T:
     """Query values (a mapping of text; the first of repeated names) as
-    ``kind``. An empty value is left out, so it takes the default, except
-    where an ID is expected: an empty ID is refused."""
-    ids = _id_fields(kind)
+    ``kind``. An empty value is a value: ``?limit=`` is not a number, and an
+    empty ID is refused."""
     given: dict[str, str] = {}
     for name, value in values.items():
-        if (value != "" or name in ids) and name not in given:
-            given[name] = value
+        given.setdefault(name, value)
     try:
         return msgspec.convert(given, kind, strict=False)
     except msgspec.ValidationError as e:

@@ -712,3 +712,19 @@ async def test_a_position_beyond_64_bits_is_invalid_query_not_a_store_failure(
     assert status == 400, body
     assert body["error"]["code"] == "invalid_query"
     assert await metric(api, "sessiond_http_errors_total", code="internal") == 0
+
+
+async def test_a_method_a_path_does_not_take_is_405_saying_which_it_takes(
+    serve: Serve, sqlite_url: str
+) -> None:
+    """Found by Schemathesis: the error shape used to drop aiohttp's Allow."""
+    api = await serve(sqlite_url)
+    for method, path, allowed in (
+        ("TRACE", "/healthz", "GET"),
+        ("PUT", "/v1/sessions", "POST"),
+        ("PATCH", "/v1/sessions/s-1", "DELETE"),
+    ):
+        async with api.http.request(method, api.url(path)) as r:
+            assert r.status == 405, (method, path)
+            assert allowed in r.headers["Allow"], (method, path, r.headers.get("Allow"))
+            assert (await r.json())["error"]["code"] == "method_not_allowed"

@@ -7,6 +7,7 @@ from aiohttp import web
 
 from service.edge.http import (
     connections,
+    documents,
     node,
     operations,
     sessions,
@@ -25,4 +26,5 @@ ROUTES: list[web.RouteTableDef] = [
     operations.routes,
     node.routes,
     static.routes,
+    documents.routes,
 ]

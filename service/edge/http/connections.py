@@ -9,14 +9,20 @@ from aiohttp import web
 from domain.ids import connection_stream
 from service.application import commands
 from service.edge.context import STORE
+from service.edge.contract import operation
 from service.edge.http.reads import readable_connection
 from service.edge.requests import json_response, path_id, principal, run_command, run_read, writer
-from service.edge.responses import Kicked, respond
+from service.edge.responses import ConnectionEvents, ConnectionView, Kicked, respond
 
 routes = web.RouteTableDef()
 
 
 @routes.get("/v1/connections/{connection_id}")
+@operation(
+    summary="A connection's view",
+    answers={200: ConnectionView},
+    errors=("invalid_id", "forbidden", "connection_not_found"),
+)
 async def get_connection(request: web.Request) -> web.Response:
     actor = principal(request)
     connection_id = path_id(request, "connection_id")
@@ -24,6 +30,11 @@ async def get_connection(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/connections/{connection_id}/events")
+@operation(
+    summary="A connection's lifecycle, in order",
+    answers={200: ConnectionEvents},
+    errors=("invalid_id", "forbidden", "connection_not_found"),
+)
 async def connection_events(request: web.Request) -> web.Response:
     actor = principal(request)
     connection_id = path_id(request, "connection_id")
@@ -34,6 +45,11 @@ async def connection_events(request: web.Request) -> web.Response:
 
 
 @routes.delete("/v1/connections/{connection_id}")
+@operation(
+    summary="Kick: the socket, wherever it is, is closed 4403 kicked",
+    answers={202: Kicked},
+    errors=("invalid_id", "forbidden", "connection_not_found", "connection_not_attached"),
+)
 async def kick_connection(request: web.Request) -> web.Response:
     """202: the detach is recorded on the session (reason ``kicked``); the
     node holding the socket closes it 4403 when it reads that (ADR 0030)."""

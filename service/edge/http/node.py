@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from service.edge.context import METRICS, READMODELS, SETTINGS, STORE_CONFIG
+from service.edge.contract import operation
 from service.edge.errors import ApiError
 from service.edge.metrics import Samples
 from service.edge.requests import principal, run_read
@@ -40,6 +41,11 @@ def _value(samples: Samples, name: str) -> float | None:
 
 
 @routes.get("/v1/node")
+@operation(
+    summary="This node at a glance (service and auditor tokens)",
+    answers={200: NodeView},
+    errors=("forbidden",),
+)
 async def node_view(request: web.Request) -> web.Response:
     actor = principal(request)
     if not (actor.is_service or actor.is_auditor):

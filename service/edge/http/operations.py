@@ -8,15 +8,18 @@ from aiohttp import web
 
 from service.application.health import StoreHealth
 from service.edge.context import HEALTH, METRICS, SETTINGS, STORE_CONFIG
+from service.edge.contract import operation
 from service.edge.errors import ApiError
 from service.edge.http.node import read_store_figures
 from service.edge.metrics import CONTENT_TYPE
 from service.edge.requests import json_response
+from service.edge.responses import Health, Liveness
 
 routes = web.RouteTableDef()
 
 
 @routes.get("/livez")
+@operation(summary="200 while the process serves", answers={200: Liveness}, auth=False)
 async def livez(request: web.Request) -> web.Response:
     """200 while the process serves, whatever its store says."""
     return json_response({"status": "live", "node": request.app[SETTINGS].node_id})
@@ -24,6 +27,12 @@ async def livez(request: web.Request) -> web.Response:
 
 @routes.get("/readyz")
 @routes.get("/healthz")
+@operation(
+    summary="200 when the store answers and the node is not draining, else 503",
+    answers={200: Health},
+    errors=("unavailable",),
+    auth=False,
+)
 async def readyz(request: web.Request) -> web.Response:
     """200 when the store answers and the node is not draining, else 503."""
     health = request.app[HEALTH]
@@ -43,6 +52,7 @@ def _not_ready(health: StoreHealth) -> str:
 
 
 @routes.get("/metrics")
+@operation(summary="Prometheus text", answers={200: "text/plain; version=0.0.4"}, auth=False)
 async def metrics(request: web.Request) -> web.Response:
     await read_store_figures(request)
     return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": CONTENT_TYPE})

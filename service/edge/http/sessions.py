@@ -13,6 +13,7 @@ from aiohttp import web
 from domain.ids import new_session_id, session_stream
 from service.application import commands
 from service.edge.context import BUDGETS, READMODELS, STORE
+from service.edge.contract import Link, operation
 from service.edge.errors import ApiError
 from service.edge.http.reads import caught_up, readable_session
 from service.edge.requests import (
@@ -25,6 +26,7 @@ from service.edge.requests import (
     run_read,
     writer,
 )
+from service.edge.responses import MessageRecorded, SessionEvents, SessionPage, SessionView
 from service.edge.schema import (
     CreateSession,
     EventsQuery,
@@ -36,8 +38,21 @@ from service.storage.wire import wire_view
 
 routes = web.RouteTableDef()
 
+# What a client calls next with the session it created.
+_SESSION = {"session_id": "$response.body#/session_id"}
+SESSION_LINK = Link("get_session", _SESSION, "read the session")
+MESSAGE_LINK = Link("post_message", _SESSION, "post a message to it")
+TASK_LINK = Link("start_task", _SESSION, "start a task in it")
+
 
 @routes.post("/v1/sessions")
+@operation(
+    summary="Create a session, or answer with the caller's own (idempotent)",
+    body=CreateSession,
+    answers={201: SessionView, 200: SessionView},
+    errors=("forbidden", "session_owned_by_other"),
+    links={201: {"session": SESSION_LINK, "post_message": MESSAGE_LINK, "start_task": TASK_LINK}},
+)
 async def create_session(request: web.Request) -> web.Response:
     actor = writer(request)
     sent = await body(request, CreateSession)
@@ -50,6 +65,11 @@ async def create_session(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/sessions")
+@operation(
+    summary="The caller's sessions (an auditor's: all), newest first",
+    query=ListSessionsQuery,
+    answers={200: SessionPage},
+)
 async def list_sessions(request: web.Request) -> web.Response:
     actor = principal(request)
     asked = query(request, ListSessionsQuery)
@@ -83,6 +103,11 @@ def _decode_cursor(cursor: str | None) -> tuple[str, str] | None:
 
 
 @routes.get("/v1/sessions/{session_id}")
+@operation(
+    summary="A session's view",
+    answers={200: SessionView},
+    errors=("invalid_id", "forbidden", "session_not_found"),
+)
 async def get_session(request: web.Request) -> web.Response:
     actor = principal(request)
     session_id = path_id(request, "session_id")
@@ -90,6 +115,11 @@ async def get_session(request: web.Request) -> web.Response:
 
 
 @routes.delete("/v1/sessions/{session_id}")
+@operation(
+    summary="End a session; its live sockets are closed 4403 session_ended",
+    answers={200: SessionView},
+    errors=("invalid_id", "forbidden", "session_not_found"),
+)
 async def end_session(request: web.Request) -> web.Response:
     actor = writer(request)
     session_id = path_id(request, "session_id")
@@ -98,6 +128,12 @@ async def end_session(request: web.Request) -> web.Response:
 
 
 @routes.post("/v1/sessions/{session_id}/messages")
+@operation(
+    summary="Record a message (a repeated message_id records nothing new)",
+    body=PostMessage,
+    answers={201: MessageRecorded, 200: MessageRecorded},
+    errors=("forbidden", "session_not_found", "session_ended"),
+)
 async def post_message(request: web.Request) -> web.Response:
     actor = writer(request)
     session_id = path_id(request, "session_id")
@@ -112,7 +148,7 @@ async def post_message(request: web.Request) -> web.Response:
             role=sent.role,
             content=sent.content,
             model=sent.model,
-            tokens=sent.tokens,
+            tokens=sent.token_count,
             metadata=sent.metadata,
         ),
     )
@@ -120,6 +156,12 @@ async def post_message(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/sessions/{session_id}/events")
+@operation(
+    summary="A session's history in position order; an empty page is the end",
+    query=EventsQuery,
+    answers={200: SessionEvents},
+    errors=("invalid_id", "forbidden", "session_not_found"),
+)
 async def session_events(request: web.Request) -> web.Response:
     actor = principal(request)
     session_id = path_id(request, "session_id")
@@ -137,6 +179,12 @@ async def session_events(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/sessions/{session_id}/state")
+@operation(
+    summary="A session's view as it stood right after position `at`",
+    query=StateQuery,
+    answers={200: SessionView},
+    errors=("invalid_id", "forbidden", "session_not_found"),
+)
 async def session_state_at(request: web.Request) -> web.Response:
     actor = principal(request)
     session_id = path_id(request, "session_id")

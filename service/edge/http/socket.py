@@ -27,6 +27,7 @@ from service.edge.context import (
     SOCKETS,
     WRITER,
 )
+from service.edge.contract import operation
 from service.edge.cors import origin_allowed
 from service.edge.errors import ApiError
 from service.edge.protocol import ConnectionProtocol, Limits
@@ -59,6 +60,20 @@ def _header_token(request: web.Request) -> str | None:
 
 
 @routes.get("/v1/ws")
+@operation(
+    summary="Open a WebSocket (the protocol is in /v1/asyncapi.json)",
+    query=SocketQuery,
+    answers={101: None},
+    errors=(
+        "invalid_id",
+        "forbidden_origin",
+        "connection_id_taken",
+        "upgrade_required",
+        "rate_limited",
+        "unavailable",
+    ),
+    auth=False,
+)
 async def websocket(request: web.Request) -> web.StreamResponse:
     opened_at = time.monotonic()
     settings = request.app[SETTINGS]

@@ -35,6 +35,7 @@ from pathlib import PurePosixPath
 from aiohttp import web
 from aiohttp.helpers import ETAG_ANY, ETag
 
+from service.edge.contract import operation
 from service.edge.errors import ApiError
 
 routes = web.RouteTableDef()
@@ -110,26 +111,44 @@ def ui_files() -> dict[str, Asset]:
 
 
 @routes.get("/v1/client.js")
+@operation(
+    summary="The browser client, an ES module",
+    answers={200: "text/javascript", 304: None},
+    auth=False,
+)
 async def client_js(request: web.Request) -> web.Response:
     return client_script().answer(request, {**_COMMON, "Vary": "Origin"})
 
 
 @routes.get("/")
+@operation(summary="To the dashboard", answers={302: None}, auth=False)
 async def root(request: web.Request) -> web.Response:
     raise web.HTTPFound("/ui/")
 
 
 @routes.get("/ui")
+@operation(summary="To the dashboard", answers={301: None}, auth=False)
 async def ui_root(request: web.Request) -> web.Response:
     raise web.HTTPMovedPermanently("/ui/")
 
 
 @routes.get("/ui/")
+@operation(
+    summary="The dashboard (sign in with a token)",
+    answers={200: "text/html", 304: None},
+    auth=False,
+)
 async def ui_index(request: web.Request) -> web.Response:
     return ui_files()[UI_INDEX].answer(request, _UI_HEADERS)
 
 
 @routes.get("/ui/{name}")
+@operation(
+    summary="A file of the dashboard",
+    answers={200: tuple(sorted(set(CONTENT_TYPES.values()))), 304: None},
+    errors=("not_found",),
+    auth=False,
+)
 async def ui_file(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     asset = ui_files().get(name)

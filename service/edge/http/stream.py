@@ -40,6 +40,7 @@ from service.application.budgets import RETRY_HELD
 from service.application.hub import SlowConsumer, Subscription, event_json
 from service.edge.budgets import rate_limited
 from service.edge.context import BUDGETS, HUB, READERS, SETTINGS, STORE, WATCHERS
+from service.edge.contract import operation
 from service.edge.cors import decorate
 from service.edge.effects import Effects, ReadEvents, Send
 from service.edge.errors import ApiError
@@ -273,6 +274,14 @@ def resume_from(request: web.Request) -> int:
 
 
 @routes.get("/v1/sessions/{session_id}/stream")
+@operation(
+    summary="The session's events as Server-Sent Events: backlog, then live",
+    query=StreamQuery,
+    answers={200: "text/event-stream", 204: None},
+    errors=("invalid_id", "forbidden", "session_not_found"),
+    description="Each message: `id:` its position, `event:` its type, `data:` a "
+    "SessionEvent. `Last-Event-ID` resumes. Records nothing.",
+)
 async def stream_events(request: web.Request) -> web.StreamResponse:
     actor = principal(request)
     session_id = path_id(request, "session_id")
