@@ -178,6 +178,10 @@ position = at_least(0)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    # The history is decoded into fresh dicts and lists that hold no cycles:
+    # the cycle collector would walk them again and again (a third of the
+    # time of a long replay) for nothing, in a process that ends here.
+    gc.disable()
     try:
         check_id(args.session_id, "session_id")
     except InvalidId as e:
