@@ -46,6 +46,7 @@ def _settings(args: argparse.Namespace) -> Settings:
             store_url=getattr(args, "store", None),
             host=getattr(args, "host", None),
             port=getattr(args, "port", None),
+            log_format=getattr(args, "log_format", None),
         )
     except SettingsError as e:
         raise CliError(str(e)) from None
@@ -66,7 +67,7 @@ def _check_port_free(host: str, port: int) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    logs.configure(args.log_level)
+    logs.configure(args.log_level, settings.log_format, access=settings.access_log)
     try:
         config = parse_store_url(settings.store_url)
         open_store(config).close()  # fail fast, with a readable message
@@ -295,6 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="sqlite:///path.db (default sqlite:///./sessiond.db), memory://, postgresql://...",
     )
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    serve.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="text (key=value) or json (one object a line) (SESSIOND_LOG_FORMAT, default text)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     token = sub.add_parser("token", help="print a signed token, with the key serve uses")
