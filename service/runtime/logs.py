@@ -20,7 +20,6 @@ import time
 from typing import Any, Literal
 
 import orjson
-from aiohttp.http_exceptions import HttpProcessingError
 
 LogFormat = Literal["text", "json"]
 FORMATS: tuple[LogFormat, ...] = ("text", "json")
@@ -142,7 +141,10 @@ class ClientJunk(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, HttpProcessingError):
+        # Looked up, not imported: a command that never loads aiohttp (replay,
+        # token) starts faster, and then none of its errors can be logged.
+        parsing = sys.modules.get("aiohttp.http_exceptions")
+        if parsing is not None and isinstance(exc, parsing.HttpProcessingError):
             reason = str(exc.message or exc).splitlines()[0].strip()
             record.msg = "refused a malformed request (%s %s)"
             record.args = (exc.code, reason[:200])
