@@ -1,9 +1,12 @@
 """``GET /v1/ws``: the upgrade, and one socket's life around it.
 
 Before the upgrade: the query (the one schema), the origin, the store's
-health and the budgets, then CONNECTING recorded under the connection's one
-ID (an ID already recorded is refused 409). After it: the connection's two
-tasks (service/edge/ws.py), and whatever way it ends, its CLOSED recorded.
+health and the budgets, and a proposed connection ID looked up (one already
+recorded, or held by a socket of this node, is refused 409). Nothing is
+recorded before the upgrade: a refused upgrade is no connection. After it:
+CONNECTING and ACCEPTED recorded together, the connection's two tasks
+(service/edge/ws.py), and whatever way it ends, its CLOSED recorded
+(docs/adr/0037-record-a-handshake-in-three-commits.md).
 """
 
 from __future__ import annotations
@@ -15,17 +18,18 @@ import time
 
 from aiohttp import WebSocketError, web
 
-from domain.errors import DomainError
-from domain.ids import new_connection_id
+from domain.errors import ConnectionIdTaken, DomainError
+from domain.ids import connection_stream, new_connection_id
 from service.application.auth import AuthError, bearer_token
 from service.application.writer import StoreUnavailable
 from service.edge.budgets import admit_socket
 from service.edge.context import (
     HEALTH,
+    READERS,
     SETTINGS,
     SIGNER,
     SOCKETS,
-    WRITER,
+    STORE,
 )
 from service.edge.contract import operation
 from service.edge.cors import origin_allowed
@@ -112,12 +116,27 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         ),
         wall_offset=time.time() - asyncio.get_running_loop().time(),
         admission=admission,
+        proposed=asked.connection_id is not None,
     )
+    conn = LiveConnection(request, ws, protocol, opened_at=opened_at)
+    registry = request.app[SOCKETS]
     try:
-        await request.app[WRITER].execute(
-            protocol.open_command(proposed=asked.connection_id is not None)
-        )
+        if protocol.proposed:
+            # Held by a socket of this node (its CONNECTING may be in flight),
+            # then the store. Two nodes racing for one new ID both pass; the
+            # store's key refuses the second's CONNECTING after its upgrade.
+            if protocol.connection_id in registry.sockets:
+                raise ConnectionIdTaken(_taken(protocol.connection_id))
+            registry.add(conn)
+            stream = connection_stream(protocol.connection_id)
+            if await request.app[HEALTH].read(
+                request.app[READERS], request.app[STORE].stream_exists, stream
+            ):
+                raise ConnectionIdTaken(_taken(protocol.connection_id))
+        else:
+            registry.add(conn)  # a new time-ordered ID: nobody else has it
     except BaseException as e:
+        registry.remove(conn)
         admission.release()  # nothing recorded: nothing charged
         if isinstance(e, DomainError):
             raise ApiError(e.code, e.message) from None
@@ -125,9 +144,6 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             raise ApiError("unavailable", str(e)) from None
         raise
 
-    conn = LiveConnection(request, ws, protocol, opened_at=opened_at)
-    registry = request.app[SOCKETS]
-    registry.add(conn)
     log.info(
         "connection opened",
         extra={
@@ -174,6 +190,10 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         registry.remove(conn)
         conn.finished.set()
         conn.release()
+
+
+def _taken(connection_id: str) -> str:
+    return f"connection ID {connection_id!r} is already recorded"
 
 
 def _closed(conn: LiveConnection) -> None:
