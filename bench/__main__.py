@@ -47,7 +47,7 @@ PEER_LABELS = {
     NOFSYNC: "sessiond with SQLite's fsync off (a reference, not a setting: acknowledged "
     "writes could be lost)",
     FLOOR: "the durable floor (bare aiohttp plus one durable SQLite write per announced "
-    "step, in sessiond's five commits, nothing else)",
+    "step, in sessiond's three commits a handshake, nothing else)",
 }
 PEER_NOTES = {
     ("handshakes", SIO): "(the peer; sessiond is {:.2f}x it)",

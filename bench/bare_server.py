@@ -88,10 +88,9 @@ def make_app(secret: str = SECRET, record: Record | None = None) -> web.Applicat
         session_id = request.query["session_id"]
         connection_id = request.query.get("connection_id", "c")
         stream = "connection:" + connection_id
-        if record is not None:
-            if stream in versions:
-                raise web.HTTPConflict(text="connection_id_taken")
-            await record(step(stream, b"CONNECTING"))
+        if record is not None and stream in versions:
+            # Looked up before the upgrade, nothing recorded (as sessiond does).
+            raise web.HTTPConflict(text="connection_id_taken")
         ws = web.WebSocketResponse(heartbeat=20, max_msg_size=1 << 20)
         await ws.prepare(request)
         outbound: asyncio.Queue[bytes] = asyncio.Queue()
@@ -110,7 +109,8 @@ def make_app(secret: str = SECRET, record: Record | None = None) -> web.Applicat
             {"type": "welcome", "connection_id": connection_id, "state": "ACCEPTED"}
         )
         if record is not None:
-            await record(step(stream, welcome))
+            # Commit 1: CONNECTING and ACCEPTED, once the upgrade completed.
+            await record(step(stream, b"CONNECTING"), step(stream, welcome))
         outbound.put_nowait(welcome)
         try:
             async for msg in ws:
@@ -125,7 +125,7 @@ def make_app(secret: str = SECRET, record: Record | None = None) -> web.Applicat
                     ready = state("SERVICES_READY", session_id=session_id)
                     attached: list[tuple[Row, bytes]] = []
                     if record is not None:
-                        # As sessiond's attach commit: the session's events too.
+                        # As sessiond's attach: the session's events too.
                         kinds = ["ConnectionAttached"]
                         if session_id not in positions:
                             kinds.insert(0, "SessionCreated")
@@ -133,22 +133,30 @@ def make_app(secret: str = SECRET, record: Record | None = None) -> web.Applicat
                             event(session_id, kind, {"connection_id": connection_id})
                             for kind in kinds
                         ]
-                        await record(
-                            step(stream, authenticated),
-                            step(stream, ready),
-                            *(row for row, _ in attached),
-                        )
-                    outbound.put_nowait(authenticated)
-                    outbound.put_nowait(ready)
-                    rooms[session_id].add(outbound)
-                    for _, sent in attached:
-                        broadcast(session_id, sent)
                     live = state(
                         "PROCESSING_READY", session_id=session_id, position=positions[session_id]
                     )
                     if record is not None:
-                        await record(step(stream, live))
+                        # Commit 2: AUTHENTICATED, SERVICES_READY (with the
+                        # attach) and PROCESSING_READY, whose position is
+                        # where the backlog (here the attach's events) ends.
+                        await record(
+                            step(stream, authenticated),
+                            step(stream, ready),
+                            *(row for row, _ in attached),
+                            step(stream, live),
+                        )
+                    outbound.put_nowait(authenticated)
+                    outbound.put_nowait(ready)
+                    for _, sent in attached:
+                        outbound.put_nowait(sent)
                     outbound.put_nowait(live)
+                    # Live from here: later events reach this socket after
+                    # PROCESSING_READY; the attach's went to the others.
+                    for other in tuple(rooms.get(session_id, ())):
+                        for _, sent in attached:
+                            other.put_nowait(sent)
+                    rooms[session_id].add(outbound)
                 elif frame.get("type") == "message":
                     row, sent = event(
                         session_id, "MessageRecorded", {"content": frame.get("content")}
@@ -164,7 +172,7 @@ def make_app(secret: str = SECRET, record: Record | None = None) -> web.Applicat
                     del rooms[session_id]
             sending.cancel()
             if record is not None:
-                await record(step(stream, b"CLOSED"))
+                await record(step(stream, b"CLOSED"))  # commit 3
         return ws
 
     def post(kind: str, status: int) -> Handler:

@@ -5,11 +5,12 @@ It is :mod:`bench.bare_server`'s wire protocol with one addition: before a
 step is announced, a row for it is committed to a SQLite file (WAL,
 ``synchronous=FULL``: the same durability as sessiond) by one group-commit
 thread, and the handler waits for that commit. The commits mirror what the
-contract and sessiond's ADRs allow a handshake (CONNECTING before the upgrade;
-ACCEPTED after it; AUTHENTICATED with SERVICES_READY; PROCESSING_READY after
-the backlog; CLOSED) and a delivered event (one row, acknowledged once
-durable). A row is the frame's JSON: no aggregates, no lifecycle machine, no
-projection, no validation beyond the bare server's.
+contract and sessiond's ADRs allow a handshake, three commits (CONNECTING with
+ACCEPTED once the upgrade completed; AUTHENTICATED, SERVICES_READY and
+PROCESSING_READY together once the token is valid; CLOSED: ADR 0037), and a
+delivered event (one row, acknowledged once durable). A row is the frame's
+JSON: no aggregates, no lifecycle machine, no projection, no validation
+beyond the bare server's.
 
 What it leaves out is everything sessiond adds beyond the durable write, so
 its rate is a ceiling on any server of this design (aiohttp, one Python

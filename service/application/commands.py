@@ -295,6 +295,22 @@ def go_live(connection_id: str, position: int) -> Command[str]:
     return transition(connection_id, "go_live", position=position)
 
 
+def go_live_attached(
+    connection_id: str, session_id: str, *, after: int
+) -> Command[tuple[str, int]]:
+    """PROCESSING_READY right after the attach, in the same commit: its
+    position is where the backlog will end, the session's position with the
+    attach's own events (or ``after``, if the client has seen further).
+    Returns the state and that position."""
+
+    def run(uow: UnitOfWork) -> tuple[str, int]:
+        session = _session(uow, session_id)
+        position = max(after, session.version)
+        return _connection(uow, connection_id).go_live(position=position), position
+
+    return Command("go_live", run)
+
+
 def close_connection(connection_id: str, *, code: int, reason: str) -> Command[bool]:
     """CLOSED with its code and reason, and detached from its session.
 
@@ -353,12 +369,14 @@ def chain(*steps: Command[Any]) -> Command[list[tuple[bool, Any]]]:
     that is refused: each outcome is ``(True, result)`` or ``(False, error)``.
 
     For lifecycle transitions that follow one another with nothing to wait for
-    in between (ACCEPTED, AUTHENTICATED and SERVICES_READY when the upgrade
-    carried the token): each is still its own event, and all are durable
-    before the first is announced, in one fsync instead of one each. What a
-    refused step recorded (its TransitionRefused) and what the steps before it
-    recorded are committed; the steps after it do not run. See
-    docs/adr/0015-commit-transitions-that-wait-on-nothing-together.md.
+    in between (CONNECTING and ACCEPTED once the upgrade completed;
+    AUTHENTICATED, SERVICES_READY and PROCESSING_READY once the token is
+    valid; all five when the upgrade carried the token): each is still its
+    own event, and all are durable before the first is announced, in one
+    fsync instead of one each. What a refused step recorded (its
+    TransitionRefused) and what the steps before it recorded are committed;
+    the steps after it do not run. See
+    docs/adr/0037-record-a-handshake-in-three-commits.md.
     """
 
     def run(uow: UnitOfWork) -> list[tuple[bool, Any]]:

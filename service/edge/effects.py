@@ -137,13 +137,14 @@ class FollowLive:
 
 @dataclass(slots=True)
 class Closing:
-    """End the connection: carry out ``record`` (its CLOSED), send ``frame``
-    (if the socket can still take one), close with ``code``/``reason``. Done
-    apart from whatever else the shell is doing, and only once."""
+    """End the connection: carry out ``record`` (its CLOSED; None when
+    nothing of the connection was recorded), send ``frame`` (if the socket can
+    still take one), close with ``code``/``reason``. Done apart from whatever
+    else the shell is doing, and only once."""
 
     code: int
     reason: str
-    record: Record
+    record: Record | None
     frame: dict[str, Any] | None
 
 

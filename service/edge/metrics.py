@@ -60,6 +60,7 @@ CLOSE_REASONS: dict[str, tuple[int, ...]] = {
     "client_going_away": (Close.GOING_AWAY,),
     "dropped": (Close.ABNORMAL,),
     "upgrade_failed": (Close.ABNORMAL,),
+    "connection_id_taken": (Close.PROTOCOL,),
     "too_large": (Close.TOO_LARGE,),
     "server_shutdown": (Close.GOING_AWAY,),
     "detached": (Close.GOING_AWAY,),

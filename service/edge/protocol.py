@@ -22,7 +22,11 @@ which returns the next effects. So the whole walk
     CONNECTING -> ACCEPTED -> AUTHENTICATED -> SERVICES_READY -> PROCESSING_READY
 
 is a chain of recorded steps and continuations here, each state recorded
-(by a command on the writer) before its frame is sent, and every close
+(by a command on the writer) before its frame is sent, in three commits:
+CONNECTING and ACCEPTED once the upgrade completed; AUTHENTICATED,
+SERVICES_READY and PROCESSING_READY once the token is valid (one commit with
+the first when the upgrade carried it); CLOSED
+(docs/adr/0037-record-a-handshake-in-three-commits.md). Every close
 decision (its code and reason) is made here. The lifecycle's state names come
 from the lifecycle class and the connection aggregate's answers, never from
 literals.
@@ -41,7 +45,8 @@ every position after ``after`` exactly once, in order
 
 The store down: a ``message`` frame it cannot record is answered with an
 ``error`` frame ``unavailable`` and the socket stays; a handshake step or a
-read it cannot do ends the socket with 1013 (try again later); a CLOSED it
+read it cannot do ends the socket with 1013 (try again later), with nothing
+recorded or announced if it was the first commit; a CLOSED it
 cannot record is handed back (:class:`RecordLater`) to be recorded as soon as
 it can (docs/adr/0028-fail-fast-while-the-store-is-down.md).
 
@@ -56,7 +61,7 @@ keeps the deadline). Ahead of it the socket is sent ``token_expiring``; an
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,6 +131,8 @@ class ConnectionProtocol(ClientFrames):
     # Wall-clock Unix seconds minus the shell's clock (``now``): turns a
     # token's exp into the shell's clock (service/edge/expiry.py).
     wall_offset: float = 0.0
+    # Whether the client proposed the connection ID (recorded with CONNECTING).
+    proposed: bool = False
 
     def __post_init__(self) -> None:
         # The lifecycle's states by attribute (the class is the one table).
@@ -145,6 +152,9 @@ class ConnectionProtocol(ClientFrames):
             settled=lambda: self._go_live() if self._going_live else [],
         )
         self._going_live = False
+        # CONNECTING: None until recorded or refused (``_opening`` once asked).
+        self.opened: bool | None = None
+        self._opening = False
         self._bad_frames: deque[float] = deque()
         self.expiry = Expiry(self.wall_offset, self.limits.token_warning)
 
@@ -160,34 +170,77 @@ class ConnectionProtocol(ClientFrames):
 
     # --- opening ---------------------------------------------------------------
 
-    def open_command(self, *, proposed: bool) -> Command[str]:
-        """CONNECTING, recorded before the upgrade (an ID in use is refused)."""
-        return commands.open_connection(
-            self.connection_id, self.session_id, node=self.node, proposed=proposed
-        )
-
     def upgraded(self, header_token: str | None, now: float) -> Effects:
-        """The upgrade completed. With a valid token in the upgrade request,
-        nothing waits between ACCEPTED, AUTHENTICATED and SERVICES_READY: the
-        three are recorded in one commit (ADR 0015)."""
+        """The upgrade completed: CONNECTING and ACCEPTED are recorded in one
+        commit, then announced by the welcome. With a valid token in the
+        upgrade request nothing waits after them, so AUTHENTICATED,
+        SERVICES_READY and PROCESSING_READY join that commit
+        (docs/adr/0037-record-a-handshake-in-three-commits.md)."""
+        self._opening = True
+        opening = [
+            commands.open_connection(
+                self.connection_id, self.session_id, node=self.node, proposed=self.proposed
+            ),
+            commands.accept(self.connection_id),
+        ]
         if header_token is not None:
             try:
                 principal = self.verify(header_token)
             except AuthError as e:
-                return self._record(commands.accept(self.connection_id), self._refused_header(e))
-            return self._authenticated(principal, now, accept=True)
+                error = e
+                return self._open(opening, lambda: self.end(Close.UNAUTHENTICATED, why(error)))
+            return self._authenticated(principal, now, opening=opening)
         self.awaiting_auth = True
         deadline = now + self.limits.auth_timeout
-        return self._record(
-            commands.accept(self.connection_id),
-            lambda state: [*self._welcome(state), AwaitAuth(deadline)],
-        )
+        return self._open(opening, lambda: [AwaitAuth(deadline)])
 
-    def _refused_header(self, error: AuthError) -> Callable[[Any], Effects]:
-        def then(state: Any) -> Effects:
-            return [*self._welcome(state), *self.end(Close.UNAUTHENTICATED, why(error))]
+    def _open(self, opening: list[Command[Any]], then: Callable[[], Effects]) -> Effects:
+        """Record CONNECTING and ACCEPTED; welcome; then ``then()``."""
 
-        return then
+        def recorded(outcome: Outcome) -> Effects:
+            effects, steps = self._opened(outcome)
+            return effects if steps is None else effects + then()
+
+        return [Record(commands.chain(*opening), recorded)]
+
+    def _opened(self, outcome: Outcome) -> tuple[Effects, Iterator[tuple[bool, Any]] | None]:
+        """A commit that began with CONNECTING and ACCEPTED: the welcome and
+        the outcomes of the steps after them; or, if the connection cannot go
+        on, the close and None. A connection whose CONNECTING was not recorded
+        (the store down, the ID taken meanwhile by another node) is closed
+        with nothing recorded and nothing announced: it never existed."""
+        if not isinstance(outcome, Recorded):
+            return self._never_opened(outcome), None
+        steps = iter(outcome.value)
+        ok, opened = next(steps)
+        if not ok:
+            return self._never_opened(Refused(opened)), None
+        self.opened = True
+        if self.ending is not None:
+            return [], None
+        ok, state = next(steps)
+        if not ok:
+            return self.end(Close.INTERNAL, "internal_error"), None
+        return self._welcome(state), steps
+
+    def _never_opened(self, outcome: Refused | Unavailable) -> Effects:
+        self.opened = False
+        if self.ending is not None:
+            return []
+        if isinstance(outcome, Unavailable):
+            code, reason = Close.TRY_AGAIN_LATER, "store_unavailable"
+        elif outcome.error.code == "connection_id_taken":
+            code, reason = Close.PROTOCOL, "connection_id_taken"
+        else:
+            code, reason = Close.INTERNAL, "internal_error"
+        self.ending = (code, reason)
+        return [Closing(code, reason, None, None)]
+
+    @property
+    def recorded_anything(self) -> bool:
+        """Whether CONNECTING is (or may be about to be) recorded: if not, an
+        end records and announces nothing."""
+        return self.opened is True or (self.opened is None and self._opening)
 
     def _welcome(self, state: str) -> Effects:
         self.state = state
@@ -210,20 +263,26 @@ class ConnectionProtocol(ClientFrames):
             principal = self.verify(self.token)
         except AuthError as e:
             return self.end(Close.UNAUTHENTICATED, why(e))
-        return self._authenticated(principal, now, accept=False)
+        return self._authenticated(principal, now)
 
-    def _authenticated(self, principal: Principal, now: float, *, accept: bool) -> Effects:
+    def _authenticated(
+        self, principal: Principal, now: float, opening: list[Command[Any]] | None = None
+    ) -> Effects:
         """Subscribe first, so nothing recorded from here on is missed; then
-        AUTHENTICATED and SERVICES_READY (the attach) in one commit. The
-        token's deadline runs from here. A user with all the live sockets the
-        budget allows gets no other: 4429."""
+        AUTHENTICATED, SERVICES_READY (the attach) and PROCESSING_READY in one
+        commit (after ``opening``, if the upgrade carried the token), the
+        last with the position the backlog will end at. The token's deadline
+        runs from here. A user with all the live sockets the budget allows
+        gets no other: 4429."""
         if not self.admission.authenticated(principal.user_id):
-            return self.end(Close.RATE_LIMITED, "rate_limited")
+            if opening:
+                return self._open(opening, self._rate_limited)
+            return self._rate_limited()
         self.principal = principal
         self.expiry.hold(principal.exp, now)
-        steps: list[Command[Any]] = [commands.accept(self.connection_id)] if accept else []
-        steps.append(commands.authenticate(self.connection_id, principal))
-        steps.append(
+        steps: list[Command[Any]] = [
+            *(opening or ()),
+            commands.authenticate(self.connection_id, principal),
             commands.attach(
                 self.connection_id,
                 self.session_id,
@@ -231,24 +290,29 @@ class ConnectionProtocol(ClientFrames):
                 node=self.node,
                 max_connections=self.limits.max_connections_per_session,
                 admit=self.admission.session_gate(principal.user_id),
-            )
-        )
-        then = self._handshake_recorded(principal, accept)
+            ),
+            commands.go_live_attached(self.connection_id, self.session_id, after=self.after),
+        ]
+        then = self._handshake_recorded(principal, opening=bool(opening))
         return [*self._wake(), Subscribe(), Record(commands.chain(*steps), then)]
 
-    def _handshake_recorded(self, principal: Principal, accept: bool) -> Callable[..., Effects]:
+    def _rate_limited(self) -> Effects:
+        return self.end(Close.RATE_LIMITED, "rate_limited")
+
+    def _handshake_recorded(self, principal: Principal, *, opening: bool) -> Callable[..., Effects]:
         def then(outcome: Outcome) -> Effects:
-            if self.ending is not None:
-                return []
-            if not isinstance(outcome, Recorded):
-                return self._failed(outcome)
             effects: Effects = []
-            steps = iter(outcome.value)
-            if accept:
-                ok, state = next(steps)
-                if not ok:
-                    return self.end(Close.INTERNAL, "internal_error")
-                effects += self._welcome(state)
+            if opening:
+                effects, opened = self._opened(outcome)
+                if opened is None:
+                    return effects
+                steps = opened
+            else:
+                if self.ending is not None:
+                    return []
+                if not isinstance(outcome, Recorded):
+                    return self._failed(outcome)
+                steps = iter(outcome.value)
             ok, state = next(steps)
             if not ok:
                 return effects + self.end(Close.INTERNAL, "internal_error")
@@ -262,37 +326,36 @@ class ConnectionProtocol(ClientFrames):
                 why = f"forbidden: {error.message}" if error.code == "forbidden" else error.code
                 return effects + self.end(Close.FORBIDDEN, why[:100])
             superseded, position_before = attached
+            ok, live = next(steps)
+            if not ok:
+                return effects + self.end(Close.INTERNAL, "internal_error")
+            _, position = live
             self.state = self.ready_state
             effects.append(self._announce(session_id=self.session_id, superseded=superseded))
             # The backlog: what was recorded before the attach comes from the
             # store; the attach commit and everything after it is already
-            # queued by the subscription (the writer publishes before it answers).
+            # queued by the subscription (the writer publishes before it
+            # answers). It ends at the position PROCESSING_READY recorded: the
+            # seam sends nothing after it before that frame.
+            self.seam.hold(position, lambda: self._reached(position))
             return effects + self._read_backlog(position_before)
 
         return then
 
     def _read_backlog(self, until: int) -> Effects:
-        return self.seam.backlog(until, lambda: [TakeQueued(self._caught_up)])
+        return self.seam.backlog(until, lambda: [TakeQueued(self.live)])
 
-    def _caught_up(self, queued: list[EventFrame]) -> Effects:
+    def _reached(self, position: int) -> Effects:
+        """Every position up to the one PROCESSING_READY was recorded with has
+        been sent: announce it; live events follow."""
+        self.state = self.live_state
         self._going_live = True
-        return self.live(queued)
+        return [self._announce(session_id=self.session_id, position=position), *self._wake()]
 
     def _go_live(self) -> Effects:
-        """PROCESSING_READY: every position up to ``last_sent`` has been sent."""
+        """Nothing is left to send: follow the session's live events."""
         self._going_live = False
-        position = self.last_sent
-
-        def then(outcome: Outcome) -> Effects:
-            if self.ending is not None:
-                return []
-            if not isinstance(outcome, Recorded):
-                return self._failed(outcome)
-            self.state = outcome.value
-            announce = self._announce(session_id=self.session_id, position=position)
-            return [announce, *self._wake(), FollowLive()]
-
-        return [Record(commands.go_live(self.connection_id, position), then)]
+        return [FollowLive()]
 
     # --- delivery ----------------------------------------------------------------
 
@@ -330,6 +393,8 @@ class ConnectionProtocol(ClientFrames):
         if self.ending is not None:
             return []
         self.ending = (code, reason)
+        if not self.recorded_anything:
+            return [Closing(code, reason, None, None)]
         frame = {
             "type": "state",
             "connection_id": self.connection_id,
@@ -349,7 +414,8 @@ class ConnectionProtocol(ClientFrames):
         return self._record_end(*peer_close(code, timed_out=timed_out, layer_error=layer_error))
 
     def upgrade_failed(self) -> Effects:
-        """CONNECTING was recorded but the upgrade itself failed."""
+        """The upgrade itself failed: no connection, nothing recorded (the
+        shell logs and counts it)."""
         return [] if self.ending is not None else self._record_end(Close.ABNORMAL, "upgrade_failed")
 
     def read_failed(self) -> Effects:
@@ -360,7 +426,7 @@ class ConnectionProtocol(ClientFrames):
 
     def _record_end(self, code: int, reason: str) -> Effects:
         self.ending = (code, reason)
-        return [self._close_record(code, reason)]
+        return [self._close_record(code, reason)] if self.recorded_anything else []
 
     def _close_record(self, code: int, reason: str) -> Record:
         """CLOSED with the code sent; kept to be recorded later if the store
@@ -383,16 +449,3 @@ class ConnectionProtocol(ClientFrames):
     def _announce(self, **extra: Any) -> Send:
         frame = {"type": "state", "connection_id": self.connection_id, "state": self.state}
         return Send({**frame, **extra})
-
-    def _record(self, command: Command[Any], then: Callable[[Any], Effects]) -> Effects:
-        """Record a single step; ``then`` gets its result (a failure ends the
-        connection)."""
-
-        def on_outcome(outcome: Outcome) -> Effects:
-            if self.ending is not None:
-                return []
-            if isinstance(outcome, Recorded):
-                return then(outcome.value)
-            return self._failed(outcome)
-
-        return [Record(command, on_outcome)]

@@ -11,8 +11,12 @@ effect for the shell to carry out
 
 The owner says what sending an event means (``deliver``: the effects of
 sending the next position), whether it has stopped (then nothing more is
-delivered), and what to do once nothing is waiting on the store (``settled``:
-the socket's PROCESSING_READY comes then).
+delivered), and what to do once nothing is waiting on the store (``settled``).
+A socket's backlog ends at a position fixed in advance (:meth:`Seam.hold`:
+the position its PROCESSING_READY was recorded with): nothing beyond it goes
+out until every position up to it has, what is missing up to it is read from
+the store, and the owner's ``reached`` effects (the PROCESSING_READY frame)
+go out between the two.
 """
 
 from __future__ import annotations
@@ -49,6 +53,18 @@ class Seam:
         self._settled = settled
         self._pending: deque[EventFrame] = deque()
         self._filling = False
+        # Set by hold(): the last position of the backlog, and what to do
+        # once it has gone out.
+        self._ceiling: int | None = None
+        self._reached: Callable[[], Effects] = _nothing
+
+    def hold(self, ceiling: int, reached: Callable[[], Effects]) -> None:
+        """Deliver nothing past ``ceiling`` until every position up to it has
+        gone out (those missing from what is queued are read from the store);
+        then ``reached()``'s effects, then the positions after it. Takes
+        effect with the next :meth:`queued`."""
+        self._ceiling = ceiling
+        self._reached = reached
 
     def backlog(self, until: int | None, then: Callable[[], Effects]) -> Effects:
         """Deliver what the store holds after ``last_sent`` up to ``until``
@@ -81,19 +97,35 @@ class Seam:
     def _pump(self) -> Effects:
         effects: Effects = []
         pending = self._pending
-        while pending and not self._filling and not self._stopped():
+        while not self._filling and not self._stopped():
+            ceiling = self._ceiling
+            if ceiling is not None and self.last_sent >= ceiling:
+                self._ceiling = None
+                effects += self._reached()
+                continue
+            if not pending:
+                if ceiling is not None:
+                    # What the hub queued ends short of the ceiling: the rest
+                    # is in the store.
+                    effects.append(self._fill(ceiling))
+                break
             item = pending[0]
             position = item.event["position"]
             if position > self.last_sent + 1:
-                self._filling = True
-                limit = min(BACKLOG_PAGE, position - 1 - self.last_sent)
-                effects.append(ReadEvents(self.last_sent, limit, self._filled))
+                upto = position - 1 if ceiling is None else min(position - 1, ceiling)
+                effects.append(self._fill(upto))
                 return effects
             pending.popleft()
             effects += self._next(item.event, item.frame)
         if not self._filling and not self._stopped():
             effects += self._settled()
         return effects
+
+    def _fill(self, upto: int) -> ReadEvents:
+        """Read the hole from ``last_sent`` to ``upto`` (a page of it)."""
+        self._filling = True
+        limit = min(BACKLOG_PAGE, upto - self.last_sent)
+        return ReadEvents(self.last_sent, limit, self._filled)
 
     def _filled(self, events: list[dict[str, Any]]) -> Effects:
         self._filling = False

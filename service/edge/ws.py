@@ -335,7 +335,8 @@ class LiveConnection:
         return self._ending
 
     async def _closing(self, effect: Closing) -> None:
-        await self.run([effect.record])
+        if effect.record is not None:
+            await self.run([effect.record])
         try:
             # A client that stopped reading cannot take a last frame nor a
             # closing handshake: give it a moment, then drop the transport.

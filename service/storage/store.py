@@ -188,6 +188,11 @@ class SessiondApplication(Application[str]):
         rows = self.row_recorder.select_stream_rows(stream_id, gt=after, limit=limit)
         return wire_from_rows4(rows)
 
+    def stream_exists(self, stream_id: str) -> bool:
+        """Whether anything is recorded under ``stream_id`` (one indexed row read)."""
+        id_from_stream(stream_id)
+        return bool(self.row_recorder.select_stream_rows(stream_id, gt=0, limit=1))
+
     def log_rows(self, start: int, limit: int) -> list[LogRow]:
         """Up to ``limit`` rows of the notification log from ID ``start`` on,
         as plain tuples (no Notification objects: the projector and the

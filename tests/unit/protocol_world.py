@@ -88,6 +88,8 @@ class World:
         self.signer = TokenSigner(SECRET)
         self.limits = Limits(auth_timeout=10.0, max_connections_per_session=max_connections)
         self.commands: list[str] = []
+        # Each command's commit: the (stream, event type) it recorded, in order.
+        self.commits: list[list[tuple[str, str]]] = []
         self.down = False
         # Closes the store could not take, as the node keeps them (RecordLater).
         self.owed: list[Command[Any]] = []
@@ -110,8 +112,16 @@ class World:
             committed.extend(agg.collect_events())  # type: ignore[arg-type]
             self.aggregates[agg.id] = agg
         self.log.extend(committed)
+        self.commits.append([(e.originator_id, e.type_name()) for e in committed])  # type: ignore[attr-defined]
         self._publish(committed)
         return outcome
+
+    def commits_of(self, connection_id: str) -> list[list[str]]:
+        """The commits that recorded something of ``connection_id``: its
+        events in each, in order."""
+        stream = connection_stream(connection_id)
+        each = [[kind for s, kind in commit if s == stream] for commit in self.commits]
+        return [kinds for kinds in each if kinds]
 
     def back(self) -> None:
         """The store is back: what was owed to it is recorded, as the node does."""
@@ -178,6 +188,7 @@ class Socket:
             limits=world.limits,
             wall_offset=time.time(),
             admission=admission or Unlimited(),
+            proposed=True,
         )
         self.frames: list[dict[str, Any]] = []
         self.queue: deque[EventFrame] = deque()
@@ -188,7 +199,6 @@ class Socket:
         self.held_reads: list[ReadEvents] = []
         self.closed: tuple[int, str] | None = None
         self.now = 0.0
-        world.record(self.protocol.open_command(proposed=True))
 
     # --- inputs -----------------------------------------------------------------------
 
@@ -263,7 +273,8 @@ class Socket:
                 case FollowLive():
                     self.following = True
                 case Closing(code=code, reason=reason, record=record, frame=frame):
-                    more = record.then(self.world.execute(record.command))
+                    if record is not None:
+                        more = record.then(self.world.execute(record.command))
                     if frame is not None:
                         self.frames.append(frame)
                     self.closed = (code, reason)

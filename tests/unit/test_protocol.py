@@ -58,13 +58,31 @@ def test_a_handshake_with_an_auth_frame_walks_every_state_and_sends_the_backlog_
     assert [e["position"] for e in socket.events()] == [1, 2, 3, 4]
     assert socket.frames[-1]["position"] == 4 and socket.frames[-1]["session_id"] == "s-1"
     assert world.connection_states("c-1") == LIFECYCLE
-    # The handshake after the token is one command: AUTHENTICATED and the attach.
-    assert world.commands[-2:] == ["authenticate+attach", "go_live"]
 
 
-def test_a_token_in_the_upgrade_records_accepted_authenticated_and_attached_in_one_command() -> (
-    None
-):
+def test_an_auth_frame_handshake_is_two_commits_before_closed() -> None:
+    world = World()
+    socket = Socket(world, "c-1", "s-1").upgrade()
+    assert world.commits_of("c-1") == [["CONNECTING", "ACCEPTED"]]
+    socket.send({"type": "auth", "token": world.token()})
+    assert socket.protocol.state == "PROCESSING_READY"
+    socket.run(socket.protocol.socket_closed(1000, timed_out=False))
+    assert world.commits_of("c-1") == [
+        ["CONNECTING", "ACCEPTED"],
+        ["AUTHENTICATED", "SERVICES_READY", "PROCESSING_READY"],
+        ["CLOSED"],
+    ]
+    assert world.commands == [
+        "open_connection+accept",
+        "authenticate+attach+go_live",
+        "close_connection",
+    ]
+    # The session's side of the attach is in the second commit too.
+    session = [kind for stream, kind in world.commits[1] if stream == "session:s-1"]
+    assert session == ["SessionCreated", "ConnectionAttached"]
+
+
+def test_a_token_in_the_upgrade_records_the_whole_handshake_in_one_commit() -> None:
     world = World()
     socket = Socket(world, "c-1", "s-1").upgrade(world.token())
     assert socket.kinds() == [
@@ -73,7 +91,84 @@ def test_a_token_in_the_upgrade_records_accepted_authenticated_and_attached_in_o
         ("event", None),
         ("state", "PROCESSING_READY"),
     ]
-    assert world.commands == ["open_connection", "accept+authenticate+attach", "go_live"]
+    socket.run(socket.protocol.end(Close.GOING_AWAY, "server_shutdown"))
+    assert world.commands == [
+        "open_connection+accept+authenticate+attach+go_live",
+        "close_connection",
+    ]
+    assert world.commits_of("c-1") == [LIFECYCLE, ["CLOSED"]]
+
+
+def test_processing_ready_carries_the_position_the_backlog_ends_at_and_live_events_follow_it() -> (
+    None
+):
+    world = World(max_connections=2)
+    first = live_socket(world, "c-0", "s-1")
+    socket = Socket(world, "c-1", "s-1")
+    socket.hold_reads = True  # the backlog read is slow: a message is recorded meanwhile
+    socket.upgrade(world.token())
+    assert first.protocol.principal is not None
+    world.record(
+        commands.record_message(
+            "s-1", first.protocol.principal, message_id="m", content="x", role="user"
+        )
+    )
+    socket.release_reads()
+    live = socket.frames.index(
+        next(f for f in socket.frames if f.get("state") == "PROCESSING_READY")
+    )
+    recorded = world.aggregates["connection:c-1"].live_position  # type: ignore[attr-defined]
+    assert socket.frames[live]["position"] == recorded == 3
+    before = [f["event"]["position"] for f in socket.frames[:live] if f["type"] == "event"]
+    after = [f["event"]["position"] for f in socket.frames[live:] if f["type"] == "event"]
+    assert (before, after) == ([1, 2, 3], [4])
+    assert socket.events()[-1]["type"] == "MessageRecorded"
+
+
+def test_the_store_down_at_the_first_commit_closes_1013_with_nothing_recorded_or_announced() -> (
+    None
+):
+    world = World()
+    world.down = True
+    socket = Socket(world, "c-1", "s-1").upgrade()
+    assert socket.closed == (Close.TRY_AGAIN_LATER, "store_unavailable")
+    assert socket.frames == []  # no welcome, no CLOSED: nothing was recorded
+    world.back()
+    assert world.connection_states("c-1") == []
+    assert world.owed == []
+
+
+def test_the_store_down_under_a_header_tokens_handshake_closes_1013_with_nothing_recorded() -> None:
+    world = World()
+    world.down = True
+    socket = Socket(world, "c-1", "s-1").upgrade(world.token())
+    assert socket.closed == (Close.TRY_AGAIN_LATER, "store_unavailable")
+    assert socket.frames == []
+    world.back()
+    assert world.connection_states("c-1") == [] and world.session_events("s-1") == []
+
+
+def test_an_id_taken_between_the_lookup_and_the_first_commit_closes_4400_recording_nothing() -> (
+    None
+):
+    world = World()
+    other = live_socket(world, "c-1", "s-other")
+    before = world.connection_states("c-1")
+    late = Socket(world, "c-1", "s-1").upgrade(world.token())
+    assert late.closed == (Close.PROTOCOL, "connection_id_taken")
+    assert late.frames == []
+    late.run(late.protocol.socket_closed(Close.PROTOCOL, timed_out=False))
+    assert world.connection_states("c-1") == before  # the other connection's, untouched
+    assert world.session_events("s-1") == []
+    assert other.closed is None
+
+
+def test_a_socket_closed_before_its_upgrade_records_nothing() -> None:
+    world = World()
+    socket = Socket(world, "c-1", "s-1")
+    assert socket.protocol.upgrade_failed() == []
+    assert socket.protocol.ending == (Close.ABNORMAL, "upgrade_failed")
+    assert world.commands == []
 
 
 @pytest.mark.parametrize("token", ["not.a.jwt", "", "expired"])
@@ -314,6 +409,8 @@ def test_the_store_down_mid_handshake_ends_the_socket_1013_recorded_once_it_is_b
     socket.send({"type": "auth", "token": world.token()})
     assert socket.closed == (Close.TRY_AGAIN_LATER, "store_unavailable")
     assert socket.frames[-1]["state"] == "CLOSED" and socket.frames[-1]["code"] == 1013
+    # Nothing of the failed commit: no AUTHENTICATED recorded, none announced.
+    assert socket.kinds() == [("welcome", "ACCEPTED"), ("state", "CLOSED")]
     assert world.connection_states("c-1") == ["CONNECTING", "ACCEPTED"]
     world.back()
     assert world.connection_states("c-1")[-1] == "CLOSED"

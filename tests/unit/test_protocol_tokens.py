@@ -236,5 +236,7 @@ def test_a_token_that_expires_during_the_handshake_closes_it_before_it_is_live()
     socket.tick(end_of(socket))
     assert socket.closed == EXPIRED
     socket.release_reads()
-    assert world.connection_states("c-1")[-2:] == ["SERVICES_READY", "CLOSED"]
+    # PROCESSING_READY was recorded with the attach (ADR 0037), never announced.
+    assert world.connection_states("c-1")[-2:] == ["PROCESSING_READY", "CLOSED"]
+    assert ("state", "PROCESSING_READY") not in socket.kinds()
     assert of_type(socket, "token_expiring") == []

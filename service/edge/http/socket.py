@@ -1,9 +1,12 @@
 """``GET /v1/ws``: the upgrade, and one socket's life around it.
 
 Before the upgrade: the query (the one schema), the origin, the store's
-health and the budgets, then CONNECTING recorded under the connection's one
-ID (an ID already recorded is refused 409). After it: the connection's two
-tasks (service/edge/ws.py), and whatever way it ends, its CLOSED recorded.
+health and the budgets, and a proposed connection ID looked up (one already
+recorded, or held by a socket of this node, is refused 409). Nothing is
+recorded before the upgrade: a refused upgrade is no connection. After it:
+CONNECTING and ACCEPTED recorded together, the connection's two tasks
+(service/edge/ws.py), and whatever way it ends, its CLOSED recorded
+(docs/adr/0037-record-a-handshake-in-three-commits.md).
 """
 
 from __future__ import annotations
@@ -15,19 +18,19 @@ import time
 
 from aiohttp import WebSocketError, web
 
-from domain.errors import DomainError
-from domain.ids import new_connection_id
+from domain.errors import ConnectionIdTaken, DomainError
+from domain.ids import connection_stream, new_connection_id
 from service.application.auth import AuthError, bearer_token
 from service.application.writer import StoreUnavailable
 from service.edge import access
 from service.edge.budgets import admit_socket
 from service.edge.context import (
     HEALTH,
+    READERS,
     SETTINGS,
     SIGNER,
     SOCKETS,
-    TRACER,
-    WRITER,
+    STORE,
 )
 from service.edge.contract import operation
 from service.edge.cors import origin_allowed
@@ -35,7 +38,6 @@ from service.edge.errors import ApiError
 from service.edge.protocol import ConnectionProtocol, Limits
 from service.edge.schema import SchemaError, SocketQuery, decode_query
 from service.edge.ws import LiveConnection, finished
-from service.runtime import tracing
 
 log = logging.getLogger("sessiond.ws")
 
@@ -115,20 +117,31 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         ),
         wall_offset=time.time() - asyncio.get_running_loop().time(),
         admission=admission,
+        proposed=asked.connection_id is not None,
     )
     facts = access.about(request)
     if facts is not None:
         facts.connection_id = protocol.connection_id
         facts.session_id = protocol.session_id
-    opening = protocol.open_command(proposed=asked.connection_id is not None)
+    conn = LiveConnection(request, ws, protocol, opened_at=opened_at)
+    registry = request.app[SOCKETS]
     try:
-        tracer = request.app[TRACER]
-        with tracer.span(
-            f"ws {opening.name}",
-            {tracing.CONNECTION: protocol.connection_id, tracing.SESSION: protocol.session_id},
-        ):
-            await request.app[WRITER].execute(opening)
+        if protocol.proposed:
+            # Held by a socket of this node (its CONNECTING may be in flight),
+            # then the store. Two nodes racing for one new ID both pass; the
+            # store's key refuses the second's CONNECTING after its upgrade.
+            if protocol.connection_id in registry.sockets:
+                raise ConnectionIdTaken(_taken(protocol.connection_id))
+            registry.add(conn)
+            stream = connection_stream(protocol.connection_id)
+            if await request.app[HEALTH].read(
+                request.app[READERS], request.app[STORE].stream_exists, stream
+            ):
+                raise ConnectionIdTaken(_taken(protocol.connection_id))
+        else:
+            registry.add(conn)  # a new time-ordered ID: nobody else has it
     except BaseException as e:
+        registry.remove(conn)
         admission.release()  # nothing recorded: nothing charged
         if isinstance(e, DomainError):
             raise ApiError(e.code, e.message) from None
@@ -136,9 +149,6 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             raise ApiError("unavailable", str(e)) from None
         raise
 
-    conn = LiveConnection(request, ws, protocol, opened_at=opened_at)
-    registry = request.app[SOCKETS]
-    registry.add(conn)
     log.info(
         "connection opened",
         extra={
@@ -189,6 +199,10 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         registry.remove(conn)
         conn.finished.set()
         conn.release()
+
+
+def _taken(connection_id: str) -> str:
+    return f"connection ID {connection_id!r} is already recorded"
 
 
 def _closed(conn: LiveConnection) -> None:
