@@ -1,8 +1,9 @@
 """``GET /v1/ws``: the upgrade, and one socket's life around it.
 
-Before the upgrade: the query (the one schema), the origin, the store's
-health and the budgets, then CONNECTING recorded under the connection's one
-ID (an ID already recorded is refused 409). After it: the connection's two
+Before the upgrade: the query (the one schema), the origin, whether the
+node is draining, the store's health and the budgets, then CONNECTING
+recorded under the connection's one ID (an ID already recorded is refused
+409). After it: the connection's two
 tasks (service/edge/ws.py), and whatever way it ends, its CLOSED recorded.
 """
 
@@ -94,7 +95,10 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     # recorded CLOSED upgrade_failed.
     if request.headers.get("Upgrade", "").lower() != "websocket":
         raise ApiError("upgrade_required", "this endpoint speaks WebSocket only", status=426)
-    if not request.app[HEALTH].up:  # refused before anything is recorded
+    health = request.app[HEALTH]
+    if health.draining:  # refused before anything is recorded, like a store down
+        raise ApiError("unavailable", "the node is draining; connect again, to another node")
+    if not health.up:
         raise ApiError("unavailable", "the store is down; try again later")
     header_token = _header_token(request)
     admission = admit_socket(request, header_token)
