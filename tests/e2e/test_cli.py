@@ -34,6 +34,7 @@ def sessiond(
 def start_server(*args: str, cwd: Path) -> tuple[subprocess.Popen[str], int]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SESSIOND_")}
+    env["SESSIOND_DRAIN_SECONDS"] = "0"  # stop() is about what follows the drain
     proc = subprocess.Popen(
         [sys.executable, "-m", "service", "serve", "--port", str(port), *args],
         cwd=cwd,
