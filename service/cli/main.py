@@ -406,7 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"sessiond {version()}")
-    sub = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
+    sub = parser.add_subparsers(
+        dest="command", title="commands", metavar="COMMAND", help="one of these:"
+    )
 
     def command(
         name: str, summary: str, details: str = "", **kwargs: Any
@@ -497,7 +499,9 @@ def build_parser() -> argparse.ArgumentParser:
         "The read models (sessions, connections) are projections of the event log.",
         epilog=environment(STORE_ENV),
     )
-    actions = proj.add_subparsers(dest="action", required=True, title="actions", metavar="ACTION")
+    actions = proj.add_subparsers(
+        dest="action", required=True, title="actions", metavar="ACTION", help="what to do"
+    )
     for action, text in (
         ("rebuild", "rebuild projections from position 0 while the service keeps serving"),
         ("status", "each projection's position, the log's head, and the lag"),
