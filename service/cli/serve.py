@@ -27,6 +27,10 @@ from service.runtime.settings import Settings
 
 log = logging.getLogger("sessiond")
 
+# Seconds an idle HTTP keep-alive connection is kept: run_app's default,
+# which sessiond served with before it ran its own runner.
+KEEPALIVE_TIMEOUT = 75.0
+
 
 class Stop:
     """What the signals asked for: whether to stop, and whether to drain first."""
@@ -56,7 +60,12 @@ async def serve(app: web.Application, settings: Settings, announce: Callable[[],
     # the shutdown itself cannot cut the recording of the closes short.
     loop.add_signal_handler(signal.SIGTERM, stop.terminate)
     loop.add_signal_handler(signal.SIGINT, stop.interrupt)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_timeout)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        shutdown_timeout=settings.shutdown_timeout,
+        keepalive_timeout=KEEPALIVE_TIMEOUT,
+    )
     await runner.setup()
     try:
         await web.TCPSite(runner, settings.host, settings.port).start()
