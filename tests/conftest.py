@@ -27,6 +27,7 @@ from faults.pgcluster import ClusterUnavailable, ThrowawayPostgres
 from service.application.auth import TokenSigner
 from service.edge.app import create_app
 from service.runtime.settings import Settings
+from service.runtime.tracing import Tracer
 
 TEST_SECRET = "test-secret-not-for-production-0123456789"
 PG_ENV = "SESSIOND_TEST_POSTGRES_DSN"
@@ -151,12 +152,13 @@ class Api:
 async def serve(
     signer: TokenSigner,
 ) -> AsyncIterator[Callable[..., Any]]:
-    """Start real servers on real sockets: ``api = await serve(store_url, **settings)``."""
+    """Start real servers on real sockets: ``api = await serve(store_url, **settings)``
+    (``tracer=``: where the app's spans go)."""
     servers: list[TestServer] = []
     sessions: list[aiohttp.ClientSession] = []
 
-    async def start(store_url: str, **overrides: Any) -> Api:
-        app = create_app(make_settings(store_url, **overrides))
+    async def start(store_url: str, *, tracer: Tracer | None = None, **overrides: Any) -> Api:
+        app = create_app(make_settings(store_url, **overrides), tracer=tracer)
         server = TestServer(app, host="127.0.0.1")
         await server.start_server()
         servers.append(server)

@@ -38,11 +38,12 @@ from eventsourcing.persistence import IntegrityError
 from domain.base import Aggregate
 from domain.connection import Connection
 from domain.errors import DomainError
-from domain.ids import connection_stream, session_stream
+from domain.ids import CONNECTION_PREFIX, SESSION_PREFIX, connection_stream, session_stream
 from domain.session import Session
 from service.application.health import StoreHealth
 from service.application.health import StoreUnavailable as StoreUnavailable  # its users' import
 from service.runtime.osthread import name_native_thread
+from service.runtime.tracing import NOOP, Tracer
 from service.storage.faults import store_down
 from service.storage.store import SessiondApplication
 
@@ -191,6 +192,8 @@ class _Item(Generic[T]):
     future: asyncio.Future[T]
     since: float  # when it came in (time.monotonic)
     outcome: tuple[bool, Any] = field(default=(False, None))
+    # The span that asked for it (a request's, a socket step's), when traced.
+    link: Any = None
 
 
 _STOP = object()
@@ -208,8 +211,12 @@ class Writer:
         cache_size: int = 20_000,
         on_saved: Callable[[list[Aggregate.Event], float, float], None] | None = None,
         health: StoreHealth | None = None,
+        tracer: Tracer = NOOP,
     ) -> None:
         self.app = app
+        # Each commit is a span of its own trace (this thread has no request
+        # of its own), linked to the spans of the commands it carries.
+        self._tracer = tracer
         self._on_commit = on_commit
         # Told on this thread of each committed transaction: its events (the
         # list on_commit gets) and the monotonic instants it began and ended.
@@ -262,7 +269,8 @@ class Writer:
         # Commands issued in one turn of the event loop reach the writer
         # thread together: one hand-over (and one wake-up of the thread) per
         # turn rather than per command.
-        self._outbox.append(_Item(command, future, time.monotonic()))
+        link = self._tracer.link() if self._tracer.enabled else None
+        self._outbox.append(_Item(command, future, time.monotonic(), link=link))
         if len(self._outbox) == 1:
             self._loop.call_soon(self._flush)
         return await future
@@ -356,7 +364,7 @@ class Writer:
             touched = list(uow.touched.values())
             pending = [a for a in touched if a.pending_events]
             try:
-                recorded = self._save(pending)
+                recorded = self._save(pending, batch)
             except IntegrityError:
                 self.cache.forget(touched)
                 found = [a for a in map(self.cache.load, uow.guessed) if a is not None]
@@ -417,9 +425,22 @@ class Writer:
             log.exception("command failed", extra={"command": command.name})
             return False, CommandFailed(command.name)
 
-    def _save(self, aggregates: list[Aggregate]) -> list[Aggregate.Event]:
+    def _save(self, aggregates: list[Aggregate], batch: list[_Item[Any]]) -> list[Aggregate.Event]:
         if not aggregates:
             return []
+        if not self._tracer.enabled:
+            return self._record(aggregates)
+        with self._tracer.span(
+            "writer commit",
+            _commit_attributes(aggregates, batch),
+            root=True,
+            links=[item.link for item in batch],
+        ) as span:
+            events = self._record(aggregates)
+            span.set_attribute("sessiond.events", len(events))
+            return events
+
+    def _record(self, aggregates: list[Aggregate]) -> list[Aggregate.Event]:
         began = time.monotonic()
         events = self.app.record_aggregates(*aggregates)
         ended = time.monotonic()
@@ -457,3 +478,20 @@ class Writer:
 
 class _NeedsIsolation(Exception):
     pass
+
+
+def _commit_attributes(aggregates: list[Aggregate], batch: list[_Item[Any]]) -> dict[str, Any]:
+    """A commit span's attributes: the sessions and connections it writes
+    (their IDs, sorted) and its commands."""
+    sessions = sorted(
+        a.id[len(SESSION_PREFIX) :] for a in aggregates if a.id.startswith(SESSION_PREFIX)
+    )
+    connections = sorted(
+        a.id[len(CONNECTION_PREFIX) :] for a in aggregates if a.id.startswith(CONNECTION_PREFIX)
+    )
+    return {
+        "sessiond.session_ids": sessions,
+        "sessiond.connection_ids": connections,
+        "sessiond.commands": len(batch),
+        "sessiond.command_names": sorted({item.command.name for item in batch}),
+    }

@@ -49,6 +49,7 @@ def _settings(args: argparse.Namespace) -> Settings:
             host=getattr(args, "host", None),
             port=getattr(args, "port", None),
             drain_seconds=getattr(args, "drain_seconds", None),
+            log_format=getattr(args, "log_format", None),
         )
     except SettingsError as e:
         raise CliError(str(e)) from None
@@ -69,7 +70,7 @@ def _check_port_free(host: str, port: int) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    logs.configure(args.log_level)
+    logs.configure(args.log_level, settings.log_format, access=settings.access_log)
     try:
         config = parse_store_url(settings.store_url)
         open_store(config).close()  # fail fast, with a readable message
@@ -173,6 +174,10 @@ position = at_least(0)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    # The history is decoded into fresh dicts and lists that hold no cycles:
+    # the cycle collector would walk them again and again (a third of the
+    # time of a long replay) for nothing, in a process that ends here.
+    gc.disable()
     try:
         check_id(args.session_id, "session_id")
     except InvalidId as e:
@@ -363,6 +368,13 @@ SERVE_ENVIRONMENT = (
     ("SESSIOND_WRITER_MAX_BATCH", "commands per transaction at most (else 256)"),
     ("SESSIOND_NODE_TIMEOUT", "seconds of silence before a node is dead (else 15)"),
     ("SESSIOND_POLL_INTERVAL", "seconds a lost NOTIFY delays delivery at most (else 1)"),
+    ("SESSIOND_LOG_FORMAT", f"--log-format (else {Settings.log_format})"),
+    ("SESSIOND_ACCESS_LOG", "off: no access lines, one per request and socket end (else on)"),
+    (
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "with the otel extra: send traces there over OTLP/HTTP (else none; the other "
+        "OTEL_* variables as OpenTelemetry defines them)",
+    ),
 )
 
 SERVE_EXAMPLES = """\
@@ -449,6 +461,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="the least severe log lines printed",
+    )
+    serve.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="text (key=value) or json (one object a line) "
+        f"(default: $SESSIOND_LOG_FORMAT, else {Settings.log_format})",
     )
     serve.set_defaults(func=cmd_serve)
 

@@ -31,6 +31,7 @@ from service.application.writer import Writer
 from service.cluster.follower import LogFollower
 from service.cluster.nodes import NodeRegistry
 from service.edge import ws
+from service.edge.access import access_middleware
 from service.edge.context import (
     BUDGETS,
     CLOSES,
@@ -44,6 +45,7 @@ from service.edge.context import (
     SOCKETS,
     STORE,
     STORE_CONFIG,
+    TRACER,
     WATCHERS,
     WRITER,
 )
@@ -53,6 +55,7 @@ from service.edge.errors import ApiError, error_response
 from service.edge.http import ROUTES
 from service.edge.http.stream import WatcherRegistry
 from service.edge.metrics import Metrics, stamped
+from service.runtime import tracing
 from service.runtime.settings import Settings
 from service.storage.lock import PostgresNodeLock, SqliteServeLock
 from service.storage.store import StoreConfig, StoreError, open_store, parse_store_url
@@ -228,6 +231,7 @@ async def _serving(app: web.Application) -> AsyncIterator[None]:
         max_batch=settings.writer_max_batch,
         on_saved=metrics.saved,
         health=health,
+        tracer=app[TRACER],
     )
     writer.start(loop)
     app[WRITER] = writer
@@ -357,16 +361,29 @@ def _metrics(app: web.Application) -> Metrics:
     )
 
 
-def create_app(settings: Settings | None = None) -> web.Application:
-    """Build the whole service. Nothing connects until the app starts."""
+async def _stop_tracing(app: web.Application) -> None:
+    """Send the spans still buffered (after the writer's last commit)."""
+    await asyncio.get_running_loop().run_in_executor(None, app[TRACER].shutdown)
+
+
+def create_app(
+    settings: Settings | None = None, *, tracer: tracing.Tracer | None = None
+) -> web.Application:
+    """Build the whole service. Nothing connects until the app starts.
+
+    ``tracer``: where spans go; by default OTLP when the environment names
+    an endpoint and the ``otel`` extra is installed, else nowhere
+    (service/runtime/tracing.py)."""
     settings = settings or Settings.from_env()
     config: StoreConfig = parse_store_url(settings.store_url)
     secret = settings.secret or load_or_create_key(config.key_dir)
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[edge_middleware],
+        # The access line sees the answer the edge made of any error.
+        middlewares=[access_middleware, edge_middleware],
     )
     app[SETTINGS] = settings
+    app[TRACER] = tracing.from_env() if tracer is None else tracer
     app[STORE_CONFIG] = config
     app[SIGNER] = TokenSigner(secret)
     app[HUB] = Hub()
@@ -375,6 +392,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app[WATCHERS] = WatcherRegistry()
     app[METRICS] = _metrics(app)
     app.cleanup_ctx.append(_store_ctx)
+    app.on_cleanup.append(_stop_tracing)
     app.on_shutdown.append(_on_shutdown)
     for routes in ROUTES:
         app.router.add_routes(routes)

@@ -15,6 +15,7 @@ from service.application.reconcile import UnrecordedCloses
 from service.application.writer import Writer
 from service.edge.metrics import Metrics
 from service.runtime.settings import Settings
+from service.runtime.tracing import Tracer
 from service.storage.store import SessiondApplication, StoreConfig
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ HUB = web.AppKey("hub", Hub)
 METRICS = web.AppKey("metrics", Metrics)
 SIGNER = web.AppKey("signer", TokenSigner)
 READERS = web.AppKey("readers", ThreadPoolExecutor)
+TRACER = web.AppKey("tracer", Tracer)
 BUDGETS = web.AppKey("budgets", Budgets)
 HEALTH = web.AppKey("health", StoreHealth)
 CLOSES = web.AppKey("closes", UnrecordedCloses)

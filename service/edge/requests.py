@@ -15,6 +15,7 @@ from domain.ids import check_id
 from service.application.auth import AuthError, Principal, bearer_token
 from service.application.budgets import RateLimited
 from service.application.writer import Command, StoreUnavailable
+from service.edge.access import note_user
 from service.edge.budgets import client_address, rate_limited, read_body
 from service.edge.context import BUDGETS, HEALTH, READERS, SIGNER, WRITER
 from service.edge.errors import ApiError
@@ -35,7 +36,7 @@ def principal(request: web.Request) -> Principal:
     client's address has spent its budget of such requests."""
     try:
         token = bearer_token(request.headers.get("Authorization"))
-        return request.app[SIGNER].verify(token)
+        caller = request.app[SIGNER].verify(token)
     except AuthError as e:
         budget = request.app[BUDGETS].unauthenticated
         wait = budget.take(client_address(request))
@@ -45,6 +46,8 @@ def principal(request: web.Request) -> Principal:
                 wait,
             ) from None
         raise ApiError("unauthenticated", str(e)) from None
+    note_user(request, caller.user_id)
+    return caller
 
 
 def writer(request: web.Request) -> Principal:

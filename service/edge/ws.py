@@ -38,6 +38,7 @@ from service.edge.context import (
     READERS,
     SETTINGS,
     STORE,
+    TRACER,
     WRITER,
 )
 from service.edge.effects import (
@@ -60,9 +61,12 @@ from service.edge.effects import (
 )
 from service.edge.metrics import Stamped
 from service.edge.protocol import ConnectionProtocol
+from service.runtime import tracing
+from service.runtime.logs import ACCESS
 from service.storage.wire import dumps
 
 log = logging.getLogger("sessiond.ws")
+access_log = logging.getLogger(ACCESS)
 
 # How long a server-side close waits on a client that does not read.
 CLOSE_PATIENCE = 5.0
@@ -113,6 +117,7 @@ class LiveConnection:
         self.connection_id = protocol.connection_id
         self.writer = request.app[WRITER]
         self.metrics = request.app[METRICS]
+        self.tracer = request.app[TRACER]
         self.subscription: Subscription | None = None
         self.finished = asyncio.Event()
         self._token_arrived = asyncio.Event()
@@ -150,7 +155,10 @@ class LiveConnection:
                 case Send() as send:
                     await self.send(send)
                 case Record() as record:
-                    more = record.then(await self.record(record))
+                    if self.tracer.enabled:
+                        more = await self._traced_step(record)
+                    else:
+                        more = record.then(await self.record(record))
                 case ReadEvents() as read:
                     events = await self.read(read)
                     more = self.protocol.read_failed() if events is None else read.then(events)
@@ -216,6 +224,27 @@ class LiveConnection:
             )
             return Unavailable(str(e))
 
+    def span_attributes(self) -> dict[str, str]:
+        """This connection's IDs (and its user, once known), for its spans."""
+        attributes = {
+            tracing.CONNECTION: self.connection_id,
+            tracing.SESSION: self.protocol.session_id,
+        }
+        if self.protocol.principal is not None:
+            attributes[tracing.USER] = self.protocol.principal.user_id
+        return attributes
+
+    async def _traced_step(self, effect: Record) -> list[Effect]:
+        """A command recorded and the protocol's answer to it (a handshake
+        step is committed there), as one span: the state it left the
+        connection in, and whether it was recorded."""
+        with self.tracer.span(f"ws {effect.command.name}", self.span_attributes()) as span:
+            outcome = await self.record(effect)
+            more = effect.then(outcome)
+            span.set_attribute("sessiond.outcome", type(outcome).__name__.lower())
+            span.set_attribute("sessiond.state", self.protocol.state)
+            return more
+
     async def read(self, effect: ReadEvents) -> list[dict[str, Any]] | None:
         """The session events asked for; None when the store cannot be read."""
         read = functools.partial(
@@ -269,6 +298,23 @@ class LiveConnection:
             await self.run(self.protocol.live([event]))
 
     # --- the end ------------------------------------------------------------------------
+
+    def log_end(self) -> None:
+        """The socket's access line: how it ended, for whom, after how long."""
+        if not access_log.isEnabledFor(logging.INFO):
+            return
+        ending = self.protocol.ending
+        code, reason = ending if ending is not None else (None, None)
+        fields: dict[str, Any] = {
+            "connection_id": self.connection_id,
+            "session_id": self.protocol.session_id,
+        }
+        if self.protocol.principal is not None:
+            fields["user"] = self.protocol.principal.user_id
+        fields["code"] = code
+        fields["reason"] = reason
+        fields["duration_ms"] = round((time.monotonic() - self.opened_at) * 1000, 3)
+        access_log.info("connection closed", extra=fields)
 
     async def end(self, code: int, reason: str) -> None:
         """The node ends this connection (shutdown): as the protocol says."""

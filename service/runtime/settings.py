@@ -7,7 +7,9 @@ import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
+
+from service.runtime.logs import FORMATS, LogFormat
 
 DEFAULT_STORE = "sqlite:///./sessiond.db"
 MIB = 1024 * 1024
@@ -69,6 +71,28 @@ def _env_int(env: Mapping[str, str], key: str, default: int, minimum: int = 0) -
     if value < minimum:
         raise SettingsError(f"{key} must be at least {minimum}, got {value}")
     return value
+
+
+def _env_choice(env: Mapping[str, str], key: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = env.get(key)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value not in choices:
+        raise SettingsError(f"{key} must be one of {', '.join(choices)}, got {raw!r}")
+    return value
+
+
+def _env_switch(env: Mapping[str, str], key: str, default: bool) -> bool:
+    raw = env.get(key)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value in ("1", "on", "true", "yes"):
+        return True
+    if value in ("0", "off", "false", "no"):
+        return False
+    raise SettingsError(f"{key} must be on or off, got {raw!r}")
 
 
 def _env_float(env: Mapping[str, str], key: str, default: float, minimum: float = 0.0) -> float:
@@ -140,6 +164,10 @@ class Settings:
     node_timeout: float = 15.0
     # The longest a lost NOTIFY can delay cross-node delivery.
     poll_interval: float = 1.0
+    # Log lines as text (key=value) or JSON lines; and whether the access
+    # lines (one per HTTP request, one per socket end) are written.
+    log_format: LogFormat = "text"
+    access_log: bool = True
 
     def with_overrides(self, **overrides: Any) -> Settings:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
@@ -196,10 +224,18 @@ class Settings:
             drain_seconds=_env_float(env, "SESSIOND_DRAIN_SECONDS", cls.drain_seconds),
             node_timeout=_env_float(env, "SESSIOND_NODE_TIMEOUT", 15.0, minimum=0.1),
             poll_interval=_env_float(env, "SESSIOND_POLL_INTERVAL", 1.0, minimum=0.01),
+            log_format=cast(
+                LogFormat, _env_choice(env, "SESSIOND_LOG_FORMAT", cls.log_format, FORMATS)
+            ),
+            access_log=_env_switch(env, "SESSIOND_ACCESS_LOG", cls.access_log),
         )
         if not 0 < base.port < 65536:
             raise SettingsError(f"SESSIOND_PORT must be between 1 and 65535, got {base.port}")
         chosen = base.with_overrides(**overrides)
+        if chosen.log_format not in FORMATS:
+            raise SettingsError(
+                f"the log format must be one of {', '.join(FORMATS)}, got {chosen.log_format!r}"
+            )
         if not 0 < chosen.port < 65536:
             raise SettingsError(f"the port must be between 1 and 65535, got {chosen.port}")
         return chosen

@@ -26,10 +26,10 @@ store for down.
 from __future__ import annotations
 
 import sqlite3
+import sys
+from typing import Any
 
-import psycopg
 from eventsourcing.persistence import InterfaceError, OperationalError
-from psycopg import errors as pg_errors
 
 # SQLite's primary result codes for "another connection holds the lock".
 _SQLITE_BUSY = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
@@ -44,20 +44,38 @@ _SQLITE_DOWN = {
     sqlite3.SQLITE_PERM,
     sqlite3.SQLITE_READONLY,
 }
-_PG_BUSY = (pg_errors.QueryCanceled, pg_errors.LockNotAvailable)
+# psycopg's errors are looked up where one is seen, not imported here: a
+# process on a SQLite store never loads psycopg, and then none of its errors
+# can be raised. SQLSTATEs of a statement that outwaited its deadline
+# (query_canceled, lock_not_available):
+_PG_BUSY = ("57014", "55P03")
 # SQLSTATE classes of a server that is away, shutting down, out of room or
 # broken (connection exception, operator intervention's shutdowns,
 # insufficient resources, system error, internal error).
 _PG_DOWN = ("08", "57P", "53", "58", "XX")
-# A standby, or a database set read-only: no write can succeed.
-_PG_READ_ONLY = pg_errors.ReadOnlySqlTransaction
+# A standby, or a database set read-only (read_only_sql_transaction): no
+# write can succeed.
+_PG_READ_ONLY = "25006"
+
+
+def _psycopg_error() -> Any:
+    psycopg = sys.modules.get("psycopg")
+    return psycopg.Error if psycopg is not None else ()
+
+
+def _sqlstate(error: BaseException | None) -> str | None:
+    """The SQLSTATE of a psycopg error, if ``error`` is one that has one."""
+    if error is not None and isinstance(error, _psycopg_error()):
+        return getattr(error, "sqlstate", None)
+    return None
 
 
 def store_down(error: BaseException) -> bool:
     """Whether ``error`` leaves the call unrecorded for a reason of the
     store's (see the module): 503, not 500."""
-    return isinstance(error, OperationalError | InterfaceError | OSError) or isinstance(
-        _driver_error(error), _PG_READ_ONLY
+    return (
+        isinstance(error, OperationalError | InterfaceError | OSError)
+        or _sqlstate(_driver_error(error)) == _PG_READ_ONLY
     )
 
 
@@ -68,8 +86,9 @@ def down(error: BaseException) -> bool:
     cause = _driver_error(error)
     if isinstance(cause, sqlite3.Error):
         return getattr(cause, "sqlite_errorcode", 0) & 0xFF in _SQLITE_DOWN
-    if isinstance(cause, psycopg.Error) and cause.sqlstate is not None:
-        return cause.sqlstate.startswith(_PG_DOWN) or isinstance(cause, _PG_READ_ONLY)
+    sqlstate = _sqlstate(cause)
+    if sqlstate is not None:
+        return sqlstate.startswith(_PG_DOWN) or sqlstate == _PG_READ_ONLY
     # No state from a server: the connection itself failed, or the pool had
     # none to give.
     return True
@@ -81,7 +100,7 @@ def busy(error: BaseException) -> bool:
     cause = _driver_error(error)
     if isinstance(cause, sqlite3.Error):
         return getattr(cause, "sqlite_errorcode", 0) & 0xFF in _SQLITE_BUSY
-    return isinstance(cause, _PG_BUSY)
+    return _sqlstate(cause) in _PG_BUSY
 
 
 def read_only(error: BaseException) -> bool:
@@ -99,7 +118,7 @@ def _driver_error(error: BaseException) -> BaseException | None:
     raised from), if any."""
     seen: BaseException | None = error
     while seen is not None:
-        if isinstance(seen, sqlite3.Error | psycopg.Error):
+        if isinstance(seen, (sqlite3.Error, _psycopg_error())):
             return seen
         seen = seen.__cause__
     return None

@@ -33,8 +33,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+# psycopg is imported where a PostgreSQL URL is used, not here: a command on
+# a SQLite store (``sessiond replay``, ``token``) starts without loading it.
 
 # Held while a node creates tables, so several nodes starting at once on one
 # PostgreSQL database do not race on CREATE TABLE IF NOT EXISTS.
@@ -89,6 +89,8 @@ def postgres_settings(url: str) -> PostgresSettings:
     for key, value in LIBPQ_DEFAULTS.items():
         params.setdefault(key, value)
     _limit_statements(params, own["statement_timeout"])
+    from psycopg.conninfo import make_conninfo
+
     conninfo = make_conninfo("", **params)
     env = {
         "POSTGRES_DBNAME": params["dbname"],
@@ -135,6 +137,9 @@ def _parse(url: str) -> tuple[dict[str, str], dict[str, str]]:
             own[unquote(key)] = unquote(value)
         else:
             kept.append(pair)
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
     try:
         params = conninfo_to_dict("?".join([base, "&".join(kept)]) if kept else base)
     except psycopg.Error as e:
@@ -145,6 +150,8 @@ def _parse(url: str) -> tuple[dict[str, str], dict[str, str]]:
 @contextmanager
 def schema_lock(conninfo: str) -> Iterator[None]:
     """Hold the schema lock on the database ``conninfo`` names."""
+    import psycopg
+
     with psycopg.connect(conninfo, autocommit=True) as conn:
         # A deliberate wait (another node is creating the tables), not a
         # statement that should give up.

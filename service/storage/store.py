@@ -27,7 +27,7 @@ from domain.ids import connection_stream, id_from_stream, session_stream
 from domain.session import Session
 from service.storage.postgres_url import postgres_settings, schema_lock
 from service.storage.rows import LogRow, RowRecorder, StreamRow
-from service.storage.wire import wire_from_row4
+from service.storage.wire import wire_from_rows4
 
 # Seconds a SQLite statement waits for another connection's lock before it
 # fails (busy): a deadline of every store call (ADR 0028).
@@ -186,7 +186,7 @@ class SessiondApplication(Application[str]):
         """A stream's events in wire shape, decoded straight from the rows."""
         id_from_stream(stream_id)  # refuses anything but a sessiond stream
         rows = self.row_recorder.select_stream_rows(stream_id, gt=after, limit=limit)
-        return [wire_from_row4(r) for r in rows]
+        return wire_from_rows4(rows)
 
     def log_rows(self, start: int, limit: int) -> list[LogRow]:
         """Up to ``limit`` rows of the notification log from ID ``start`` on,

@@ -1,35 +1,84 @@
-"""Log lines: the stock formatter's text, every extra field as key=value, and
-the client's IDs byte for byte."""
+"""Log lines: text (``time level logger message key=value``) with values
+quoted when they need it, and JSON lines; times in UTC with their zone; a
+client's ID byte for byte, and never a forged line."""
 
 from __future__ import annotations
 
+import json
 import logging
+import shlex
 import sys
+from datetime import datetime, timedelta
 
-from service.runtime.logs import KeyValueFormatter
+import pytest
+
+from service.runtime.logs import JsonFormatter, KeyValueFormatter, formatter, text_value
+from service.runtime.settings import Settings, SettingsError
 
 ODD_ID = "sess_mgpresmh_6655kc3b0:a.b-c"
 
 
-def record(**extra: object) -> logging.LogRecord:
+def record(msg: str = "connection %s", *args: object, **extra: object) -> logging.LogRecord:
     rec = logging.LogRecord(
-        "sessiond.ws", logging.INFO, __file__, 1, "connection %s", ("opened",), None
+        "sessiond.ws", logging.INFO, __file__, 1, msg, args or ("opened",), None
     )
     rec.__dict__.update(extra)
     return rec
 
 
-def test_a_line_is_the_stock_format_followed_by_the_fields() -> None:
+def utc(stamp: str) -> datetime:
+    parsed = datetime.fromisoformat(stamp)
+    assert parsed.utcoffset() == timedelta(0), stamp
+    return parsed
+
+
+def test_a_text_line_is_time_level_logger_message_then_the_fields() -> None:
     rec = record(connection_id=ODD_ID, session_id="s-1", after=0)
-    stock = logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s").format(rec)
-    line = KeyValueFormatter().format(rec)
-    assert line == f"{stock} connection_id={ODD_ID} session_id=s-1 after=0"
+    stamp, rest = KeyValueFormatter().format(rec).split(" ", 1)
+    assert (
+        rest == f"INFO sessiond.ws connection opened connection_id={ODD_ID} session_id=s-1 after=0"
+    )
+    assert stamp.endswith("Z")
+    assert utc(stamp).timestamp() == pytest.approx(rec.created, abs=0.001)
 
 
-def test_a_line_without_fields_is_just_the_stock_format() -> None:
-    rec = record()
-    stock = logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s").format(rec)
-    assert KeyValueFormatter().format(rec) == stock
+def test_a_text_line_without_fields_ends_with_its_message() -> None:
+    assert KeyValueFormatter().format(record()).endswith(" INFO sessiond.ws connection opened")
+
+
+@pytest.mark.parametrize(
+    "value",
+    ['a reason with "quotes" in it', "", "key=value", "two\nlines", "back\\slash", "tab\there"],
+)
+def test_a_text_value_that_needs_quotes_is_a_json_string(value: str) -> None:
+    line = KeyValueFormatter().format(record(reason=value, code=4401))
+    assert "\n" not in line
+    written = line.split(" reason=", 1)[1].rsplit(" code=", 1)[0]
+    assert written.startswith('"') and json.loads(written) == value
+    assert line.endswith(" code=4401")
+
+
+def test_text_fields_split_back_into_what_was_logged() -> None:
+    """A log shipper's logfmt reading (shlex splits the same way) gets each
+    field back, and a client's string cannot add a field of its own."""
+    forged = 'x" level=ERROR user="root'
+    line = KeyValueFormatter().format(record(reason=forged, user="alice", session_id=ODD_ID))
+    fields = dict(part.split("=", 1) for part in shlex.split(line)[5:])
+    assert fields == {"reason": forged, "user": "alice", "session_id": ODD_ID}
+
+
+def test_plain_values_are_written_as_they_are() -> None:
+    assert text_value("s-1") == "s-1"
+    assert text_value(4401) == "4401"
+    assert text_value(12.5) == "12.5"
+    assert text_value(None) == "None"
+    assert text_value(ODD_ID) == ODD_ID
+
+
+def test_a_message_stays_on_its_line() -> None:
+    line = KeyValueFormatter().format(record("refused %s", "a\nforged INFO line"))
+    assert line.splitlines() == [line]
+    assert line.endswith("refused a\\nforged INFO line")
 
 
 def test_an_exception_follows_its_line() -> None:
@@ -43,3 +92,66 @@ def test_an_exception_follows_its_line() -> None:
     lines = KeyValueFormatter().format(rec).splitlines()
     assert lines[0].endswith(f"ERROR sessiond failed connection_id={ODD_ID}")
     assert lines[-1] == "ValueError: boom"
+
+
+def test_a_json_line_parses_and_has_the_fields() -> None:
+    rec = record(
+        connection_id=ODD_ID, session_id="s-1", after=0, reason='say "hi"\n', error=ValueError("x")
+    )
+    line = JsonFormatter().format(rec)
+    assert "\n" not in line
+    parsed = json.loads(line)
+    assert list(parsed)[:4] == ["time", "level", "logger", "message"]
+    assert parsed == {
+        "time": parsed["time"],
+        "level": "INFO",
+        "logger": "sessiond.ws",
+        "message": "connection opened",
+        "connection_id": ODD_ID,
+        "session_id": "s-1",
+        "after": 0,
+        "reason": 'say "hi"\n',
+        "error": "x",
+    }
+    assert parsed["time"].endswith("Z")
+    assert utc(parsed["time"]).timestamp() == pytest.approx(rec.created, abs=0.001)
+
+
+def test_a_json_field_cannot_replace_the_line_s_own() -> None:
+    parsed = json.loads(JsonFormatter().format(record(level="DEBUG", logger="x", time="then")))
+    assert (parsed["level"], parsed["logger"]) == ("INFO", "sessiond.ws")
+    assert parsed["time"] != "then"
+
+
+def test_a_json_line_carries_its_exception() -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        rec = logging.LogRecord(
+            "sessiond", logging.ERROR, __file__, 1, "failed", (), sys.exc_info()
+        )
+    parsed = json.loads(JsonFormatter().format(rec))
+    assert parsed["message"] == "failed"
+    assert parsed["exception"].splitlines()[-1] == "ValueError: boom"
+
+
+def test_the_format_is_chosen_by_setting_and_environment() -> None:
+    assert Settings.from_env({}).log_format == "text"
+    assert Settings.from_env({"SESSIOND_LOG_FORMAT": "JSON"}).log_format == "json"
+    assert Settings.from_env({"SESSIOND_LOG_FORMAT": "json"}, log_format="text").log_format == (
+        "text"
+    )
+    assert isinstance(formatter("json"), JsonFormatter)
+    assert isinstance(formatter("text"), KeyValueFormatter)
+    with pytest.raises(SettingsError, match="SESSIOND_LOG_FORMAT must be one of text, json"):
+        Settings.from_env({"SESSIOND_LOG_FORMAT": "xml"})
+    with pytest.raises(SettingsError, match="log format"):
+        Settings.from_env({}, log_format="xml")
+
+
+def test_the_access_lines_are_on_unless_switched_off() -> None:
+    assert Settings.from_env({}).access_log is True
+    assert Settings.from_env({"SESSIOND_ACCESS_LOG": "off"}).access_log is False
+    assert Settings.from_env({"SESSIOND_ACCESS_LOG": "on"}).access_log is True
+    with pytest.raises(SettingsError, match="SESSIOND_ACCESS_LOG must be on or off"):
+        Settings.from_env({"SESSIOND_ACCESS_LOG": "maybe"})

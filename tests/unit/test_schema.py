@@ -84,6 +84,15 @@ def test_whole_numbers_stay_whole_and_results_are_checked_too() -> None:
     assert (progress.done, type(progress.done)) == (5, int)
     assert refused(b'{"done": true}', ReportProgress) == "invalid_body"
     assert refused(b'{"result": [18446744073709551616]}', CompleteTask) == "invalid_body"
+    # Found by the contract tests: JSON does not tell 3.0 from 3, so neither
+    # does a count; an amount of work is never negative.
+    counted = decode_body(b'{"role": "user", "content": "c", "tokens": 3.0}', PostMessage)
+    assert (counted.token_count, type(counted.token_count)) == (3, int)
+    assert refused(b'{"role": "user", "content": "c", "tokens": 3.5}', PostMessage) == (
+        "invalid_body"
+    )
+    assert refused(b'{"done": -1}', ReportProgress) == "invalid_body"
+    assert refused(b'{"done": 1, "total": -0.5}', ReportProgress) == "invalid_body"
 
 
 def test_query_values_are_converted_and_bounded() -> None:

@@ -15,7 +15,7 @@ from domain.session import Session
 from projections.sessions import SESSION_EVENTS, fold_session, timeline
 from service.storage import wire
 from service.storage.store import _row
-from service.storage.wire import wire_event, wire_from_row4
+from service.storage.wire import wire_event, wire_from_row4, wire_from_rows4
 
 
 def session_event_classes() -> list[type[Aggregate.Event]]:
@@ -79,7 +79,10 @@ def a_session_with_a_message() -> Session:
 
 @pytest.mark.usefixtures("hidden_content")
 def test_a_wire_shape_of_its_own_is_shown_from_events_and_from_stored_rows() -> None:
-    for event in a_session_with_a_message().collect_events():
+    events = a_session_with_a_message().collect_events()
+    rows = [_row(event) for event in events]
+    assert wire_from_rows4(rows) == [wire_from_row4(row) for row in rows]  # the batch path
+    for event in events:
         assert isinstance(event, Aggregate.Event)
         shown = wire_event(event)
         assert wire_from_row4(_row(event)) == shown

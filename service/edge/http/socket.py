@@ -20,12 +20,14 @@ from domain.errors import DomainError
 from domain.ids import new_connection_id
 from service.application.auth import AuthError, bearer_token
 from service.application.writer import StoreUnavailable
+from service.edge import access
 from service.edge.budgets import admit_socket
 from service.edge.context import (
     HEALTH,
     SETTINGS,
     SIGNER,
     SOCKETS,
+    TRACER,
     WRITER,
 )
 from service.edge.contract import operation
@@ -34,6 +36,7 @@ from service.edge.errors import ApiError
 from service.edge.protocol import ConnectionProtocol, Limits
 from service.edge.schema import SchemaError, SocketQuery, decode_query
 from service.edge.ws import LiveConnection, finished
+from service.runtime import tracing
 
 log = logging.getLogger("sessiond.ws")
 
@@ -117,10 +120,18 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         wall_offset=time.time() - asyncio.get_running_loop().time(),
         admission=admission,
     )
+    facts = access.about(request)
+    if facts is not None:
+        facts.connection_id = protocol.connection_id
+        facts.session_id = protocol.session_id
+    opening = protocol.open_command(proposed=asked.connection_id is not None)
     try:
-        await request.app[WRITER].execute(
-            protocol.open_command(proposed=asked.connection_id is not None)
-        )
+        tracer = request.app[TRACER]
+        with tracer.span(
+            f"ws {opening.name}",
+            {tracing.CONNECTION: protocol.connection_id, tracing.SESSION: protocol.session_id},
+        ):
+            await request.app[WRITER].execute(opening)
     except BaseException as e:
         admission.release()  # nothing recorded: nothing charged
         if isinstance(e, DomainError):
@@ -146,6 +157,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         except Exception:
             await conn.run(protocol.upgrade_failed())
             raise
+        if facts is not None:
+            facts.sent = 101
         loop = asyncio.get_running_loop()
         driver = asyncio.ensure_future(conn.run(protocol.upgraded(header_token, loop.time())))
         receiver = conn.receiver = asyncio.ensure_future(conn.receive_loop())
@@ -172,6 +185,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                 protocol.socket_closed(code, timed_out=timed_out, layer_error=layer_error)
             )
         _closed(conn)
+        if facts is not None and protocol.principal is not None:
+            facts.user = protocol.principal.user_id
         admission.ended()
         if conn.subscription is not None:
             conn.subscription.close()
@@ -186,12 +201,4 @@ def _closed(conn: LiveConnection) -> None:
         return
     code, reason = ending
     conn.metrics.ws_closed(code, reason)
-    log.info(
-        "connection closed",
-        extra={
-            "connection_id": conn.connection_id,
-            "session_id": conn.protocol.session_id,
-            "code": code,
-            "reason": reason,
-        },
-    )
+    conn.log_end()
