@@ -98,7 +98,9 @@ class Server:
         return self.proc.pid
 
     def start(self, patience: float = 60.0) -> None:
-        env = {**os.environ, "SESSIOND_SECRET": SECRET, **self.env}
+        # Stopped with SIGTERM, a sessiond would drain first (nothing here
+        # measures that), unless told otherwise.
+        env = {**os.environ, "SESSIOND_SECRET": SECRET, "SESSIOND_DRAIN_SECONDS": "0", **self.env}
         err = self.log.open("ab") if self.log is not None else subprocess.DEVNULL
         try:
             self.proc = subprocess.Popen(

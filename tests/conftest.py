@@ -204,7 +204,14 @@ class ServerProcess:
     def __init__(self, store_url: str, *, port: int | None = None, **env: str) -> None:
         self.store_url = store_url
         self.port = port or free_port()
-        self.env = {**os.environ, "SESSIOND_SECRET": TEST_SECRET, **env}
+        # No drain on SIGTERM unless a test asks for one: the tests that stop
+        # servers are about what happens after it.
+        self.env = {
+            **os.environ,
+            "SESSIOND_SECRET": TEST_SECRET,
+            "SESSIOND_DRAIN_SECONDS": "0",
+            **env,
+        }
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path: Path | None = None
 

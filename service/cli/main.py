@@ -9,9 +9,11 @@ import gc
 import logging
 import socket
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Sequence
-from typing import TextIO
+from importlib import metadata
+from typing import Any, TextIO
 
 from domain.errors import InvalidId
 from domain.ids import check_id
@@ -25,7 +27,7 @@ from service.application.auth import (
     read_key,
 )
 from service.runtime import logs
-from service.runtime.settings import Settings, SettingsError
+from service.runtime.settings import DEFAULT_STORE, MIB, Settings, SettingsError
 from service.storage.store import SessiondApplication, StoreError, open_store, parse_store_url
 from service.storage.wire import dumps_str, wire_view
 
@@ -46,6 +48,7 @@ def _settings(args: argparse.Namespace) -> Settings:
             store_url=getattr(args, "store", None),
             host=getattr(args, "host", None),
             port=getattr(args, "port", None),
+            drain_seconds=getattr(args, "drain_seconds", None),
             log_format=getattr(args, "log_format", None),
         )
     except SettingsError as e:
@@ -78,14 +81,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _check_port_free(settings.host, settings.port)
     # The server's imports (aiohttp, psycopg) load only when serving, so the
     # offline commands (token, replay, projections) start fast.
-    from aiohttp import web
-
+    from service.cli.serve import run
     from service.edge.app import create_app
 
     app = create_app(settings)
     tune_garbage_collector()
 
-    def announce(_: object) -> None:
+    def announce() -> None:
         print(
             f"sessiond serving on http://{settings.host}:{settings.port} "
             f"(store {settings.store_url}, node {settings.node_id})",
@@ -93,14 +95,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
 
     try:
-        web.run_app(
-            app,
-            host=settings.host,
-            port=settings.port,
-            print=announce,
-            access_log=None,
-            shutdown_timeout=settings.shutdown_timeout,
-        )
+        run(app, settings, announce)
     except OSError as e:
         raise CliError(f"cannot serve on {settings.host}:{settings.port}: {e}", 1) from None
     except StoreError as e:
@@ -281,97 +276,319 @@ def cmd_lifecycle(args: argparse.Namespace) -> int:
     return 0
 
 
+# Help text written by hand (descriptions, epilogs) is wrapped to this width.
+WIDTH = 79
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Descriptions and epilogs as written (examples keep their lines), and
+    each option's default shown, unless its help says it already (those that
+    come from the environment do, naming the variable) or there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default is None or action.default is False:
+            return text
+        return super()._get_help_string(action) or text
+
+
+def version() -> str:
+    """The installed package's version, as its metadata says."""
+    try:
+        return metadata.version("sessiond")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed as a package: pip install -e .)"
+
+
+def environment(*pairs: tuple[str, str]) -> str:
+    """An epilog section naming the environment variables a command reads."""
+    if not pairs:
+        return "environment:\n  none read"
+    width = max(len(name) for name, _ in pairs) + 4
+    lines = [
+        textwrap.fill(
+            meaning,
+            WIDTH,
+            initial_indent=f"  {name:<{width - 2}}",
+            subsequent_indent=" " * width,
+        )
+        for name, meaning in pairs
+    ]
+    return "environment (flags win over these):\n" + "\n".join(lines)
+
+
+def paragraph(text: str) -> str:
+    return textwrap.fill(text, WIDTH)
+
+
+STORE_ENV = ("SESSIOND_STORE", f"the store when --store is not given (else {DEFAULT_STORE})")
+SECRET_ENV = ("SESSIOND_SECRET", "the token signing key (else the key file beside the store)")
+
+# Everything `serve` reads (service/runtime/settings.py); the README's table
+# says more about each.
+SERVE_ENVIRONMENT = (
+    STORE_ENV,
+    ("SESSIOND_HOST", f"--host (else {Settings.host})"),
+    ("SESSIOND_PORT", f"--port (else {Settings.port})"),
+    ("SESSIOND_DRAIN_SECONDS", f"--drain-seconds (else {Settings.drain_seconds:g})"),
+    SECRET_ENV,
+    ("SESSIOND_NODE", "this node's name (else the host name)"),
+    ("SESSIOND_CORS_ORIGINS", "comma-separated origins a browser may call from (else none)"),
+    ("SESSIOND_MAX_CONNECTIONS_PER_SESSION", "live sockets per session before 4409 (else 1)"),
+    ("SESSIOND_AUTH_TIMEOUT", f"seconds to send auth before 4401 (else {Settings.auth_timeout:g})"),
+    ("SESSIOND_TOKEN_WARNING", "seconds before exp to send token_expiring (else 60; 0: never)"),
+    ("SESSIOND_HEARTBEAT", f"WebSocket ping interval in seconds (else {Settings.heartbeat:g})"),
+    ("SESSIOND_MAX_BODY_BYTES", f"largest HTTP body (else {Settings.max_body_bytes})"),
+    ("SESSIOND_MAX_FRAME_BYTES", f"largest WebSocket frame (else {Settings.max_frame_bytes})"),
+    ("SESSIOND_BAD_FRAMES_PER_MINUTE", "bad frames tolerated before 4400 (else 10)"),
+    ("SESSIOND_SEND_QUEUE_LIMIT", "events queued per socket before 4408 (else 1000)"),
+    ("SESSIOND_SEND_QUEUE_BYTES", f"bytes queued per socket before 4408 (else {4 * MIB})"),
+    ("SESSIOND_STREAM_HEARTBEAT", "seconds an idle event stream waits to ping (else 15)"),
+    (
+        "SESSIOND_USER_WRITES",
+        f"per user: HTTP writes and message frames (else {Settings.user_writes})",
+    ),
+    ("SESSIOND_USER_SESSIONS", f"per user: sessions created (else {Settings.user_sessions})"),
+    ("SESSIOND_USER_SOCKETS", f"per user: live sockets (else {Settings.user_sockets})"),
+    ("SESSIOND_USER_WATCHERS", f"per user: event streams (else {Settings.user_watchers})"),
+    (
+        "SESSIOND_ADDRESS_PENDING_UPGRADES",
+        f"per address: upgrades awaiting a token (else {Settings.address_pending_upgrades})",
+    ),
+    (
+        "SESSIOND_ADDRESS_FAILED_UPGRADES",
+        f"per address: upgrades that never authenticated (else {Settings.address_failed_upgrades})",
+    ),
+    (
+        "SESSIOND_ADDRESS_UNAUTHENTICATED",
+        f"per address: requests without a valid token (else {Settings.address_unauthenticated})",
+    ),
+    ("SESSIOND_FORWARDED_HOPS", "proxies whose X-Forwarded-For names the client (else 0)"),
+    ("SESSIOND_BODIES_IN_FLIGHT_BYTES", "request body bytes read at once (else 64 MiB)"),
+    ("SESSIOND_WRITER_MAX_BATCH", "commands per transaction at most (else 256)"),
+    ("SESSIOND_NODE_TIMEOUT", "seconds of silence before a node is dead (else 15)"),
+    ("SESSIOND_POLL_INTERVAL", "seconds a lost NOTIFY delays delivery at most (else 1)"),
+    ("SESSIOND_LOG_FORMAT", f"--log-format (else {Settings.log_format})"),
+    ("SESSIOND_ACCESS_LOG", "off: no access lines, one per request and socket end (else on)"),
+    (
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "with the otel extra: send traces there over OTLP/HTTP (else none; the other "
+        "OTEL_* variables as OpenTelemetry defines them)",
+    ),
+)
+
+SERVE_EXAMPLES = """\
+examples:
+  sessiond serve
+      one node on 127.0.0.1:8080, everything in ./sessiond.db
+  sessiond serve --host 0.0.0.0 --store sqlite:////var/lib/sessiond/sessiond.db
+      one node for the network, its store in /var/lib/sessiond
+  SESSIOND_SECRET=... SESSIOND_NODE=node-a sessiond serve --host 0.0.0.0 \\
+      --store postgresql://sessiond@db.internal:5432/sessiond
+      one node of several sharing a PostgreSQL store (same secret, own name)
+  sessiond serve --store memory:// --drain-seconds 0
+      a throwaway node that stops at once on SIGTERM
+
+signals:
+  SIGTERM  drain: /readyz and new upgrades answer 503 for --drain-seconds while
+           open sockets carry on, then every socket is closed with 1001
+  SIGINT   (Ctrl-C) stop at once; during a drain, SIGINT or a second SIGTERM
+           ends it there"""
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a number of seconds, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sessiond",
         description="Event-sourced sessions and connections: one ID, one lifecycle.",
+        epilog=paragraph(
+            "Run 'sessiond COMMAND --help' for a command's options, defaults and the "
+            "environment variables it reads. With no command, sessiond prints this and exits 2."
+        ),
+        formatter_class=HelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"sessiond {version()}")
+    sub = parser.add_subparsers(
+        dest="command", title="commands", metavar="COMMAND", help="one of these:"
+    )
 
-    serve = sub.add_parser("serve", help="run the service")
-    serve.add_argument("--host", help="address to listen on (SESSIOND_HOST, default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port (SESSIOND_PORT, default 8080)")
+    def command(
+        name: str, summary: str, details: str = "", **kwargs: Any
+    ) -> argparse.ArgumentParser:
+        description = paragraph(summary[0].upper() + summary[1:] + "." + f" {details}".rstrip())
+        return sub.add_parser(
+            name, help=summary, description=description, formatter_class=HelpFormatter, **kwargs
+        )
+
+    serve = command(
+        "serve",
+        "run the service",
+        "Serves the HTTP API and WebSockets (docs/PROTOCOL.md) on one store until stopped.",
+        epilog=SERVE_EXAMPLES + "\n\n" + environment(*SERVE_ENVIRONMENT),
+    )
+    serve.add_argument(
+        "--host", help=f"address to listen on (default: $SESSIOND_HOST, else {Settings.host})"
+    )
+    serve.add_argument(
+        "--port",
+        type=int,
+        help=f"port to listen on (default: $SESSIOND_PORT, else {Settings.port})",
+    )
     serve.add_argument(
         "--store",
-        help="sqlite:///path.db (default sqlite:///./sessiond.db), memory://, postgresql://...",
+        help=f"sqlite:///PATH.db, postgresql://USER@HOST:PORT/DB or memory:// "
+        f"(default: $SESSIOND_STORE, else {DEFAULT_STORE})",
     )
-    serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    serve.add_argument(
+        "--drain-seconds",
+        type=seconds,
+        metavar="SECONDS",
+        help="on SIGTERM, how long to answer 503 to /readyz and new upgrades before closing "
+        f"every socket (default: $SESSIOND_DRAIN_SECONDS, else {Settings.drain_seconds:g})",
+    )
+    serve.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="the least severe log lines printed",
+    )
     serve.add_argument(
         "--log-format",
         choices=["text", "json"],
-        help="text (key=value) or json (one object a line) (SESSIOND_LOG_FORMAT, default text)",
+        help="text (key=value) or json (one object a line) "
+        f"(default: $SESSIOND_LOG_FORMAT, else {Settings.log_format})",
     )
     serve.set_defaults(func=cmd_serve)
 
-    token = sub.add_parser("token", help="print a signed token, with the key serve uses")
+    token = command(
+        "token",
+        "print a signed token, with the key serve uses",
+        "Never makes a key: without SESSIOND_SECRET it reads the key file serve made beside "
+        "the store, and says so when there is none.",
+        epilog=environment(SECRET_ENV, STORE_ENV),
+    )
     token.add_argument("--user", required=True, help="the user ID (the token's sub)")
     token.add_argument(
-        "--role", action="append", choices=ROLES, help="a role; repeat for several (default user)"
+        "--role",
+        action="append",
+        choices=ROLES,
+        help="a role; repeat for several (default: user)",
     )
     token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
-    token.add_argument("--store", help="the store whose key file to use (as for serve)")
+    token.add_argument(
+        "--store",
+        help=f"the store whose key file to use (default: $SESSIOND_STORE, else {DEFAULT_STORE})",
+    )
     token.set_defaults(func=cmd_token)
 
-    replay_cmd = sub.add_parser("replay", help="a session's audit history, from the store")
-    replay_cmd.add_argument("session_id")
-    replay_cmd.add_argument("--store", help="the store to read (as for serve)")
+    replay_cmd = command(
+        "replay",
+        "a session's audit history, from the store",
+        "Reads the store directly (the service need not run): one line per event, or JSON lines.",
+        epilog=environment(STORE_ENV),
+    )
+    replay_cmd.add_argument("session_id", metavar="SESSION_ID", help="the session to replay")
     replay_cmd.add_argument(
-        "--at", type=positive_int, help="stop at this position, and show the state then"
+        "--store",
+        help=f"the store to read (default: $SESSIOND_STORE, else {DEFAULT_STORE})",
+    )
+    replay_cmd.add_argument(
+        "--at",
+        type=positive_int,
+        metavar="N",
+        help="stop at position N, and show the state then (default: the whole history)",
     )
     replay_cmd.add_argument("--json", action="store_true", help="JSON lines instead of a timeline")
     replay_cmd.set_defaults(func=cmd_replay)
 
-    proj = sub.add_parser("projections", help="rebuild or inspect the read models")
-    actions = proj.add_subparsers(dest="action", required=True)
+    proj = command(
+        "projections",
+        "rebuild or inspect the read models",
+        "The read models (sessions, connections) are projections of the event log.",
+        epilog=environment(STORE_ENV),
+    )
+    actions = proj.add_subparsers(
+        dest="action", required=True, title="actions", metavar="ACTION", help="what to do"
+    )
     for action, text in (
         ("rebuild", "rebuild projections from position 0 while the service keeps serving"),
         ("status", "each projection's position, the log's head, and the lag"),
     ):
-        act = actions.add_parser(action, help=text)
+        act = actions.add_parser(
+            action,
+            help=text,
+            description=text[0].upper() + text[1:] + ".",
+            epilog=environment(STORE_ENV),
+            formatter_class=HelpFormatter,
+        )
         act.add_argument(
             "names", nargs="*", metavar="NAME", help="the projections to act on (default: all)"
         )
-        act.add_argument("--store", help="the store (as for serve)")
+        act.add_argument(
+            "--store", help=f"the store (default: $SESSIOND_STORE, else {DEFAULT_STORE})"
+        )
         act.add_argument(
             "--batch-size", type=positive_int, default=5000, help="events per transaction"
         )
         act.set_defaults(func=cmd_projections)
 
-    tail = sub.add_parser(
+    tail = command(
         "tail",
-        help="follow a session live: its timeline, and a progress bar per running task",
-        description=(
-            "Follow a session through its event stream (GET /v1/sessions/ID/stream): one "
-            "line per event, as sessiond replay prints it, and on a terminal a progress bar "
-            "per running task. A dropped connection is resumed where it stopped. Exits 0 "
-            "when the session ends, 1 when the server refuses, 130 on Ctrl-C."
+        "follow a session live: its timeline, and a progress bar per running task",
+        "Follows a session through its event stream (GET /v1/sessions/ID/stream): one line "
+        "per event, as sessiond replay prints it, and on a terminal a progress bar per "
+        "running task. A dropped connection is resumed where it stopped. Exits 0 when the "
+        "session ends, 1 when the server refuses, 130 on Ctrl-C.",
+        epilog=environment(
+            ("SESSIOND_URL", "the server when --url is not given"),
+            ("SESSIOND_HOST", "else the server is http://SESSIOND_HOST:SESSIOND_PORT"),
+            ("SESSIOND_PORT", "(else http://127.0.0.1:8080)"),
+            ("SESSIOND_TOKEN", "the token when --token is not given"),
+            SECRET_ENV,
+            STORE_ENV,
         ),
     )
-    tail.add_argument("session_id", metavar="SESSION_ID")
+    tail.add_argument("session_id", metavar="SESSION_ID", help="the session to follow")
     tail.add_argument(
         "--after",
         type=position,
         default=0,
-        help="the last position already seen (default 0: the whole history, then live)",
+        metavar="N",
+        help="the last position already seen (default: 0, the whole history, then live)",
     )
     tail.add_argument(
         "--url",
-        help="the server (default: SESSIOND_URL, else http://SESSIOND_HOST:SESSIOND_PORT, "
+        help="the server (default: $SESSIOND_URL, else http://SESSIOND_HOST:SESSIOND_PORT, "
         "that is http://127.0.0.1:8080)",
     )
     tail.add_argument(
         "--token",
-        help="a token that may read the session (default: SESSIOND_TOKEN; without either, an "
-        "auditor token signed for a few minutes at a time with SESSIOND_SECRET or the key "
+        help="a token that may read the session (default: $SESSIOND_TOKEN; without either, an "
+        "auditor token signed for a few minutes at a time with $SESSIOND_SECRET or the key "
         "file serve made beside --store; no key is ever made)",
     )
     tail.add_argument(
         "--store",
-        help="where to find that key file (default: SESSIOND_STORE, else sqlite:///./sessiond.db)",
+        help=f"where to find that key file (default: $SESSIOND_STORE, else {DEFAULT_STORE})",
     )
     tail.set_defaults(func=cmd_tail)
 
-    lifecycle = sub.add_parser("lifecycle", help="print the connection lifecycle as Mermaid")
+    lifecycle = command(
+        "lifecycle",
+        "print the connection lifecycle as Mermaid",
+        "The state diagram is drawn from the lifecycle class itself, so it never goes stale.",
+        epilog=environment(),
+    )
     lifecycle.set_defaults(func=cmd_lifecycle)
     return parser
 
@@ -379,6 +596,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
     try:
         status: int = args.func(args)
         return status

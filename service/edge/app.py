@@ -325,6 +325,26 @@ async def _record_lost_connections(app: web.Application, node: str) -> None:
         )
 
 
+async def drain(app: web.Application, seconds: float, *, until: asyncio.Event) -> None:
+    """Take no new traffic for ``seconds`` (or until ``until`` is set) while
+    serving what the node has: ``/readyz`` answers 503, so load balancers
+    and Kubernetes take the node out of rotation, and new upgrades are
+    refused with 503 (service/edge/http/socket.py), so clients reconnect
+    elsewhere. Open sockets, HTTP calls and event streams carry on."""
+    app[HEALTH].draining = True
+    log.info(
+        "draining",
+        extra={
+            "node": app[SETTINGS].node_id,
+            "seconds": seconds,
+            "sockets": len(app[SOCKETS].sockets),
+        },
+    )
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await until.wait()
+
+
 async def _on_shutdown(app: web.Application) -> None:
     settings = app[SETTINGS]
     await app[WATCHERS].close_all(settings.shutdown_timeout)

@@ -155,6 +155,9 @@ class Settings:
     bodies_in_flight_bytes: int = 64 * MIB
     # Commands the writer commits in one transaction at most.
     writer_max_batch: int = 256
+    # On SIGTERM the node answers 503 to /readyz and to new upgrades for this
+    # long, still serving what it has, before it closes its sockets (1001).
+    drain_seconds: float = 5.0
     shutdown_timeout: float = 10.0
     # Several nodes on one PostgreSQL: a node whose heartbeat is older than
     # this is dead, and its open connections are recorded CLOSED lost.
@@ -218,6 +221,7 @@ class Settings:
                 env, "SESSIOND_BODIES_IN_FLIGHT_BYTES", cls.bodies_in_flight_bytes, minimum=1024
             ),
             writer_max_batch=_env_int(env, "SESSIOND_WRITER_MAX_BATCH", 256, minimum=1),
+            drain_seconds=_env_float(env, "SESSIOND_DRAIN_SECONDS", cls.drain_seconds),
             node_timeout=_env_float(env, "SESSIOND_NODE_TIMEOUT", 15.0, minimum=0.1),
             poll_interval=_env_float(env, "SESSIOND_POLL_INTERVAL", 1.0, minimum=0.01),
             log_format=cast(

@@ -34,6 +34,7 @@ def sessiond(
 def start_server(*args: str, cwd: Path) -> tuple[subprocess.Popen[str], int]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SESSIOND_")}
+    env["SESSIOND_DRAIN_SECONDS"] = "0"  # stop() is about what follows the drain
     proc = subprocess.Popen(
         [sys.executable, "-m", "service", "serve", "--port", str(port), *args],
         cwd=cwd,
@@ -248,3 +249,27 @@ async def test_a_second_serve_on_the_same_sqlite_store_exits_naming_the_first_an
     # Once the first has stopped, the store is free again.
     again, _ = start_server("--store", url, cwd=tmp_path)
     stop(again)
+
+
+def test_sessiond_version_is_the_installed_packages(tmp_path: Path) -> None:
+    from importlib.metadata import version
+
+    result = sessiond("--version", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"sessiond {version('sessiond')}"
+
+
+def test_bare_sessiond_lists_every_command_with_a_line_each_and_exits_2(tmp_path: Path) -> None:
+    result = sessiond(cwd=tmp_path)
+    assert result.returncode == 2
+    text = " ".join(result.stdout.split())
+    for line in (
+        "serve run the service",
+        "token print a signed token",
+        "replay a session's audit history",
+        "projections rebuild or inspect the read models",
+        "tail follow a session live",
+        "lifecycle print the connection lifecycle",
+    ):
+        assert line in text, result.stdout
+    assert "Traceback" not in result.stderr

@@ -173,6 +173,6 @@ async def test_tail_help_shows_its_defaults_and_environment_variables() -> None:
         "SESSIOND_SECRET",
         "SESSIOND_STORE",
         "sqlite:///./sessiond.db",
-        "default 0",
+        "default: 0",
     ):
         assert shown in text, shown

@@ -1,11 +1,12 @@
 """``GET /v1/ws``: the upgrade, and one socket's life around it.
 
-Before the upgrade: the query (the one schema), the origin, the store's
-health and the budgets, and a proposed connection ID looked up (one already
-recorded, or held by a socket of this node, is refused 409). Nothing is
-recorded before the upgrade: a refused upgrade is no connection. After it:
-CONNECTING and ACCEPTED recorded together, the connection's two tasks
-(service/edge/ws.py), and whatever way it ends, its CLOSED recorded
+Before the upgrade: the query (the one schema), the origin, whether the
+node is draining, the store's health and the budgets, and a proposed
+connection ID looked up (one already recorded, or held by a socket of this
+node, is refused 409). Nothing is recorded before the upgrade: a refused
+upgrade is no connection. After it: CONNECTING and ACCEPTED recorded
+together, the connection's two tasks (service/edge/ws.py), and whatever way
+it ends, its CLOSED recorded
 (docs/adr/0037-record-a-handshake-in-three-commits.md).
 """
 
@@ -99,7 +100,10 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     # recorded CLOSED upgrade_failed.
     if request.headers.get("Upgrade", "").lower() != "websocket":
         raise ApiError("upgrade_required", "this endpoint speaks WebSocket only", status=426)
-    if not request.app[HEALTH].up:  # refused before anything is recorded
+    health = request.app[HEALTH]
+    if health.draining:  # refused before anything is recorded, like a store down
+        raise ApiError("unavailable", "the node is draining; connect again, to another node")
+    if not health.up:
         raise ApiError("unavailable", "the store is down; try again later")
     header_token = _header_token(request)
     admission = admit_socket(request, header_token)
