@@ -95,32 +95,37 @@ def plot(png: Path, curves: dict[str, list[tuple[int, float, float]]]) -> str:
 
 
 def write(out: Path, rows: list[Row], curves: dict[str, list[tuple[int, float, float]]], *,
-          quick: bool, notes: list[str]) -> None:  # fmt: skip
-    """``out`` (Markdown) and the plot beside it (same name, .png)."""
+          quick: bool, notes: list[str], scaling: str = "",
+          command: str = REPRODUCE) -> None:  # fmt: skip
+    """``out`` (Markdown) and the plot beside it (same name, .png); the
+    "How cost grows" section (``scaling``, Markdown with its own plot) after
+    the table. Without rows (``--only scaling``) the report is that section."""
     out.parent.mkdir(parents=True, exist_ok=True)
     kept = ""
     if out.exists():
         previous = out.read_text()
         if NOTES_MARKER in previous:
             kept = previous[previous.index(NOTES_MARKER) :]
-    picture = plot(out.with_suffix(".png"), curves)
     mode = (
         "quick mode (tiny loads: proves the bench runs; not figures to quote)"
         if quick
         else "full mode"
     )
-    command = (
-        REPRODUCE.replace("python -m bench", "python -m bench --quick") if quick else REPRODUCE
-    )
     text = (
         "# Benchmarks\n\n"
         f"Measured {time.strftime('%Y-%m-%d')} in {mode} on {machine()}.\n\n"
         f"Reproduce: `{command}`\n\n"
-        "Every server runs in its own process; the load generator (`bench/load.py`) runs in "
-        "another, on the same cores, which is why the server CPU per operation is shown "
-        "beside each rate. The goals are the project's, stated for the full loads.\n\n"
-        f"{table(rows)}\n\n" + "".join(f"- {n}\n" for n in notes) + f"\n{picture}\n"
     )
+    if rows:
+        picture = plot(out.with_suffix(".png"), curves)
+        text += (
+            "Every server runs in its own process; the load generator (`bench/load.py`) runs "
+            "in another, on the same cores, which is why the server CPU per operation is shown "
+            "beside each rate. The goals are the project's, stated for the full loads.\n\n"
+            f"{table(rows)}\n\n" + "".join(f"- {n}\n" for n in notes) + f"\n{picture}\n"
+        )
+    if scaling:
+        text += ("\n" if rows else "") + scaling
     if kept:
         text += "\n" + kept
     out.write_text(text)
