@@ -19,14 +19,18 @@ worse: operations per second) against a load. Its shape is:
   earlier ones; the curve bends for the worse after the last-but-one load;
 - ``levels off``: a cost whose last point lies more than ``MARGIN`` below that
   line (it grows slower than it did), or a rate that stopped rising (above
-  its earlier best, but more than ``MARGIN`` under the line of the earlier
-  points: a server at capacity).
+  its earlier best, but more than ``MARGIN`` under the rising line of the
+  earlier points: a server at capacity);
+- ``falls``: a cost that is not flat and whose fitted line slopes down (a
+  fixed cost paid once, spread over more load).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
+from bench.report import SCALING_HEADING
 
 FLAT = 0.10
 MARGIN = 0.25
@@ -74,7 +78,7 @@ class Curve:
 
 @dataclass(frozen=True)
 class Shape:
-    kind: str  # "flat", "linear", "worse", "levels off"
+    kind: str  # "flat", "linear", "worse", "levels off", "falls"
     fit: Line  # through every point
     slope: float  # fit.slope in the curve's unit
     before: Line | None  # through every point but the last
@@ -89,6 +93,8 @@ class Shape:
             return f"flat (fitted slope {fitted})"
         if self.kind == "linear":
             return f"linear, {fitted}"
+        if self.kind == "falls":
+            return f"falls as the load grows (fitted slope {fitted})"
         assert self.marginal is not None and self.expected is not None
         last_x, last_y = curve.points[-1]
         earlier = "" if self.before is None else f"{fmt(self.before.slope * curve.per)} "
@@ -97,7 +103,8 @@ class Shape:
                 return (
                     f"WORSE after {fmt(self.bend)}: the step to {fmt(last_x)} cost "
                     f"{fmt(self.marginal)} {curve.unit} against {earlier}{curve.unit} before "
-                    f"it ({fmt(last_y)} measured, {fmt(self.expected)} on the earlier line); "
+                    f"it ({fmt(last_y)} measured, at most {fmt(self.expected)} expected from "
+                    "the earlier points); "
                     f"fitted over all, {fitted}"
                 )
             return (
@@ -132,14 +139,17 @@ def assess(curve: Curve) -> Shape:
         expected = max(expected, *ys[:-1])
     marginal = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2]) * curve.per
     kind = "flat" if flat else "linear"
+    rising = before.slope > 0 and not flat
     if curve.cost:
         if ys[-1] > expected + MARGIN * abs(expected):
             kind = "worse"
-        elif ys[-1] < expected - MARGIN * abs(expected) and not flat:
+        elif ys[-1] < expected - MARGIN * abs(expected) and rising:
             kind = "levels off"
+        elif fit.slope < 0 and not flat:
+            kind = "falls"
     elif ys[-1] < (1 - MARGIN) * max(ys[:-1]):
         kind = "worse"
-    elif ys[-1] < expected - MARGIN * abs(expected) and not flat:
+    elif ys[-1] < expected - MARGIN * abs(expected) and rising:
         kind = "levels off"
     bend = xs[-2] if kind == "worse" else None
     return Shape(kind, fit, slope, before, marginal, expected, bend)
@@ -166,7 +176,7 @@ def section(curves: list[Curve], picture: str) -> str:
     """The report's "How cost grows" section: a table of the curves, what each
     means for sizing a node, and the plot."""
     lines = [
-        "## How cost grows",
+        SCALING_HEADING,
         "",
         "Each curve is sessiond alone at growing loads. The line is a least-squares fit "
         "through every point; the shape compares the last point with the line through the "
@@ -201,8 +211,9 @@ def section(curves: list[Curve], picture: str) -> str:
 
 
 def plot(png: Path, curves: list[Curve]) -> str:
-    """Every curve in a panel of its own, points and fitted line, loads on a
-    log scale; the Markdown that shows it, or a note saying why there is none."""
+    """Every curve in a panel of its own, points and fitted line (a straight
+    line drawn on a log scale of loads, so it curves), ticks at the loads
+    measured; the Markdown that shows it, or a note saying why there is none."""
     try:
         import matplotlib
 
@@ -224,6 +235,8 @@ def plot(png: Path, curves: list[Curve]) -> str:
                 label=f"fit: {fmt(shape.slope)} {curve.unit}")  # fmt: skip
         if lo > 0:
             ax.set_xscale("log")
+            ax.minorticks_off()
+        ax.set_xticks(xs, [fmt(x) for x in xs])
         ax.set(xlabel=curve.x_label, ylabel=curve.y_label, title=f"{curve.title} ({shape.kind})")
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)

@@ -94,28 +94,34 @@ def plot(png: Path, curves: dict[str, list[tuple[int, float, float]]]) -> str:
     return f"![handshakes/s and handshake time against concurrent clients]({png.name})"
 
 
+SCALING_HEADING = "## How cost grows"
+
+
 def write(out: Path, rows: list[Row], curves: dict[str, list[tuple[int, float, float]]], *,
           quick: bool, notes: list[str], scaling: str = "",
           command: str = REPRODUCE) -> None:  # fmt: skip
     """``out`` (Markdown) and the plot beside it (same name, .png); the
     "How cost grows" section (``scaling``, Markdown with its own plot) after
-    the table. Without rows (``--only scaling``) the report is that section."""
+    the table. Without rows (``--only scaling``) only that section of an
+    existing report is replaced, saying when and how it was measured."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    kept = ""
-    if out.exists():
-        previous = out.read_text()
-        if NOTES_MARKER in previous:
-            kept = previous[previous.index(NOTES_MARKER) :]
+    previous = out.read_text() if out.exists() else ""
+    kept = previous[previous.index(NOTES_MARKER) :] if NOTES_MARKER in previous else ""
     mode = (
         "quick mode (tiny loads: proves the bench runs; not figures to quote)"
         if quick
         else "full mode"
     )
-    text = (
-        "# Benchmarks\n\n"
-        f"Measured {time.strftime('%Y-%m-%d')} in {mode} on {machine()}.\n\n"
-        f"Reproduce: `{command}`\n\n"
-    )
+    measured = f"Measured {time.strftime('%Y-%m-%d')} in {mode} on {machine()}."
+    if not rows and previous:
+        generated = previous[: len(previous) - len(kept)].rstrip("\n")
+        if SCALING_HEADING in generated:
+            generated = generated[: generated.index(SCALING_HEADING)].rstrip("\n")
+        heading, _, body = scaling.partition("\n")
+        section = f"{heading}\n\n{measured} Reproduce: `{command}`\n{body}"
+        out.write_text(f"{generated}\n\n{section}" + (f"\n{kept}" if kept else ""))
+        return
+    text = f"# Benchmarks\n\n{measured}\n\nReproduce: `{command}`\n\n"
     if rows:
         picture = plot(out.with_suffix(".png"), curves)
         text += (

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from bench import inproc
 from bench.curves import Curve
-from bench.procs import Server, idle_sockets, measured_load, replay_seconds
+from bench.procs import Server, idle_sockets, measured_load, replay_seconds, run_load
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ FULL = ScalingLoads(
     handshake_seconds=10.0,
     sessions=(1, 16, 256),
     producers=16,
-    delivery_events=8192,
+    delivery_events=16_000,
     rebuild_events=(100_000, 1_000_000, 3_000_000),
     replay_events=(1_000, 10_000, 100_000),
     replay_runs=3,
@@ -99,6 +99,8 @@ def measure(
 ) -> Scaling:
     """Every curve, in this order: memory (fresh servers), then handshakes
     and delivery on one server, then the in-process figures."""
+    workdir = workdir / "scaling"  # the other sections' files are their own
+    workdir.mkdir()
     out = Scaling()
     # Each socket is a descriptor in the server and one in the load process.
     counts = [n for n in loads.idle_sockets if n + 256 <= nofile]
@@ -121,6 +123,8 @@ def measure(
     server = sessiond(workdir, "load")
     server.start()
     try:
+        # First-use costs (imports, caches, pools) are not the first point's.
+        run_load("handshakes", server.url, server.kind, "--clients", "4", "--count", "40")
         for clients in loads.clients:
             say(f"scaling: handshakes, {clients} clients")
             result, _ = measured_load(
