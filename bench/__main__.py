@@ -509,9 +509,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"mode: {'quick' if args.quick else 'full'}, {time.monotonic() - started:.0f} s")
     if args.out is not None:
         png = args.out.with_name(args.out.stem + "-scaling.png")
-        section = curves.section(found, curves.plot(png, found))
-        if grown.capped:
-            section += f"\n- Not measured: {grown.capped}.\n"
+        capped = [f"Capped: {grown.capped}."] if grown.capped else []
+        section = curves.section(found, curves.plot(png, found), capped)
         command = report.REPRODUCE.replace(
             "python -m bench",
             "python -m bench" + (" --quick" if args.quick else "")

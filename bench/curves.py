@@ -172,7 +172,7 @@ def fmt(value: float | None) -> str:
     return f"{value:.3g}"
 
 
-def section(curves: list[Curve], picture: str) -> str:
+def section(curves: list[Curve], picture: str, notes: list[str] | None = None) -> str:
     """The report's "How cost grows" section: a table of the curves, what each
     means for sizing a node, and the plot."""
     lines = [
@@ -202,6 +202,7 @@ def section(curves: list[Curve], picture: str) -> str:
         if curve.note:
             shape = assess(curve)
             lines.append(f"- {curve.title}: {curve.note.format(slope=fmt(shape.slope))}")
+    lines.extend(f"- {note}" for note in notes or [])
     worse = [c.title for c in curves if assess(c).kind == "worse"]
     lines.append(
         "- Bends for the worse: " + ("; ".join(worse) if worse else "none at these loads") + "."
