@@ -1,4 +1,4 @@
-"""``python -m bench [--quick] [--out docs/benchmarks.md]``
+"""``python -m bench [--quick] [--only scaling] [--out docs/benchmarks.md]``
 
 In one run: starts sessiond (``python -m service serve`` on a SQLite file),
 the bare aiohttp server (bench/bare_server.py) and python-socketio
@@ -14,7 +14,12 @@ sessiond nodes sharing a PostgreSQL database made for the run; prints every
 figure beside its baseline, with the ratio and the server CPU per operation,
 and writes the Markdown report and a plot.
 
-``--quick`` shrinks every load so the whole run takes well under a minute (CI).
+Then "how cost grows" (bench/scaling.py): sessiond alone at growing loads
+(clients, sessions, events in the log, a session's length, idle sockets),
+each curve fitted and judged by bench/curves.py; ``--only scaling`` runs that
+section alone.
+
+``--quick`` shrinks every load so the whole run takes about two minutes (CI).
 """
 
 from __future__ import annotations
@@ -22,7 +27,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,8 +34,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import edge, inproc, report
-from bench.procs import ROOT, Server, idle_sockets, measured_load, raise_nofile, run_load
+from bench import curves, edge, inproc, report, scaling
+from bench.procs import (
+    Server,
+    idle_sockets,
+    measured_load,
+    raise_nofile,
+    replay_seconds,
+    run_load,
+)
 from bench.report import Row, verdict
 
 BARE, SIO, SESSIOND = "bare aiohttp", "python-socketio", "sessiond"
@@ -260,19 +271,6 @@ def measure_cross_node(loads: Loads, workdir: Path, results: Results) -> None:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def replay_seconds(url: str, session_id: str, runs: int = 3) -> float:
-    """Best wall time of ``python -m service replay SESSION --json > /dev/null``."""
-    best = float("inf")
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        subprocess.run(
-            [sys.executable, "-m", "service", "replay", session_id, "--json", "--store", url],
-            cwd=ROOT, stdout=subprocess.DEVNULL, check=True,
-        )  # fmt: skip
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 def measure_in_process(loads: Loads, workdir: Path, results: Results) -> None:
     step(f"writer: {loads.append_events:,} events, {loads.append_concurrency} in flight")
     results.append = inproc.append_rate(workdir, loads.append_events, loads.append_concurrency)
@@ -471,14 +469,19 @@ def thread_notes(r: Results) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description="sessiond benchmarks")
-    parser.add_argument("--quick", action="store_true", help="tiny loads, under a minute (CI)")
+    parser.add_argument("--quick", action="store_true", help="tiny loads, about two minutes (CI)")
+    parser.add_argument(
+        "--only", choices=["scaling"], help="run one section alone: scaling (how cost grows)"
+    )
     parser.add_argument("--out", type=Path, help="write the Markdown report here (plot beside it)")
     args = parser.parse_args(argv)
     loads = QUICK if args.quick else FULL
+    growth = scaling.QUICK if args.quick else scaling.FULL
+    everything = args.only is None
     with_socketio = socketio_available()
-    if not with_socketio:
+    if everything and not with_socketio:
         step("python-socketio is not installed (pip install -e '.[bench]'): measuring without it")
-    limit = raise_nofile(2 * loads.idle_sockets + 1024)
+    limit = raise_nofile(2 * max(loads.idle_sockets, *growth.idle_sockets) + 1024)
     if limit < loads.idle_sockets + 256:
         loads = Loads(**{**loads.__dict__, "idle_sockets": max(100, limit - 256)})
         step(f"open-file limit {limit}: holding {loads.idle_sockets} idle sockets")
@@ -486,26 +489,42 @@ def main(argv: list[str] | None = None) -> int:
     results = Results()
     workdir = Path(tempfile.mkdtemp(prefix="sessiond-bench-"))
     try:
-        measure_servers(loads, workdir, with_socketio, results)
-        measure_in_process(loads, workdir, results)
-        step(f"cross-node latency: {loads.latency_seconds:g} s at 500 events/s")
-        measure_cross_node(loads, workdir, results)
+        if everything:
+            measure_servers(loads, workdir, with_socketio, results)
+            measure_in_process(loads, workdir, results)
+            step(f"cross-node latency: {loads.latency_seconds:g} s at 500 events/s")
+            measure_cross_node(loads, workdir, results)
+        grown = scaling.measure(growth, workdir, limit, step)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    rows, notes = build_rows(loads, results)
-    text = report.table(rows)
-    print(text)
+    rows, notes = build_rows(loads, results) if everything else ([], [])
+    if rows:
+        print(report.table(rows))
+    found = scaling.curves(grown)
+    if grown.capped:
+        step(grown.capped)
+    for curve in found:
+        print(f"{curve.title}: {curves.assess(curve).says(curve)}")
     print(f"\nmachine: {report.machine()}")
     print(f"mode: {'quick' if args.quick else 'full'}, {time.monotonic() - started:.0f} s")
     if args.out is not None:
-        report.write(args.out, rows, results.curves, quick=args.quick, notes=notes)
-        print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+        png = args.out.with_name(args.out.stem + "-scaling.png")
+        capped = [f"Capped: {grown.capped}."] if grown.capped else []
+        section = curves.section(found, curves.plot(png, found), capped)
+        command = report.REPRODUCE.replace(
+            "python -m bench",
+            "python -m bench" + (" --quick" if args.quick else "")
+            + ("" if everything else f" --only {args.only}"),
+        )  # fmt: skip
+        report.write(args.out, rows, results.curves, quick=args.quick, notes=notes,
+                     scaling=section, command=command)  # fmt: skip
+        print(f"wrote {args.out} and its plots")
     broken = [
         name
         for name, d in results.delivery.items()
         if d["lost"] or d["duplicates"] or not d["in_order"]
         or d["events"] < loads.producers * loads.events_per_producer
-    ]  # fmt: skip
+    ] + [f"sessiond with {n} sessions (scaling)" for n in grown.broken]  # fmt: skip
     if broken:
         print(f"FAILED: events lost, repeated or out of order on {', '.join(broken)}")
         return 1

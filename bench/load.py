@@ -23,6 +23,13 @@ import orjson
 
 SECRET_DEFAULT = "bench-secret-0123456789-0123456789-abcdef"
 FRAME_PATIENCE = 60.0
+# Handshaking clients per source address: under sessiond's default budget of
+# 128 upgrades pending per address.
+CLIENTS_PER_ADDRESS = 100
+# Idle sockets per source address: well within one address's ephemeral ports
+# (about 28,000), some of which the sockets of an earlier count still hold
+# in TIME_WAIT.
+SOCKETS_PER_ADDRESS = 10_000
 
 
 def token(secret: str, user: str = "bench", role: str = "user") -> str:
@@ -142,8 +149,34 @@ def connector(kind: str, http: aiohttp.ClientSession) -> Callable[[], Conn]:
     return (lambda: SioConn(http)) if kind == "socketio" else (lambda: WsConn(http))
 
 
-def new_http() -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+def new_http(local_host: str | None = None) -> aiohttp.ClientSession:
+    local = None if local_host is None else (local_host, 0)
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, local_addr=local))
+
+
+class Addresses:
+    """Client sockets spread over loopback source addresses, ``per`` to each:
+    127.0.0.1 for the first ``per``, then 127.0.0.2, and so on (all of
+    127.0.0.0/8 is the loopback on Linux).
+
+    Many clients are many addresses, as they are in the field: sessiond
+    budgets the upgrades pending per client address (ADR 0027), and one
+    source address has only the ephemeral port range (about 28,000 ports)
+    to open sockets from."""
+
+    def __init__(self, per: int) -> None:
+        self.per = per
+        self.sessions: dict[int, aiohttp.ClientSession] = {}
+
+    def http(self, n: int) -> aiohttp.ClientSession:
+        group = n // self.per
+        if group not in self.sessions:
+            self.sessions[group] = new_http(None if group == 0 else f"127.0.0.{group + 1}")
+        return self.sessions[group]
+
+    async def close(self) -> None:
+        for http in self.sessions.values():
+            await http.close()
 
 
 # --- (a) full-lifecycle handshakes ---------------------------------------------
@@ -155,8 +188,8 @@ async def handshakes(args: argparse.Namespace) -> dict[str, Any]:
     handshakes in all."""
     done = 0
     latencies: list[float] = []
-    async with new_http() as http:
-        make = connector(args.kind, http)
+    addresses = Addresses(CLIENTS_PER_ADDRESS)
+    try:
         deadline = time.perf_counter() + args.duration
 
         claimed = 0
@@ -170,6 +203,7 @@ async def handshakes(args: argparse.Namespace) -> dict[str, Any]:
 
         async def one_client(n: int) -> None:
             nonlocal done
+            make = connector(args.kind, addresses.http(n))
             while claim():
                 tok = token(args.secret, f"bench-{n}")
                 t0 = time.perf_counter()
@@ -182,6 +216,8 @@ async def handshakes(args: argparse.Namespace) -> dict[str, Any]:
         started = time.perf_counter()
         await asyncio.gather(*(one_client(n) for n in range(args.clients)))
         elapsed = time.perf_counter() - started
+    finally:
+        await addresses.close()
     latencies.sort()
     p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
     return {
@@ -193,68 +229,95 @@ async def handshakes(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-# --- (b) progress events delivered to one socket ---------------------------------
+# --- (b) progress events delivered to live sockets ---------------------------------
 
 
 async def delivery(args: argparse.Namespace) -> dict[str, Any]:
-    """One live socket; ``producers`` concurrent HTTP clients report progress on
-    its session (each waits for its acknowledgement before the next); every
-    acknowledged position must arrive on the socket, once. The socket's user
-    owns the session; each producer is a worker with a ``service`` token."""
-    owner = token(args.secret)
-    session_id = "dl-" + uuid.uuid4().hex[:20]
-    headers = {"Authorization": f"Bearer {owner}", "Content-Type": "application/json"}
-    received: list[int] = []
-    acknowledged: list[int] = []
+    """``sessions`` sessions (1 unless asked), each with one live socket;
+    ``producers`` concurrent HTTP clients report progress (each waits for its
+    acknowledgement before the next), producer ``n``'s ``i``-th report going to
+    session ``(n + i * producers) % sessions``; every acknowledged position
+    must arrive on its session's socket, once, in order. Each session's owner
+    is a user of its own; each producer is a worker with a ``service`` token."""
     per_producer = args.events // args.producers
     total = per_producer * args.producers
+    run = uuid.uuid4().hex[:16]
+    owners = [token(args.secret, f"owner-{run}-{s}") for s in range(args.sessions)]
+    session_ids = [f"dl-{run}-{s}" for s in range(args.sessions)]
+    received: list[list[int]] = [[] for _ in session_ids]
+    acknowledged: set[tuple[int, int]] = set()
+    arrived = 0
+    all_arrived = asyncio.Event()
     async with new_http() as http:
-        conn = connector(args.kind, http)()
-        await conn.open(args.url, session_id, owner)
-        tasks = f"{args.url}/v1/sessions/{session_id}/tasks"
-        body = orjson.dumps({"task_id": "t1", "name": "bench", "total": total})
-        async with http.post(tasks, data=body, headers=headers) as r:
-            if r.status not in (200, 201):
-                raise RuntimeError(f"starting the task: {r.status} {await r.text()}")
-        progress = f"{tasks}/t1/progress"
+        make = connector(args.kind, http)
+        conns = [make() for _ in session_ids]
+        gate = asyncio.Semaphore(50)
+
+        async def open_one(s: int) -> None:
+            async with gate:
+                await conns[s].open(args.url, session_ids[s], owners[s])
+                body = orjson.dumps({"task_id": "t1", "name": "bench", "total": total})
+                async with http.post(
+                    f"{args.url}/v1/sessions/{session_ids[s]}/tasks", data=body,
+                    headers={"Authorization": f"Bearer {owners[s]}",
+                             "Content-Type": "application/json"},
+                ) as r:  # fmt: skip
+                    if r.status not in (200, 201):
+                        raise RuntimeError(f"starting the task: {r.status} {await r.text()}")
+
+        await asyncio.gather(*(open_one(s) for s in range(args.sessions)))
         last_arrival = time.perf_counter()
 
         async def produce(n: int) -> None:
             worker = token(args.secret, f"worker-{n}", "service")
-            as_worker = {**headers, "Authorization": f"Bearer {worker}"}
+            headers = {"Authorization": f"Bearer {worker}", "Content-Type": "application/json"}
             for i in range(per_producer):
+                s = (n + i * args.producers) % args.sessions
+                progress = f"{args.url}/v1/sessions/{session_ids[s]}/tasks/t1/progress"
                 done = orjson.dumps({"done": n * per_producer + i + 1})
-                async with http.post(progress, data=done, headers=as_worker) as r:
+                async with http.post(progress, data=done, headers=headers) as r:
                     if r.status not in (200, 201, 202):
                         raise RuntimeError(f"progress refused: {r.status} {await r.text()}")
-                    acknowledged.append(int((await r.json(loads=orjson.loads))["position"]))
+                    position = int((await r.json(loads=orjson.loads))["position"])
+                    acknowledged.add((s, position))
 
-        async def consume() -> None:
-            nonlocal last_arrival
-            while len(received) < total:
-                event = await conn.next_event()
+        async def consume(s: int) -> None:
+            nonlocal last_arrival, arrived
+            while True:
+                event = await conns[s].next_event()
                 if event.get("type") == "TaskProgressed":
-                    received.append(int(event["position"]))
+                    received[s].append(int(event["position"]))
                     last_arrival = time.perf_counter()
+                    arrived += 1
+                    if arrived >= total:
+                        all_arrived.set()
 
-        consumer = asyncio.create_task(consume())
+        consumers = [asyncio.create_task(consume(s)) for s in range(args.sessions)]
         started = time.perf_counter()
         await asyncio.gather(*(produce(n) for n in range(args.producers)))
-        try:
-            await asyncio.wait_for(consumer, FRAME_PATIENCE)
-        except (TimeoutError, RuntimeError) as e:
-            print(f"delivery stopped early: {e!r}", file=sys.stderr)
+        waiting = asyncio.create_task(all_arrived.wait())
+        # Everything has arrived, or a socket failed, or patience ran out.
+        await asyncio.wait(
+            [waiting, *consumers], timeout=FRAME_PATIENCE, return_when=asyncio.FIRST_COMPLETED
+        )
+        for task in (waiting, *consumers):
+            task.cancel()
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                print(f"delivery stopped early: {task.exception()!r}", file=sys.stderr)
+        await asyncio.gather(waiting, *consumers, return_exceptions=True)
         elapsed = last_arrival - started
-        await conn.close()
-    in_order = all(a < b for a, b in itertools.pairwise(received))
+        await asyncio.gather(*(conn.close() for conn in conns))
+    delivered = {(s, p) for s, positions in enumerate(received) for p in positions}
+    count = sum(len(positions) for positions in received)
     return {
-        "events": len(received),
+        "events": count,
         "acknowledged": len(acknowledged),
+        "sessions": args.sessions,
         "seconds": elapsed,
-        "rate": len(received) / elapsed if elapsed > 0 else 0.0,
-        "lost": len(set(acknowledged) - set(received)),
-        "duplicates": len(received) - len(set(received)),
-        "in_order": in_order,
+        "rate": count / elapsed if elapsed > 0 else 0.0,
+        "lost": len(acknowledged - delivered),
+        "duplicates": count - len(delivered),
+        "in_order": all(a < b for positions in received for a, b in itertools.pairwise(positions)),
     }
 
 
@@ -264,14 +327,14 @@ async def delivery(args: argparse.Namespace) -> dict[str, Any]:
 async def idle(args: argparse.Namespace) -> dict[str, Any]:
     """Open N sockets to PROCESSING_READY, say so, then hold them until killed."""
     conns: list[Conn] = []
-    async with new_http() as http:
-        make = connector(args.kind, http)
+    addresses = Addresses(SOCKETS_PER_ADDRESS)
+    try:
         gate = asyncio.Semaphore(50)
         prefix = "idle-" + uuid.uuid4().hex[:8]
 
         async def one(i: int) -> None:
             async with gate:
-                conn = make()
+                conn = connector(args.kind, addresses.http(i))()
                 await conn.open(args.url, f"{prefix}-{i}", token(args.secret, f"{prefix}-{i}"))
                 conns.append(conn)
 
@@ -279,6 +342,8 @@ async def idle(args: argparse.Namespace) -> dict[str, Any]:
         sys.stdout.write(orjson.dumps({"open": len(conns)}).decode() + "\n")
         sys.stdout.flush()
         await asyncio.sleep(24 * 3600)
+    finally:
+        await addresses.close()
     return {}
 
 
@@ -369,6 +434,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--count", type=int, default=0, help="handshakes: stop after this many")
     parser.add_argument("--producers", type=int, default=16)
+    parser.add_argument("--sessions", type=int, default=1, help="delivery: sessions, a socket each")
     parser.add_argument("--events", type=int, default=2000)
     parser.add_argument("--sockets", type=int, default=500)
     parser.add_argument("--rate", type=float, default=500.0)

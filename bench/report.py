@@ -94,33 +94,44 @@ def plot(png: Path, curves: dict[str, list[tuple[int, float, float]]]) -> str:
     return f"![handshakes/s and handshake time against concurrent clients]({png.name})"
 
 
+SCALING_HEADING = "## How cost grows"
+
+
 def write(out: Path, rows: list[Row], curves: dict[str, list[tuple[int, float, float]]], *,
-          quick: bool, notes: list[str]) -> None:  # fmt: skip
-    """``out`` (Markdown) and the plot beside it (same name, .png)."""
+          quick: bool, notes: list[str], scaling: str = "",
+          command: str = REPRODUCE) -> None:  # fmt: skip
+    """``out`` (Markdown) and the plot beside it (same name, .png); the
+    "How cost grows" section (``scaling``, Markdown with its own plot) after
+    the table. Without rows (``--only scaling``) only that section of an
+    existing report is replaced, saying when and how it was measured."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    kept = ""
-    if out.exists():
-        previous = out.read_text()
-        if NOTES_MARKER in previous:
-            kept = previous[previous.index(NOTES_MARKER) :]
-    picture = plot(out.with_suffix(".png"), curves)
+    previous = out.read_text() if out.exists() else ""
+    kept = previous[previous.index(NOTES_MARKER) :] if NOTES_MARKER in previous else ""
     mode = (
         "quick mode (tiny loads: proves the bench runs; not figures to quote)"
         if quick
         else "full mode"
     )
-    command = (
-        REPRODUCE.replace("python -m bench", "python -m bench --quick") if quick else REPRODUCE
-    )
-    text = (
-        "# Benchmarks\n\n"
-        f"Measured {time.strftime('%Y-%m-%d')} in {mode} on {machine()}.\n\n"
-        f"Reproduce: `{command}`\n\n"
-        "Every server runs in its own process; the load generator (`bench/load.py`) runs in "
-        "another, on the same cores, which is why the server CPU per operation is shown "
-        "beside each rate. The goals are the project's, stated for the full loads.\n\n"
-        f"{table(rows)}\n\n" + "".join(f"- {n}\n" for n in notes) + f"\n{picture}\n"
-    )
+    measured = f"Measured {time.strftime('%Y-%m-%d')} in {mode} on {machine()}."
+    if not rows and previous:
+        generated = previous[: len(previous) - len(kept)].rstrip("\n")
+        if SCALING_HEADING in generated:
+            generated = generated[: generated.index(SCALING_HEADING)].rstrip("\n")
+        heading, _, body = scaling.partition("\n")
+        section = f"{heading}\n\n{measured} Reproduce: `{command}`\n{body}"
+        out.write_text(f"{generated}\n\n{section}" + (f"\n{kept}" if kept else ""))
+        return
+    text = f"# Benchmarks\n\n{measured}\n\nReproduce: `{command}`\n\n"
+    if rows:
+        picture = plot(out.with_suffix(".png"), curves)
+        text += (
+            "Every server runs in its own process; the load generator (`bench/load.py`) runs "
+            "in another, on the same cores, which is why the server CPU per operation is shown "
+            "beside each rate. The goals are the project's, stated for the full loads.\n\n"
+            f"{table(rows)}\n\n" + "".join(f"- {n}\n" for n in notes) + f"\n{picture}\n"
+        )
+    if scaling:
+        text += ("\n" if rows else "") + scaling
     if kept:
         text += "\n" + kept
     out.write_text(text)

@@ -51,3 +51,16 @@ def test_the_quick_benchmark_runs_and_writes_its_table(tmp_path: Path) -> None:
     assert "sessiond: event loop" in by_thread and "sessiond-writer" in by_thread
     assert "durable floor: " in by_thread and "floor-writer" in by_thread
     assert "OUT OF ORDER" not in report
+    # How cost grows: every curve, its shape computed from its points, its plot.
+    scaling = report[report.index("## How cost grows") :]
+    for curve in (
+        "| handshakes/s |",
+        "| p99 handshake time |",
+        "| delivered events/s |",
+        "| projection rebuild |",
+        "| replay |",
+        "| server RSS growth |",
+    ):
+        assert curve in scaling, curve
+    assert "Bends for the worse: " in scaling
+    assert (tmp_path / "b-scaling.png").stat().st_size > 0

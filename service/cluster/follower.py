@@ -6,13 +6,16 @@ events table's channel (service/storage/postgres.py NOTIFYs it on every insert),
 notification from another node (or a gap), or at the latest every
 ``poll_interval`` seconds, reads the notification log after the last position
 it has seen and publishes what it finds; a notification of the node's own next
-commit only moves the position (its writer published it already). The bounded
+commit only moves the position (its writer published it already), and rows of
+the node's own answered batches that a read does cover are dropped before they
+are decoded, for the same reason. The bounded
 poll is what makes a lost NOTIFY (eventsourcing issue 305) delay delivery by
 at most ``poll_interval`` rather than until the next write. If the database
 goes away, the thread reconnects with backoff and resumes from where it was:
 nothing recorded meanwhile is skipped. See
-docs/adr/0010-deliver-across-nodes-by-following-the-log.md and
-docs/adr/0013-record-a-batch-on-postgresql-in-one-round-trip.md.
+docs/adr/0010-deliver-across-nodes-by-following-the-log.md,
+docs/adr/0013-record-a-batch-on-postgresql-in-one-round-trip.md and
+docs/adr/0038-drop-a-nodes-own-rows-before-decoding-them.md.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from psycopg import sql
 from domain.ids import SESSION_PREFIX as SESSION
 from service.runtime.osthread import name_native_thread
 from service.storage.postgres import FailFastPostgresRecorder
+from service.storage.rows import LogRow
 from service.storage.store import SessiondApplication
 from service.storage.wire import wire_from_row
 
@@ -60,6 +64,9 @@ class LogFollower:
         self.position = 0
         self.delivered = 0
         self.skipped = 0
+        # Own answered batches announced ahead of the position (after a gap
+        # or another node's commit): their rows are dropped when read.
+        self._mine: dict[tuple[int, int], None] = {}
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -126,6 +133,12 @@ class LogFollower:
             first, last = int(parts[1]), int(parts[2])
         except ValueError:
             return False
+        if first > self.position + 1:
+            # Something else comes first and must be read; if this batch is
+            # ours and answered, its rows are dropped when the read reaches them.
+            if self._recorder.is_own(parts[0], first, last):
+                self._mine[(first, last)] = None
+            return False
         if first != self.position + 1:
             return False
         if not self._recorder.is_own(parts[0], first, last):
@@ -139,6 +152,9 @@ class LogFollower:
             rows = self.store.log_rows(self.position + 1, PAGE)
             if not rows:
                 return
+            page, read = rows, len(rows)
+            rows = self._drop_own(rows)
+            self.skipped += read - len(rows)
             # Only session events go to sockets; they are decoded with the
             # same raw-row decoder as every other read path.
             events = [wire_from_row(row) for row in rows if row[1].startswith(SESSION)]
@@ -148,6 +164,20 @@ class LogFollower:
                 self.delivered += len(events)
             # Moved only once what it covers is handed to the event loop: a
             # position seen on the loop has its events queued ahead of the reader.
-            self.position = rows[-1][0]
-            if len(rows) < PAGE:
+            self.position = last = page[-1][0]
+            for key in [key for key in self._mine if key[1] <= last]:
+                del self._mine[key]
+            if read < PAGE:
                 return
+
+    def _drop_own(self, rows: list[LogRow]) -> list[LogRow]:
+        """``rows`` without those of this process's own answered batches: its
+        writer published them, so they are not decoded again. A batch whose
+        answer has not reached the writer yet is kept (the hub drops the
+        repeat), as is one whose answer was lost (nobody else publishes it)."""
+        first, last = rows[0][0], rows[-1][0]
+        mine = self._recorder.own_ranges(first, last)
+        mine += [key for key in self._mine if key[0] <= last and key[1] >= first]
+        if not mine:
+            return rows
+        return [row for row in rows if not any(a <= row[0] <= b for a, b in mine)]

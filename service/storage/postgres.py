@@ -177,6 +177,18 @@ class FailFastPostgresRecorder(PostgresApplicationRecorder):
                 return True
         return False
 
+    def own_ranges(self, first: int, last: int) -> list[tuple[int, int]]:
+        """The batches this process recorded and got the answer for that
+        overlap IDs ``first``..``last`` (without waiting for any), as
+        (first, last) ranges, for a follower reading from ``first`` on. Those
+        that end by ``last`` are forgotten, and so are those that ended before
+        ``first`` (answered after the follower had read past them)."""
+        with self._answered:
+            found = [key for key in self._own if key[0] <= last and key[1] >= first]
+            for key in [key for key in self._own if key[1] <= last]:
+                del self._own[key]
+        return found
+
     @_fail_fast
     def select_rows(self, start: int, limit: int) -> list[LogRow]:
         """Notification-log rows from ID ``start`` on, as tuples."""
@@ -204,7 +216,7 @@ class FailFastPostgresRecorder(PostgresApplicationRecorder):
 
 class SessiondPostgresFactory(PostgresFactory):
     """eventsourcing's PostgreSQL factory, its pool connecting with every
-    libpq option of the store URL.
+    libpq option of the store URL, and never pinging a connection before use.
 
     ``PostgresDatastore`` builds its pool from five keyword arguments (dbname,
     host, port, user, password) and has no setting for any other libpq option
@@ -215,12 +227,22 @@ class SessiondPostgresFactory(PostgresFactory):
     service/storage/postgres_url.py), whose dbname, host, port, user and
     password are the keywords' own. Its reconnection gives up early (see the
     module).
+
+    eventsourcing reads its settings from the process environment too, under
+    ``POSTGRES_PRE_PING`` or the application-prefixed name, and with either set
+    the pool would test every connection with a round trip before handing it
+    out: once per writer transaction. sessiond pins it off whatever the
+    environment says: a dead connection fails its statement at once with an
+    OperationalError, which the recorder's one retry answers by checking the
+    pool (ADR 0013, ADR 0028).
     """
 
     POSTGRES_CONNINFO = "POSTGRES_CONNINFO"
 
     def __init__(self, env: Environment | EnvType | None):
-        super().__init__(env)
+        given = env if isinstance(env, Environment) else Environment(env=env)
+        pinned = dict.fromkeys(given.create_keys(self.POSTGRES_PRE_PING), "n")
+        super().__init__(Environment(given.name, {**given, **pinned}))
         pool = self.datastore.pool
         pool.conninfo = self.env.get(self.POSTGRES_CONNINFO) or ""
         pool.reconnect_timeout = RECONNECT_TIMEOUT  # see the module

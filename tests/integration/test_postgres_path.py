@@ -18,6 +18,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.sql import SQL, Identifier, Literal
 
 from domain.session import Session
+from service.cluster import follower as follower_module
 from service.cluster.follower import LogFollower
 from service.storage.faults import busy, store_down
 from service.storage.store import SessiondApplication, open_store, parse_store_url
@@ -165,6 +166,31 @@ def test_writes_go_on_after_the_server_drops_every_pooled_connection(
     assert app.get_session("before") is not None
 
 
+def test_no_setting_in_the_environment_turns_the_pre_ping_on(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """eventsourcing reads POSTGRES_PRE_PING from the process environment too;
+    sessiond keeps it off (a round trip per writer transaction), and a dead
+    connection is still noticed by the retry."""
+    monkeypatch.setenv("POSTGRES_PRE_PING", "y")
+    monkeypatch.setenv(f"{SessiondApplication.name.upper()}_POSTGRES_PRE_PING", "y")
+    app = open_store(parse_store_url(postgres_url))
+    try:
+        assert app.recorder.datastore.pre_ping is False  # type: ignore[attr-defined]
+        app.save(Session.create("before", "alice"))
+        dbname = parse_store_url(postgres_url).env["POSTGRES_DBNAME"]
+        with psycopg.connect(parse_store_url(postgres_url).conninfo, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()",
+                (dbname,),
+            )
+        app.save(Session.create("after", "alice"))
+        assert app.get_session("after") is not None
+    finally:
+        app.close()
+
+
 async def test_the_follower_publishes_other_nodes_commits_and_skips_its_own(
     postgres_url: str, two_nodes: tuple[SessiondApplication, SessiondApplication]
 ) -> None:
@@ -220,19 +246,65 @@ async def test_the_follower_reads_across_a_gap_left_by_a_failed_batch(
     postgres_url: str, two_nodes: tuple[SessiondApplication, SessiondApplication]
 ) -> None:
     """A rolled-back insert leaves a hole in the IDs; the next own commit no
-    longer starts at position + 1, so the follower reads instead of skipping."""
-    mine, _ = two_nodes
+    longer starts at position + 1, so the follower reads across the hole, and
+    drops the own commit's rows it reads rather than publishing them again."""
+    mine, theirs = two_nodes
     published: list[dict[str, Any]] = []
     async with following(mine, postgres_url, published.extend) as follower:
         recorder: Any = mine.recorder
         await asyncio.to_thread(mine.save, Session.create("dup", "alice"))
         await _until(lambda: follower.position == mine.ping())
+        skipped = follower.skipped
         with pytest.raises(IntegrityError):
             recorder.insert_events([StoredEvent("session:dup", 1, "t", b"{}")])
         await asyncio.to_thread(mine.save, Session.create("after-gap", "alice"))
         await _until(lambda: follower.position == mine.ping())
-        # Read (and published; the hub drops what the writer already sent).
-        assert [e["session_id"] for e in published] == ["after-gap"]
+        assert published == []
+        assert follower.skipped == skipped + 1
+        # The position moved across the hole: another node's next commit is read.
+        await asyncio.to_thread(theirs.save, Session.create("theirs", "bob"))
+        await _until(lambda: len(published) == 1)
+        assert published[0]["session_id"] == "theirs"
+
+
+async def test_own_rows_read_among_other_nodes_are_dropped_before_decoding(
+    postgres_url: str,
+    two_nodes: tuple[SessiondApplication, SessiondApplication],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A read that covers this node's answered commits among other nodes'
+    (woken by another node's NOTIFY, or the bounded poll) decodes and
+    publishes only the other nodes' rows."""
+    mine, theirs = two_nodes
+    decoded: list[str] = []
+    real = follower_module.wire_from_row
+
+    def counting(row: Any) -> dict[str, Any]:
+        decoded.append(row[1])
+        return real(row)
+
+    monkeypatch.setattr(follower_module, "wire_from_row", counting)
+    published: list[dict[str, Any]] = []
+    arrived = asyncio.Event()
+
+    def on_events(events: list[dict[str, Any]]) -> None:
+        published.extend(events)
+        arrived.set()
+
+    # Not started: its reads are made here, one, over every commit below.
+    follower = LogFollower(mine, parse_store_url(postgres_url).conninfo, on_events)
+    follower._loop = asyncio.get_running_loop()
+    follower.position = mine.ping()
+    for i in range(3):
+        await asyncio.to_thread(mine.save, Session.create(f"own-{i}", "alice"))
+        await asyncio.to_thread(theirs.save, Session.create(f"theirs-{i}", "bob"))
+    await asyncio.to_thread(follower._catch_up)
+    await asyncio.wait_for(arrived.wait(), 5)
+    assert [e["session_id"] for e in published] == ["theirs-0", "theirs-1", "theirs-2"]
+    assert decoded == ["session:theirs-0", "session:theirs-1", "session:theirs-2"]
+    assert follower.skipped == 3 and follower.position == mine.ping()
+    # Forgotten once read past: the recorder keeps no range for them.
+    assert mine.recorder.own_ranges(0, follower.position) == []  # type: ignore[attr-defined]
 
 
 @asynccontextmanager
