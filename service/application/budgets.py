@@ -54,6 +54,12 @@ def retry_after_header(seconds: float) -> str:
     return str(max(1, math.ceil(seconds)))
 
 
+# ``now + interval - now`` is not always ``interval`` in floating point: a
+# budget with room for exactly one more would refuse it now and then, seen as
+# a fresh address's first request refused 429. A nanosecond's tolerance.
+_ROUNDING = 1e-9
+
+
 class RateBudget:
     """``rate.count`` at once, refilled at ``rate.count / rate.period`` a second,
     per key; no rate is no budget."""
@@ -81,7 +87,7 @@ class RateBudget:
         key = self._slot(key, now)
         full_at = max(self._full_at.get(key, now), now) + cost * self._interval
         over = full_at - now - self.rate.period
-        if over > 0:
+        if over > _ROUNDING:
             return over
         self._full_at[key] = full_at
         return 0.0
@@ -92,7 +98,8 @@ class RateBudget:
             return 0.0
         now = self._clock()
         full_at = max(self._full_at.get(key, now), now) + self._interval
-        return max(0.0, full_at - now - self.rate.period)
+        over = full_at - now - self.rate.period
+        return over if over > _ROUNDING else 0.0
 
     def __len__(self) -> int:
         return len(self._full_at)

@@ -38,6 +38,18 @@ def test_a_rate_admits_its_burst_then_refuses_and_says_when_one_more_fits() -> N
     assert budget.take("alice") == pytest.approx(2.0)
 
 
+def test_a_fresh_key_is_admitted_whatever_the_clock_reads() -> None:
+    """At some clock readings ``now + 60 - now`` is a hair over 60 in floating
+    point; a fresh key's one request must not be refused for it."""
+    clock = Clock()
+    clock.now = 4090.833771576286  # such a reading
+    assert (clock.now + 60.0) - clock.now - 60.0 > 0
+    budget = RateBudget(Rate(1, 60.0), clock=clock)
+    assert budget.peek("198.51.100.8") == 0.0
+    assert budget.take("198.51.100.8") == 0.0
+    assert budget.take("198.51.100.8") == pytest.approx(60.0)
+
+
 def test_a_refusal_spends_nothing_and_the_budget_refills_evenly() -> None:
     clock = Clock()
     budget = RateBudget(Rate(10, 1.0), clock=clock)
