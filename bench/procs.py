@@ -232,7 +232,15 @@ def idle_sockets(server: Server, sockets: int, patience: float) -> tuple[int, in
             raise RuntimeError(
                 f"idle sockets on {server.name} failed:\n{proc.stderr.read()[-3000:]}"
             )
-        opened = int(orjson.loads(line)["open"])
+        said = orjson.loads(line)
+        opened = int(said["open"])
+        if said.get("retried"):
+            print(
+                f"[bench] {server.name}: {said['retried']:,} upgrades of {sockets:,} idle sockets "
+                "were told to try again later (503 or 1013) and tried again",
+                file=sys.stderr,
+                flush=True,
+            )
         server.settle(patience)
         return server.rss() - base, opened
     finally:

@@ -31,7 +31,7 @@ from service.application.writer import Writer
 from service.cluster.follower import LogFollower
 from service.cluster.nodes import NodeRegistry
 from service.edge import ws
-from service.edge.access import access_middleware
+from service.edge.access import CLIENT_GONE, access_middleware
 from service.edge.context import (
     BUDGETS,
     CLOSES,
@@ -114,6 +114,12 @@ async def _answer(
         return answer
     except asyncio.CancelledError:
         raise
+    except ConnectionResetError:
+        # The client went away before its answer (an upgrade it abandoned
+        # mid-way): nobody to answer, and nothing wrong with the node. aiohttp
+        # drops the answer quietly; the access line says 499.
+        log.info("client left before its answer", extra={"path": request.path})
+        return web.Response(status=CLIENT_GONE)
     except Exception:
         log.exception("unhandled error", extra={"path": request.path})
         metrics.http_error("internal")

@@ -220,7 +220,11 @@ class LiveConnection:
         except StoreUnavailable as e:
             log.warning(
                 "store unavailable",
-                extra={"connection_id": self.connection_id, "command": effect.command.name},
+                extra={
+                    "connection_id": self.connection_id,
+                    "command": effect.command.name,
+                    "error": str(e),
+                },
             )
             return Unavailable(str(e))
 

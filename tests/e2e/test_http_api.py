@@ -728,3 +728,28 @@ async def test_a_method_a_path_does_not_take_is_405_saying_which_it_takes(
             assert r.status == 405, (method, path)
             assert allowed in r.headers["Allow"], (method, path, r.headers.get("Allow"))
             assert (await r.json())["error"]["code"] == "method_not_allowed"
+
+
+async def test_a_client_gone_before_its_answer_is_no_error_of_the_nodes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An upgrade abandoned mid-way makes aiohttp raise ConnectionResetError in
+    the handler (seen under load with thousands of sockets): one INFO line and
+    a 499 for the access log, never an ERROR with a traceback or a 500."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from service.edge.app import create_app
+    from tests.conftest import make_settings
+
+    async def gone(request: web.Request) -> web.StreamResponse:
+        raise ConnectionResetError("Connection lost")
+
+    app = create_app(make_settings("memory://"))
+    app.router.add_get("/gone", gone)
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        with caplog.at_level("INFO"):
+            r = await client.get("/gone")
+    assert r.status == 499
+    assert not [rec for rec in caplog.records if rec.levelname == "ERROR"]
+    assert any("client left before its answer" in rec.getMessage() for rec in caplog.records)
