@@ -83,7 +83,13 @@ class WsConn:
             if e.status == 503:
                 raise TryAgainLater(f"upgrade refused 503: {e.message}") from e
             raise
-        welcome = orjson.loads(await ws.receive_str())
+        first = await ws.receive()
+        if first.type == aiohttp.WSMsgType.CLOSE and first.data == TRY_AGAIN_LATER:
+            # The node could not record the connection (its writer behind).
+            raise TryAgainLater(f"closed 1013 before the welcome: {first.extra}")
+        if first.type != aiohttp.WSMsgType.TEXT:
+            raise RuntimeError(f"socket ended before the welcome: {first}")
+        welcome = orjson.loads(first.data)
         if welcome.get("type") != "welcome":
             raise RuntimeError(f"expected welcome, got {welcome}")
         await ws.send_str(orjson.dumps({"type": "auth", "token": tok}).decode())
