@@ -208,7 +208,8 @@ def curves(s: Scaling) -> list[Curve]:
     if len(s.replay) >= 2:
         found.append(Curve(
             "replay", "events in the session", "seconds",
-            sorted(s.replay.items()), cost=True, per=1e3, unit="ms per 1,000 events",
+            # seconds per event, as ms (x1,000) per 1,000 events (x1,000)
+            sorted(s.replay.items()), cost=True, per=1e6, unit="ms per 1,000 events",
             note="`sessiond replay` takes about {slope} ms per 1,000 events of the session, "
             "beyond the command's fixed start-up (the fit's intercept).",
         ))  # fmt: skip
