@@ -59,6 +59,17 @@ class TryAgainLater(RuntimeError):
     """The server said "try again later": 503 before the upgrade, or close 1013."""
 
 
+def _handshake_frame(msg: aiohttp.WSMessage, waiting_for: str) -> dict[str, Any]:
+    """A handshake's next frame, decoded; "try again later" (close 1013: the
+    node could not record the step in time) and any other end are raised."""
+    if msg.type == aiohttp.WSMsgType.CLOSE and msg.data == TRY_AGAIN_LATER:
+        raise TryAgainLater(f"closed 1013 before {waiting_for}: {msg.extra}")
+    if msg.type != aiohttp.WSMsgType.TEXT:
+        raise RuntimeError(f"socket ended before {waiting_for}: {msg}")
+    frame: dict[str, Any] = orjson.loads(msg.data)
+    return frame
+
+
 class WsConn:
     """A client of sessiond's wire protocol (and of the bare server's)."""
 
@@ -83,23 +94,12 @@ class WsConn:
             if e.status == 503:
                 raise TryAgainLater(f"upgrade refused 503: {e.message}") from e
             raise
-        first = await ws.receive()
-        if first.type == aiohttp.WSMsgType.CLOSE and first.data == TRY_AGAIN_LATER:
-            # The node could not record the connection (its writer behind).
-            raise TryAgainLater(f"closed 1013 before the welcome: {first.extra}")
-        if first.type != aiohttp.WSMsgType.TEXT:
-            raise RuntimeError(f"socket ended before the welcome: {first}")
-        welcome = orjson.loads(first.data)
+        welcome = _handshake_frame(await ws.receive(), "the welcome")
         if welcome.get("type") != "welcome":
             raise RuntimeError(f"expected welcome, got {welcome}")
         await ws.send_str(orjson.dumps({"type": "auth", "token": tok}).decode())
         while True:
-            msg = await ws.receive()
-            if msg.type == aiohttp.WSMsgType.CLOSE and msg.data == TRY_AGAIN_LATER:
-                raise TryAgainLater(f"closed 1013 before PROCESSING_READY: {msg.extra}")
-            if msg.type != aiohttp.WSMsgType.TEXT:
-                raise RuntimeError(f"socket ended before PROCESSING_READY: {msg}")
-            frame = orjson.loads(msg.data)
+            frame = _handshake_frame(await ws.receive(), "PROCESSING_READY")
             if frame.get("state") == "PROCESSING_READY":
                 return
 

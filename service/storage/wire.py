@@ -151,37 +151,8 @@ def wire_from_row4(row: StreamRow) -> dict[str, Any]:
 
 
 def wire_from_rows4(rows: Iterable[StreamRow]) -> list[dict[str, Any]]:
-    """``wire_from_row4`` of each row, as one loop: a long history (a replay, a
-    backlog page) costs its decoding and little else, with the lookups of a
-    row's stream and topic done again only when they change."""
-    loads = orjson.loads
-    out: list[dict[str, Any]] = []
-    append = out.append
-    last_stream = last_topic = None
-    key = client_id = ""
-    name: str = ""
-    cls: Any = None
-    shape: WireShape | None = None
-    for stream_id, position, topic, state_bytes in rows:
-        if stream_id != last_stream:
-            key, client_id = _key_and_id(stream_id)
-            last_stream = stream_id
-        if topic != last_topic:
-            name, cls, shape = _namer(topic)
-            last_topic = topic
-        state = loads(state_bytes)
-        at = state.pop("timestamp")
-        state.pop("originator_topic", None)
-        at = at[:-6] + "Z" if at.endswith("+00:00") and "." in at else _at(at)
-        wire = {
-            key: client_id,
-            "position": position,
-            "type": name or cls.wire_name(state),
-            "at": at,
-            "data": state,
-        }
-        append(wire if shape is None else shape(wire))
-    return out
+    """``wire_from_row4`` of each row (a replay's or a backlog's page)."""
+    return [_wire(*row) for row in rows]
 
 
 def wire_from_row(row: LogRow) -> dict[str, Any]:

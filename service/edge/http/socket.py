@@ -130,20 +130,19 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     conn = LiveConnection(request, ws, protocol, opened_at=opened_at)
     registry = request.app[SOCKETS]
     try:
-        if protocol.proposed:
-            # Held by a socket of this node (its CONNECTING may be in flight),
-            # then the store. Two nodes racing for one new ID both pass; the
-            # store's key refuses the second's CONNECTING after its upgrade.
-            if protocol.connection_id in registry.sockets:
-                raise ConnectionIdTaken(_taken(protocol.connection_id))
-            registry.add(conn)
-            stream = connection_stream(protocol.connection_id)
-            if await request.app[HEALTH].read(
-                request.app[READERS], request.app[STORE].stream_exists, stream
-            ):
-                raise ConnectionIdTaken(_taken(protocol.connection_id))
-        else:
-            registry.add(conn)  # a new time-ordered ID: nobody else has it
+        # A proposed ID held by a socket of this node (its CONNECTING may be
+        # in flight), then by the store, is taken; a generated one is new and
+        # time-ordered. Two nodes racing for one new ID both pass; the store's
+        # key refuses the second's CONNECTING after its upgrade.
+        if protocol.proposed and protocol.connection_id in registry.sockets:
+            raise ConnectionIdTaken(_taken(protocol.connection_id))
+        registry.add(conn)
+        if protocol.proposed and await request.app[HEALTH].read(
+            request.app[READERS],
+            request.app[STORE].stream_exists,
+            connection_stream(protocol.connection_id),
+        ):
+            raise ConnectionIdTaken(_taken(protocol.connection_id))
     except BaseException as e:
         registry.remove(conn)
         admission.release()  # nothing recorded: nothing charged
