@@ -10,7 +10,6 @@ sets it: CI must run them) and are skipped, saying why, anywhere else.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,6 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from bench.chromium import ChromiumMissing, chromium_path, launch, playwright
-from service.edge.app import create_app
-from tests.conftest import make_settings
 from tests.e2e.wsclient import GUARD
 
 try:
@@ -38,24 +35,6 @@ ROOT = Path(__file__).resolve().parents[2]
 PAGES = Path(__file__).resolve().parent / "pages"
 EXAMPLES = ROOT / "examples"
 SCREENSHOTS = pytest.StashKey[list[Path]]()
-
-
-def missing_routes(*wanted: tuple[str, str]) -> set[tuple[str, str]]:
-    """Which of ``wanted`` (method, path with {} for each variable) the app lacks."""
-    app = create_app(make_settings("memory://"))
-    have = {
-        (route.method, re.sub(r"\{[^}]*\}", "{}", route.resource.canonical))
-        for route in app.router.routes()
-        if route.resource is not None
-    }
-    return set(wanted) - have
-
-
-def needs_routes(*wanted: tuple[str, str]) -> pytest.MarkDecorator:
-    """Run the test once the server has these calls (PROTOCOL.md v1.1's
-    operator calls, from the watch branch); until then, skip saying which."""
-    missing = missing_routes(*wanted)
-    return pytest.mark.skipif(bool(missing), reason=f"needs the watch branch's {sorted(missing)}")
 
 
 @pytest.hookimpl(wrapper=True)

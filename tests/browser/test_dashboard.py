@@ -1,8 +1,6 @@
 """The dashboard at /ui/ in headless Chromium against a real server: signing
 in with a pasted token, the sessions table page by page, a connection's
-lifecycle, a session's tasks moving live, the kick, the node page. Pages
-built on the v1.1 operator calls (the session stream, the kick, /v1/node)
-are tested once the server has them (``needs_routes``)."""
+lifecycle, a session's tasks moving live, the kick, the node page."""
 
 from __future__ import annotations
 
@@ -12,15 +10,12 @@ from typing import Any
 from domain.connection import Connection
 from domain.lifecycle import state_values
 from service.application.auth import TokenSigner
-from tests.browser.conftest import WAIT_MS, Browser, expect, needs_routes
+from tests.browser.conftest import WAIT_MS, Browser, expect
 from tests.conftest import TEST_SECRET, Api
 from tests.e2e.wsclient import call, closed_record, open_live
 
 Serve = Callable[..., Any]
 SIGNER = TokenSigner(TEST_SECRET)
-STREAM = ("GET", "/v1/sessions/{}/stream")
-KICK = ("DELETE", "/v1/connections/{}")
-NODE = ("GET", "/v1/node")
 LIFECYCLE = state_values(Connection.lifecycle)  # CONNECTING ... CLOSED
 
 
@@ -96,7 +91,6 @@ async def test_the_dashboard_signs_in_pages_through_sessions_and_shows_a_connect
     await expect(page.get_by_role("alert")).to_contain_text("no connection 'no-such-tab'")
 
 
-@needs_routes(STREAM)
 async def test_the_dashboard_shows_a_sessions_tasks_moving_and_its_connections(
     serve: Serve, sqlite_url: str, browser: Browser
 ) -> None:
@@ -136,7 +130,6 @@ async def test_the_dashboard_shows_a_sessions_tasks_moving_and_its_connections(
     await expect(page.locator(".stream-ended")).to_have_text("ended")
 
 
-@needs_routes(KICK)
 async def test_a_kick_from_the_dashboard_closes_the_socket(
     serve: Serve, sqlite_url: str, browser: Browser
 ) -> None:
@@ -155,7 +148,6 @@ async def test_a_kick_from_the_dashboard_closes_the_socket(
     await expect(page.locator("dl.facts")).to_contain_text("4403 kicked")
 
 
-@needs_routes(NODE)
 async def test_the_node_page_shows_live_connections_by_state_to_an_auditor_only(
     serve: Serve, sqlite_url: str, browser: Browser
 ) -> None:

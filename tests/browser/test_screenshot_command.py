@@ -8,12 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.browser.conftest import ROOT, chromium_or_stop, needs_routes
+from tests.browser.conftest import ROOT, chromium_or_stop
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-@needs_routes(("GET", "/v1/sessions/{}/stream"))
 def test_the_screenshot_command_writes_the_dashboard_as_a_png(tmp_path: Path) -> None:
     chromium_or_stop()
     out = tmp_path / "dashboard.png"
