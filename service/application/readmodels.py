@@ -69,7 +69,7 @@ class ReadModels:
         # once per commit and stall the writer. Every read of the tables asks
         # for its writes first (wait_for), so the wait is never seen by a
         # client; 1 s rather than 0.25 s cut the projector's CPU per handshake
-        # by about a tenth, and the server's by more (bench/, issue 5).
+        # by about a tenth, and the server's by more (measured with bench/).
         self._coalesce = coalesce
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
