@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeGuard
 
-import jwt
 import orjson
 
 ROLE_USER = "user"
@@ -129,6 +128,8 @@ class TokenSigner:
             raise ValueError("ttl must be a positive number of seconds")
         now = int(time.time())
         claims = {"sub": user_id, "iat": now, "exp": now + ttl, "roles": roles}
+        import jwt  # PyJWT (with the email parser it loads) only when it signs or decodes
+
         return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
 
     # Verified tokens, kept until they expire: a worker posting progress sends
@@ -214,6 +215,8 @@ class TokenSigner:
         return claims
 
     def _pyjwt_claims(self, token: str) -> dict[str, Any]:
+        import jwt
+
         try:
             claims = jwt.decode(
                 token,

@@ -3,31 +3,42 @@ straight from the store (no server needed)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, TextIO
-
-import orjson
 
 from domain.ids import session_stream
 from projections.sessions import timeline
+from service.storage.rows import StreamRow
 from service.storage.store import SessiondApplication
+from service.storage.wire import json_line_from_row4, wire_from_rows4
 
-PAGE = 20000
+# Rows a read: a page's rows and their output are short-lived, so the heap
+# stays small (pages of 20,000 were a fifth slower than pages of 2,000).
+PAGE = 2000
 
 
-def iter_session_events(
+def iter_session_rows(
     store: SessiondApplication, session_id: str, at: int | None = None
-) -> Iterator[dict[str, Any]]:
+) -> Iterator[list[StreamRow]]:
+    """The session's stored rows, page by page, up to position ``at``."""
     after = 0
     while True:
         limit = PAGE if at is None else min(PAGE, at - after)
         if limit <= 0:
             return
-        events = store.stream_wire_events(session_stream(session_id), after=after, limit=limit)
-        yield from events
-        if len(events) < limit:
+        rows = store.stream_rows(session_stream(session_id), after=after, limit=limit)
+        if rows:
+            yield rows
+        if len(rows) < limit:
             return
-        after = events[-1]["position"]
+        after = rows[-1][1]
+
+
+def iter_session_events(
+    store: SessiondApplication, session_id: str, at: int | None = None
+) -> Iterator[dict[str, Any]]:
+    for rows in iter_session_rows(store, session_id, at):
+        yield from wire_from_rows4(rows)
 
 
 def timeline_line(event: dict[str, Any]) -> str:
@@ -47,18 +58,11 @@ def write_timeline(events: Iterator[dict[str, Any]], out: TextIO) -> int:
     return count
 
 
-def write_json_lines(events: Iterator[dict[str, Any]], out: Any) -> int:
-    """JSON lines to a binary stream (``sys.stdout.buffer``)."""
+def write_json_lines(pages: Iterable[list[StreamRow]], out: Any) -> int:
+    """The rows' events as JSON lines, to a binary stream (``sys.stdout.buffer``)."""
     count = 0
-    buffer: list[bytes] = []
-    dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
-    for event in events:
-        buffer.append(dumps(event, option=newline))
-        if len(buffer) >= 1000:
-            out.write(b"".join(buffer))
-            count += len(buffer)
-            buffer.clear()
-    if buffer:
-        out.write(b"".join(buffer))
-        count += len(buffer)
+    line = json_line_from_row4
+    for rows in pages:
+        out.write(b"".join([line(row) for row in rows]))
+        count += len(rows)
     return count

@@ -184,9 +184,16 @@ class SessiondApplication(Application[str]):
         self, stream_id: str, *, after: int = 0, limit: int | None = None
     ) -> list[dict[str, Any]]:
         """A stream's events in wire shape, decoded straight from the rows."""
+        return wire_from_rows4(self.stream_rows(stream_id, after=after, limit=limit))
+
+    def stream_rows(
+        self, stream_id: str, *, after: int = 0, limit: int | None = None
+    ) -> list[StreamRow]:
+        """A stream's stored rows (stream ID, position, topic, state), oldest
+        first: what ``stream_wire_events`` decodes, for a reader that writes
+        them out as JSON lines (``wire.json_line_from_row4``)."""
         id_from_stream(stream_id)  # refuses anything but a sessiond stream
-        rows = self.row_recorder.select_stream_rows(stream_id, gt=after, limit=limit)
-        return wire_from_rows4(rows)
+        return self.row_recorder.select_stream_rows(stream_id, gt=after, limit=limit)
 
     def stream_exists(self, stream_id: str) -> bool:
         """Whether anything is recorded under ``stream_id`` (one indexed row read)."""

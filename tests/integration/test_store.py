@@ -24,7 +24,7 @@ from service.storage.store import (
     open_store,
     parse_store_url,
 )
-from service.storage.wire import wire_event
+from service.storage.wire import _line_type, json_line_from_row4, wire_event, wire_from_row4
 
 ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-"
 SEED_IDS = [
@@ -424,6 +424,32 @@ def test_every_recorder_reads_its_rows_exactly_as_eventsourcing_reads_them(
             (n.id, n.originator_id, n.originator_version, n.topic, n.state)
             for n in store.recorder.select_notifications(start, 4)
         ]
+
+
+def test_a_json_lines_replay_writes_what_the_wire_path_would_encode(
+    store: SessiondApplication,
+) -> None:
+    """``json_line_from_row4`` splices most rows from their stored bytes; each
+    line is still the generic path's encoding, byte for byte, on every
+    backend and for every event type (created events and shaped ones take
+    the generic path)."""
+    session, connection = every_event_type("lines", "c-lines")
+    other = Session.create("lines-2", "alice", {"\u00e9": [1.5, None]})
+    other.record_message(
+        message_id="u", role="user", content='\u00e9 "q" \\ \n \U0001f600', user_id="a"
+    )
+    other.start_task(task_id="t", name="job", total=None, user_id="w")
+    other.report_progress(task_id="t", done=0.1 + 0.2, total=1e300, note=None)
+    store.save(session, connection, other)
+    spliced = 0
+    streams = (session_stream("lines"), session_stream("lines-2"), connection_stream("c-lines"))
+    for stream in streams:
+        rows = store.stream_rows(stream)
+        lines = [json_line_from_row4(row) for row in rows]
+        assert lines == [orjson.dumps(wire_from_row4(row)) + b"\n" for row in rows]
+        assert [orjson.loads(line) for line in lines] == store.stream_wire_events(stream)
+        spliced += sum(1 for row in rows if _line_type(row[2]) is not None)
+    assert spliced > 10  # the splice is what ran, not only the generic path
 
 
 def test_a_store_on_a_recorder_that_reads_no_rows_is_refused() -> None:
