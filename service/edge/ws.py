@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import struct
 import time
 from collections import Counter, deque
 from typing import Any
@@ -70,6 +71,23 @@ access_log = logging.getLogger(ACCESS)
 
 # How long a server-side close waits on a client that does not read.
 CLOSE_PATIENCE = 5.0
+
+# The effects that do not hold frames back: frames gathered before them are
+# written together with the frames after them (see LiveConnection.run).
+_WAITS_FOR_NOTHING = (Subscribe, TakeQueued, ReadEvents, Wake, WakeAt, RecordLater)
+
+_LENGTH_16 = struct.Struct("!BBH").pack
+_LENGTH_64 = struct.Struct("!BBQ").pack
+
+
+def _text_frame(payload: bytes) -> bytes:
+    """A final, unmasked text frame of ``payload`` (RFC 6455, section 5.2)."""
+    size = len(payload)
+    if size < 126:
+        return bytes((0x81, size)) + payload
+    if size < 65536:
+        return _LENGTH_16(0x81, 126, size) + payload
+    return _LENGTH_64(0x81, 127, size) + payload
 
 
 class SocketRegistry:
@@ -147,13 +165,27 @@ class LiveConnection:
     # --- carrying out effects -------------------------------------------------------
 
     async def run(self, effects: list[Effect]) -> None:
-        """Perform ``effects`` in order; the continuations' effects go first."""
+        """Perform ``effects`` in order; the continuations' effects go first.
+
+        The frames to send are gathered and written together, once, before
+        an effect that waits on the writer, the client or the clock, and at
+        the end: a handshake's state frames and its backlog leave in one
+        write instead of a write each (a system call, and the loopback's
+        whole send path). A backlog read from the store (a fraction of a
+        millisecond) keeps them too: SERVICES_READY with nothing after it
+        tells the client nothing it can act on before PROCESSING_READY."""
         todo: deque[Effect] = deque(effects)
+        out: list[Send] = []
         while todo:
+            effect = todo.popleft()
+            if type(effect) is Send:
+                out.append(effect)
+                continue
+            if out and not isinstance(effect, _WAITS_FOR_NOTHING):
+                await self.send(out)
+                out = []
             more: list[Effect] = []
-            match todo.popleft():
-                case Send() as send:
-                    await self.send(send)
+            match effect:
                 case Record() as record:
                     if self.tracer.enabled:
                         more = await self._traced_step(record)
@@ -189,20 +221,47 @@ class LiveConnection:
                     ending = self._close(closing)
                     await asyncio.shield(ending)
             todo.extendleft(reversed(more))
+        if out:
+            await self.send(out)
 
-    async def send(self, effect: Send) -> None:
-        if effect.error is not None:
-            self.metrics.ws_error(effect.error)
-        written = await self._send_frame(effect.frame, effect.data)
-        event = effect.frame.get("event")
-        if written and type(event) is Stamped:
-            self.metrics.delivered(event)
+    async def send(self, sends: list[Send]) -> None:
+        """Write ``sends``' frames, in order, as one write."""
+        for effect in sends:
+            if effect.error is not None:
+                self.metrics.ws_error(effect.error)
+        if not await self._write([dumps(s.frame) if s.data is None else s.data for s in sends]):
+            return
+        for effect in sends:
+            event = effect.frame.get("event")
+            if type(event) is Stamped:
+                self.metrics.delivered(event)
 
-    async def _send_frame(self, frame: dict[str, Any], data: bytes | None = None) -> bool:
-        if self.ws.closed:
+    async def _send_frame(self, frame: dict[str, Any]) -> bool:
+        return await self._write([dumps(frame)])
+
+    async def _write(self, payloads: list[bytes]) -> bool:
+        """Text frames with these payloads, written together; False when the
+        socket can no longer take them.
+
+        Without compression a server's frame is a header and the payload
+        (RFC 6455, section 5.2: no mask), so the frames are built here and
+        handed to the transport in one write, then aiohttp's flow control
+        waits while the transport's buffer is over its high-water mark. A
+        socket that negotiated permessage-deflate (browsers do) has each
+        frame compressed by aiohttp, one by one."""
+        ws = self.ws
+        if ws.closed:
             return False
         try:
-            await self.ws.send_frame(dumps(frame) if data is None else data, WSMsgType.TEXT)
+            if ws.compress:
+                for payload in payloads:
+                    await ws.send_frame(payload, WSMsgType.TEXT)
+                return True
+            transport = self.request.transport
+            if transport is None or transport.is_closing():
+                return False
+            transport.write(b"".join([_text_frame(payload) for payload in payloads]))
+            await self.request.writer.drain()
         except (ConnectionError, RuntimeError):
             return False
         return True
@@ -295,11 +354,14 @@ class LiveConnection:
         assert subscription is not None
         while self.protocol.ending is None:
             try:
-                event = await subscription.get()
+                events = [await subscription.get()]
+                if subscription.pending():
+                    # Everything queued meanwhile goes in the same write.
+                    events.extend(subscription.drain())
             except SlowConsumer:
                 await self.run(self.protocol.overflowed())
                 return
-            await self.run(self.protocol.live([event]))
+            await self.run(self.protocol.live(events))
 
     # --- the end ------------------------------------------------------------------------
 

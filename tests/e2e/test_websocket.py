@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 import jwt
+import orjson
 import pytest
 
 from service.application.auth import TokenSigner
@@ -166,6 +167,79 @@ async def test_the_authorization_header_on_the_upgrade_authenticates_the_socket(
     await client.close()
     await closed_record(api, "conn-header")
     assert await connection_states(api, "conn-header") == [*LIFECYCLE, "CLOSED"]
+
+
+def server_frames(data: bytes) -> list[dict[str, Any]]:
+    """The JSON of the unmasked text frames in ``data`` (what a server writes)."""
+    frames = []
+    while data:
+        assert data[0] == 0x81 and not data[1] & 0x80, data[:2]
+        size, start = data[1], 2
+        if size == 126:
+            size, start = int.from_bytes(data[2:4], "big"), 4
+        elif size == 127:
+            size, start = int.from_bytes(data[2:10], "big"), 10
+        frames.append(orjson.loads(data[start : start + size]))
+        data = data[start + size :]
+    return frames
+
+
+async def test_the_frames_after_the_token_leave_in_one_write(
+    sqlite_url: str, serve: Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """AUTHENTICATED, SERVICES_READY, the backlog and PROCESSING_READY are
+    written to the socket together: nothing waits between them."""
+    api = await serve(sqlite_url)
+    await api.call("POST", "/v1/sessions", json={"session_id": "s-one-write"})
+    await post_message(api, "s-one-write", "x" * 300)  # a frame over 125 bytes
+    writes: list[bytes] = []
+    real = asyncio.selector_events._SelectorSocketTransport.write  # type: ignore[attr-defined]
+
+    def write(transport: Any, data: bytes) -> None:
+        if data[:1] == b"\x81" and not data[1] & 0x80:  # a server's text frames
+            writes.append(bytes(data))
+        real(transport, data)
+
+    monkeypatch.setattr(asyncio.selector_events._SelectorSocketTransport, "write", write)  # type: ignore[attr-defined]
+    client = await open_live(api, "s-one-write", connection_id="c-one-write")
+    monkeypatch.undo()
+    written = [server_frames(data) for data in writes]
+    assert [[f.get("state") or f["type"] for f in frames] for frames in written] == [
+        ["ACCEPTED"],
+        ["AUTHENTICATED", "SERVICES_READY", "event", "event", "event", "PROCESSING_READY"],
+    ]
+    assert written[1][3]["event"]["data"]["content"] == "x" * 300
+    assert [f for frames in written for f in frames] == client.frames
+    await client.close()
+
+
+async def test_a_socket_that_negotiated_compression_walks_the_same_lifecycle(
+    sqlite_url: str, serve: Serve
+) -> None:
+    """Browsers ask for permessage-deflate: aiohttp compresses each frame."""
+    api = await serve(sqlite_url)
+    await api.call("POST", "/v1/sessions", json={"session_id": "s-deflate"})
+    await post_message(api, "s-deflate", "y" * 70_000)  # a frame over 65,535 bytes
+    client = await open_live(api, "s-deflate", compress=15)
+    assert client.ws.compress == 15
+    assert client.states == ["ACCEPTED", "AUTHENTICATED", "SERVICES_READY", "PROCESSING_READY"]
+    assert [e["position"] for e in client.events] == [1, 2, 3]
+    assert client.events[1]["data"]["content"] == "y" * 70_000
+    position = await post_message(api, "s-deflate", "live")
+    assert (await client.until_event(position))["data"]["content"] == "live"
+    await client.close()
+
+
+async def test_a_frame_over_65535_bytes_arrives_whole_without_compression(
+    sqlite_url: str, serve: Serve
+) -> None:
+    api = await serve(sqlite_url)
+    await api.call("POST", "/v1/sessions", json={"session_id": "s-long"})
+    client = await open_live(api, "s-long")
+    assert not client.ws.compress
+    position = await post_message(api, "s-long", "z" * 70_000)
+    assert (await client.until_event(position))["data"]["content"] == "z" * 70_000
+    await client.close()
 
 
 # --- refused before the upgrade ---------------------------------------------------------
