@@ -300,12 +300,19 @@ def build_rows(loads: Loads, r: Results) -> tuple[list[Row], list[str]]:
     sio = r.handshakes.get(SIO)
     rate, cpu = r.handshakes[SESSIOND]
     ahead = sio is None or rate > sio[0]
+    if sio is not None and ("handshakes", SIO) in r.spread:
+        # Ahead of the peer in every round, each against the peer's run of it.
+        ours, theirs = r.spread[("handshakes", SESSIOND)], r.spread[("handshakes", SIO)]
+        ahead = all(a > b for a, b in zip(ours, theirs, strict=True))
     rows.append(Row(
         "full-lifecycle handshakes/s (sessiond: every transition durable)",
         f"{clients} concurrent clients, new session each, {loads.handshake_seconds:g} s",
         f"{rate:,.0f}/s", f"bare aiohttp {bare_rate:,.0f}/s", f"{rate / bare_rate:.2f}x",
         f"{ms(cpu)} vs bare {ms(bare_cpu)} per handshake",
-        verdict(rate / bare_rate >= 0.6 and ahead, ">= 0.6x bare and ahead of python-socketio"),
+        verdict(
+            rate / bare_rate >= 0.6 and ahead,
+            ">= 0.6x bare and ahead of python-socketio in every round",
+        ),
     ))  # fmt: skip
     for name, label in PEER_LABELS.items():
         peer = r.handshakes.get(name)
@@ -320,6 +327,7 @@ def build_rows(loads: Loads, r: Results) -> tuple[list[Row], list[str]]:
 
     bare = r.delivery[BARE]
     events = loads.producers * loads.events_per_producer
+    sio_rate = r.delivery[SIO]["rate"] if SIO in r.delivery else 0.0
     for name in (SESSIOND, SIO, NOFSYNC, FLOOR):
         d = r.delivery.get(name)
         if d is None:
@@ -335,7 +343,10 @@ def build_rows(loads: Loads, r: Results) -> tuple[list[Row], list[str]]:
             value, f"bare aiohttp {bare['rate']:,.0f}/s ({bare['lost']} lost)",
             f"{d['rate'] / bare['rate']:.2f}x",
             f"{ms(d['cpu_per_event'])} vs bare {ms(bare['cpu_per_event'])} per event",
-            verdict(d["rate"] / bare["rate"] >= 0.8 and ok, ">= 0.8x bare, zero lost")
+            verdict(
+                d["rate"] / bare["rate"] >= 0.8 and ok and d["rate"] > sio_rate,
+                ">= 0.8x bare and ahead of python-socketio, zero lost",
+            )
             if name == SESSIOND
             else PEER_NOTES[("delivery", name)].format(r.delivery[SESSIOND]["rate"] / d["rate"]),
         ))  # fmt: skip
@@ -352,7 +363,7 @@ def build_rows(loads: Loads, r: Results) -> tuple[list[Row], list[str]]:
         f"{a.rate / a.raw_rate:.2f}x",
         f"{1e6 * a.cpu_per_event:.1f} µs vs raw {1e6 * a.raw_cpu_per_event:.1f} µs per event "
         "(this process)",
-        verdict(a.rate / a.raw_rate >= 0.8, ">= 0.8x raw"),
+        verdict(a.rate / a.raw_rate >= 0.6, ">= 0.6x raw"),
     ))  # fmt: skip
 
     d = r.edge
@@ -372,7 +383,7 @@ def build_rows(loads: Loads, r: Results) -> tuple[list[Row], list[str]]:
         f"{b.events:,} recorded events (100 per session, one connection each)",
         f"{b.rate:,.0f}/s", f"raw read + orjson decode of the same rows: {b.raw_rate:,.0f}/s",
         f"{b.rate / b.raw_rate:.2f}x", f"{1e6 * b.cpu_per_event:.1f} µs per event (this process)",
-        verdict(b.rate >= 200_000, ">= 200,000/s on 1,000,000 events", b.events == 1_000_000),
+        verdict(b.rate >= 250_000, ">= 250,000/s on 1,000,000 events", b.events == 1_000_000),
     ))  # fmt: skip
 
     bare_mem = r.memory[BARE][0]
@@ -386,7 +397,7 @@ def build_rows(loads: Loads, r: Results) -> tuple[list[Row], list[str]]:
             f"{m[1]:,} sockets in PROCESSING_READY on one node",
             f"{m[0] / 1024:.1f} KB", f"bare aiohttp {bare_mem / 1024:.1f} KB",
             f"{m[0] / bare_mem:.2f}x", "",
-            verdict(m[0] / bare_mem <= 1.6, "<= 1.6x bare") if name == SESSIOND else "(the peer)",
+            verdict(m[0] / bare_mem <= 1.2, "<= 1.2x bare") if name == SESSIOND else "(the peer)",
         ))  # fmt: skip
 
     if r.latency is not None:
@@ -412,7 +423,7 @@ def build_rows(loads: Loads, r: Results) -> tuple[list[Row], list[str]]:
         f"one session of {loads.replay_events:,} events",
         f"{seconds:.2f} s", f"the same command on a 1-event session: {startup:.2f} s",
         f"{seconds / startup:.2f}x", "",
-        verdict(seconds < 1.0, "< 1 s for 100,000 events", loads.replay_events == 100_000),
+        verdict(seconds < 0.5, "< 0.5 s for 100,000 events", loads.replay_events == 100_000),
     ))  # fmt: skip
     notes.append(
         "Server CPU is utime + stime of the server process (/proc/PID/stat), from idle "
