@@ -392,10 +392,11 @@ async def test_projections_rebuild_of_connections_alone_leaves_sessions_as_they_
     live = await open_live(api, "alone-live", connection_id="alone-c1")
     gone = await open_live(api, "alone-live", connection_id="alone-c2")
     await gone.close()
-    sessions = await ok(api, "GET", "/v1/sessions?limit=10")
     await eventually(
         lambda: closed_record(api, "alone-c2"), "the closed connection in the read model"
     )
+    # Read once the close is recorded: its detach moves the session's row.
+    sessions = await ok(api, "GET", "/v1/sessions?limit=10")
     connection_views = [
         await ok(api, "GET", f"/v1/connections/{c}") for c in ("alone-c1", "alone-c2")
     ]
