@@ -7,6 +7,7 @@ import argparse
 import errno
 import gc
 import logging
+import os
 import socket
 import sys
 import textwrap
@@ -50,6 +51,19 @@ def _settings(args: argparse.Namespace) -> Settings:
             drain_seconds=getattr(args, "drain_seconds", None),
             log_format=getattr(args, "log_format", None),
         )
+    except SettingsError as e:
+        raise CliError(str(e)) from None
+
+
+# What the offline commands (token, replay, projections) read of the
+# environment: a setting only the server uses, badly set, must not stop them.
+OFFLINE_ENV = ("SESSIOND_STORE", "SESSIOND_SECRET")
+
+
+def _offline_settings(args: argparse.Namespace) -> Settings:
+    env = {key: value for key, value in os.environ.items() if key in OFFLINE_ENV}
+    try:
+        return Settings.from_env(env, store_url=getattr(args, "store", None))
     except SettingsError as e:
         raise CliError(str(e)) from None
 
@@ -123,7 +137,7 @@ def tune_garbage_collector() -> None:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = _offline_settings(args)
     try:
         config = parse_store_url(settings.store_url)
     except StoreError as e:
@@ -143,7 +157,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 def _open(args: argparse.Namespace) -> SessiondApplication:
     """An existing store, for commands that read it (never create one)."""
-    settings = _settings(args)
+    settings = _offline_settings(args)
     try:
         config = parse_store_url(settings.store_url)
         if config.path is not None and not config.path.is_file():
@@ -184,7 +198,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     store = _open(args)
     try:
         if store.get_session(args.session_id, version=1) is None:
-            raise CliError(f"no session {args.session_id!r} in {_settings(args).store_url}", 1)
+            raise CliError(
+                f"no session {args.session_id!r} in {_offline_settings(args).store_url}", 1
+            )
         if args.json:
             pages = replay.iter_session_rows(store, args.session_id, at=args.at)
             replay.write_json_lines(pages, sys.stdout.buffer)
@@ -206,7 +222,7 @@ def cmd_projections(args: argparse.Namespace) -> int:
     from service.application.readmodels import make_projector, open_tables
 
     store = _open(args)
-    config = parse_store_url(_settings(args).store_url)
+    config = parse_store_url(_offline_settings(args).store_url)
     tables = open_tables(config)
     projector = make_projector(store, tables, batch_size=args.batch_size)
     try:

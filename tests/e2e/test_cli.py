@@ -13,6 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from service.storage.store import open_store, parse_store_url
 from tests.conftest import free_port
 
 
@@ -273,3 +274,25 @@ def test_bare_sessiond_lists_every_command_with_a_line_each_and_exits_2(tmp_path
     ):
         assert line in text, result.stdout
     assert "Traceback" not in result.stderr
+
+
+def test_offline_commands_read_only_the_store_and_the_secret_of_the_environment(
+    tmp_path: Path,
+) -> None:
+    """A setting only the server reads, badly set, stops the server with one
+    line, and nothing else: a token, a replay, the projections' status."""
+    url = f"sqlite:///{tmp_path / 'offline.db'}"
+    open_store(parse_store_url(url)).close()
+    bad = {"SESSIOND_PORT": "eighty", "SESSIOND_HEARTBEAT": "often", "SESSIOND_STORE": url}
+    served = sessiond("serve", cwd=tmp_path, env=bad)
+    assert served.returncode == 2 and "SESSIOND_PORT" in served.stderr, served.stderr
+    token = sessiond(
+        "token", "--user", "alice", cwd=tmp_path, env={**bad, "SESSIOND_SECRET": "s" * 40}
+    )
+    assert token.returncode == 0 and token.stdout.count(".") == 2, token.stderr
+    replayed = sessiond("replay", "nobody", cwd=tmp_path, env=bad)
+    assert replayed.returncode == 1, replayed.stderr
+    assert replayed.stderr.strip() == f"sessiond: error: no session 'nobody' in {url}"
+    status = sessiond("projections", "status", cwd=tmp_path, env=bad)
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.splitlines()[0].split()[0] == "projection"
