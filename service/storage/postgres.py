@@ -228,13 +228,13 @@ class SessiondPostgresFactory(PostgresFactory):
     password are the keywords' own. Its reconnection gives up early (see the
     module).
 
-    eventsourcing reads its settings from the process environment too, under
-    ``POSTGRES_PRE_PING`` or the application-prefixed name, and with either set
-    the pool would test every connection with a round trip before handing it
-    out: once per writer transaction. sessiond pins it off whatever the
-    environment says: a dead connection fails its statement at once with an
-    OperationalError, which the recorder's one retry answers by checking the
-    pool (ADR 0013, ADR 0028).
+    With ``POSTGRES_PRE_PING`` (or the application-prefixed name) set, the pool
+    would test every connection with a round trip before handing it out: once
+    per writer transaction. The process environment no longer reaches here
+    (``SessiondApplication.construct_env``), and the setting is pinned off
+    whatever settings are given: a dead connection fails its statement at once
+    with an OperationalError, which the recorder's one retry answers by
+    checking the pool (ADR 0013, ADR 0028).
     """
 
     POSTGRES_CONNINFO = "POSTGRES_CONNINFO"

@@ -19,7 +19,7 @@ from urllib.parse import unquote
 import orjson
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import PersistenceError, Transcoder
-from eventsourcing.utils import EnvType, get_topic
+from eventsourcing.utils import Environment, EnvType, get_topic
 
 from domain.base import Aggregate
 from domain.connection import Connection
@@ -152,6 +152,16 @@ class SessiondApplication(Application[str]):
             raise TypeError(f"{type(recorder).__name__} is not one of sessiond's recorders")
         # The same recorder, as what sessiond adds to eventsourcing's interface.
         self.row_recorder: RowRecorder = recorder
+
+    def construct_env(self, name: str, env: EnvType | None = None) -> Environment:
+        """The store's settings, from its URL alone (``parse_store_url``).
+
+        eventsourcing also reads the whole process environment, so a
+        ``POSTGRES_*`` or ``SQLITE_*`` variable set for something else (a
+        container's ``POSTGRES_PASSWORD``, a pool size) changed how sessiond
+        opened its store; the server's settings are ``SESSIOND_*`` and the URL.
+        """
+        return Environment(name, {**type(self).env, **(env or {})})
 
     def construct_transcoder(self) -> Transcoder:
         return OrjsonTranscoder()

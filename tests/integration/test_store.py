@@ -426,6 +426,28 @@ def test_every_recorder_reads_its_rows_exactly_as_eventsourcing_reads_them(
         ]
 
 
+def test_the_store_is_opened_as_its_url_says_whatever_the_environment_holds(
+    store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """eventsourcing reads the process environment; sessiond's store is
+    configured by its URL alone, so variables meant for something else (a
+    container's POSTGRES_*, a stray SQLITE_DBNAME) change nothing."""
+    elsewhere = tmp_path / "elsewhere.db"
+    for prefix in ("", "SESSIOND_"):
+        monkeypatch.setenv(f"{prefix}PERSISTENCE_MODULE", "eventsourcing.popo")
+        monkeypatch.setenv(f"{prefix}SQLITE_DBNAME", str(elsewhere))
+        monkeypatch.setenv(f"{prefix}POSTGRES_DBNAME", "sessiond_no_such_database_x")
+        monkeypatch.setenv(f"{prefix}POSTGRES_PORT", "1")
+        monkeypatch.setenv(f"{prefix}POSTGRES_PASSWORD", "not-this-one")
+    app = open_store(parse_store_url(store_url))
+    try:
+        app.save(Session.create("env-proof", "alice"))
+        assert app.get_session("env-proof") is not None
+    finally:
+        app.close()
+    assert not elsewhere.exists()
+
+
 def test_a_json_lines_replay_writes_what_the_wire_path_would_encode(
     store: SessiondApplication,
 ) -> None:
