@@ -37,6 +37,14 @@ def _nothing() -> Effects:
     return []
 
 
+def _always() -> bool:
+    return True
+
+
+def _deliver_nothing(event: dict[str, Any], encoded: bytes | None) -> Effects:
+    return []
+
+
 class Seam:
     """Positions after ``after``, each handed to ``deliver`` once, in order."""
 
@@ -57,6 +65,16 @@ class Seam:
         # once it has gone out.
         self._ceiling: int | None = None
         self._reached: Callable[[], Effects] = _nothing
+
+    def release(self) -> None:
+        """Let go of the owner's callbacks once its delivery is over: they are
+        its bound methods and closures, so the owner and its seam would hold
+        each other until the cycle collector came by. A released seam is
+        stopped and delivers nothing."""
+        self._deliver = _deliver_nothing
+        self._stopped = _always
+        self._settled = self._reached = _nothing
+        self._pending.clear()
 
     def hold(self, ceiling: int, reached: Callable[[], Effects]) -> None:
         """Deliver nothing past ``ceiling`` until every position up to it has

@@ -161,6 +161,7 @@ class LiveConnection:
         self._ending = None
         self._ticked = None
         self.subscription = None
+        self.protocol.seam.release()
 
     # --- carrying out effects -------------------------------------------------------
 
