@@ -299,11 +299,13 @@ def build_rows(loads: Loads, r: Results) -> tuple[list[Row], list[str]]:
     bare_rate, bare_cpu = r.handshakes[BARE]
     sio = r.handshakes.get(SIO)
     rate, cpu = r.handshakes[SESSIOND]
-    ahead = sio is None or rate > sio[0]
-    if sio is not None and ("handshakes", SIO) in r.spread:
-        # Ahead of the peer in every round, each against the peer's run of it.
-        ours, theirs = r.spread[("handshakes", SESSIOND)], r.spread[("handshakes", SIO)]
-        ahead = all(a > b for a, b in zip(ours, theirs, strict=True))
+    # Ahead of the peer in every round, each against the peer's run of it.
+    ahead = sio is None or all(
+        ours > theirs
+        for ours, theirs in zip(
+            r.spread[("handshakes", SESSIOND)], r.spread[("handshakes", SIO)], strict=True
+        )
+    )
     rows.append(Row(
         "full-lifecycle handshakes/s (sessiond: every transition durable)",
         f"{clients} concurrent clients, new session each, {loads.handshake_seconds:g} s",

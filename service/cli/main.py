@@ -28,7 +28,13 @@ from service.application.auth import (
 )
 from service.runtime import logs
 from service.runtime.settings import DEFAULT_STORE, MIB, Settings, SettingsError
-from service.storage.store import SessiondApplication, StoreError, open_store, parse_store_url
+from service.storage.store import (
+    SessiondApplication,
+    StoreConfig,
+    StoreError,
+    open_store,
+    parse_store_url,
+)
 from service.storage.wire import dumps_str, wire_view
 
 log = logging.getLogger("sessiond")
@@ -155,14 +161,15 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open(args: argparse.Namespace) -> SessiondApplication:
-    """An existing store, for commands that read it (never create one)."""
+def _open(args: argparse.Namespace) -> tuple[SessiondApplication, StoreConfig]:
+    """An existing store, for commands that read it (never create one), and
+    how it was opened."""
     settings = _offline_settings(args)
     try:
         config = parse_store_url(settings.store_url)
         if config.path is not None and not config.path.is_file():
             raise StoreError(f"no store at {config.path} (from {settings.store_url!r})")
-        return open_store(config)
+        return open_store(config), config
     except StoreError as e:
         raise CliError(str(e), 1) from None
 
@@ -195,12 +202,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
         check_id(args.session_id, "session_id")
     except InvalidId as e:
         raise CliError(e.message) from None
-    store = _open(args)
+    store, config = _open(args)
     try:
         if store.get_session(args.session_id, version=1) is None:
-            raise CliError(
-                f"no session {args.session_id!r} in {_offline_settings(args).store_url}", 1
-            )
+            raise CliError(f"no session {args.session_id!r} in {config.url}", 1)
         if args.json:
             pages = replay.iter_session_rows(store, args.session_id, at=args.at)
             replay.write_json_lines(pages, sys.stdout.buffer)
@@ -221,8 +226,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_projections(args: argparse.Namespace) -> int:
     from service.application.readmodels import make_projector, open_tables
 
-    store = _open(args)
-    config = parse_store_url(_offline_settings(args).store_url)
+    store, config = _open(args)
     tables = open_tables(config)
     projector = make_projector(store, tables, batch_size=args.batch_size)
     try:

@@ -72,9 +72,9 @@ access_log = logging.getLogger(ACCESS)
 # How long a server-side close waits on a client that does not read.
 CLOSE_PATIENCE = 5.0
 
-# The effects that do not hold frames back: frames gathered before them are
-# written together with the frames after them (see LiveConnection.run).
-_WAITS_FOR_NOTHING = (Subscribe, TakeQueued, ReadEvents, Wake, WakeAt, RecordLater)
+# The effects frames are gathered across: frames gathered before one of them
+# are written together with the frames after it (see LiveConnection.run).
+_GATHERED_ACROSS = (Subscribe, TakeQueued, ReadEvents, Wake, WakeAt, RecordLater)
 
 _LENGTH_16 = struct.Struct("!BBH").pack
 _LENGTH_64 = struct.Struct("!BBQ").pack
@@ -182,7 +182,7 @@ class LiveConnection:
             if type(effect) is Send:
                 out.append(effect)
                 continue
-            if out and not isinstance(effect, _WAITS_FOR_NOTHING):
+            if out and not isinstance(effect, _GATHERED_ACROSS):
                 await self.send(out)
                 out = []
             more: list[Effect] = []
@@ -236,9 +236,6 @@ class LiveConnection:
             event = effect.frame.get("event")
             if type(event) is Stamped:
                 self.metrics.delivered(event)
-
-    async def _send_frame(self, frame: dict[str, Any]) -> bool:
-        return await self._write([dumps(frame)])
 
     async def _write(self, payloads: list[bytes]) -> bool:
         """Text frames with these payloads, written together; False when the
@@ -409,7 +406,7 @@ class LiveConnection:
             # closing handshake: give it a moment, then drop the transport.
             async with asyncio.timeout(CLOSE_PATIENCE):
                 if effect.frame is not None:
-                    await self._send_frame(effect.frame)
+                    await self._write([dumps(effect.frame)])
                 await self._stop_receiving()
                 with contextlib.suppress(Exception):
                     await self.ws.close(code=effect.code, message=effect.reason.encode()[:120])

@@ -228,21 +228,18 @@ class SessiondPostgresFactory(PostgresFactory):
     password are the keywords' own. Its reconnection gives up early (see the
     module).
 
-    With ``POSTGRES_PRE_PING`` (or the application-prefixed name) set, the pool
-    would test every connection with a round trip before handing it out: once
-    per writer transaction. The process environment no longer reaches here
-    (``SessiondApplication.construct_env``), and the setting is pinned off
-    whatever settings are given: a dead connection fails its statement at once
-    with an OperationalError, which the recorder's one retry answers by
-    checking the pool (ADR 0013, ADR 0028).
+    The pool tests no connection with a round trip before handing it out
+    (once per writer transaction): ``POSTGRES_PRE_PING`` is off unless set,
+    the store URL cannot set it, and the process environment does not reach
+    here (``SessiondApplication.construct_env``). A dead connection fails its
+    statement at once with an OperationalError, which the recorder's one
+    retry answers by checking the pool (ADR 0013, ADR 0028).
     """
 
     POSTGRES_CONNINFO = "POSTGRES_CONNINFO"
 
     def __init__(self, env: Environment | EnvType | None):
-        given = env if isinstance(env, Environment) else Environment(env=env)
-        pinned = dict.fromkeys(given.create_keys(self.POSTGRES_PRE_PING), "n")
-        super().__init__(Environment(given.name, {**given, **pinned}))
+        super().__init__(env if isinstance(env, Environment) else Environment(env=env))
         pool = self.datastore.pool
         pool.conninfo = self.env.get(self.POSTGRES_CONNINFO) or ""
         pool.reconnect_timeout = RECONNECT_TIMEOUT  # see the module

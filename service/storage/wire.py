@@ -164,7 +164,7 @@ _DATA = b'Z","data":{'
 _NO_FRACTION = b".000000"
 
 
-@functools.cache
+@functools.lru_cache(maxsize=65536)
 def _line_head(stream_id: str) -> bytes:
     key, client_id = _key_and_id(stream_id)
     return b'{"' + key.encode() + b'":' + orjson.dumps(client_id) + b',"position":'
