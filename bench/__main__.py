@@ -44,6 +44,7 @@ from bench.procs import (
     run_load,
 )
 from bench.report import Row, verdict
+from service.cli.main import REBUILD_BATCH
 
 BARE, SIO, SESSIOND = "bare aiohttp", "python-socketio", "sessiond"
 # sessiond with SQLite's fsync off: a reference, not a setting (bench/nofsync_server.py).
@@ -381,7 +382,7 @@ def build_rows(loads: Loads, r: Results) -> tuple[list[Row], list[str]]:
     b = r.rebuild
     assert b is not None
     rows.append(Row(
-        "projection rebuild events/s (`sessiond projections rebuild`, batch 5000)",
+        f"projection rebuild events/s (`sessiond projections rebuild`, batch {REBUILD_BATCH:,})",
         f"{b.events:,} recorded events (100 per session, one connection each)",
         f"{b.rate:,.0f}/s", f"raw read + orjson decode of the same rows: {b.raw_rate:,.0f}/s",
         f"{b.rate / b.raw_rate:.2f}x", f"{1e6 * b.cpu_per_event:.1f} µs per event (this process)",

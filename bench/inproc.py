@@ -26,7 +26,7 @@ from service.application import commands
 from service.application.auth import Principal
 from service.application.readmodels import make_projector, open_tables
 from service.application.writer import Writer
-from service.cli.main import tune_garbage_collector
+from service.cli.main import REBUILD_BATCH, rebuild, tune_garbage_collector
 from service.storage.store import SessiondApplication, open_store, parse_store_url
 
 ACTOR = Principal("bench", frozenset({"user"}))
@@ -253,9 +253,12 @@ class Rebuild:
     fill_seconds: float
 
 
-def rebuild_rate(workdir: Path, rows: list[Row], events: int, batch_size: int = 5000) -> Rebuild:
-    """``sessiond projections rebuild`` (its default batch) over ``events``
-    recorded events, against reading the same rows and decoding them with orjson."""
+def rebuild_rate(
+    workdir: Path, rows: list[Row], events: int, batch_size: int = REBUILD_BATCH
+) -> Rebuild:
+    """``sessiond projections rebuild`` (what the command runs, its default
+    batch) over ``events`` recorded events, against reading the same rows and
+    decoding them with orjson."""
     config = parse_store_url(sqlite_url(workdir / "rebuild.db"))
     store = open_store(config)
     t0 = time.perf_counter()
@@ -265,7 +268,7 @@ def rebuild_rate(workdir: Path, rows: list[Row], events: int, batch_size: int = 
     projector = make_projector(store, tables, batch_size=batch_size)
     projector.setup()
     cpu0, t0 = time.process_time(), time.perf_counter()
-    applied = projector.rebuild()
+    applied = rebuild(projector)
     elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     tables.close()
     store.close()

@@ -12,8 +12,8 @@ import socket
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, TextIO
+from collections.abc import Callable, Collection, Sequence
+from typing import TYPE_CHECKING, Any, TextIO
 
 from domain.errors import InvalidId
 from domain.ids import check_id
@@ -36,6 +36,9 @@ from service.storage.store import (
     parse_store_url,
 )
 from service.storage.wire import dumps_str, wire_view
+
+if TYPE_CHECKING:
+    from projections.projector import Projector
 
 log = logging.getLogger("sessiond")
 
@@ -238,9 +241,7 @@ def cmd_projections(args: argparse.Namespace) -> int:
         if args.action == "rebuild":
             head = store.ping()
             bar = ProgressBar(head, sys.stderr)
-            applied = projector.rebuild(
-                lambda position, head: bar.update(position, head), names=chosen
-            )
+            applied = rebuild(projector, chosen, bar.update)
             bar.done()
             rows = ", ".join(f"{n} {name}" for name, n in projector.counts(chosen).items())
             print(
@@ -255,6 +256,32 @@ def cmd_projections(args: argparse.Namespace) -> int:
         tables.close()
         store.close()
     return 0
+
+
+# Events a rebuild decodes, folds and writes per transaction: a batch's
+# decoded events stay within the CPU's caches (5,000 were an eighth slower).
+REBUILD_BATCH = 2000
+
+
+def rebuild(
+    projector: Projector,
+    names: Collection[str] = (),
+    on_progress: Callable[[int, int], None] | None = None,
+) -> int:
+    """``sessiond projections rebuild``: the projections named (all when none
+    is) rebuilt from position 0; how many events the batches covered.
+
+    The cycle collector is off meanwhile: a rebuild decodes every event into
+    fresh dicts and lists that hold no cycles, so it would walk them again and
+    again for nothing (a seventh of a rebuild's time, measured in bench/).
+    It is on again afterwards, as it was."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return projector.rebuild(on_progress, names=names)
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 class ProgressBar:
@@ -570,7 +597,10 @@ def build_parser() -> argparse.ArgumentParser:
             "--store", help=f"the store (default: $SESSIOND_STORE, else {DEFAULT_STORE})"
         )
         act.add_argument(
-            "--batch-size", type=positive_int, default=5000, help="events per transaction"
+            "--batch-size",
+            type=positive_int,
+            default=REBUILD_BATCH,
+            help="events per transaction",
         )
         act.set_defaults(func=cmd_projections)
 
