@@ -368,6 +368,17 @@ def build_rows(loads: Loads, r: Results) -> tuple[list[Row], list[str]]:
         "(this process)",
         verdict(a.rate / a.raw_rate >= 0.6, ">= 0.6x raw"),
     ))  # fmt: skip
+    rows.append(Row(
+        "events appended/s, eventsourcing's own event objects alone (each message made and "
+        "applied by trigger_event on a Session held in memory, encoded as sessiond stores it, "
+        "inserted raw; no command, writer thread, future or event loop)",
+        "the same messages, sessions and transactions",
+        f"{a.floor_rate:,.0f}/s", f"raw sqlite3: {a.raw_rate:,.0f}/s",
+        f"{a.floor_rate / a.raw_rate:.2f}x",
+        f"{1e6 * a.floor_cpu_per_event:.1f} µs per event (this process)",
+        f"(the floor of any store path built on eventsourcing's aggregates: sessiond is "
+        f"{a.rate / a.floor_rate:.2f}x it)",
+    ))  # fmt: skip
 
     d = r.edge
     assert d is not None

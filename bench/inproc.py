@@ -22,12 +22,15 @@ from typing import Any
 import orjson
 from eventsourcing.persistence import StoredEvent
 
+from domain.base import utcnow
+from domain.session import Session
 from service.application import commands
 from service.application.auth import Principal
 from service.application.readmodels import make_projector, open_tables
 from service.application.writer import Writer
 from service.cli.main import REBUILD_BATCH, rebuild, tune_garbage_collector
-from service.storage.store import SessiondApplication, open_store, parse_store_url
+from service.storage.rows import StreamRow
+from service.storage.store import SessiondApplication, open_store, parse_store_url, stored_row
 
 ACTOR = Principal("bench", frozenset({"user"}))
 SID, CID = "SESSION-PLACEHOLDER", "CONNECTION-PLACEHOLDER"
@@ -135,6 +138,10 @@ class Append:
     raw_cpu_per_event: float
     synchronous: str
     raw_method: str  # the faster of the raw ways, which is the baseline
+    # eventsourcing's own event objects and the raw insert, nothing else: the
+    # floor any store path built on its aggregates has.
+    floor_rate: float
+    floor_cpu_per_event: float
 
 
 def append_rate(workdir: Path, events: int, concurrency: int, max_batch: int = 256) -> Append:
@@ -206,6 +213,9 @@ def _append_rate(workdir: Path, events: int, concurrency: int, max_batch: int) -
         for method in ("executemany", "multi-row INSERT")
     ]
     raw_elapsed, raw_cpu, raw_method = min(raws)
+    floor_elapsed, floor_cpu, floor_events = _objects_floor(
+        workdir / "floor.db", schema, synchronous, concurrency, per, size, raw_method
+    )
     return Append(
         rate=appended / elapsed,
         cpu_per_event=cpu / appended,
@@ -214,7 +224,30 @@ def _append_rate(workdir: Path, events: int, concurrency: int, max_batch: int) -
         raw_cpu_per_event=raw_cpu / len(rows),
         synchronous=synchronous,
         raw_method=raw_method,
+        floor_rate=floor_events / floor_elapsed,
+        floor_cpu_per_event=floor_cpu / floor_events,
     )
+
+
+_INSERT = "INSERT INTO stored_events VALUES (?, ?, ?, ?)"
+
+
+def _raw_table(path: Path, schema: str, synchronous: str) -> sqlite3.Connection:
+    raw = sqlite3.connect(path, isolation_level=None)
+    raw.execute("PRAGMA journal_mode=WAL")
+    raw.execute(f"PRAGMA synchronous={synchronous}")
+    raw.execute(schema)
+    return raw
+
+
+def _insert(raw: sqlite3.Connection, chunk: list[Any], method: str) -> None:
+    """One transaction of ``chunk``'s rows, the raw way ``method`` names."""
+    if method == "executemany":
+        raw.execute("BEGIN")
+        raw.executemany(_INSERT, chunk)
+        raw.execute("COMMIT")
+    else:
+        raw.execute(_INSERT + ",(?, ?, ?, ?)" * (len(chunk) - 1), [v for r in chunk for v in r])
 
 
 def _raw_inserts(
@@ -222,23 +255,55 @@ def _raw_inserts(
 ) -> tuple[float, float, str]:
     """Insert ``rows`` into a fresh table in transactions of ``size`` rows;
     (seconds, CPU seconds, method)."""
-    raw = sqlite3.connect(path, isolation_level=None)
-    raw.execute("PRAGMA journal_mode=WAL")
-    raw.execute(f"PRAGMA synchronous={synchronous}")
-    raw.execute(schema)
-    one = "INSERT INTO stored_events VALUES (?, ?, ?, ?)"
+    raw = _raw_table(path, schema, synchronous)
     cpu0, t0 = time.process_time(), time.perf_counter()
     for start in range(0, len(rows), size):
-        chunk = rows[start : start + size]
-        if method == "executemany":
-            raw.execute("BEGIN")
-            raw.executemany(one, chunk)
-            raw.execute("COMMIT")
-        else:
-            raw.execute(one + ",(?, ?, ?, ?)" * (len(chunk) - 1), [v for r in chunk for v in r])
+        _insert(raw, rows[start : start + size], method)
     elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     raw.close()
     return elapsed, cpu, method
+
+
+def _objects_floor(
+    path: Path, schema: str, synchronous: str, sessions: int, per: int, size: int, method: str
+) -> tuple[float, float, int]:
+    """The same messages made as eventsourcing makes them and nothing more:
+    each event built and applied by ``trigger_event`` on a ``Session``
+    aggregate held in memory, collected, encoded as sessiond stores it, and
+    inserted raw in transactions of ``size`` events; no command, writer
+    thread, future or event loop. (seconds, CPU seconds, events)."""
+    raw = _raw_table(path, schema, synchronous)
+    held = [Session.create(f"floor-{i}", ACTOR.user_id) for i in range(sessions)]
+    for session in held:
+        session.collect_events()
+    pending: list[StreamRow] = []
+    n = 0
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    for i in range(per):
+        for session in held:
+            session.trigger_event(
+                Session.MessageRecorded,
+                message_id=f"m{i}",
+                role="assistant",
+                content="token " * 8,
+                model=None,
+                tokens=None,
+                metadata=None,
+                user_id=ACTOR.user_id,
+                connection_id=None,
+                timestamp=utcnow(),
+            )
+            pending.extend(map(stored_row, session.collect_events()))
+            if len(pending) >= size:
+                _insert(raw, pending, method)
+                n += len(pending)
+                pending = []
+    if pending:
+        _insert(raw, pending, method)
+        n += len(pending)
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    raw.close()
+    return elapsed, cpu, n
 
 
 # --- (d) projection rebuild --------------------------------------------------------

@@ -124,7 +124,7 @@ class OrjsonTranscoder(Transcoder):
         return state
 
 
-def _row(event: Aggregate.Event) -> StreamRow:
+def stored_row(event: Aggregate.Event) -> StreamRow:
     """``Mapper.to_stored_event`` for sessiond's events, with the orjson
     transcoder and no compression or cipher (sessiond configures neither), as
     a plain (originator_id, originator_version, topic, state) tuple: building
@@ -231,7 +231,7 @@ class SessiondApplication(Application[str]):
         for aggregate in aggregates:
             events.extend(aggregate.collect_events())  # type: ignore[arg-type]
         if events:
-            self.row_recorder.insert_rows([_row(e) for e in events])
+            self.row_recorder.insert_rows([stored_row(e) for e in events])
         return events
 
     def close(self) -> None:

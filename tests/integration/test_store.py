@@ -20,9 +20,9 @@ from service.storage.store import (
     OrjsonTranscoder,
     SessiondApplication,
     StoreError,
-    _row,
     open_store,
     parse_store_url,
+    stored_row,
 )
 from service.storage.wire import _line_type, json_line_from_row4, wire_event, wire_from_row4
 
@@ -398,7 +398,7 @@ def test_the_writers_direct_path_records_exactly_the_rows_save_records(
     # Event by event, the very bytes eventsourcing's mapper makes.
     session, connection = every_event_type("bytes", "c-bytes")
     for event in [*session.collect_events(), *connection.collect_events()]:
-        assert StoredEvent(*_row(event)) == store.mapper.to_stored_event(event)  # type: ignore[arg-type]
+        assert StoredEvent(*stored_row(event)) == store.mapper.to_stored_event(event)  # type: ignore[arg-type]
     # And every event reads back as what was recorded.
     again = store.get_session("direct")
     assert again is not None and again.view() == ours[0].view()

@@ -14,7 +14,7 @@ from domain.base import Aggregate
 from domain.session import Session
 from projections.sessions import SESSION_EVENTS, fold_session, timeline
 from service.storage import wire
-from service.storage.store import _row
+from service.storage.store import stored_row
 from service.storage.wire import wire_event, wire_from_row4, wire_from_rows4
 
 
@@ -80,12 +80,12 @@ def a_session_with_a_message() -> Session:
 @pytest.mark.usefixtures("hidden_content")
 def test_a_wire_shape_of_its_own_is_shown_from_events_and_from_stored_rows() -> None:
     events = a_session_with_a_message().collect_events()
-    rows = [_row(event) for event in events]
+    rows = [stored_row(event) for event in events]
     assert wire_from_rows4(rows) == [wire_from_row4(row) for row in rows]  # the batch path
     for event in events:
         assert isinstance(event, Aggregate.Event)
         shown = wire_event(event)
-        assert wire_from_row4(_row(event)) == shown
+        assert wire_from_row4(stored_row(event)) == shown
         if shown["type"] == "MessageRecorded":
             assert shown["data"]["content"] == "(hidden)"
         else:
