@@ -6,6 +6,7 @@ flight."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 
 from aiohttp import web
@@ -39,6 +40,9 @@ def client_address(request: web.Request) -> str:
     return address_key(address)
 
 
+# Remembered: a handful of addresses (clients, proxies) make most requests,
+# and parsing one is a few microseconds of every request's budget check.
+@functools.lru_cache(maxsize=4096)
 def address_key(address: str) -> str:
     try:
         ip = ipaddress.ip_address(address)

@@ -16,8 +16,9 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import threading
 import time
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 import orjson
 
@@ -161,6 +162,86 @@ def formatter(log_format: LogFormat) -> logging.Formatter:
     raise ValueError(f"a log format is one of {', '.join(FORMATS)}, not {log_format!r}")
 
 
+# How long a line may wait in the buffer before it is written out, and how
+# much may wait (ADR 0042).
+FLUSH_EVERY = 0.2
+BUFFER_BYTES = 64 * 1024
+
+
+class BufferedStreamHandler(logging.StreamHandler[IO[str]]):
+    """A ``StreamHandler`` whose lines leave in one write now and then, not
+    one write (a system call on the event loop) each: when ``BUFFER_BYTES``
+    are waiting, when a line at WARNING or above is logged (it and every line
+    before it leave at once), every ``FLUSH_EVERY`` seconds (a thread of its
+    own), and at exit (``logging.shutdown`` flushes every handler).
+
+    The lines go to a buffered writer of the stream's file descriptor; lines
+    written to the stream by anything else (a bare ``print`` to standard
+    error) are not held, so they may come out ahead of a buffered log line.
+    """
+
+    def __init__(
+        self,
+        stream: IO[str],
+        *,
+        every: float = FLUSH_EVERY,
+        size: int = BUFFER_BYTES,
+    ) -> None:
+        buffered = open(  # noqa: SIM115 - kept for the handler's life, closed with it
+            stream.fileno(),
+            "w",
+            buffering=size,
+            encoding="utf-8",
+            errors="backslashreplace",
+            closefd=False,
+        )
+        super().__init__(buffered)
+        self._every = every
+        self._stopped = threading.Event()
+        self._flusher = threading.Thread(
+            target=self._flush_now_and_then, name="sessiond-log", daemon=True
+        )
+        self._flusher.start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.stream.write(self.format(record) + self.terminator)
+            if record.levelno >= logging.WARNING:
+                self.flush()
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+    def _flush_now_and_then(self) -> None:
+        while not self._stopped.wait(self._every):
+            with self.lock:  # type: ignore[union-attr]
+                # Checked under the lock that close() holds: never a closed stream.
+                if not self._stopped.is_set():
+                    self.stream.flush()
+
+    def close(self) -> None:
+        # The lock is reentrant: logging.shutdown() holds it when it calls this.
+        with self.lock:  # type: ignore[union-attr]
+            if not self._stopped.is_set():
+                self._stopped.set()
+                self.stream.flush()
+                self.stream.close()
+                # A line logged later still comes out, unbuffered.
+                self.stream = sys.stderr
+        super().close()
+
+
+def _stderr_handler() -> logging.Handler:
+    """Standard error's handler: buffered when it is a file descriptor (a
+    terminal, a pipe, a file), else a plain one (a test's stand-in)."""
+    try:
+        sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        return logging.StreamHandler(sys.stderr)
+    return BufferedStreamHandler(sys.stderr)
+
+
 def configure(level: str = "INFO", log_format: LogFormat = "text", *, access: bool = True) -> None:
     """The process's logging: one handler on standard error in ``log_format``,
     at ``level``; the access lines (INFO) too unless ``access`` is False."""
@@ -171,9 +252,12 @@ def configure(level: str = "INFO", log_format: LogFormat = "text", *, access: bo
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _stderr_handler()
     handler.setFormatter(formatter(log_format))
     root = logging.getLogger()
+    for replaced in root.handlers:
+        if isinstance(replaced, BufferedStreamHandler):
+            replaced.close()  # its lines out, its thread ended
     root.handlers[:] = [handler]
     root.setLevel(level)
     # sessiond writes its own access lines (sessiond.access); aiohttp's own

@@ -14,6 +14,7 @@ from service.application.budgets import (
     SocketAdmission,
     retry_after_header,
 )
+from service.edge.budgets import address_key
 from service.runtime.settings import Rate, Settings, SettingsError
 
 
@@ -200,3 +201,20 @@ def test_rates_are_read_from_the_environment(text: str, rate: Rate | None) -> No
 def test_a_rate_that_does_not_parse_is_a_one_line_error_naming_the_variable(text: str) -> None:
     with pytest.raises(SettingsError, match="SESSIOND_USER_WRITES"):
         Settings.from_env({"SESSIOND_USER_WRITES": text})
+
+
+@pytest.mark.parametrize(
+    ("address", "key"),
+    [
+        ("198.51.100.7", "198.51.100.7"),
+        ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff::1", "2001:db8:1:2::/64"),
+        ("::ffff:198.51.100.7", "198.51.100.7"),
+        ("not an address", "not an address"),
+        ("", ""),
+    ],
+)
+def test_a_client_address_is_its_ipv4_address_or_its_ipv6_64(address: str, key: str) -> None:
+    # Twice: the second answer comes from the cache and is the same.
+    assert address_key(address) == key
+    assert address_key(address) == key

@@ -7,12 +7,23 @@ from __future__ import annotations
 import json
 import logging
 import shlex
+import subprocess
 import sys
+import time
 from datetime import datetime, timedelta
+from pathlib import Path
+from typing import IO, Any
 
 import pytest
 
-from service.runtime.logs import JsonFormatter, KeyValueFormatter, formatter, text_value
+from service.runtime.logs import (
+    BufferedStreamHandler,
+    JsonFormatter,
+    KeyValueFormatter,
+    configure,
+    formatter,
+    text_value,
+)
 from service.runtime.settings import Settings, SettingsError
 
 ODD_ID = "sess_mgpresmh_6655kc3b0:a.b-c"
@@ -155,3 +166,90 @@ def test_the_access_lines_are_on_unless_switched_off() -> None:
     assert Settings.from_env({"SESSIOND_ACCESS_LOG": "on"}).access_log is True
     with pytest.raises(SettingsError, match="SESSIOND_ACCESS_LOG must be on or off"):
         Settings.from_env({"SESSIOND_ACCESS_LOG": "maybe"})
+
+
+def _buffered(path: Path, **kwargs: Any) -> tuple[BufferedStreamHandler, IO[str]]:
+    target = path.open("w")
+    handler = BufferedStreamHandler(target, **kwargs)
+    handler.setFormatter(KeyValueFormatter())
+    return handler, target
+
+
+def test_buffered_lines_leave_together_at_a_warning_in_their_order(tmp_path: Path) -> None:
+    path = tmp_path / "log"
+    handler, target = _buffered(path, every=3600)
+    try:
+        handler.handle(record("first %s", "line"))
+        handler.handle(record("second %s", "line"))
+        assert path.read_text() == ""  # held: no write per line
+        warning = record("refused %s", "upgrade")
+        warning.levelno, warning.levelname = logging.WARNING, "WARNING"
+        handler.handle(warning)
+        lines = path.read_text().splitlines()
+        assert [line.split(" ", 1)[1] for line in lines] == [
+            "INFO sessiond.ws first line",
+            "INFO sessiond.ws second line",
+            "WARNING sessiond.ws refused upgrade",
+        ]
+        handler.handle(record("last %s", "line"))
+    finally:
+        handler.close()
+        target.close()
+    assert path.read_text().splitlines()[-1].endswith("INFO sessiond.ws last line")
+
+
+def test_buffered_lines_leave_on_their_own_within_the_flush_interval(tmp_path: Path) -> None:
+    path = tmp_path / "log"
+    handler, target = _buffered(path, every=0.05)
+    try:
+        handler.handle(record("waiting %s", "line"))
+        deadline = time.monotonic() + 10
+        while "waiting line" not in path.read_text():
+            assert time.monotonic() < deadline, "the flusher never wrote the line"
+            time.sleep(0.01)
+    finally:
+        handler.close()
+        target.close()
+
+
+def test_a_server_process_writes_every_buffered_line_by_its_exit(tmp_path: Path) -> None:
+    code = (
+        "import logging\n"
+        "from service.runtime import logs\n"
+        "logs.configure('INFO', 'json')\n"
+        "log = logging.getLogger('sessiond.test')\n"
+        "for n in range(5000):\n"
+        "    log.info('line %d', n, extra={'connection_id': 'c-' + str(n)})\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    lines = [json.loads(line) for line in out.stderr.splitlines()]
+    assert [line["message"] for line in lines] == [f"line {n}" for n in range(5000)]
+    assert lines[-1]["connection_id"] == "c-4999"
+
+
+def test_configuring_again_writes_out_and_closes_the_handler_it_replaces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "stderr"
+    root = logging.getLogger()
+    kept = root.handlers[:], root.level
+    with path.open("w") as stderr:
+        monkeypatch.setattr(sys, "stderr", stderr)
+        try:
+            configure("INFO", "text")
+            first = root.handlers[0]
+            assert isinstance(first, BufferedStreamHandler)
+            logging.getLogger("sessiond.test").info("before")
+            configure("INFO", "json")
+            assert root.handlers[0] is not first
+            assert first._stopped.is_set()
+            first._flusher.join(5)
+            assert not first._flusher.is_alive()
+            assert path.read_text().rstrip().endswith("INFO sessiond.test before")
+        finally:
+            for handler in root.handlers:
+                handler.close()
+            root.handlers[:] = kept[0]
+            root.setLevel(kept[1])
