@@ -93,6 +93,8 @@ class Loads:
 
 
 FULL = Loads((10, 20, 40), 10.0, 16, 500, 10_000, 100_000, 256, 1_000_000, 30.0, 100_000, 60.0, 5)
+# The projection rebuild runs this many times on one store; the best counts.
+REBUILD_RUNS = 3
 QUICK = Loads((10, 40), 1.5, 16, 40, 500, 4096, 256, 20_000, 5.0, 5_000, 5.0, 1)
 
 
@@ -277,7 +279,7 @@ def measure_in_process(loads: Loads, workdir: Path, results: Results) -> None:
     results.append = inproc.append_rate(workdir, loads.append_events, loads.append_concurrency)
     rows = inproc.template(workdir)
     step(f"projection rebuild: {loads.rebuild_events:,} events")
-    results.rebuild = inproc.rebuild_rate(workdir, rows, loads.rebuild_events)
+    results.rebuild = inproc.rebuild_rate(workdir, rows, loads.rebuild_events, runs=REBUILD_RUNS)
     step(f"replay: {loads.replay_events:,} events")
     long = inproc.replay_store(workdir, rows, loads.replay_events, "replay-long")
     short = inproc.replay_store(workdir, rows, 1, "replay-short")
@@ -393,7 +395,8 @@ def build_rows(loads: Loads, r: Results) -> tuple[list[Row], list[str]]:
     b = r.rebuild
     assert b is not None
     rows.append(Row(
-        f"projection rebuild events/s (`sessiond projections rebuild`, batch {REBUILD_BATCH:,})",
+        f"projection rebuild events/s (`sessiond projections rebuild`, batch {REBUILD_BATCH:,}), "
+        f"best of {len(b.runs)}",
         f"{b.events:,} recorded events (100 per session, one connection each)",
         f"{b.rate:,.0f}/s", f"raw read + orjson decode of the same rows: {b.raw_rate:,.0f}/s",
         f"{b.rate / b.raw_rate:.2f}x", f"{1e6 * b.cpu_per_event:.1f} µs per event (this process)",
@@ -457,6 +460,12 @@ def build_rows(loads: Loads, r: Results) -> tuple[list[Row], list[str]]:
             f"Handshakes at {clients} clients and delivery ran in {loads.rounds} interleaved "
             f"rounds, every server once a round; each figure above is the median round's. "
             f"The rates of every round, per second: {spreads}."
+        )
+    if len(b.runs) > 1:
+        runs = " / ".join(f"{rate:,.0f} ({raw:,.0f} raw)" for rate, raw in b.runs)
+        notes.append(
+            f"The projection rebuild ran {len(b.runs)} times on one filled store, each run "
+            f"followed by the raw read; the best of each counts. Every run, events/s: {runs}."
         )
     return rows, notes
 
