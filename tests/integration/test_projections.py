@@ -250,13 +250,19 @@ async def test_projection_rows_equal_the_aggregates_views_after_random_histories
         tables.close()
 
 
+def caught_up(world: World, tables: Tables, *, batch_size: int) -> Projector:
+    """A projector of every projection, set up and caught up with the log."""
+    projector = make_projector(world.store, tables, batch_size=batch_size)
+    projector.setup()
+    projector.catch_up()
+    return projector
+
+
 async def test_a_rebuild_from_zero_gives_the_same_rows(world: World) -> None:
     await write_history(world, 4)
     tables = world.tables()
     try:
-        projector = make_projector(world.store, tables, batch_size=100)
-        projector.setup()
-        projector.catch_up()
+        projector = caught_up(world, tables, batch_size=100)
         before = rows(tables, world)
         counts = projector.counts()
 
@@ -298,9 +304,7 @@ async def test_the_rebuild_command_runs_without_the_cycle_collector_and_restores
     await write_history(world, 3)
     tables = world.tables()
     try:
-        live = make_projector(world.store, tables, batch_size=50)
-        live.setup()
-        live.catch_up()
+        caught_up(world, tables, batch_size=50)
         before = rows(tables, world)
 
         projector = make_projector(world.store, tables, batch_size=REBUILD_BATCH)
