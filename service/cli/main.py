@@ -665,6 +665,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         status: int = args.func(args)
         return status
     except CliError as e:
+        # After the log lines it follows (they may be waiting in a buffer).
+        for handler in logging.getLogger().handlers:
+            handler.flush()
         print(f"sessiond: error: {e}", file=sys.stderr)
         return e.status
     except KeyboardInterrupt:

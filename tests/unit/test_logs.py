@@ -16,6 +16,7 @@ from typing import IO, Any
 
 import pytest
 
+from service.cli.main import main
 from service.runtime.logs import (
     BufferedStreamHandler,
     JsonFormatter,
@@ -253,3 +254,27 @@ def test_configuring_again_writes_out_and_closes_the_handler_it_replaces(
                 handler.close()
             root.handlers[:] = kept[0]
             root.setLevel(kept[1])
+
+
+def test_a_command_line_error_comes_after_the_log_lines_before_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "stderr"
+    root = logging.getLogger()
+    kept = root.handlers[:], root.level
+    monkeypatch.setenv("SESSIOND_STORE", "nonsense://here")
+    with path.open("w") as stderr:
+        monkeypatch.setattr(sys, "stderr", stderr)
+        try:
+            configure("INFO", "text")
+            logging.getLogger("sessiond.test").info("before the error")
+            assert main(["token", "--user", "alice"]) == 2
+            stderr.flush()
+            lines = path.read_text().splitlines()
+        finally:
+            for handler in root.handlers:
+                handler.close()
+            root.handlers[:] = kept[0]
+            root.setLevel(kept[1])
+    assert lines[0].endswith("INFO sessiond.test before the error"), lines
+    assert lines[1].startswith("sessiond: error: bad store URL"), lines
