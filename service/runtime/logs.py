@@ -22,6 +22,8 @@ from typing import IO, Any, Literal
 
 import orjson
 
+from service.runtime.osthread import name_native_thread
+
 LogFormat = Literal["text", "json"]
 FORMATS: tuple[LogFormat, ...] = ("text", "json")
 
@@ -214,6 +216,7 @@ class BufferedStreamHandler(logging.StreamHandler[IO[str]]):
             self.handleError(record)
 
     def _flush_now_and_then(self) -> None:
+        name_native_thread()
         while not self._stopped.wait(self._every):
             with self.lock:  # type: ignore[union-attr]
                 # Checked under the lock that close() holds: never a closed stream.
