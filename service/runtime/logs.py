@@ -13,6 +13,7 @@ See docs/adr/0035-log-json-lines-and-one-access-line-per-request.md.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import sys
@@ -220,8 +221,12 @@ class BufferedStreamHandler(logging.StreamHandler[IO[str]]):
         while not self._stopped.wait(self._every):
             with self.lock:  # type: ignore[union-attr]
                 # Checked under the lock that close() holds: never a closed stream.
+                # A full disk, a reader gone: the lines wait, and the next
+                # flush (or a line's own write) tries again; this thread must
+                # outlive it.
                 if not self._stopped.is_set():
-                    self.stream.flush()
+                    with contextlib.suppress(OSError, ValueError):
+                        self.stream.flush()
 
     def close(self) -> None:
         # The lock is reentrant: logging.shutdown() holds it when it calls this.

@@ -278,3 +278,39 @@ def test_a_command_line_error_comes_after_the_log_lines_before_it(
             root.setLevel(kept[1])
     assert lines[0].endswith("INFO sessiond.test before the error"), lines
     assert lines[1].startswith("sessiond: error: bad store URL"), lines
+
+
+class FlakyStream:
+    """A stream whose first flushes fail, as a full disk's would."""
+
+    def __init__(self, target: IO[str], failures: int) -> None:
+        self.target = target
+        self.failures = failures
+
+    def write(self, text: str) -> int:
+        return self.target.write(text)
+
+    def flush(self) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise OSError(28, "No space left on device")
+        self.target.flush()
+
+    def close(self) -> None:
+        self.target.close()
+
+
+def test_the_flusher_outlives_a_failed_flush(tmp_path: Path) -> None:
+    path = tmp_path / "log"
+    handler, target = _buffered(path, every=0.02)
+    handler.stream = FlakyStream(handler.stream, failures=3)  # type: ignore[assignment]
+    try:
+        handler.handle(record("kept %s", "line"))
+        deadline = time.monotonic() + 10
+        while "kept line" not in path.read_text():
+            assert time.monotonic() < deadline, "no flush after the failed ones"
+            time.sleep(0.01)
+        assert handler._flusher.is_alive()
+    finally:
+        handler.close()
+        target.close()
