@@ -4,6 +4,7 @@ Handlers are short: who is calling, what they sent (the one schema), then a
 command on the writer or a read on the reader pool."""
 
 from aiohttp import web
+from aiohttp.web_routedef import AbstractRouteDef
 
 from service.edge.http import (
     connections,
@@ -28,3 +29,23 @@ ROUTES: list[web.RouteTableDef] = [
     static.routes,
     documents.routes,
 ]
+
+# The paths a busy node is asked for most: a worker's progress, a message.
+# aiohttp tries the patterns under one prefix (``/v1/sessions``: ten of them)
+# in the order they were added, so these go first (a progress report was
+# tried against seven patterns before its own: 6.3 against 1.2 µs to route).
+BUSIEST = (
+    "/v1/sessions/{session_id}/tasks/{task_id}/progress",
+    "/v1/sessions/{session_id}/messages",
+)
+
+
+def route_defs() -> list[AbstractRouteDef]:
+    """Every route of ROUTES, the busiest paths first, the others in order."""
+    defs = [route for routes in ROUTES for route in routes]
+
+    def rank(route: AbstractRouteDef) -> int:
+        path = getattr(route, "path", None)
+        return BUSIEST.index(path) if path in BUSIEST else len(BUSIEST)
+
+    return sorted(defs, key=rank)
