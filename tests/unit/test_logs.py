@@ -10,6 +10,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
@@ -199,15 +200,20 @@ def test_buffered_lines_leave_together_at_a_warning_in_their_order(tmp_path: Pat
     assert path.read_text().splitlines()[-1].endswith("INFO sessiond.ws last line")
 
 
+def wait_for_text(path: Path, text: str, patience: float = 10.0) -> None:
+    """Until ``text`` is in the file (the flusher wrote it), or fail."""
+    deadline = time.monotonic() + patience
+    while text not in path.read_text():
+        assert time.monotonic() < deadline, f"{text!r} was never written out"
+        time.sleep(0.01)
+
+
 def test_buffered_lines_leave_on_their_own_within_the_flush_interval(tmp_path: Path) -> None:
     path = tmp_path / "log"
     handler, target = _buffered(path, every=0.05)
     try:
         handler.handle(record("waiting %s", "line"))
-        deadline = time.monotonic() + 10
-        while "waiting line" not in path.read_text():
-            assert time.monotonic() < deadline, "the flusher never wrote the line"
-            time.sleep(0.01)
+        wait_for_text(path, "waiting line")
     finally:
         handler.close()
         target.close()
@@ -230,52 +236,53 @@ def test_a_server_process_writes_every_buffered_line_by_its_exit(tmp_path: Path)
     assert lines[-1]["connection_id"] == "c-4999"
 
 
-def test_configuring_again_writes_out_and_closes_the_handler_it_replaces(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def stderr_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Path, IO[str]]]:
+    """A file to stand for standard error (path, stream), and the root logger
+    as it was afterwards. The test puts it in ``sys.stderr`` itself: pytest
+    sets its own capture there again when a test starts."""
     path = tmp_path / "stderr"
     root = logging.getLogger()
     kept = root.handlers[:], root.level
     with path.open("w") as stderr:
-        monkeypatch.setattr(sys, "stderr", stderr)
         try:
-            configure("INFO", "text")
-            first = root.handlers[0]
-            assert isinstance(first, BufferedStreamHandler)
-            logging.getLogger("sessiond.test").info("before")
-            configure("INFO", "json")
-            assert root.handlers[0] is not first
-            assert first._stopped.is_set()
-            first._flusher.join(5)
-            assert not first._flusher.is_alive()
-            assert path.read_text().rstrip().endswith("INFO sessiond.test before")
+            yield path, stderr
         finally:
             for handler in root.handlers:
                 handler.close()
             root.handlers[:] = kept[0]
             root.setLevel(kept[1])
+
+
+def test_configuring_again_writes_out_and_closes_the_handler_it_replaces(
+    stderr_file: tuple[Path, IO[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, stderr = stderr_file
+    monkeypatch.setattr(sys, "stderr", stderr)
+    root = logging.getLogger()
+    configure("INFO", "text")
+    first = root.handlers[0]
+    assert isinstance(first, BufferedStreamHandler)
+    logging.getLogger("sessiond.test").info("before")
+    configure("INFO", "json")
+    assert root.handlers[0] is not first
+    assert first._stopped.is_set()
+    first._flusher.join(5)
+    assert not first._flusher.is_alive()
+    assert path.read_text().rstrip().endswith("INFO sessiond.test before")
 
 
 def test_a_command_line_error_comes_after_the_log_lines_before_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    stderr_file: tuple[Path, IO[str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = tmp_path / "stderr"
-    root = logging.getLogger()
-    kept = root.handlers[:], root.level
+    path, stderr = stderr_file
+    monkeypatch.setattr(sys, "stderr", stderr)
     monkeypatch.setenv("SESSIOND_STORE", "nonsense://here")
-    with path.open("w") as stderr:
-        monkeypatch.setattr(sys, "stderr", stderr)
-        try:
-            configure("INFO", "text")
-            logging.getLogger("sessiond.test").info("before the error")
-            assert main(["token", "--user", "alice"]) == 2
-            stderr.flush()
-            lines = path.read_text().splitlines()
-        finally:
-            for handler in root.handlers:
-                handler.close()
-            root.handlers[:] = kept[0]
-            root.setLevel(kept[1])
+    configure("INFO", "text")
+    logging.getLogger("sessiond.test").info("before the error")
+    assert main(["token", "--user", "alice"]) == 2
+    stderr.flush()
+    lines = path.read_text().splitlines()
     assert lines[0].endswith("INFO sessiond.test before the error"), lines
     assert lines[1].startswith("sessiond: error: bad store URL"), lines
 
@@ -306,10 +313,7 @@ def test_the_flusher_outlives_a_failed_flush(tmp_path: Path) -> None:
     handler.stream = FlakyStream(handler.stream, failures=3)  # type: ignore[assignment]
     try:
         handler.handle(record("kept %s", "line"))
-        deadline = time.monotonic() + 10
-        while "kept line" not in path.read_text():
-            assert time.monotonic() < deadline, "no flush after the failed ones"
-            time.sleep(0.01)
+        wait_for_text(path, "kept line")
         assert handler._flusher.is_alive()
     finally:
         handler.close()
