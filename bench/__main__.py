@@ -92,9 +92,9 @@ class Loads:
     rounds: int  # interleaved runs at full load; the median counts
 
 
-FULL = Loads((10, 20, 40), 10.0, 16, 500, 10_000, 100_000, 256, 1_000_000, 30.0, 100_000, 60.0, 5)
 # The projection rebuild runs this many times on one store; the best counts.
 REBUILD_RUNS = 3
+FULL = Loads((10, 20, 40), 10.0, 16, 500, 10_000, 100_000, 256, 1_000_000, 30.0, 100_000, 60.0, 5)
 QUICK = Loads((10, 40), 1.5, 16, 40, 500, 4096, 256, 20_000, 5.0, 5_000, 5.0, 1)
 
 
@@ -462,7 +462,7 @@ def build_rows(loads: Loads, r: Results) -> tuple[list[Row], list[str]]:
             f"The rates of every round, per second: {spreads}."
         )
     if len(b.runs) > 1:
-        runs = " / ".join(f"{rate:,.0f} ({raw:,.0f} raw)" for rate, raw in b.runs)
+        runs = " / ".join(f"{run.rate:,.0f} ({run.raw_rate:,.0f} raw)" for run in b.runs)
         notes.append(
             f"The projection rebuild ran {len(b.runs)} times on one filled store, each run "
             f"followed by the raw read; the best of each counts. Every run, events/s: {runs}."

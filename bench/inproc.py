@@ -15,7 +15,7 @@ import sqlite3
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,8 @@ from service.storage.store import (
 ACTOR = Principal("bench", frozenset({"user"}))
 SID, CID = "SESSION-PLACEHOLDER", "CONNECTION-PLACEHOLDER"
 BODY = ("TaskProgressed", "MessageRecorded")
+# What every message of the store path says (the writer's and the floor's).
+ROLE, CONTENT = "assistant", "token " * 8
 Row = tuple[str, str, bytes]  # stream, topic, state
 
 
@@ -189,7 +191,7 @@ def _append_rate(workdir: Path, events: int, concurrency: int, max_batch: int) -
             for i in range(per):
                 await writer.execute(
                     commands.record_message(
-                        s, ACTOR, message_id=f"m{i}", role="assistant", content="token " * 8
+                        s, ACTOR, message_id=f"m{i}", role=ROLE, content=CONTENT
                     )
                 )
 
@@ -290,8 +292,8 @@ def _objects_floor(
             session.trigger_event(
                 Session.MessageRecorded,
                 message_id=f"m{i}",
-                role="assistant",
-                content="token " * 8,
+                role=ROLE,
+                content=CONTENT,
                 model=None,
                 tokens=None,
                 metadata=None,
@@ -299,7 +301,7 @@ def _objects_floor(
                 connection_id=None,
                 timestamp=utcnow(),
             )
-            pending.extend(map(stored_row, session.collect_events()))
+            pending.extend(map(stored_row, session.collect_events()))  # type: ignore[arg-type]
             if len(pending) >= size:
                 _insert(raw, pending, method)
                 n += len(pending)
@@ -315,15 +317,34 @@ def _objects_floor(
 # --- (d) projection rebuild --------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class RebuildRun:
+    rate: float
+    cpu_per_event: float
+    raw_rate: float  # the raw read and decode right after it
+
+
 @dataclass
 class Rebuild:
     events: int
-    rate: float  # the best run's
-    cpu_per_event: float  # the best run's
-    raw_rate: float  # the best run's
     fill_seconds: float
-    # Every run's rate, in order (rebuild, raw).
-    runs: list[tuple[float, float]] = field(default_factory=list)
+    runs: list[RebuildRun]  # in the order run
+
+    @property
+    def best(self) -> RebuildRun:
+        return max(self.runs, key=lambda run: run.rate)
+
+    @property
+    def rate(self) -> float:
+        return self.best.rate
+
+    @property
+    def cpu_per_event(self) -> float:
+        return self.best.cpu_per_event
+
+    @property
+    def raw_rate(self) -> float:
+        return max(run.raw_rate for run in self.runs)
 
 
 def rebuild_rate(
@@ -346,7 +367,7 @@ def rebuild_rate(
     tables = open_tables(config)
     projector = make_projector(store, tables, batch_size=batch_size)
     projector.setup()
-    measured: list[tuple[float, float, float]] = []  # rate, CPU per event, raw rate
+    measured: list[RebuildRun] = []
     try:
         for _ in range(runs):
             cpu0, t0 = time.process_time(), time.perf_counter()
@@ -354,19 +375,11 @@ def rebuild_rate(
             elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
             if applied != recorded:
                 raise RuntimeError(f"rebuild applied {applied} of {recorded} events")
-            measured.append((applied / elapsed, cpu / applied, _raw_read_rate(config)))
+            measured.append(RebuildRun(applied / elapsed, cpu / applied, _raw_read_rate(config)))
     finally:
         tables.close()
         store.close()
-    rate, cpu_per_event, _ = max(measured)
-    return Rebuild(
-        recorded,
-        rate,
-        cpu_per_event,
-        max(raw for _, _, raw in measured),
-        fill_seconds,
-        [(r, raw) for r, _, raw in measured],
-    )
+    return Rebuild(recorded, fill_seconds, measured)
 
 
 def _raw_read_rate(config: StoreConfig) -> float:

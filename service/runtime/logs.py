@@ -183,17 +183,11 @@ class BufferedStreamHandler(logging.StreamHandler[IO[str]]):
     error) are not held, so they may come out ahead of a buffered log line.
     """
 
-    def __init__(
-        self,
-        stream: IO[str],
-        *,
-        every: float = FLUSH_EVERY,
-        size: int = BUFFER_BYTES,
-    ) -> None:
+    def __init__(self, stream: IO[str], *, every: float = FLUSH_EVERY) -> None:
         buffered = open(  # noqa: SIM115 - kept for the handler's life, closed with it
             stream.fileno(),
             "w",
-            buffering=size,
+            buffering=BUFFER_BYTES,
             encoding="utf-8",
             errors="backslashreplace",
             closefd=False,
@@ -219,11 +213,10 @@ class BufferedStreamHandler(logging.StreamHandler[IO[str]]):
     def _flush_now_and_then(self) -> None:
         name_native_thread()
         while not self._stopped.wait(self._every):
+            # Checked under the lock that close() holds: never a closed
+            # stream. A failed flush (a full disk, a reader gone) leaves the
+            # lines waiting for the next; this thread must outlive it.
             with self.lock:  # type: ignore[union-attr]
-                # Checked under the lock that close() holds: never a closed stream.
-                # A full disk, a reader gone: the lines wait, and the next
-                # flush (or a line's own write) tries again; this thread must
-                # outlive it.
                 if not self._stopped.is_set():
                     with contextlib.suppress(OSError, ValueError):
                         self.stream.flush()
