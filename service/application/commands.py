@@ -20,6 +20,7 @@ from domain.errors import (
     InvalidCommand,
     SessionNotFound,
 )
+from domain.ids import connection_stream
 from domain.lifecycle import consult
 from domain.session import Session
 from service.application.auth import Principal
@@ -183,6 +184,16 @@ def fail_task(session_id: str, actor: Principal, *, task_id: str, error: str) ->
 
 
 # --- connections --------------------------------------------------------------
+
+
+def connection_recorded(connection_id: str) -> Command[bool]:
+    """Whether anything is recorded under ``connection_id`` (a proposed ID is
+    refused before the upgrade when it is). Asked of the writer, not of a
+    reader thread: it answers from what it holds, else with one indexed read,
+    and its answer comes back with the rest of its batch's (ADR 0043)."""
+    return Command(
+        "connection_recorded", lambda uow: uow.recorded(connection_stream(connection_id))
+    )
 
 
 def open_connection(

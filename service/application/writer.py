@@ -87,6 +87,11 @@ class AggregateCache:
     def holds(self, stream_id: str) -> bool:
         return stream_id in self._held
 
+    def recorded(self, stream_id: str) -> bool:
+        """Whether anything is recorded under ``stream_id``: held here (only
+        what was recorded is held), else one indexed read of the store."""
+        return stream_id in self._held or self._app.stream_exists(stream_id)
+
     def load(self, stream_id: str) -> Aggregate | None:
         """The aggregate held, else read from the store; None if it has no events."""
         agg = self._held.get(stream_id)
@@ -170,6 +175,11 @@ class UnitOfWork:
         """The connection, for a command that creates it when it is None;
         may guess that an ID unknown to this writer is new (see the class)."""
         return self._to_create(connection_stream(connection_id), Connection)
+
+    def recorded(self, stream_id: str) -> bool:
+        """Whether anything is recorded under ``stream_id``, never guessed: an
+        aggregate this batch has only created is not recorded yet."""
+        return self._held.recorded(stream_id)
 
     def add(self, aggregate: Aggregate) -> None:
         """Register a newly created aggregate, to be saved with the batch."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +15,7 @@ import orjson
 import pytest
 
 from service.application.auth import TokenSigner
+from service.edge.context import STORE
 from tests.conftest import TEST_SECRET, Api
 from tests.e2e.wsclient import (
     AUDITOR,
@@ -266,6 +268,31 @@ async def test_a_proposed_connection_id_already_used_is_409_before_the_upgrade(
     # A closed connection's ID stays taken.
     status, body = await refused_upgrade(api, api.ws_url("s-taken", connection_id="conn-taken"))
     assert status == 409 and body["error"]["code"] == "connection_id_taken"
+
+
+async def test_a_proposed_connection_id_is_looked_up_by_the_writer_thread(
+    sqlite_url: str, serve: Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Asked of the writer with the batch it is in, not handed to a reader
+    # thread of its own: the look-up is one of the handshake's costs.
+    api = await serve(sqlite_url)
+    store = api.server.app[STORE]  # type: ignore[attr-defined]
+    asked_on: list[str] = []
+    real_exists = store.stream_exists
+
+    def exists(stream_id: str) -> bool:
+        asked_on.append(threading.current_thread().name)
+        return bool(real_exists(stream_id))
+
+    monkeypatch.setattr(store, "stream_exists", exists)
+    first = await open_live(api, "s-looked-up", connection_id="conn-looked-up")
+    await first.close()
+    await closed_record(api, "conn-looked-up")
+    status, body = await refused_upgrade(
+        api, api.ws_url("s-looked-up", connection_id="conn-looked-up"), api.auth()
+    )
+    assert status == 409 and body["error"]["code"] == "connection_id_taken"
+    assert asked_on == ["sessiond-writer", "sessiond-writer"]
 
 
 @pytest.mark.parametrize(

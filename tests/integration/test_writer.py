@@ -432,6 +432,50 @@ async def test_a_connection_id_can_be_recorded_only_once(running: Running) -> No
     assert running.types(connection_stream("dup")) == ["CONNECTING"]
 
 
+async def test_whether_a_connection_id_is_recorded_is_answered_by_the_writer(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w = running.writer
+    reads: list[str] = []
+    real_exists = running.store.stream_exists
+
+    def counted_exists(stream_id: str) -> bool:
+        reads.append(stream_id)
+        return real_exists(stream_id)
+
+    monkeypatch.setattr(running.store, "stream_exists", counted_exists)
+    # Unknown: one read says so, and nothing is recorded by asking.
+    assert await w.execute(commands.connection_recorded("asked")) is False
+    assert reads == [connection_stream("asked")]
+    assert running.types(connection_stream("asked")) == []
+    # Recorded and held: answered without a read.
+    await w.execute(commands.open_connection("asked", "s-asked", node="n", proposed=True))
+    reads.clear()
+    assert await w.execute(commands.connection_recorded("asked")) is True
+    assert reads == []
+    # Closed, so no longer held: still recorded, found by a read.
+    await w.execute(commands.close_connection("asked", code=1000, reason="normal"))
+    assert not w.cache.holds(connection_stream("asked"))
+    assert await w.execute(commands.connection_recorded("asked")) is True
+    assert reads == [connection_stream("asked")]
+    # Asked in the batch that creates it: not recorded yet, never guessed.
+    results = await in_one_batch(
+        w,
+        commands.open_connection("same-batch", "s-asked", node="n", proposed=True),
+        commands.connection_recorded("same-batch"),
+    )
+    assert results == ["CONNECTING", False]
+
+
+async def test_a_connection_id_recorded_by_another_node_is_recorded_for_this_one(
+    two_nodes: tuple[Running, Running],
+) -> None:
+    first, second = two_nodes
+    assert await first.writer.execute(commands.connection_recorded("elsewhere")) is False
+    await second.writer.execute(commands.open_connection("elsewhere", "s", node="b", proposed=True))
+    assert await first.writer.execute(commands.connection_recorded("elsewhere")) is True
+
+
 async def test_committed_events_are_published_after_the_commit_in_order(
     running: Running,
 ) -> None:

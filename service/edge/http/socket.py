@@ -20,18 +20,18 @@ import time
 from aiohttp import WebSocketError, web
 
 from domain.errors import ConnectionIdTaken, DomainError
-from domain.ids import connection_stream, new_connection_id
+from domain.ids import new_connection_id
+from service.application import commands
 from service.application.auth import AuthError, bearer_token
 from service.application.writer import StoreUnavailable
 from service.edge import access
 from service.edge.budgets import admit_socket
 from service.edge.context import (
     HEALTH,
-    READERS,
     SETTINGS,
     SIGNER,
     SOCKETS,
-    STORE,
+    WRITER,
 )
 from service.edge.contract import operation
 from service.edge.cors import origin_allowed
@@ -137,10 +137,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         if protocol.proposed and protocol.connection_id in registry.sockets:
             raise ConnectionIdTaken(_taken(protocol.connection_id))
         registry.add(conn)
-        if protocol.proposed and await request.app[HEALTH].read(
-            request.app[READERS],
-            request.app[STORE].stream_exists,
-            connection_stream(protocol.connection_id),
+        if protocol.proposed and await request.app[WRITER].execute(
+            commands.connection_recorded(protocol.connection_id)
         ):
             raise ConnectionIdTaken(_taken(protocol.connection_id))
     except BaseException as e:
