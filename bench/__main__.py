@@ -382,14 +382,15 @@ def build_rows(loads: Loads, r: Results) -> tuple[list[Row], list[str]]:
         f"{a.rate / a.floor_rate:.2f}x it)",
     ))  # fmt: skip
 
-    d = r.edge
-    assert d is not None
+    decode = r.edge
+    assert decode is not None
     rows.append(Row(
         "a message decoded and checked at the edge (service/edge/schema.py, msgspec)",
         "one message body with metadata; as a frame: "
-        f"{d.frame_us:.2f} µs",
-        f"{d.body_us:.2f} µs", f"orjson.loads of the same bytes, unchecked: {d.bare_us:.2f} µs",
-        f"{d.ratio:.2f}x", "this process",
+        f"{decode.frame_us:.2f} µs",
+        f"{decode.body_us:.2f} µs",
+        f"orjson.loads of the same bytes, unchecked: {decode.bare_us:.2f} µs",
+        f"{decode.ratio:.2f}x", "this process",
     ))  # fmt: skip
 
     b = r.rebuild
@@ -448,7 +449,8 @@ def build_rows(loads: Loads, r: Results) -> tuple[list[Row], list[str]]:
     )
     notes.extend(thread_notes(r))
     notes.append(
-        "Every client has a token of its own (handshakes); the servers all remember "
+        "Every handshake has a token and a user of its own (a user's sessions a second "
+        "are budgeted); the servers all remember "
         "verified tokens until they expire, so a producer's repeated token is checked once."
     )
     if loads.rounds > 1:

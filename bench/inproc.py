@@ -27,7 +27,7 @@ from domain.session import Session
 from service.application import commands
 from service.application.auth import Principal
 from service.application.readmodels import make_projector, open_tables
-from service.application.writer import Writer
+from service.application.writer import Command, Writer
 from service.cli.main import REBUILD_BATCH, rebuild, tune_garbage_collector
 from service.storage.rows import StreamRow
 from service.storage.store import (
@@ -61,7 +61,7 @@ def template(workdir: Path) -> list[Row]:
     async def record() -> None:
         writer = Writer(store, on_commit=lambda events: None)
         writer.start(asyncio.get_running_loop())
-        for command in (
+        steps: tuple[Command[Any], ...] = (
             commands.open_connection(CID, SID, node="bench", proposed=True),
             commands.accept(CID),
             commands.authenticate(CID, ACTOR),
@@ -73,7 +73,8 @@ def template(workdir: Path) -> list[Row]:
                 SID, ACTOR, message_id="m1", role="user", content="hello, world"
             ),
             commands.close_connection(CID, code=1000, reason="normal"),
-        ):
+        )
+        for command in steps:
             await writer.execute(command)
         await writer.stop()
 

@@ -36,7 +36,8 @@ def test_ruff_format_leaves_every_file_unchanged() -> None:
 
 
 def test_mypy_passes_strict_on_domain_and_typed_on_the_rest() -> None:
-    result = _run(sys.executable, "-m", "mypy", "domain", "service", "projections", "faults")
+    packages = ("domain", "service", "projections", "faults", "bench")
+    result = _run(sys.executable, "-m", "mypy", *packages)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
