@@ -24,6 +24,10 @@ import orjson
 from aiohttp import WSMsgType, web
 
 SECRET = os.environ.get("SESSIOND_SECRET", "bench-secret-0123456789-0123456789-abcdef")
+# As sessiond's own default (service/runtime/settings.py): what the peers are
+# compared under.
+BACKLOG = 4096
+
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 
@@ -212,7 +216,10 @@ def serve(make: Any, prog: str) -> None:
     parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    web.run_app(make(), host="127.0.0.1", port=args.port, print=None, access_log=None)
+    # The listen backlog sessiond's serve uses (Settings.listen_backlog).
+    web.run_app(
+        make(), host="127.0.0.1", port=args.port, print=None, access_log=None, backlog=BACKLOG
+    )
 
 
 if __name__ == "__main__":

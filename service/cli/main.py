@@ -389,6 +389,10 @@ SERVE_ENVIRONMENT = (
     STORE_ENV,
     ("SESSIOND_HOST", f"--host (else {Settings.host})"),
     ("SESSIOND_PORT", f"--port (else {Settings.port})"),
+    (
+        "SESSIOND_LISTEN_BACKLOG",
+        f"connections queued before accepted (else {Settings.listen_backlog})",
+    ),
     ("SESSIOND_DRAIN_SECONDS", f"--drain-seconds (else {Settings.drain_seconds:g})"),
     SECRET_ENV,
     ("SESSIOND_NODE", "this node's name (else the host name)"),

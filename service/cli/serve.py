@@ -68,7 +68,9 @@ async def serve(app: web.Application, settings: Settings, announce: Callable[[],
     )
     await runner.setup()
     try:
-        await web.TCPSite(runner, settings.host, settings.port).start()
+        await web.TCPSite(
+            runner, settings.host, settings.port, backlog=settings.listen_backlog
+        ).start()
         announce()
         await stop.asked.wait()
         if stop.drain and not stop.now.is_set():

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import shutil
+import subprocess
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from service.application.auth import TokenSigner
 from tests.conftest import TEST_SECRET, Api, ServerProcess
@@ -148,3 +152,25 @@ async def test_kill_9_loses_no_acknowledged_event_and_positions_stay_dense(
             "POST", f"/v1/sessions/{sessions[0]}/messages", json={"role": "user", "content": "x"}
         )
         assert status == 201 and body["position"] == last + 1
+
+
+def _listen_backlog(port: int) -> int:
+    """A listening socket's backlog, as the kernel holds it (``ss``'s Send-Q)."""
+    out = subprocess.run(
+        ["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    return int(out[2])
+
+
+def test_the_server_listens_with_the_backlog_it_is_set_to(
+    sqlite_url: str, server_process: Callable[..., ServerProcess]
+) -> None:
+    # A burst of clients beyond the backlog has its SYNs dropped, each client
+    # then waiting a second to try again: aiohttp's own default is 128.
+    if shutil.which("ss") is None:
+        pytest.skip("reading a listening socket's backlog needs iproute2's ss")
+    somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    default = server_process(sqlite_url)
+    assert _listen_backlog(default.port) == min(4096, somaxconn)
+    chosen = server_process(sqlite_url.replace(".db", "-2.db"), SESSIOND_LISTEN_BACKLOG="777")
+    assert _listen_backlog(chosen.port) == min(777, somaxconn)

@@ -135,3 +135,12 @@ def test_drain_seconds_come_from_the_flag_then_the_environment() -> None:
     assert settings_module.Settings.from_env({}).drain_seconds == 5.0
     with pytest.raises(settings_module.SettingsError, match="SESSIOND_DRAIN_SECONDS"):
         settings_module.Settings.from_env({"SESSIOND_DRAIN_SECONDS": "soon"})
+
+
+def test_the_listen_backlog_is_a_setting_of_its_own() -> None:
+    assert settings_module.Settings.from_env({}).listen_backlog == 4096
+    env = {"SESSIOND_LISTEN_BACKLOG": "777"}
+    assert settings_module.Settings.from_env(env).listen_backlog == 777
+    for bad in ("0", "many"):
+        with pytest.raises(settings_module.SettingsError, match="SESSIOND_LISTEN_BACKLOG"):
+            settings_module.Settings.from_env({"SESSIOND_LISTEN_BACKLOG": bad})
