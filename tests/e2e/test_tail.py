@@ -24,7 +24,7 @@ Start = Callable[..., ServerProcess]
 
 def tail_env(**extra: str) -> dict[str, str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("SESSIOND_")}
-    return {**base, **extra}
+    return {**base, "PYTHONFAULTHANDLER": "1", **extra}
 
 
 class Tail:
@@ -51,7 +51,20 @@ class Tail:
         return (await asyncio.wait_for(self.proc.stderr.read(), GUARD)).decode()
 
     async def exit_code(self) -> int:
-        return await asyncio.wait_for(self.proc.wait(), GUARD)
+        try:
+            return await asyncio.wait_for(self.proc.wait(), GUARD)
+        except TimeoutError:
+            # Say where it hung: SIGABRT makes faulthandler (on in tail_env)
+            # write every thread's stack to standard error before it dies.
+            self.proc.send_signal(signal.SIGABRT)
+            try:
+                await asyncio.wait_for(self.proc.wait(), GUARD)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+            raise AssertionError(
+                f"tail did not exit within {GUARD} s; its standard error:\n{await self.stderr()}"
+            ) from None
 
 
 async def start_tail(*args: str, env: dict[str, str]) -> Tail:
