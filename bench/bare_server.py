@@ -23,10 +23,12 @@ import jwt
 import orjson
 from aiohttp import WSMsgType, web
 
+from service.runtime.settings import Settings
+
 SECRET = os.environ.get("SESSIOND_SECRET", "bench-secret-0123456789-0123456789-abcdef")
-# As sessiond's own default (service/runtime/settings.py): what the peers are
-# compared under.
-BACKLOG = 4096
+# The listen backlog sessiond serves with by default: the peers are compared
+# under the same.
+BACKLOG = Settings.listen_backlog
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 
@@ -216,7 +218,6 @@ def serve(make: Any, prog: str) -> None:
     parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    # The listen backlog sessiond's serve uses (Settings.listen_backlog).
     web.run_app(
         make(), host="127.0.0.1", port=args.port, print=None, access_log=None, backlog=BACKLOG
     )

@@ -78,7 +78,7 @@ class Scaling:
     # sessions -> (events/s, lost, repeated, in order)
     delivery: dict[int, tuple[float, int, int, bool]] = field(default_factory=dict)
     rebuild: dict[int, float] = field(default_factory=dict)  # events -> seconds
-    rebuild_runs: int = 1  # the best of this many runs at each size
+    rebuild_runs: int = 1  # the best of this many runs at each size (as measured)
     replay: dict[int, float] = field(default_factory=dict)  # events -> seconds
     memory: dict[int, float] = field(default_factory=dict)  # sockets open -> RSS growth, MB
     capped: str = ""  # a load this machine could not hold, said in the report
@@ -164,7 +164,6 @@ def measure(
         server.stop()
 
     rows = inproc.template(workdir)
-    out.rebuild_runs = loads.rebuild_runs
     for events in loads.rebuild_events:
         say(f"scaling: projection rebuild, {events:,} events")
         # A directory of its own: rebuild_rate fills a fresh database.
@@ -175,6 +174,7 @@ def measure(
         finally:
             shutil.rmtree(where, ignore_errors=True)
         out.rebuild[rebuild.events] = rebuild.events / rebuild.rate  # the best run's
+        out.rebuild_runs = len(rebuild.runs)
     for events in loads.replay_events:
         say(f"scaling: replay, a session of {events:,} events")
         session_id = f"scaling-replay-{events}"
