@@ -180,6 +180,59 @@ async def test_commands_waiting_together_are_committed_in_one_transaction_per_ba
     assert running.positions(session_stream("grouped")) == list(range(1, 202))
 
 
+async def commit_sizes(store_url: str, max_batch: int, in_flight: int) -> list[int]:
+    """Hand ``in_flight`` messages (one session each) to an idle writer in one
+    turn of the event loop, so each is in flight, and return how many events
+    each transaction it made held."""
+    sizes: list[int] = []
+    store = open_store(parse_store_url(store_url))
+    w = Writer(
+        store,
+        on_commit=lambda events: None,
+        max_batch=max_batch,
+        on_saved=lambda events, began, ended: sizes.append(len(events)),
+    )
+    w.start(asyncio.get_running_loop())
+    try:
+        sessions = [f"flight-{i}" for i in range(in_flight)]
+        await asyncio.gather(
+            *(w.execute(commands.create_session(s, ALICE, None)) for s in sessions)
+        )
+        assert w.in_flight == 0, "every command answered is out of flight"
+        sizes.clear()
+        futures = await queue(w, *(message(s, "m") for s in sessions))
+        assert w.in_flight == in_flight
+        results = await asyncio.gather(*futures)
+        assert [p for p, _ in results] == [2] * in_flight
+        assert w.in_flight == 0
+        assert sum(len(store.stream_events(session_stream(s))) for s in sessions) == 2 * in_flight
+    finally:
+        await w.stop()
+        store.close()
+    return sizes
+
+
+@pytest.mark.parametrize(
+    ("max_batch", "in_flight", "sizes"),
+    [
+        # Every command in flight waiting: half the cap first, so the event
+        # loop answers it while the rest is committed.
+        (256, 256, [128, 128]),
+        (256, 200, [128, 72]),
+        # More in flight than one batch holds: full batches, the rest waits.
+        (256, 300, [256, 44]),
+        # No more than half the cap: one batch, as ever.
+        (256, 128, [128]),
+        # A half under MIN_HALF is not worth a second commit.
+        (100, 100, [100]),
+    ],
+)
+async def test_a_batch_of_every_command_in_flight_takes_half_the_cap(
+    store_url: str, max_batch: int, in_flight: int, sizes: list[int]
+) -> None:
+    assert await commit_sizes(store_url, max_batch, in_flight) == sizes
+
+
 async def test_forty_concurrent_creates_of_one_id_record_one_session(running: Running) -> None:
     results = await asyncio.gather(
         *(
@@ -699,3 +752,6 @@ async def test_a_command_whose_events_the_store_refuses_fails_alone_and_its_neig
     ids = [e.payload().get("message_id") for e in running.store.stream_events("session:mixed")]
     assert ids == [None, "a", "c"]
     assert await w.execute(message("mixed", "d")) == (4, True)
+    # Each command left the writer's count of those in flight once, though the
+    # batch was answered in pieces.
+    assert w.in_flight == 0
