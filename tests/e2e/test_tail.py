@@ -68,16 +68,28 @@ class Tail:
 
 
 async def start_tail(*args: str, env: dict[str, str]) -> Tail:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "service",
-        "tail",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    # A person starts tail from a terminal, where Ctrl-C is not ignored. A test
+    # run started in the background of a non-interactive shell, or under
+    # nohup, ignores SIGINT, and an ignored signal is inherited across exec (a
+    # handler is not): handled here while the process starts, it reaches the
+    # tail at its default.
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "service",
+            "tail",
+            *args,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
     return Tail(proc)
 
 
@@ -135,8 +147,9 @@ async def test_tail_prints_each_event_once_across_a_server_restart_and_exits_0_a
     assert "resum" in said and "Traceback" not in said
 
 
+@pytest.mark.parametrize("test_run", ["handles SIGINT", "ignores SIGINT"])
 async def test_ctrl_c_ends_tail_with_130_and_no_traceback(
-    sqlite_url: str, server_process: Start, http: aiohttp.ClientSession
+    sqlite_url: str, server_process: Start, http: aiohttp.ClientSession, test_run: str
 ) -> None:
     server = server_process(sqlite_url)
     status, _ = await call(
@@ -144,7 +157,18 @@ async def test_ctrl_c_ends_tail_with_130_and_no_traceback(
     )
     assert status == 201
     token = SIGNER.mint("alice")
-    tail = await start_tail("tail-2", "--url", server.base_url, env=tail_env(SESSIOND_TOKEN=token))
+    # As when the tests run in the background: the tail is still started as
+    # from a terminal (it hung here, ignoring the Ctrl-C, before start_tail
+    # saw to that).
+    before = signal.getsignal(signal.SIGINT)
+    if test_run == "ignores SIGINT":
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        tail = await start_tail(
+            "tail-2", "--url", server.base_url, env=tail_env(SESSIOND_TOKEN=token)
+        )
+    finally:
+        signal.signal(signal.SIGINT, before)
     await tail.lines_until(1)
     tail.proc.send_signal(signal.SIGINT)
     assert await tail.exit_code() == 130
