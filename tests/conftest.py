@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -33,6 +33,15 @@ TEST_SECRET = "test-secret-not-for-production-0123456789"
 PG_ENV = "SESSIOND_TEST_POSTGRES_DSN"
 
 
+def unavailable(reason: str, ci_hint: str) -> NoReturn:
+    """Stop a test whose part of the machine is missing (a browser,
+    PostgreSQL, a tool): skipped, saying why, except under CI (.ci/run sets
+    ``CI``), which installs or starts every part, so there it fails."""
+    if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+        pytest.fail(f"{reason}. CI is set, so this test must run: {ci_hint}")
+    pytest.skip(reason)
+
+
 # --- PostgreSQL -----------------------------------------------------------------
 
 
@@ -40,8 +49,9 @@ PG_ENV = "SESSIOND_TEST_POSTGRES_DSN"
 def pg_dsn() -> str:
     dsn = os.environ.get(PG_ENV)
     if not dsn:
-        pytest.skip(
-            f"PostgreSQL tests need {PG_ENV} (e.g. postgresql://postgres@127.0.0.1:5432/postgres)"
+        unavailable(
+            f"PostgreSQL tests need {PG_ENV} (e.g. postgresql://postgres@127.0.0.1:5432/postgres)",
+            f".ci/run sets {PG_ENV}",
         )
     import psycopg
 
@@ -49,7 +59,7 @@ def pg_dsn() -> str:
         with psycopg.connect(dsn, connect_timeout=3):
             pass
     except Exception as e:
-        pytest.skip(f"PostgreSQL at {PG_ENV}={dsn} does not answer: {e}")
+        unavailable(f"PostgreSQL at {PG_ENV}={dsn} does not answer: {e}", ".ci/run starts it")
     return dsn
 
 
@@ -285,7 +295,9 @@ def throwaway_postgres() -> Iterator[ThrowawayPostgres]:
         pg.init()
         pg.start()
     except ClusterUnavailable as e:
-        pytest.skip(f"cannot start a throwaway PostgreSQL cluster: {e}")
+        unavailable(
+            f"cannot start a throwaway PostgreSQL cluster: {e}", "the machine's initdb and pg_ctl"
+        )
     try:
         yield pg
     finally:

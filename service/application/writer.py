@@ -104,7 +104,7 @@ class AggregateCache:
     def recorded(self, stream_id: str) -> bool:
         """Whether anything is recorded under ``stream_id``: held here (only
         what was recorded is held), else one indexed read of the store."""
-        return stream_id in self._held or self._app.stream_exists(stream_id)
+        return self.holds(stream_id) or self._app.stream_exists(stream_id)
 
     def load(self, stream_id: str) -> Aggregate | None:
         """The aggregate held, else read from the store; None if it has no events."""
@@ -251,7 +251,6 @@ class Writer:
         # take writes, and a failure that says it is down is told to it.
         self._health = health
         self._max_batch = max_batch
-        self._half = max_batch // 2
         self.cache = AggregateCache(app, cache_size)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._outbox: list[_Item[Any]] = []
@@ -335,10 +334,11 @@ class Writer:
                 else:
                     waiting.extend(got)
             take = min(len(waiting), self._max_batch)
-            if take > self._half >= MIN_HALF and take >= self.in_flight:
+            half = self._max_batch // 2
+            if take > half >= MIN_HALF and take >= self.in_flight:
                 # Every command in flight is here: leave some for the next
                 # batch, so the event loop answers these while it is committed.
-                take = self._half
+                take = half
             batch: list[_Item[Any]] = [waiting.popleft() for _ in range(take)]
             try:
                 self._process(batch)

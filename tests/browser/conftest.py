@@ -9,7 +9,6 @@ sets it: CI must run them) and are skipped, saying why, anywhere else.
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from bench.chromium import ChromiumMissing, chromium_path, launch, playwright
+from tests.conftest import unavailable
 from tests.e2e.wsclient import GUARD
 
 try:
@@ -60,9 +60,7 @@ def chromium_or_stop() -> Path:
                 "Playwright for Python is not installed: pip install -e '.[test]'"
             )
     except ChromiumMissing as e:
-        if os.environ.get("CI", "").lower() not in ("", "0", "false"):
-            pytest.fail(f"{e}. CI is set, so the browser tests must run: .ci/run installs it")
-        pytest.skip(f"browser tests: {e}")
+        unavailable(f"browser tests: {e}", ".ci/run installs Chromium")
     return executable
 
 

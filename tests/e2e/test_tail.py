@@ -5,10 +5,11 @@ ends or Ctrl-C."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,16 +68,24 @@ class Tail:
             ) from None
 
 
+@contextlib.contextmanager
+def sigint(handler: Any) -> Iterator[None]:
+    """SIGINT's disposition in this process, for the block."""
+    before = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 async def start_tail(*args: str, env: dict[str, str]) -> Tail:
     # A person starts tail from a terminal, where Ctrl-C is not ignored. A test
     # run started in the background of a non-interactive shell, or under
     # nohup, ignores SIGINT, and an ignored signal is inherited across exec (a
     # handler is not): handled here while the process starts, it reaches the
     # tail at its default.
-    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-    if ignored:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
+    with sigint(signal.default_int_handler):
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -87,9 +96,6 @@ async def start_tail(*args: str, env: dict[str, str]) -> Tail:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
-    finally:
-        if ignored:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
     return Tail(proc)
 
 
@@ -160,15 +166,11 @@ async def test_ctrl_c_ends_tail_with_130_and_no_traceback(
     # As when the tests run in the background: the tail is still started as
     # from a terminal (it hung here, ignoring the Ctrl-C, before start_tail
     # saw to that).
-    before = signal.getsignal(signal.SIGINT)
-    if test_run == "ignores SIGINT":
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
+    ignoring = test_run == "ignores SIGINT"
+    with sigint(signal.SIG_IGN) if ignoring else contextlib.nullcontext():
         tail = await start_tail(
             "tail-2", "--url", server.base_url, env=tail_env(SESSIOND_TOKEN=token)
         )
-    finally:
-        signal.signal(signal.SIGINT, before)
     await tail.lines_until(1)
     tail.proc.send_signal(signal.SIGINT)
     assert await tail.exit_code() == 130
