@@ -22,8 +22,7 @@ import orjson
 
 from projections.projection import Row
 from service.storage.faults import read_only
-from service.storage.postgres import RECONNECT_TIMEOUT
-from service.storage.postgres_url import LIBPQ_DEFAULTS, SCHEMA_LOCK_KEY
+from service.storage.postgres_url import LIBPQ_DEFAULTS, RECONNECT_TIMEOUT, SCHEMA_LOCK_KEY
 from service.storage.store import SQLITE_BUSY_TIMEOUT
 
 TRACKING_DDL = """CREATE TABLE IF NOT EXISTS sessiond_tracking (

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from domain.errors import InvalidId
 from domain.ids import check_id
-from domain.lifecycle import mermaid
 from service.application import replay
 from service.application.auth import (
     ROLES,
@@ -319,6 +318,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_lifecycle(args: argparse.Namespace) -> int:
+    from domain.lifecycle import mermaid  # the state machine's import, for this command alone
+
     print(mermaid())
     return 0
 

@@ -50,13 +50,13 @@ from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Identifier, Literal
 
 from service.storage.faults import busy
+from service.storage.postgres_url import RECONNECT_TIMEOUT
 from service.storage.rows import LogRow, StreamRow, stream_rows
 
 # A first try that failed within this long met a dead pooled connection: it is
 # tried once more, after a short pause and a check of the pool.
 RETRY_WITHIN = 0.5
 WAIT = 0.2
-RECONNECT_TIMEOUT = 1.0
 OWN_RANGES = 4096  # batches remembered for the follower; older ones are just read
 ANSWER_PATIENCE = 0.05
 

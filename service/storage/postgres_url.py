@@ -62,6 +62,10 @@ LIBPQ_DEFAULTS = {
     "keepalives_count": "2",
     "tcp_user_timeout": "4000",
 }
+# A pool gives up reconnecting a lost connection after this many seconds and
+# opens one again when next asked (service/storage/postgres.py says why); here
+# so that the read-model pool takes it without importing psycopg.
+RECONNECT_TIMEOUT = 1.0
 USAGE = "expected postgresql://user[:password]@host[:port]/db"
 
 

@@ -13,7 +13,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import orjson
@@ -22,12 +22,14 @@ from eventsourcing.persistence import PersistenceError, Transcoder
 from eventsourcing.utils import Environment, EnvType, get_topic
 
 from domain.base import Aggregate
-from domain.connection import Connection
 from domain.ids import connection_stream, id_from_stream, session_stream
 from domain.session import Session
 from service.storage.postgres_url import postgres_settings, schema_lock
 from service.storage.rows import LogRow, RowRecorder, StreamRow
 from service.storage.wire import wire_from_rows4
+
+if TYPE_CHECKING:
+    from domain.connection import Connection
 
 # Seconds a SQLite statement waits for another connection's lock before it
 # fails (busy): a deadline of every store call (ADR 0028).
@@ -177,6 +179,11 @@ class SessiondApplication(Application[str]):
         return agg
 
     def get_connection(self, connection_id: str) -> Connection | None:
+        # Imported here, not above: the connection's lifecycle brings the
+        # state machine library, which the offline commands (replay, token,
+        # projections) never need, and a third of their start-up was its import.
+        from domain.connection import Connection
+
         try:
             agg: object = self.repository.get(connection_stream(connection_id))
         except AggregateNotFoundError:

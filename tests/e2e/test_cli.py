@@ -13,6 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from domain.session import Session
 from service.storage.store import open_store, parse_store_url
 from tests.conftest import free_port
 
@@ -296,3 +297,47 @@ def test_offline_commands_read_only_the_store_and_the_secret_of_the_environment(
     status = sessiond("projections", "status", cwd=tmp_path, env=bad)
     assert status.returncode == 0, status.stderr
     assert status.stdout.splitlines()[0].split()[0] == "projection"
+
+
+# Runs the command line in a fresh interpreter, then says on standard error
+# which of the libraries named in its arguments the command imported.
+_IMPORTS_PROBE = """
+import sys
+from service.cli.main import main
+code = main(sys.argv[2:])
+loaded = [name for name in sys.argv[1].split(",") if name in sys.modules]
+print("LOADED", code, ",".join(loaded), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["replay", "audited", "--json"],
+        ["replay", "audited"],
+        ["projections", "status"],
+        ["token", "--user", "alice"],
+    ],
+    ids=lambda command: " ".join(command),
+)
+def test_offline_commands_on_sqlite_start_without_the_servers_libraries(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """What only ``sessiond serve`` or a PostgreSQL store needs (aiohttp,
+    psycopg) and what only the writer's lifecycle checks need (the state
+    machine library) is not imported by an offline command on a SQLite
+    store: those imports were a third of the start-up that every ``sessiond
+    replay`` waits for."""
+    url = f"sqlite:///{tmp_path / 'offline.db'}"
+    store = open_store(parse_store_url(url))
+    store.save(Session.create("audited", "alice"))
+    store.close()
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SESSIOND_")}
+    env = {**base, "SESSIOND_STORE": url, "SESSIOND_SECRET": "s" * 40}
+    probe = subprocess.run(
+        [sys.executable, "-c", _IMPORTS_PROBE, "aiohttp,psycopg,statemachine", *command],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    said = [line for line in probe.stderr.splitlines() if line.startswith("LOADED ")]
+    assert said == ["LOADED 0 "], probe.stderr
+    assert probe.stdout, "the command printed nothing"
