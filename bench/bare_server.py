@@ -23,12 +23,20 @@ import jwt
 import orjson
 from aiohttp import WSMsgType, web
 
+from service.runtime import eventloop
 from service.runtime.settings import Settings
 
 SECRET = os.environ.get("SESSIOND_SECRET", "bench-secret-0123456789-0123456789-abcdef")
 # The listen backlog sessiond serves with by default: the peers are compared
 # under the same.
 BACKLOG = Settings.listen_backlog
+
+
+def peer_loop() -> asyncio.AbstractEventLoop:
+    """The event loop sessiond would serve on here (uvloop where installed,
+    or what SESSIOND_EVENT_LOOP names): the peers are compared on the same."""
+    return eventloop.loop_factory(Settings.from_env().event_loop)()
+
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 
@@ -219,7 +227,13 @@ def serve(make: Any, prog: str) -> None:
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
     web.run_app(
-        make(), host="127.0.0.1", port=args.port, print=None, access_log=None, backlog=BACKLOG
+        make(),
+        host="127.0.0.1",
+        port=args.port,
+        print=None,
+        access_log=None,
+        backlog=BACKLOG,
+        loop=peer_loop(),
     )
 
 

@@ -32,7 +32,7 @@ from typing import Any
 from aiohttp import web
 
 from bench import bare_server
-from bench.bare_server import BACKLOG, SECRET, Row
+from bench.bare_server import BACKLOG, SECRET, Row, peer_loop
 from service.runtime.osthread import name_native_thread
 
 _STOP = object()
@@ -138,6 +138,7 @@ def main() -> None:
         print=None,
         access_log=None,
         backlog=BACKLOG,
+        loop=peer_loop(),
     )
 
 

@@ -8,6 +8,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from service.runtime import eventloop
+from service.runtime.settings import Settings
+
 # Hand-written notes below this line in the output file survive a new run.
 NOTES_MARKER = "<!-- notes: kept by python -m bench -->"
 REPRODUCE = "pip install -e '.[bench]' && python -m bench --out docs/benchmarks.md"
@@ -44,6 +47,11 @@ def verdict(ok: bool, goal: str, comparable: bool = True) -> str:
     if not comparable:
         return f"{goal}: not judged at this load"
     return f"{goal}: {'met' if ok else 'NOT met'}"
+
+
+def server_loop() -> str:
+    """The event loop the servers run on: sessiond's choice in this environment."""
+    return eventloop.chosen(Settings.from_env().event_loop)
 
 
 def machine() -> str:
@@ -127,7 +135,9 @@ def write(out: Path, rows: list[Row], curves: dict[str, list[tuple[int, float, f
         text += (
             "Every server runs in its own process; the load generator (`bench/load.py`) runs "
             "in another, on the same cores, which is why the server CPU per operation is shown "
-            "beside each rate. The goals are the project's, stated for the full loads.\n\n"
+            "beside each rate. Every server, sessiond and its peers alike, runs on "
+            f"{server_loop()}'s event loop, sessiond's default here (ADR 0045). "
+            "The goals are the project's, stated for the full loads.\n\n"
             f"{table(rows)}\n\n" + "".join(f"- {n}\n" for n in notes) + f"\n{picture}\n"
         )
     if scaling:

@@ -25,7 +25,7 @@ from service.application.auth import (
     load_or_create_key,
     read_key,
 )
-from service.runtime import logs
+from service.runtime import eventloop, logs
 from service.runtime.settings import DEFAULT_STORE, MIB, Settings, SettingsError
 from service.storage.store import (
     SessiondApplication,
@@ -92,6 +92,10 @@ def _check_port_free(host: str, port: int) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     logs.configure(args.log_level, settings.log_format, access=settings.access_log)
+    try:
+        eventloop.chosen(settings.event_loop)  # a loop asked for and missing: say so first
+    except eventloop.EventLoopUnavailable as e:
+        raise CliError(str(e)) from None
     try:
         config = parse_store_url(settings.store_url)
         open_store(config).close()  # fail fast, with a readable message
@@ -395,6 +399,10 @@ SERVE_ENVIRONMENT = (
         f"connections queued before accepted (else {Settings.listen_backlog})",
     ),
     ("SESSIOND_DRAIN_SECONDS", f"--drain-seconds (else {Settings.drain_seconds:g})"),
+    (
+        "SESSIOND_EVENT_LOOP",
+        f"uvloop, asyncio, or auto: uvloop if installed (else {Settings.event_loop})",
+    ),
     SECRET_ENV,
     ("SESSIOND_NODE", "this node's name (else the host name)"),
     ("SESSIOND_CORS_ORIGINS", "comma-separated origins a browser may call from (else none)"),

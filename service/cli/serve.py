@@ -23,6 +23,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from service.edge.app import drain
+from service.runtime import eventloop
 from service.runtime.settings import Settings
 
 log = logging.getLogger("sessiond")
@@ -71,6 +72,10 @@ async def serve(app: web.Application, settings: Settings, announce: Callable[[],
         await web.TCPSite(
             runner, settings.host, settings.port, backlog=settings.listen_backlog
         ).start()
+        log.info(
+            "serving",
+            extra={"node": settings.node_id, "event_loop": eventloop.loop_name(loop)},
+        )
         announce()
         await stop.asked.wait()
         if stop.drain and not stop.now.is_set():
@@ -81,4 +86,5 @@ async def serve(app: web.Application, settings: Settings, announce: Callable[[],
 
 
 def run(app: web.Application, settings: Settings, announce: Callable[[], None]) -> None:
-    asyncio.run(serve(app, settings, announce))
+    """Serve on the event loop the settings name (uvloop where installed)."""
+    eventloop.run(lambda: serve(app, settings, announce), settings.event_loop)

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
+from service.runtime.eventloop import EVENT_LOOPS, EventLoop
 from service.runtime.logs import FORMATS, LogFormat
 
 DEFAULT_STORE = "sqlite:///./sessiond.db"
@@ -173,6 +174,9 @@ class Settings:
     # lines (one per HTTP request, one per socket end) are written.
     log_format: LogFormat = "text"
     access_log: bool = True
+    # The event loop the server runs on: uvloop where installed ("auto"),
+    # or one named (docs/adr/0045-run-the-server-on-uvloop-where-it-is-installed.md).
+    event_loop: EventLoop = "auto"
 
     def with_overrides(self, **overrides: Any) -> Settings:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
@@ -234,6 +238,10 @@ class Settings:
                 LogFormat, _env_choice(env, "SESSIOND_LOG_FORMAT", cls.log_format, FORMATS)
             ),
             access_log=_env_switch(env, "SESSIOND_ACCESS_LOG", cls.access_log),
+            event_loop=cast(
+                EventLoop,
+                _env_choice(env, "SESSIOND_EVENT_LOOP", cls.event_loop, EVENT_LOOPS),
+            ),
         )
         if not 0 < base.port < 65536:
             raise SettingsError(f"SESSIOND_PORT must be between 1 and 65535, got {base.port}")
