@@ -135,8 +135,8 @@ def write(out: Path, rows: list[Row], curves: dict[str, list[tuple[int, float, f
         text += (
             "Every server runs in its own process; the load generator (`bench/load.py`) runs "
             "in another, on the same cores, which is why the server CPU per operation is shown "
-            "beside each rate. Every server, sessiond and its peers alike, runs on "
-            f"{server_loop()}'s event loop, sessiond's default here (ADR 0045). "
+            "beside each rate. Every server, sessiond and its peers alike, runs on the "
+            f"{server_loop()} event loop, sessiond's choice in this environment (ADR 0045). "
             "The goals are the project's, stated for the full loads.\n\n"
             f"{table(rows)}\n\n" + "".join(f"- {n}\n" for n in notes) + f"\n{picture}\n"
         )
