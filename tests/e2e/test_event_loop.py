@@ -17,9 +17,9 @@ import pytest
 
 from service.runtime import eventloop
 from service.runtime.settings import Settings, SettingsError
-from tests.conftest import TEST_SECRET, ServerProcess
+from tests.conftest import TEST_SECRET, Api, ServerProcess, unavailable
 from tests.e2e.test_cli import sessiond
-from tests.e2e.wsclient import SIGNER, Api, open_socket
+from tests.e2e.wsclient import SIGNER, open_socket
 
 
 @pytest.mark.parametrize(
@@ -30,7 +30,11 @@ from tests.e2e.wsclient import SIGNER, Api, open_socket
 async def test_serve_runs_on_the_loop_asked_and_serves_a_socket_its_whole_life(
     server_process: Callable[..., ServerProcess], sqlite_url: str, asked: str | None, runs: str
 ) -> None:
-    pytest.importorskip("uvloop", reason="uvloop is a dependency where it is built")
+    if eventloop.chosen("auto") != "uvloop":
+        unavailable(
+            "uvloop is not installed (it is built for CPython on Linux and macOS)",
+            "pip install -e '.[test]' installs it with sessiond",
+        )
     server = server_process(sqlite_url, **({} if asked is None else {"SESSIOND_EVENT_LOOP": asked}))
     async with aiohttp.ClientSession() as http:
         api = Api(server.base_url, http, SIGNER)
