@@ -222,19 +222,24 @@ def add_write_routes(app: web.Application, post: Any) -> None:
     )
 
 
-def serve(make: Any, prog: str) -> None:
-    parser = argparse.ArgumentParser(prog=prog)
-    parser.add_argument("--port", type=int, required=True)
-    args = parser.parse_args()
+def run_peer(app: web.Application, port: int) -> None:
+    """Serve ``app`` as every peer of the bench is served: on 127.0.0.1,
+    with sessiond's listen backlog and event loop, and no access log."""
     web.run_app(
-        make(),
+        app,
         host="127.0.0.1",
-        port=args.port,
+        port=port,
         print=None,
         access_log=None,
         backlog=BACKLOG,
         loop=peer_loop(),
     )
+
+
+def serve(make: Any, prog: str) -> None:
+    parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument("--port", type=int, required=True)
+    run_peer(make(), parser.parse_args().port)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from typing import Any
 from aiohttp import web
 
 from bench import bare_server
-from bench.bare_server import BACKLOG, SECRET, Row, peer_loop
+from bench.bare_server import SECRET, Row, run_peer
 from service.runtime.osthread import name_native_thread
 
 _STOP = object()
@@ -131,15 +131,7 @@ def main() -> None:
     parser.add_argument("--store", required=True, help="the SQLite file to record into")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    web.run_app(
-        make_app(args.store),
-        host="127.0.0.1",
-        port=args.port,
-        print=None,
-        access_log=None,
-        backlog=BACKLOG,
-        loop=peer_loop(),
-    )
+    run_peer(make_app(args.store), args.port)
 
 
 if __name__ == "__main__":
