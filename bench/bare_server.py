@@ -32,12 +32,6 @@ SECRET = os.environ.get("SESSIOND_SECRET", "bench-secret-0123456789-0123456789-a
 BACKLOG = Settings.listen_backlog
 
 
-def peer_loop() -> asyncio.AbstractEventLoop:
-    """The event loop sessiond would serve on here (uvloop where installed,
-    or what SESSIOND_EVENT_LOOP names): the peers are compared on the same."""
-    return eventloop.loop_factory(Settings.from_env().event_loop)()
-
-
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 
@@ -224,7 +218,9 @@ def add_write_routes(app: web.Application, post: Any) -> None:
 
 def run_peer(app: web.Application, port: int) -> None:
     """Serve ``app`` as every peer of the bench is served: on 127.0.0.1,
-    with sessiond's listen backlog and event loop, and no access log."""
+    with sessiond's listen backlog, on the event loop sessiond would serve on
+    here (uvloop where installed, or what SESSIOND_EVENT_LOOP names), and no
+    access log: the peers and sessiond are compared on the same."""
     web.run_app(
         app,
         host="127.0.0.1",
@@ -232,7 +228,7 @@ def run_peer(app: web.Application, port: int) -> None:
         print=None,
         access_log=None,
         backlog=BACKLOG,
-        loop=peer_loop(),
+        loop=eventloop.loop_factory(Settings.from_env().event_loop)(),
     )
 
 

@@ -61,7 +61,7 @@ async def test_serve_runs_on_the_loop_asked_and_serves_a_socket_its_whole_life(
 
 
 def test_a_loop_that_is_not_installed_is_refused_before_anything_starts(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # A Python without uvloop (an import that fails, as on Windows or PyPy).
     monkeypatch.setitem(sys.modules, "uvloop", None)
