@@ -126,7 +126,11 @@ class TokenSigner:
             raise ValueError(f"unknown role(s) {unknown}; roles are {', '.join(ROLES)}")
         if ttl <= 0:
             raise ValueError("ttl must be a positive number of seconds")
+        if not user_id or not _recordable(user_id):
+            raise ValueError("the user must be a non-empty string with no NUL or lone surrogate")
         now = int(time.time())
+        if now + ttl > MAX_EXP:
+            raise ValueError(f"ttl must be at most {MAX_EXP - now} seconds (64 bits of expiry)")
         claims = {"sub": user_id, "iat": now, "exp": now + ttl, "roles": roles}
         import jwt  # PyJWT (with the email parser it loads) only when it signs or decodes
 
@@ -160,13 +164,21 @@ class TokenSigner:
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub:
             raise AuthError("token has no subject")
+        if not _recordable(sub):
+            raise AuthError(
+                "the token's subject has a NUL or a lone surrogate, which no store can hold"
+            )
         raw_roles = claims.get("roles", [ROLE_USER])
         if not isinstance(raw_roles, list) or not all(isinstance(r, str) for r in raw_roles):
             raise AuthError("roles must be a list of strings")
         roles = frozenset(r for r in raw_roles if r in ROLES) or frozenset({ROLE_USER})
         # PyJWT judges ``exp`` by its whole seconds (int()), and the fast path
         # takes whole numbers only: the whole seconds are the token's expiry.
-        return Principal(sub, roles, exp=int(claims["exp"]))
+        exp = int(claims["exp"])
+        if exp > MAX_EXP:
+            # A socket's authentication records it: it must be a 64-bit integer.
+            raise AuthError("the token's expiry is past what can be recorded (64 bits)")
+        return Principal(sub, roles, exp=exp)
 
     def _plain_claims(self, token: str) -> dict[str, Any] | None:
         """The claims of a token of the plain shape this service mints, checked
@@ -231,6 +243,9 @@ class TokenSigner:
         return dict(claims)
 
 
+# The latest expiry a token may have: the connection's events record it.
+MAX_EXP = 2**63 - 1
+
 _PLAIN_HEADERS = ({"alg": ALGORITHM, "typ": "JWT"}, {"alg": ALGORITHM})
 _UNPLAIN_CLAIMS = frozenset({"nbf", "aud", "iss"})
 
@@ -242,6 +257,20 @@ def _b64decode(segment: str) -> bytes:
     if not _B64URL.fullmatch(segment):
         raise ValueError("not unpadded base64url")
     return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+
+
+def _recordable(text: str) -> bool:
+    """Whether ``text`` can be recorded as it stands: UTF-8 (JSON's standard
+    library decodes an escaped lone surrogate, which orjson then refuses to
+    encode) and no NUL (PostgreSQL's text columns refuse it, and the subject
+    is the owner column of the sessions table)."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _is_whole(value: object) -> TypeGuard[int]:

@@ -86,8 +86,9 @@ def create_session(
             raise Forbidden("auditors read; they do not create sessions")
         session = uow.session_to_create(session_id)
         if session is not None:
-            if session.owner != actor.user_id and not actor.is_service:
-                session.check_owner(actor.user_id)
+            # Another user's session, a service's token included: a service
+            # may write to it, but it is not the service's to create.
+            session.check_owner(actor.user_id)
             return wire_view(session.view()), False
         if admit is not None:
             admit()

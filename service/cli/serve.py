@@ -23,6 +23,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from service.edge.app import drain
+from service.edge.errors import answer_malformed_requests_in_the_contracts_shape
 from service.runtime import eventloop
 from service.runtime.settings import Settings
 
@@ -68,6 +69,8 @@ async def serve(app: web.Application, settings: Settings, announce: Callable[[],
         keepalive_timeout=KEEPALIVE_TIMEOUT,
     )
     await runner.setup()
+    assert runner.server is not None
+    answer_malformed_requests_in_the_contracts_shape(runner.server)
     try:
         await web.TCPSite(
             runner, settings.host, settings.port, backlog=settings.listen_backlog

@@ -94,5 +94,9 @@ async def read_body(request: web.Request) -> bytes:
         )
     try:
         return await request.read()
+    except web.RequestPayloadError as e:
+        # The body does not decode as its headers say (a corrupt gzip or
+        # deflate body, a malformed chunk): the client's mistake.
+        raise ApiError("invalid_body", f"the body could not be read: {e}") from e
     finally:
         bodies.release(size)

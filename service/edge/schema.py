@@ -46,10 +46,12 @@ ID = Annotated[
 ]
 Position = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
 # A count given as a whole float (``3.0``, a whole number to JSON Schema)
-# is taken as the integer it is.
+# is taken as the integer it is. The float's bound is exclusive at 2**63: the
+# float nearest INT64_MAX is 2**63 itself, which ``le=INT64_MAX`` (compared
+# as floats) would let through to become an integer one past the range.
 Count = (
     Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
-    | Annotated[float, msgspec.Meta(ge=0, le=INT64_MAX, multiple_of=1)]
+    | Annotated[float, msgspec.Meta(ge=0, lt=float(2**63), multiple_of=1)]
 )
 # An amount of a task's work: a whole number stays whole (``5``, not ``5.0``)
 # in what is recorded; never negative.

@@ -141,19 +141,29 @@ class JsonFormatter(logging.Formatter):
 class ClientJunk(logging.Filter):
     """aiohttp logs a request it cannot parse (a port scanner, TLS spoken to
     plain HTTP, a malformed header) at ERROR with a traceback, though it has
-    already answered 400: one line at INFO says it, with no traceback."""
+    already answered 400, and so a body that does not decode as its headers
+    say, found while it skips the rest of one after the answer: one line at
+    INFO says it, with no traceback. An over-long line is not repeated (it
+    may be a bearer token)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         # Looked up, not imported: a command that never loads aiohttp (replay,
         # token) starts faster, and then none of its errors can be logged.
         parsing = sys.modules.get("aiohttp.http_exceptions")
-        if parsing is not None and isinstance(exc, parsing.HttpProcessingError):
+        protocol = sys.modules.get("aiohttp.web_protocol")
+        if parsing is not None and isinstance(exc, parsing.LineTooLong):
+            reason = f"a line longer than {exc.args[1]} bytes"
+        elif parsing is not None and isinstance(exc, parsing.HttpProcessingError):
             reason = str(exc.message or exc).splitlines()[0].strip()
-            record.msg = "refused a malformed request (%s %s)"
-            record.args = (exc.code, reason[:200])
-            record.levelno, record.levelname = logging.INFO, "INFO"
-            record.exc_info, record.exc_text = None, None
+        elif protocol is not None and isinstance(exc, protocol.RequestPayloadError):
+            reason = "a body that does not decode: " + " ".join(str(exc).split())
+        else:
+            return True
+        record.msg = "refused a malformed request (%s)"
+        record.args = (reason[:200],)
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.exc_info, record.exc_text = None, None
         return True
 
 

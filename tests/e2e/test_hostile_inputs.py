@@ -6,8 +6,11 @@ input that is refused."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import http.client
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future
 from typing import Any
@@ -83,6 +86,7 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
         log = (folder / "server.log").read_text()
         assert "Traceback" not in log, log[-4000:]
         assert " ERROR " not in log, log[-4000:]
+        assert LONG_TOKEN[:50] not in log, "an over-long header was repeated in the log"
 
 
 ENDPOINTS: list[tuple[str, type[msgspec.Struct]]] = [
@@ -227,6 +231,163 @@ def test_frames_never_end_the_socket_and_a_refused_one_records_nothing(
     else:
         # Recorded once, or nothing new for a message_id already recorded.
         assert target.head() - before in (0, 1), answers
+
+
+# Requests aiohttp's parser refuses before the application sees them, and
+# bodies that do not decode as their headers say: each answered in the
+# contract's error shape with a status that fits, nothing recorded, and the
+# over-long token never repeated in the answer or the log.
+LONG_TOKEN = "Z" * 10_000
+RAW_REFUSALS: list[tuple[str, bytes, int, str]] = [
+    (
+        "long-request-target",
+        b"GET /v1/sessions?cursor=" + b"A" * 10_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+        414,
+        "too_large",
+    ),
+    (
+        "long-header",
+        b"GET /v1/sessions HTTP/1.1\r\nHost: x\r\n"
+        + f"Authorization: Bearer {LONG_TOKEN}\r\n\r\n".encode(),
+        431,
+        "too_large",
+    ),
+    ("garbage-request-line", b"GARBAGE\r\n\r\n", 400, "bad_request"),
+    (
+        "negative-content-length",
+        b"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+        400,
+        "bad_request",
+    ),
+    (
+        "encoding-this-node-cannot-decode",
+        b"POST /v1/sessions/s-prop/messages HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/json\r\nContent-Encoding: br\r\nContent-Length: 2\r\n\r\n{}",
+        415,
+        "unsupported_media_type",
+    ),
+    (
+        "malformed-chunk",
+        b"POST /v1/sessions/s-prop/messages HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"zz\r\nabc\r\n0\r\n\r\n",
+        400,
+        "bad_request",
+    ),
+]
+
+
+def raw_exchange(target: Target, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """``request`` written as it is; the answer's status, headers and body
+    (the server closes the connection after refusing)."""
+    with socket.create_connection(("127.0.0.1", target.server.port), timeout=10) as s:
+        s.sendall(request)
+        received = b""
+        while chunk := s.recv(65536):
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, body
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "code"),
+    [(r, s, c) for _, r, s, c in RAW_REFUSALS],
+    ids=[name for name, *_ in RAW_REFUSALS],
+)
+def test_requests_the_parser_refuses_get_the_contracts_error_shape(
+    target: Target, request_bytes: bytes, status: int, code: str
+) -> None:
+    before = target.head()
+    answered, headers, body = raw_exchange(target, request_bytes)
+    assert (answered, headers.get("content-type")) == (status, "application/json"), body
+    error = orjson.loads(body)["error"]
+    assert set(error) == {"code", "message"} and error["code"] == code, error
+    assert LONG_TOKEN[:50] not in error["message"]
+    assert target.head() == before
+
+
+@pytest.mark.parametrize(
+    ("encoding", "body"),
+    [("gzip", b'{"role": "user", "content": "not gzip"}'), ("deflate", b"not deflate")],
+)
+def test_a_body_that_does_not_decode_as_its_encoding_says_is_400(
+    target: Target, encoding: str, body: bytes
+) -> None:
+    before = target.head()
+    request = (
+        f"POST /v1/sessions/s-prop/messages HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n"
+        f"Content-Encoding: {encoding}\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode() + body
+    status, headers, answer = raw_exchange(target, request)
+    assert (status, headers.get("content-type")) == (400, "application/json"), answer
+    assert orjson.loads(answer)["error"]["code"] == "invalid_body"
+    # A body that does decode still records.
+    good = b'{"role": "user", "content": "gzip"}'
+    conn = http.client.HTTPConnection("127.0.0.1", target.server.port, timeout=30)
+    try:
+        conn.request(
+            "POST",
+            "/v1/sessions/s-prop/messages",
+            body=gzip.compress(good),
+            headers={
+                "Authorization": f"Bearer {TOKEN}",
+                "Content-Type": "application/json",
+                "Content-Encoding": "gzip",
+            },
+        )
+        assert conn.getresponse().status == 201
+    finally:
+        conn.close()
+    assert target.head() == before + 1
+
+
+def test_a_whole_float_count_is_refused_from_two_to_the_63(target: Target) -> None:
+    """The float nearest INT64_MAX is 2**63: refused, where the largest float
+    below it is recorded as the integer it is."""
+    path = "/v1/sessions/s-prop/messages"
+    check(target, path, b'{"role": "user", "content": "x", "tokens": 9.223372036854775807e18}')
+    status, answer = target.request(
+        "POST", path, b'{"role": "user", "content": "x", "tokens": 9.223372036854775807e18}'
+    )
+    assert (status, answer["error"]["code"]) == (400, "invalid_body"), answer
+    below = 9223372036854774784  # the largest float under 2**63, as an integer
+    status, answer = target.request(
+        "POST", path, b'{"role": "user", "content": "x", "tokens": 9.2233720368547748e18}'
+    )
+    assert status == 201, answer
+    status, events = target.request(
+        "GET", f"/v1/sessions/s-prop/events?after={answer['position'] - 1}"
+    )
+    assert events["events"][0]["data"]["tokens"] == below
+
+
+@pytest.mark.parametrize("subject", ["x\ud800y", "a\x00b"], ids=["lone-surrogate", "nul"])
+def test_a_token_whose_subject_no_store_can_hold_is_401(target: Target, subject: str) -> None:
+    """The subject becomes the owner of what it creates: a lone surrogate
+    (which JSON's standard decoder lets through) or a NUL (which PostgreSQL's
+    text columns refuse) is refused with the token, not by the store."""
+    import jwt
+
+    token = jwt.encode(
+        {"sub": subject, "exp": int(time.time()) + 600}, TEST_SECRET, algorithm="HS256"
+    )
+    for method, path, body in (
+        ("POST", "/v1/sessions", b'{"session_id": "s-owner-check"}'),
+        ("GET", "/v1/sessions", None),
+    ):
+        conn = http.client.HTTPConnection("127.0.0.1", target.server.port, timeout=30)
+        try:
+            headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+            conn.request(method, path, body=body, headers=headers)
+            answer = conn.getresponse()
+            assert answer.status == 401, answer.read()
+            assert orjson.loads(answer.read())["error"]["code"] == "unauthenticated"
+        finally:
+            conn.close()
 
 
 def test_the_server_still_answers_after_every_hostile_input(target: Target) -> None:

@@ -433,6 +433,9 @@ async def test_the_service_role_may_post_to_any_session(serve: Serve, sqlite_url
         "POST", "/v1/sessions/s-worker/tasks/t-1/progress", json={"done": 1, "total": 2}, **worker
     )
     assert status == 202, progress
+    # Writing to it does not make it the service's: creating it is 409.
+    status, body = await api.call("POST", "/v1/sessions", json={"session_id": "s-worker"}, **worker)
+    assert (status, body["error"]["code"]) == (409, "session_owned_by_other"), body
     status, view = await api.call("GET", "/v1/sessions/s-worker")
     assert status == 200, view
     assert view["owner"] == "alice"

@@ -158,3 +158,31 @@ def test_a_token_with_non_ascii_characters_is_refused_as_unauthenticated() -> No
             signer.verify(token)
     with pytest.raises(AuthError):
         bearer_token("Bearer abc\udcffdef")
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"sub": "a\x00b", "exp": 4_000_000_000},
+        {"sub": "x\ud800y", "exp": 4_000_000_000},
+        {"sub": "a", "exp": 2**63},
+        {"sub": "a", "exp": 1e21},
+    ],
+    ids=["nul-subject", "lone-surrogate-subject", "exp-past-64-bits", "float-exp-past-64-bits"],
+)
+def test_a_token_whose_claims_cannot_be_recorded_is_refused(claims: dict[str, Any]) -> None:
+    """Its subject becomes an owner and its expiry is recorded with the
+    socket's authentication: what no store can hold is refused with the token,
+    by either path (PyJWT's JSON decoder lets an escaped lone surrogate
+    through; orjson's fast path, a NUL)."""
+    token = jwt.encode(claims, SECRET, algorithm="HS256")
+    with pytest.raises(AuthError):
+        TokenSigner(SECRET).verify(token)
+
+
+@pytest.mark.parametrize(
+    ("user", "ttl"), [("", 60), ("a\x00b", 60), ("alice", 2**63)], ids=["empty", "nul", "ttl"]
+)
+def test_mint_refuses_a_token_the_server_would_refuse(user: str, ttl: int) -> None:
+    with pytest.raises(ValueError):
+        TokenSigner(SECRET).mint(user, ttl=ttl)
