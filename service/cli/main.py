@@ -4,6 +4,7 @@ projections, draw the lifecycle."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import gc
 import logging
@@ -13,6 +14,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable, Collection, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from domain.errors import InvalidId
@@ -77,7 +79,10 @@ def _offline_settings(args: argparse.Namespace) -> Settings:
 
 
 def _check_port_free(host: str, port: int) -> None:
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise CliError(f"cannot listen on {host}:{port}: {e.strerror}", 1) from None
     for family, kind, proto, _, addr in infos[:1]:
         with socket.socket(family, kind, proto) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -173,11 +178,31 @@ def _open(args: argparse.Namespace) -> tuple[SessiondApplication, StoreConfig]:
     settings = _offline_settings(args)
     try:
         config = parse_store_url(settings.store_url)
-        if config.path is not None and not config.path.is_file():
-            raise StoreError(f"no store at {config.path} (from {settings.store_url!r})")
+        if config.path is not None:
+            if not config.path.is_file():
+                raise StoreError(f"no store at {config.path} (from {settings.store_url!r})")
+            _check_is_a_store(config.path, settings.store_url)
         return open_store(config), config
     except StoreError as e:
         raise CliError(str(e), 1) from None
+
+
+def _check_is_a_store(path: Path, url: str) -> None:
+    """Refuse, before anything is written to it, a SQLite file that holds no
+    sessiond store (opening one creates its tables): a command that reads
+    must not change a file it was pointed at by mistake, or a copy kept as
+    evidence. Read through a read-only connection."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
+            found = db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'stored_events'"
+            ).fetchone()
+    except sqlite3.Error as e:
+        raise StoreError(f"cannot open store {url!r}: {e}") from None
+    if found is None:
+        raise StoreError(f"{path} is not a sessiond store (from {url!r}): it has no events table")
 
 
 def at_least(minimum: int) -> Callable[[str], int]:
@@ -233,7 +258,11 @@ def cmd_projections(args: argparse.Namespace) -> int:
     from service.application.readmodels import make_projector, open_tables
 
     store, config = _open(args)
-    tables = open_tables(config)
+    try:
+        tables = open_tables(config)
+    except Exception as e:
+        store.close()
+        raise _store_failure(e, config.url) from e
     projector = make_projector(store, tables, batch_size=args.batch_size)
     try:
         try:
@@ -255,10 +284,23 @@ def cmd_projections(args: argparse.Namespace) -> int:
             print(f"{'projection':<12} {'position':>10} {'head':>10} {'lag':>8}")
             for status in projector.status(chosen):
                 print(f"{status.name:<12} {status.position:>10} {status.head:>10} {status.lag:>8}")
+    except CliError:
+        raise
+    except Exception as e:
+        raise _store_failure(e, config.url) from e
     finally:
         tables.close()
         store.close()
     return 0
+
+
+def _store_failure(e: Exception, url: str) -> Exception:
+    """A store's error (locked, gone, refused) as one line; anything else
+    as it is, a bug to see whole."""
+    module = type(e).__module__.split(".", 1)[0]
+    if module in ("sqlite3", "psycopg", "eventsourcing") or isinstance(e, StoreError):
+        return CliError(f"the store {url} failed: {type(e).__name__}: {e}", 1)
+    return e
 
 
 # Events a rebuild decodes, folds and writes per transaction: a batch's
@@ -685,6 +727,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.status
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The output's reader went away (``| head``): nothing more to say.
+        # Standard output points at /dev/null so that flushing it at exit
+        # does not raise again (the recipe in Python's signal docs).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

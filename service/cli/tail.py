@@ -21,6 +21,7 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -139,15 +140,20 @@ async def follow(args: argparse.Namespace, console: Console) -> int:
     watcher = StreamWatcher(
         args.url, args.session_id, token, after=args.after, on_status=status, max_backoff=5.0
     )
+    shown = False
     with TaskBars(console) as bars:
         async with watcher:
             try:
                 async for event in watcher:
                     console.print(timeline_line(event))
                     bars.show(event)
+                    shown = True
             except ClientRefused as e:
                 raise TailError(f"the server refused: {e.reason} ({e.code})", 1) from None
-    status(f"session {args.session_id} has ended (last position {watcher.last_position})")
+    if shown:
+        status(f"session {args.session_id} has ended (last position {watcher.last_position})")
+    else:
+        status(f"session {args.session_id} has ended, with nothing after position {args.after}")
     return 0
 
 
@@ -155,6 +161,14 @@ def run(args: argparse.Namespace) -> int:
     """``sessiond tail``, once its arguments are parsed."""
     if args.url is None:
         args.url = default_url()
+    parts = urlsplit(args.url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        print(
+            f"sessiond: error: the server's URL must be http://HOST[:PORT] or https://..., "
+            f"not {args.url!r}",
+            file=sys.stderr,
+        )
+        return 2
     console = Console(emoji=False, highlight=False, markup=False, soft_wrap=True)
     try:
         return asyncio.run(follow(args, console))

@@ -77,7 +77,11 @@ def parse_store_url(url: str) -> StoreConfig:
             raise StoreError(f"bad store URL {url!r}: no file name")
         if path_text in (":memory:", "/:memory:"):
             raise StoreError("use memory:// for a throwaway store, not sqlite:///:memory:")
-        path = Path(path_text).expanduser().absolute()
+        # The file the path leads to, symbolic links followed: one store is
+        # one file however it is named, so its lock and its key file (beside
+        # it) are the same for every name (``serve`` refuses a second node on
+        # it through a link too).
+        path = Path(path_text).expanduser().resolve()
         return StoreConfig(
             url,
             "sqlite",

@@ -108,6 +108,7 @@ def test_sessiond_token_never_makes_a_key_and_says_where_it_looked(tmp_path: Pat
         (["serve", "--port", "99999"], "the port must be between 1 and 65535"),
         (["serve", "--port", "0"], "the port must be between 1 and 65535"),
         (["serve", "--store", "sqlite:///"], "bad store URL"),
+        (["serve", "--host", "no-such-host.invalid", "--store", "memory://"], "cannot listen on"),
     ],
 )
 def test_a_bad_start_is_one_line_not_a_traceback(
@@ -117,6 +118,23 @@ def test_a_bad_start_is_one_line_not_a_traceback(
     assert result.returncode != 0
     assert says in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--user", "alice", "--ttl", str(10**21)], "ttl must be at most"),
+        (["--user", ""], "the user must be a non-empty string"),
+    ],
+    ids=["expiry-past-64-bits", "empty-user"],
+)
+def test_sessiond_token_refuses_a_token_the_server_would_refuse(
+    tmp_path: Path, args: list[str], says: str
+) -> None:
+    result = sessiond("token", *args, cwd=tmp_path, env={"SESSIOND_SECRET": "k" * 40})
+    assert result.returncode == 2
+    assert says in result.stderr and result.stdout == ""
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
@@ -236,6 +254,12 @@ async def test_a_second_serve_on_the_same_sqlite_store_exits_naming_the_first_an
             assert f"pid {first.pid}" in second.stderr, second.stderr
             assert "Traceback" not in second.stderr + second.stdout
             assert len(second.stderr.strip().splitlines()) == 1, second.stderr
+            # Named through a symbolic link, it is the same store.
+            (tmp_path / "link.db").symlink_to(tmp_path / "one.db")
+            linked = f"sqlite:///{tmp_path / 'link.db'}"
+            third = sessiond("serve", "--store", linked, "--port", str(free_port()), cwd=tmp_path)
+            assert third.returncode != 0
+            assert "another sessiond already serves this store" in third.stderr, third.stderr
             # The first node's socket is live and recorded live, not lost.
             await ws.send_json({"type": "message", "content": "still here"})
             frame = await ws.receive_json()
@@ -341,3 +365,81 @@ def test_offline_commands_on_sqlite_start_without_the_servers_libraries(
     said = [line for line in probe.stderr.splitlines() if line.startswith("LOADED ")]
     assert said == ["LOADED 0 "], probe.stderr
     assert probe.stdout, "the command printed nothing"
+
+
+@pytest.mark.parametrize("command", [["replay", "s1"], ["projections", "status"]])
+@pytest.mark.parametrize("content", ["empty", "another-database"])
+def test_a_reading_command_refuses_a_file_that_is_no_store_and_leaves_it_as_it_was(
+    tmp_path: Path, command: list[str], content: str
+) -> None:
+    """Pointed at a file that holds no sessiond store (an empty file, another
+    program's database), ``replay`` and ``projections`` say so in one line and
+    write nothing to it: opening a store creates its tables."""
+    import sqlite3
+
+    path = tmp_path / "foreign.db"
+    if content == "empty":
+        path.write_bytes(b"")
+    else:
+        with sqlite3.connect(path) as db:
+            db.execute("CREATE TABLE x (a)")
+        db.close()
+    before = path.read_bytes()
+    result = sessiond(*command, "--store", f"sqlite:///{path}", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "is not a sessiond store" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["foreign.db"]
+
+
+def _a_store_with_a_session(tmp_path: Path, events: int) -> str:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    store = open_store(parse_store_url(url))
+    try:
+        session = Session.create("s-long", "alice", None)
+        for n in range(events):
+            session.record_message(
+                message_id=f"m{n}", role="user", content="x" * 200, user_id="alice"
+            )
+        store.save(session)
+    finally:
+        store.close()
+    return url
+
+
+def test_replay_into_a_pipe_closed_early_ends_without_a_traceback(tmp_path: Path) -> None:
+    url = _a_store_with_a_session(tmp_path, 2000)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SESSIOND_")}
+    replay = subprocess.Popen(
+        [sys.executable, "-m", "service", "replay", "s-long", "--store", url],
+        cwd=tmp_path,
+        env=base,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert replay.stdout is not None and replay.stderr is not None
+    assert replay.stdout.readline()  # what ``| head -1`` reads, then it leaves
+    replay.stdout.close()
+    with replay.stderr:
+        errors = replay.stderr.read().decode()
+    replay.wait(timeout=60)
+    assert "Traceback" not in errors and "BrokenPipeError" not in errors, errors
+    assert replay.returncode == 1
+
+
+def test_projections_on_a_store_locked_by_another_process_is_one_line(tmp_path: Path) -> None:
+    import sqlite3
+
+    url = _a_store_with_a_session(tmp_path, 1)
+    holder = sqlite3.connect(tmp_path / "store.db", isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # the write lock, held past the busy timeout
+        result = sessiond("projections", "status", "--store", url, cwd=tmp_path)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "locked" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr

@@ -198,6 +198,31 @@ async def test_tail_refused_or_without_a_token_says_so_in_one_line_and_exits_1(
         assert len(err.strip().splitlines()) == 1, err
 
 
+async def test_tail_of_an_ended_session_past_its_end_says_nothing_came_after(
+    sqlite_url: str, server_process: Start, http: aiohttp.ClientSession
+) -> None:
+    server = server_process(sqlite_url)
+    base = server.base_url
+    status, _ = await call(http, "POST", f"{base}/v1/sessions", json={"session_id": "tail-4"})
+    assert status == 201
+    status, _ = await call(http, "DELETE", f"{base}/v1/sessions/tail-4")
+    assert status == 200
+    env = tail_env(SESSIOND_SECRET=TEST_SECRET)
+    tail = await start_tail("tail-4", "--url", base, "--after", "100", env=env)
+    assert await tail.exit_code() == 0
+    err = await tail.stderr()
+    assert "has ended, with nothing after position 100" in err, err
+
+
+@pytest.mark.parametrize("url", ["notaurl", "ftp://127.0.0.1:1", "http://"])
+async def test_tail_with_a_url_that_is_no_server_is_a_usage_error(url: str) -> None:
+    tail = await start_tail("s", "--url", url, env=tail_env(SESSIOND_SECRET=TEST_SECRET))
+    assert await tail.exit_code() == 2
+    err = await tail.stderr()
+    assert "the server's URL must be http://" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+
+
 async def test_tail_help_shows_its_defaults_and_environment_variables() -> None:
     tail = await start_tail("--help", env=tail_env())
     assert await tail.exit_code() == 0
