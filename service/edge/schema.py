@@ -21,6 +21,7 @@ names the field (``Expected `str`, got `int` - at `$.content```).
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
@@ -412,11 +413,30 @@ def frame_ref(data: str | bytes) -> tuple[str | None, str | None]:
     try:
         raw = msgspec.json.decode(data)
     except (msgspec.DecodeError, RecursionError):
-        return None, None
+        # JSON's grammar holds numbers no float or 64-bit integer can (1e999)
+        # and escaped lone surrogates, which msgspec refuses to decode; the
+        # standard library reads them, so such a frame's ``ref`` is echoed
+        # too. It runs only for a frame already refused.
+        try:
+            raw = json.loads(data)
+        except (ValueError, RecursionError):
+            return None, None
     if not isinstance(raw, dict):
         return None, None
     kind, ref = raw.get("type"), raw.get("ref")
-    return (kind if isinstance(kind, str) else None), (ref if isinstance(ref, str) else None)
+    return (
+        kind if isinstance(kind, str) else None,
+        ref if isinstance(ref, str) and _echoable(ref) else None,
+    )
+
+
+def _echoable(text: str) -> bool:
+    """Whether ``text`` can be sent back in a frame (UTF-8: no lone surrogate)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 # Built now, so a declaration msgspec cannot compile fails at import, not on a request.

@@ -524,6 +524,15 @@ async def test_bad_frames_get_error_frames_with_their_ref_and_the_socket_stays_o
     await client.send_raw("[1, 2, 3]")
     error = await client.until_type("error")
     assert error["code"] == "bad_frame"
+    # Valid JSON that msgspec cannot decode (a number past any float, an
+    # escaped lone surrogate): refused, and the ref still echoed.
+    for raw, ref in (
+        ('{"type": "message", "content": "x", "metadata": {"v": 1e999}, "ref": "r-inf"}', "r-inf"),
+        ('{"type": "message", "content": "\\ud800", "ref": "r-surrogate"}', "r-surrogate"),
+    ):
+        await client.send_raw(raw)
+        error = await client.until_type("error")
+        assert (error["code"], error.get("ref")) == ("bad_frame", ref), error
     for frame in client.frames:
         if frame["type"] == "error":
             assert set(frame) <= {"type", "code", "message", "ref"}
@@ -564,15 +573,19 @@ async def test_a_frame_larger_than_the_limit_closes_the_socket_with_1009(
 ) -> None:
     api = await serve(sqlite_url, max_frame_bytes=2048)
     client = await open_live(api, "s-huge", connection_id="conn-huge")
-    await client.send({"type": "message", "content": "x" * 1000})
+    # "Up to" the limit: a frame of exactly 2,048 bytes is taken.
+    head = '{"type": "message", "content": "'
+    exact = head + "x" * (2048 - len(head) - 2) + '"}'
+    assert len(exact.encode()) == 2048
+    await client.send_raw(exact)
     await client.until(lambda f: f["type"] == "event" and f["event"]["type"] == "MessageRecorded")
-    await client.send({"type": "message", "content": "x" * 5000})
+    await client.send_raw(head + "x" * (2049 - len(head) - 2) + '"}')
     assert await client.until_closed() == 1009
     closed = await closed_record(api, "conn-huge")
     assert closed["data"]["details"]["code"] == 1009
     assert await connection_states(api, "conn-huge") == [*LIFECYCLE, "CLOSED"]
     contents = [e["data"].get("content", "") for e in await session_events(api, "s-huge")]
-    assert "x" * 5000 not in contents
+    assert "x" * (2049 - len(head) - 2) not in contents
 
 
 # --- supersede, heartbeats, drops -------------------------------------------------------------

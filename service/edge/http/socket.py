@@ -91,8 +91,10 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         raise ApiError(
             "forbidden_origin", f"origin {request.headers.get('Origin')!r} is not allowed"
         )
+    # aiohttp refuses a message of ``max_msg_size`` bytes or more; the
+    # contract allows frames up to the limit, the limit included.
     ws = web.WebSocketResponse(
-        heartbeat=settings.heartbeat, max_msg_size=settings.max_frame_bytes, autoping=True
+        heartbeat=settings.heartbeat, max_msg_size=settings.max_frame_bytes + 1, autoping=True
     )
     # A cheap look at the upgrade header (aiohttp's can_prepare() runs the
     # whole handshake check, which prepare() then runs again); a request that
