@@ -16,6 +16,9 @@ ALLOW_METHODS = "GET, POST, DELETE, OPTIONS"
 # Last-Event-ID: a page resuming an event stream with fetch() sends it.
 ALLOW_HEADERS = "Authorization, Content-Type, Last-Event-ID"
 MAX_AGE = "600"
+# Response headers a page may read beyond the CORS-safelisted ones: how long
+# to wait after a 429 or a 503.
+EXPOSE_HEADERS = "Retry-After"
 
 
 def own_origin(request: web.Request) -> str:
@@ -58,5 +61,6 @@ def decorate(request: web.Request, response: web.StreamResponse) -> web.StreamRe
         and origin_allowed(request, request.app[SETTINGS].cors_origins)
     ):
         response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
         response.headers["Vary"] = "Origin"
     return response

@@ -622,6 +622,8 @@ async def test_an_error_answer_to_an_allowed_origin_carries_the_cors_headers(
     ) as r:
         assert r.status == 404
         assert r.headers["Access-Control-Allow-Origin"] == "http://localhost:3000"
+        # Retry-After (on a 429 or a 503) is not CORS-safelisted: exposed.
+        assert r.headers["Access-Control-Expose-Headers"] == "Retry-After"
         assert_error(await r.json(), "session_not_found")
     async with api.http.get(
         api.url("/v1/sessions/no-such-session"), headers={"Origin": "http://evil.example"}
