@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 
 from statemachine import StateMachine
 
@@ -154,15 +154,7 @@ class Connection(Aggregate):
         """
         target = consult(type(self).lifecycle, self.state, transition)
         if target is None:
-            reason = f"{transition!r} is not allowed in {self.state}"
-            self.trigger_event(
-                self.TransitionRefused,
-                transition=transition,
-                state=self.state,
-                reason=reason,
-                timestamp=utcnow(),
-            )
-            raise InvalidTransition(reason, transition=transition, state=self.state)
+            self.refuse(transition, f"{transition!r} is not allowed in {self.state}")
         self.trigger_event(
             self.Transitioned,
             transition=transition,
@@ -171,6 +163,20 @@ class Connection(Aggregate):
             timestamp=utcnow(),
         )
         return target
+
+    def refuse(self, transition: str, reason: str) -> NoReturn:
+        """Record an attempt at ``transition`` as refused (``TransitionRefused``,
+        for the audit), leave the state as it was, and raise InvalidTransition:
+        what the lifecycle refuses, and what it would allow but the protocol
+        does not (a second ``auth`` frame while the first is being checked)."""
+        self.trigger_event(
+            self.TransitionRefused,
+            transition=transition,
+            state=self.state,
+            reason=reason,
+            timestamp=utcnow(),
+        )
+        raise InvalidTransition(reason, transition=transition, state=self.state)
 
     def accept(self) -> str:
         return self.transition("accept")

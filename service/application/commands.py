@@ -233,6 +233,16 @@ def authenticate(connection_id: str, actor: Principal) -> Command[str]:
     return Command("authenticate", run)
 
 
+def refuse_transition(connection_id: str, transition: str, reason: str) -> Command[None]:
+    """Record an attempt the protocol refuses (``TransitionRefused``); the
+    command is refused with InvalidTransition once that is recorded."""
+
+    def run(uow: UnitOfWork) -> None:
+        _connection(uow, connection_id).refuse(transition, reason)
+
+    return Command("refuse_transition", run)
+
+
 def refresh_token(connection_id: str, actor: Principal) -> Command[int]:
     """A live connection's new token (``TokenRefreshed``); returns its exp.
 

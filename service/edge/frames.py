@@ -118,7 +118,12 @@ class ClientFrames:
             self.token = frame.token
             return [Wake()]
         if self.principal is None:
-            return [error_frame("invalid_transition", "already authenticating", frame.ref)]
+            # A second token while the first is checked: refused, and the
+            # attempt recorded like any other refused transition.
+            refusal = commands.refuse_transition(
+                self.connection_id, "authenticate", "already authenticating"
+            )
+            return [Record(refusal, answer_errors(frame.ref, "invalid_transition"))]
         if self.state == self.live_state:
             return self._refresh(frame, now)
         # Authenticating twice is a transition the lifecycle refuses: record

@@ -378,16 +378,32 @@ def decode_body(raw: bytes, kind: type[T]) -> T:
 
 
 def decode_query(values: Any, kind: type[T]) -> T:
-    """Query values (a mapping of text; the first of repeated names) as
-    ``kind``. An empty value is a value: ``?limit=`` is not a number, and an
-    empty ID is refused."""
+    """Query values (a mapping of text) as ``kind``. An empty value is a
+    value: ``?limit=`` is not a number, and an empty ID is refused. A name
+    ``kind`` declares, given twice, is refused whatever the values: which
+    session a socket attaches to, or where a page starts, is never a guess
+    (ADR 0047). Names it does not declare are ignored."""
+    declared = _query_names(kind)
     given: dict[str, str] = {}
     for name, value in values.items():
+        if name in given and name in declared:
+            raise SchemaError("invalid_query", f"the query gives {name!r} more than once")
         given.setdefault(name, value)
     try:
         return msgspec.convert(given, kind, strict=False)
     except msgspec.ValidationError as e:
         raise _refusal(kind, e, "invalid_query") from None
+
+
+_QUERY_NAMES: dict[type[Any], frozenset[str]] = {}
+
+
+def _query_names(kind: type[Any]) -> frozenset[str]:
+    names = _QUERY_NAMES.get(kind)
+    if names is None:
+        names = frozenset(field.encode_name for field in msgspec.structs.fields(kind))
+        _QUERY_NAMES[kind] = names
+    return names
 
 
 def decode_frame(data: str | bytes) -> AuthFrame | MessageFrame:

@@ -339,6 +339,21 @@ async def test_an_upgrade_from_an_origin_not_listed_is_403_forbidden_origin(
     await allowed.close()
 
 
+async def test_an_upgrade_naming_its_session_twice_is_400_and_records_nothing(
+    sqlite_url: str, serve: Serve
+) -> None:
+    api = await serve(sqlite_url)
+    url = api.ws_url("s-twice-a", connection_id="conn-twice") + "&session_id=s-twice-b"
+    status, body = await refused_upgrade(api, url, api.auth())
+    assert (status, body["error"]["code"]) == (400, "invalid_query"), body
+    assert "session_id" in body["error"]["message"]
+    status, _ = await api.call("GET", "/v1/connections/conn-twice", **AUDITOR)
+    assert status == 404
+    for session in ("s-twice-a", "s-twice-b"):
+        status, _ = await api.call("GET", f"/v1/sessions/{session}", **AUDITOR)
+        assert status == 404
+
+
 # --- refused after the upgrade ------------------------------------------------------------
 
 

@@ -480,6 +480,35 @@ def test_a_second_auth_frame_before_processing_ready_is_a_refused_transition_rec
     assert socket.protocol.state == "PROCESSING_READY"
 
 
+def test_a_second_auth_frame_while_the_first_is_checked_is_refused_and_recorded() -> None:
+    """Two ``auth`` frames back to back: the second arrives before the first
+    token's answer. It is refused (the lifecycle would allow an authenticate
+    from ACCEPTED, the protocol does not allow two at once) and the attempt is
+    recorded like any refused transition; the first goes on."""
+    world = World()
+    socket = Socket(world, "c-1", "s-1").upgrade()
+    token = world.token()
+    first = socket.protocol.receive(f'{{"type": "auth", "token": "{token}"}}', 0.0)
+    second = socket.protocol.receive(f'{{"type": "auth", "token": "{token}", "ref": "a2"}}', 0.0)
+    socket.run(second)
+    world.flush()
+    assert (socket.errors()[-1]["code"], socket.errors()[-1]["ref"]) == (
+        "invalid_transition",
+        "a2",
+    )
+    socket.run(first)
+    world.flush()
+    assert socket.protocol.state == "PROCESSING_READY"
+    assert world.connection_states("c-1") == [
+        "CONNECTING",
+        "ACCEPTED",
+        "TransitionRefused",
+        "AUTHENTICATED",
+        "SERVICES_READY",
+        "PROCESSING_READY",
+    ]
+
+
 def test_the_protocol_imports_neither_aiohttp_nor_asyncio() -> None:
     for module in (service.edge.protocol, service.edge.effects, service.edge.expiry):
         tree = ast.parse(Path(str(module.__file__)).read_text())

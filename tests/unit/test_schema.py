@@ -118,6 +118,20 @@ def test_query_values_are_converted_and_bounded() -> None:
         assert e.value.code == "invalid_id"
 
 
+def test_a_declared_query_name_given_twice_is_refused_and_others_are_ignored() -> None:
+    from multidict import MultiDict
+
+    for repeated in ("session_id", "connection_id", "after"):
+        values = MultiDict([("session_id", "s"), (repeated, "a1"), (repeated, "a1")])
+        with pytest.raises(SchemaError) as e:
+            decode_query(values, SocketQuery)
+        assert (e.value.code, repeated in e.value.message) == ("invalid_query", True)
+    with pytest.raises(SchemaError):
+        decode_query(MultiDict([("limit", "1"), ("limit", "2")]), EventsQuery)
+    ignored = MultiDict([("session_id", "s"), ("utm", "1"), ("utm", "2")])
+    assert decode_query(ignored, SocketQuery).session_id == "s"
+
+
 @pytest.mark.parametrize(
     ("frame", "code"),
     [
