@@ -193,7 +193,11 @@ class Connection(Aggregate):
     def go_live(self, *, position: int) -> str:
         return self.transition("go_live", position=position)
 
-    def close(self, *, code: int, reason: str) -> str:
+    def close(self, *, code: int, reason: str, said: str | None = None) -> str:
+        """CLOSED with the close code sent and sessiond's reason for it; ``said``
+        is the text of the peer's own close frame, when it sent one."""
+        if said:
+            return self.transition("close", code=code, reason=reason, said=said)
         return self.transition("close", code=code, reason=reason)
 
     def refresh_token(self, *, user_id: str, roles: list[str], exp: int) -> None:

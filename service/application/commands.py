@@ -333,8 +333,11 @@ def go_live_attached(
     return Command("go_live", run)
 
 
-def close_connection(connection_id: str, *, code: int, reason: str) -> Command[bool]:
-    """CLOSED with its code and reason, and detached from its session.
+def close_connection(
+    connection_id: str, *, code: int, reason: str, said: str | None = None
+) -> Command[bool]:
+    """CLOSED with its code and reason (and the client's own close text,
+    ``said``), and detached from its session.
 
     Closing a closed connection records nothing (the socket's last word may
     arrive after a supersede or a shutdown already closed it)."""
@@ -344,7 +347,7 @@ def close_connection(connection_id: str, *, code: int, reason: str) -> Command[b
         if connection is None or connection.is_closed:
             return False
         # Close first: were it refused, the session must not lose the connection.
-        connection.close(code=code, reason=reason)
+        connection.close(code=code, reason=reason, said=said)
         session = uow.session(connection.session_id)
         if session is not None:
             session.detach(connection_id=connection_id, reason=reason)

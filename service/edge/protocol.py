@@ -405,13 +405,20 @@ class ConnectionProtocol(ClientFrames):
         return [Closing(code, reason, self._close_record(code, reason), frame)]
 
     def socket_closed(
-        self, code: int | None, *, timed_out: bool, layer_error: int | None = None
+        self,
+        code: int | None,
+        *,
+        timed_out: bool,
+        layer_error: int | None = None,
+        said: str | None = None,
     ) -> Effects:
         """The socket ended without the server deciding it (the client closed
-        it, it dropped, its pongs stopped): record why, once."""
+        it, it dropped, its pongs stopped): record why, once, with the text of
+        the client's close frame (``said``) when it sent one."""
         if self.ending is not None:
             return []
-        return self._record_end(*peer_close(code, timed_out=timed_out, layer_error=layer_error))
+        code, reason = peer_close(code, timed_out=timed_out, layer_error=layer_error)
+        return self._record_end(code, reason, said)
 
     def upgrade_failed(self) -> Effects:
         """The upgrade itself failed: no connection, nothing recorded (the
@@ -424,15 +431,15 @@ class ConnectionProtocol(ClientFrames):
         (1013); the client resumes with ``after``."""
         return self.end(Close.TRY_AGAIN_LATER, "store_unavailable")
 
-    def _record_end(self, code: int, reason: str) -> Effects:
+    def _record_end(self, code: int, reason: str, said: str | None = None) -> Effects:
         self.ending = (code, reason)
-        return [self._close_record(code, reason)] if self.recorded_anything else []
+        return [self._close_record(code, reason, said)] if self.recorded_anything else []
 
-    def _close_record(self, code: int, reason: str) -> Record:
+    def _close_record(self, code: int, reason: str, said: str | None = None) -> Record:
         """CLOSED with the code sent; kept to be recorded later if the store
         cannot take it now (docs/adr/0028-fail-fast-while-the-store-is-down.md)."""
         self.state = self.closed_state
-        command = commands.close_connection(self.connection_id, code=code, reason=reason)
+        command = commands.close_connection(self.connection_id, code=code, reason=reason, said=said)
 
         def then(outcome: Outcome) -> Effects:
             if isinstance(outcome, Unavailable):

@@ -145,6 +145,8 @@ class LiveConnection:
         # protocol said when it passed (held, so it is not collected mid-run).
         self._timer: asyncio.TimerHandle | None = None
         self._ticked: asyncio.Future[None] | None = None
+        # The text of the client's close frame, if it sent one with text.
+        self.said: str | None = None
 
     def release(self) -> None:
         """Drop what ties this connection to its own tasks once it is over.
@@ -434,11 +436,19 @@ class LiveConnection:
 
     async def receive_loop(self) -> None:
         loop = asyncio.get_running_loop()
-        async for msg in self.ws:
+        ws = self.ws
+        while True:
+            msg = await ws.receive()
             if msg.type == WSMsgType.TEXT:
                 await self.run(self.protocol.receive(msg.data, loop.time()))
             elif msg.type == WSMsgType.BINARY:
                 await self.run(self.protocol.receive(bytes(msg.data), loop.time()))
+            elif msg.type == WSMsgType.CLOSE:
+                # The client's close frame: its text is recorded with the close.
+                self.said = msg.extra or None
+                break
+            elif msg.type in (WSMsgType.CLOSING, WSMsgType.CLOSED):
+                break
             if self.protocol.ending is not None:
                 break
 

@@ -678,6 +678,31 @@ async def test_a_socket_that_never_answers_pings_is_closed_as_timeout(
     assert view["connections"] == []
 
 
+async def test_a_client_close_is_recorded_with_its_code_and_its_own_words(
+    sqlite_url: str, serve: Serve
+) -> None:
+    """The code the client sent, sessiond's reason for the kind of close, and
+    the text of the client's close frame, as it sent it."""
+    api = await serve(sqlite_url)
+    client = await open_live(api, "s-bye", connection_id="conn-bye")
+    await client.ws.close(code=4321, message="bye now, ünïcode".encode())
+    closed = await closed_record(api, "conn-bye")
+    assert closed["data"]["details"] == {
+        "code": 4321,
+        "reason": "client_closed",
+        "said": "bye now, ünïcode",
+    }
+    status, view = await api.call("GET", "/v1/connections/conn-bye", **AUDITOR)
+    assert (status, view["close_code"], view["close_reason"]) == (200, 4321, "client_closed")
+    # Without text, nothing is said.
+    quiet = await open_live(api, "s-bye-2", connection_id="conn-quiet")
+    await quiet.ws.close(code=1000)
+    assert (await closed_record(api, "conn-quiet"))["data"]["details"] == {
+        "code": 1000,
+        "reason": "normal",
+    }
+
+
 async def test_a_client_that_vanishes_is_recorded_closed(sqlite_url: str, serve: Serve) -> None:
     api = await serve(sqlite_url)
     client = await open_live(api, "s-vanish", connection_id="conn-vanish")

@@ -402,6 +402,18 @@ def test_a_close_the_server_did_not_decide_is_recorded_with_its_code_and_reason(
     assert socket.protocol.end(Close.GOING_AWAY, "server_shutdown") == []
 
 
+def test_the_clients_close_text_is_recorded_beside_the_code_and_reason() -> None:
+    world = World()
+    socket = live_socket(world, "c-1", "s-1")
+    socket.run(socket.protocol.socket_closed(4000, timed_out=False, said="tab closed"))
+    closed = [e for e in world.log if e.originator_id == "connection:c-1"][-1]
+    assert closed.details == {  # type: ignore[attr-defined]
+        "code": 4000,
+        "reason": "client_closed",
+        "said": "tab closed",
+    }
+
+
 def test_the_store_down_mid_handshake_ends_the_socket_1013_recorded_once_it_is_back() -> None:
     world = World()
     socket = Socket(world, "c-1", "s-1").upgrade()

@@ -181,7 +181,11 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await driver
         code, timed_out, layer_error = _peer_close_facts(ws)
-        await conn.run(protocol.socket_closed(code, timed_out=timed_out, layer_error=layer_error))
+        await conn.run(
+            protocol.socket_closed(
+                code, timed_out=timed_out, layer_error=layer_error, said=conn.said
+            )
+        )
         return ws
     finally:
         if protocol.ending is None:
@@ -191,7 +195,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                 _peer_close_facts(ws) if ws.prepared else (None, False, None)
             )
             await conn.run(
-                protocol.socket_closed(code, timed_out=timed_out, layer_error=layer_error)
+                protocol.socket_closed(
+                    code, timed_out=timed_out, layer_error=layer_error, said=conn.said
+                )
             )
         _closed(conn)
         if facts is not None and protocol.principal is not None:
