@@ -362,6 +362,15 @@ class ConnectionProtocol(ClientFrames):
     def live(self, events: list[EventFrame]) -> Effects:
         """Events the hub queued for this socket, in the order recorded (each
         with its frame, encoded once for every socket)."""
+        last_sent = self.seam.last_sent
+        for item in events:
+            event = item.event
+            if event["position"] <= last_sent and self._detached_me(event):
+                # A position the client said it has seen (an ``after`` past
+                # the session's end when it attached) is not sent, but the
+                # record still says this connection was detached: a socket
+                # never outlives the record, whatever ``after`` it gave.
+                return self._end_detached(event)
         return self.seam.queued(events)
 
     def _deliver(self, event: dict[str, Any], encoded: bytes | None) -> Effects:
@@ -369,18 +378,25 @@ class ConnectionProtocol(ClientFrames):
         encoded); end the connection when the log says it is no longer
         attached."""
         effects: Effects = [Send({"type": "event", "event": event}, data=encoded)]
-        if event["type"] == "ConnectionDetached":
-            data = event["data"]
-            if data.get("connection_id") == self.connection_id:
-                # Superseded by a newer connection, kicked, its session ended,
-                # or given up for lost by a peer that thought this node dead:
-                # the socket must not outlive the record.
-                reason = str(data.get("reason"))
-                code = DETACHED_CLOSES.get(reason)
-                if code is not None:
-                    return effects + self.end(code, reason)
-                return effects + self.end(Close.GOING_AWAY, f"detached: {reason}")
+        if self._detached_me(event):
+            return effects + self._end_detached(event)
         return effects
+
+    def _detached_me(self, event: dict[str, Any]) -> bool:
+        return bool(
+            event["type"] == "ConnectionDetached"
+            and event["data"].get("connection_id") == self.connection_id
+        )
+
+    def _end_detached(self, event: dict[str, Any]) -> Effects:
+        """Superseded by a newer connection, kicked, its session ended, or
+        given up for lost by a peer that thought this node dead: the socket
+        must not outlive the record."""
+        reason = str(event["data"].get("reason"))
+        code = DETACHED_CLOSES.get(reason)
+        if code is not None:
+            return self.end(code, reason)
+        return self.end(Close.GOING_AWAY, f"detached: {reason}")
 
     def overflowed(self) -> Effects:
         """The socket fell too far behind the session's events."""

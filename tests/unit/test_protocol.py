@@ -231,6 +231,20 @@ def test_a_newer_connection_supersedes_the_older_which_closes_4409() -> None:
     assert superseded["state"] == "SERVICES_READY" and superseded["superseded"] == ["c-old"]
 
 
+def test_a_socket_whose_after_is_past_the_sessions_end_is_still_superseded() -> None:
+    """``after`` past the session's end: positions up to it are not sent (the
+    client says it has seen them), but the detach that supersedes this
+    connection is among them, and the socket must still end with the record."""
+    world = World()
+    old = live_socket(world, "c-old", "s-1", after=1000)
+    assert old.frames[-1]["state"] == "PROCESSING_READY"
+    assert old.events() == []
+    live_socket(world, "c-new", "s-1")
+    assert old.closed == (Close.SUPERSEDED, "superseded")
+    assert world.connection_states("c-old")[-1] == "CLOSED"
+    assert old.events() == []
+
+
 def test_messages_are_refused_before_processing_ready_and_reach_every_socket_after() -> None:
     world = World(max_connections=2)
     early = Socket(world, "c-early", "s-chat").upgrade()
