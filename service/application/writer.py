@@ -238,8 +238,13 @@ class Writer:
         on_saved: Callable[[list[Aggregate.Event], float, float], None] | None = None,
         health: StoreHealth | None = None,
         tracer: Tracer = NOOP,
+        shared: bool = False,
     ) -> None:
         self.app = app
+        # Other nodes write the same store (PostgreSQL): what the cache holds
+        # may be behind it, which a save finds out (a conflict) but a command
+        # that writes nothing does not (see _stale).
+        self._shared = shared
         # Each commit is a span of its own trace (this thread has no request
         # of its own), linked to the spans of the commands it carries.
         self._tracer = tracer
@@ -266,6 +271,9 @@ class Writer:
         # First attempts that guessed an unknown ID new, wrongly (the batch
         # then ran again, reading): not conflicts with another writer.
         self.wrong_guesses = 0
+        # Batches run again because an aggregate they only read was behind
+        # the store (another node had written it).
+        self.stale_reads = 0
 
     # --- life -------------------------------------------------------------
 
@@ -399,6 +407,10 @@ class Writer:
             touched = list(uow.touched.values())
             pending = [a for a in touched if a.pending_events]
             try:
+                if self._shared and self._stale([a for a in touched if not a.pending_events]):
+                    self.cache.forget(touched)
+                    self.stale_reads += 1
+                    continue
                 recorded = self._save(pending, batch)
             except IntegrityError:
                 self.cache.forget(touched)
@@ -438,6 +450,15 @@ class Writer:
         for item in batch:
             item.outcome = (False, StoreUnavailable("too many write conflicts; try again"))
         self._resolve(batch, [])
+
+    def _stale(self, read: list[Aggregate]) -> bool:
+        """Whether another node recorded more of an aggregate the batch only
+        read: then a refusal or an answer made from it (a task not found, a
+        connection not attached, an existing session's view) could be wrong,
+        and no save would say so, as it does for what the batch wrote. One
+        indexed read each, on a shared store only, and only for aggregates
+        read and not written (refusals, answers that record nothing)."""
+        return any(self.app.stream_rows(str(agg.id), after=agg.version, limit=1) for agg in read)
 
     def _run_command(
         self, command: Command[Any], uow: UnitOfWork, isolated: bool

@@ -238,6 +238,7 @@ async def _serving(app: web.Application) -> AsyncIterator[None]:
         on_saved=metrics.saved,
         health=health,
         tracer=app[TRACER],
+        shared=config.conninfo is not None,
     )
     writer.start(loop)
     app[WRITER] = writer
