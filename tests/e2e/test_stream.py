@@ -253,6 +253,22 @@ async def test_an_ended_session_ends_the_stream_and_asked_again_from_its_end_ans
     assert s.messages[-1].event == "SessionEnded"
 
 
+async def test_a_stream_started_past_the_sessions_end_still_ends_with_the_session(
+    sqlite_url: str, serve: Serve
+) -> None:
+    """``after`` past the session's last position: nothing up to it is sent,
+    but the session's end, at a position among them, still ends the stream."""
+    api = await serve(sqlite_url)
+    await new_session(api, "st-past")
+    async with stream(api, "st-past", query="?after=1000") as s:
+        await s.until_comment("session")
+        status, _ = await api.call("DELETE", "/v1/sessions/st-past")
+        assert status == 200
+        await asyncio.wait_for(s.to_the_end(), GUARD)
+    assert s.messages == []
+    assert s.comments[-1] == "end session_ended"
+
+
 async def test_the_stream_ends_at_its_tokens_exp(sqlite_url: str, serve: Serve) -> None:
     api = await serve(sqlite_url)
     await new_session(api, "st-7")
