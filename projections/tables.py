@@ -167,10 +167,62 @@ class Tables:
             found = c.fetchone()
         return orjson.loads(found[0]) if found else None
 
+    # Each read below answers with the position its projection's tables
+    # stood at, taken in the same statement (one snapshot, on SQLite and
+    # PostgreSQL alike): a reader that knows the log's head can tell a row
+    # from tables being rebuilt under it (reset, then refilled batch by
+    # batch) from a row that is current.
+
+    def session_as_of(self, session_id: str) -> tuple[Row | None, int]:
+        """The session's view, and the sessions projection's position."""
+        select = "SELECT view FROM sessiond_sessions WHERE session_id = ?"
+        return self._one_as_of(select, session_id, "sessions")
+
+    def connection_as_of(self, connection_id: str) -> tuple[Row | None, int]:
+        """The connection's view, and the connections projection's position."""
+        select = "SELECT view FROM sessiond_connections WHERE connection_id = ?"
+        return self._one_as_of(select, connection_id, "connections")
+
+    def _one_as_of(self, select: str, key: str, projection: str) -> tuple[Row | None, int]:
+        sql = (
+            f"SELECT t.position, v.view FROM sessiond_tracking t LEFT JOIN ({select}) v "
+            "ON 1 = 1 WHERE t.name = ?"
+        )
+        with self.read() as c:
+            c.execute(self.sql(sql), (key, projection))
+            found = c.fetchone()
+        if found is None:
+            return None, 0
+        position, view = found
+        return (None if view is None else orjson.loads(view)), int(position)
+
+    def list_sessions_as_of(
+        self, owner: str | None, limit: int, before: tuple[str, str] | None
+    ) -> tuple[list[Row], int]:
+        """:meth:`list_sessions`, and the sessions projection's position."""
+        inner, params = self._list_sessions_sql(owner, limit, before)
+        sql = (
+            f"SELECT t.position, v.view FROM sessiond_tracking t LEFT JOIN ({inner}) v "
+            "ON 1 = 1 WHERE t.name = ? ORDER BY v.created_at DESC, v.session_id DESC"
+        )
+        with self.read() as c:
+            c.execute(self.sql(sql), [*params, "sessions"])
+            found = c.fetchall()
+        position = int(found[0][0]) if found else 0
+        return [orjson.loads(v) for _, v in found if v is not None], position
+
     def list_sessions(
         self, owner: str | None, limit: int, before: tuple[str, str] | None
     ) -> list[Row]:
         """Newest first; ``before`` is the (created_at, session_id) of the last one seen."""
+        sql, params = self._list_sessions_sql(owner, limit, before)
+        with self.read() as c:
+            c.execute(self.sql(sql), params)
+            return [orjson.loads(v) for (v, _, _) in c.fetchall()]
+
+    def _list_sessions_sql(
+        self, owner: str | None, limit: int, before: tuple[str, str] | None
+    ) -> tuple[str, list[Any]]:
         where: list[str] = []
         params: list[Any] = []
         if owner is not None:
@@ -179,14 +231,12 @@ class Tables:
         if before is not None:
             where.append("(created_at < ? OR (created_at = ? AND session_id < ?))")
             params.extend([before[0], before[0], before[1]])
-        sql = "SELECT view FROM sessiond_sessions"
+        sql = "SELECT view, created_at, session_id FROM sessiond_sessions"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY created_at DESC, session_id DESC LIMIT ?"
         params.append(limit)
-        with self.read() as c:
-            c.execute(self.sql(sql), params)
-            return [orjson.loads(v) for (v,) in c.fetchall()]
+        return sql, params
 
     def open_connections(self, node: str | None) -> list[Row]:
         """Connections not yet CLOSED (on ``node``, or anywhere)."""

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sqlite3
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import jwt
 import pytest
 
 from service.application.auth import TokenSigner
+from service.edge.context import READMODELS
 from tests.conftest import TEST_SECRET, Api
 from tests.e2e.wsclient import connection_events, open_live, refused_upgrade
 
@@ -758,3 +761,40 @@ async def test_a_client_gone_before_its_answer_is_no_error_of_the_nodes(
     assert r.status == 499
     assert not [rec for rec in caplog.records if rec.levelname == "ERROR"]
     assert any("client left before its answer" in rec.getMessage() for rec in caplog.records)
+
+
+async def test_views_read_while_the_tables_are_rebuilt_under_the_node_are_never_wrong(
+    serve: Serve, sqlite_url: str, tmp_path: Path
+) -> None:
+    """``sessiond projections rebuild`` beside a serving node empties the
+    tables and refills them batch by batch, while the node's own projector
+    still holds the head. A session or connection read meanwhile is answered
+    from the log (not 404, not an older view); the session list, which has no
+    other source, is 503 ``unavailable`` until the tables have the head."""
+    api = await serve(sqlite_url)
+    await create(api, "s-rebuilt")
+    client = await open_live(api, "s-rebuilt", connection_id="conn-rebuilt")
+    status, before = await api.call("GET", "/v1/sessions/s-rebuilt")
+    assert status == 200, before
+    status, listed = await api.call("GET", "/v1/sessions")
+    assert [s["session_id"] for s in listed["sessions"]] == ["s-rebuilt"]
+    # This node's projector stops where it is (at the head) ...
+    readmodels = api.server.app[READMODELS]  # type: ignore[attr-defined]
+    readmodels._stopping.set()
+    readmodels._urgent.set()
+    readmodels._wake.set()
+    readmodels._thread.join(timeout=30)
+    # ... and the tables are reset under it, as a rebuild starts.
+    with sqlite3.connect(tmp_path / "sessiond.db") as db:
+        db.execute("DELETE FROM sessiond_sessions")
+        db.execute("DELETE FROM sessiond_connections")
+        db.execute("UPDATE sessiond_tracking SET position = 0")
+    db.close()
+    status, view = await api.call("GET", "/v1/sessions/s-rebuilt")
+    assert (status, view) == (200, before)
+    status, connection = await api.call("GET", "/v1/connections/conn-rebuilt")
+    assert (status, connection["state"]) == (200, "PROCESSING_READY"), connection
+    async with api.http.get(api.url("/v1/sessions"), headers=api.auth()) as r:
+        assert r.status == 503 and r.headers["Retry-After"] == "1"
+        assert (await r.json())["error"]["code"] == "unavailable"
+    await client.close()

@@ -18,17 +18,27 @@ from service.storage.wire import wire_view
 VIEW_PATIENCE = 5.0
 
 
-async def caught_up(request: web.Request) -> bool:
-    """Wait until the read models hold every event recorded so far (read your
-    writes, also those made through another node); False if they lag."""
+async def caught_up(request: web.Request) -> int | None:
+    """Wait until this node's projector holds every event recorded so far
+    (read your writes, also those made through another node): the log's
+    head then, None if it lags.
+
+    The tables themselves may still be behind it: ``sessiond projections
+    rebuild``, run beside the server, empties them and refills them batch by
+    batch. Each read of a view therefore comes with the position its tables
+    stood at, and a view from tables behind the head is not answered."""
     head = await run_read(request, request.app[STORE].ping)
-    return await request.app[READMODELS].wait_for(head, VIEW_PATIENCE)
+    return head if await request.app[READMODELS].wait_for(head, VIEW_PATIENCE) else None
 
 
 async def session_view(request: web.Request, session_id: str) -> dict[str, Any] | None:
     """The session view from the projection, or from the log if it lags."""
-    if await caught_up(request):
-        return await run_read(request, request.app[READMODELS].tables.session, session_id)
+    head = await caught_up(request)
+    if head is not None:
+        tables = request.app[READMODELS].tables
+        view, position = await run_read(request, tables.session_as_of, session_id)
+        if position >= head:
+            return view
     session = await run_read(request, request.app[STORE].get_session, session_id)
     return None if session is None else wire_view(session.view())
 
@@ -47,9 +57,12 @@ async def readable_session(
 async def readable_connection(
     request: web.Request, connection_id: str, actor: Principal
 ) -> dict[str, Any]:
-    if await caught_up(request):
-        view = await run_read(request, request.app[READMODELS].tables.connection, connection_id)
-    else:
+    head = await caught_up(request)
+    view, position = None, -1
+    if head is not None:
+        tables = request.app[READMODELS].tables
+        view, position = await run_read(request, tables.connection_as_of, connection_id)
+    if head is None or position < head:
         connection = await run_read(request, request.app[STORE].get_connection, connection_id)
         view = None if connection is None else wire_view(connection.view())
     if view is None:
