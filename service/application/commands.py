@@ -377,6 +377,11 @@ def kick_connection(connection_id: str, actor: Principal) -> Command[tuple[str, 
         if connection.is_closed:
             return connection.session_id, None
         if session is None or not session.detach(connection_id=connection_id, reason="kicked"):
+            if connection.live_position is not None:
+                # Attached once and detached since (superseded, its session
+                # ended, kicked by another call): its node is closing it and
+                # its CLOSED is on the way. Nothing to record.
+                return connection.session_id, None
             raise ConnectionNotAttached(
                 f"connection {connection_id!r} is in {connection.state}, not attached to "
                 f"session {connection.session_id!r} yet; ask again once it is"

@@ -101,6 +101,21 @@ def test_a_connection_still_in_its_handshake_is_not_kicked() -> None:
     assert waiting.closed is None
 
 
+def test_a_kick_racing_the_end_of_its_session_records_nothing_and_is_no_refusal() -> None:
+    """The session ended (its connections detached) and the socket's node has
+    not closed it yet: a kick then has nothing to do, and says so with 202
+    ``kicked: false``, not that the live connection is "not attached yet"."""
+    world = World()
+    socket = live_socket(world, "c-1", "s-1")
+    world.execute(commands.end_session("s-1", ALICE))  # the socket is not told yet
+    assert world.connection_states("c-1")[-1] == "PROCESSING_READY"
+    before = len(world.log)
+    assert world.record(commands.kick_connection("c-1", ALICE)) == ("s-1", None)
+    assert len(world.log) == before
+    world.flush()
+    assert socket.closed == (Close.FORBIDDEN, "session_ended")
+
+
 def test_an_unknown_connection_is_not_found() -> None:
     world = World()
     outcome = world.execute(commands.kick_connection("nobody", ALICE))
