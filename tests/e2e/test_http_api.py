@@ -182,6 +182,35 @@ async def test_a_deleted_session_refuses_writes_and_keeps_its_history_readable(
     assert status == 200 and view["state"] == "ENDED"
 
 
+async def test_a_retry_of_a_write_recorded_before_the_end_gets_its_first_answer(
+    store_url: str, serve: Serve
+) -> None:
+    """A client that retries a write the session recorded before it ended (its
+    answer was lost) gets that write's first answer, not 409 session_ended:
+    the write was not refused, and nothing new is recorded (ADR 0050)."""
+    api = await serve(store_url)
+    await create(api, "s-retry")
+    message = {"role": "user", "content": "once", "message_id": "m-once"}
+    status, first = await api.call("POST", "/v1/sessions/s-retry/messages", json=message)
+    assert status == 201, first
+    task = {"task_id": "t-once", "name": "job"}
+    status, started = await api.call("POST", "/v1/sessions/s-retry/tasks", json=task)
+    assert status == 201, started
+    status, _ = await api.call("DELETE", "/v1/sessions/s-retry")
+    assert status == 200
+    before = await events(api, "s-retry")
+    status, again = await api.call("POST", "/v1/sessions/s-retry/messages", json=message)
+    assert (status, again["position"]) == (200, first["position"]), again
+    status, again = await api.call("POST", "/v1/sessions/s-retry/tasks", json=task)
+    assert (status, again["position"]) == (200, started["position"]), again
+    # A new write is refused.
+    new = {"role": "user", "content": "new", "message_id": "m-new"}
+    status, body = await api.call("POST", "/v1/sessions/s-retry/messages", json=new)
+    assert status == 409
+    assert_error(body, "session_ended")
+    assert await events(api, "s-retry") == before
+
+
 # --- messages and events -----------------------------------------------------------
 
 
