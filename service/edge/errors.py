@@ -81,7 +81,7 @@ def malformed_request_error(status: int, exc: BaseException | None) -> tuple[str
     from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError, LineTooLong
 
     if status >= 500:
-        return "internal", "internal error; nothing was recorded", status
+        return "internal", "internal error", status
     if isinstance(exc, LineTooLong):
         line, limit = exc.args[0], exc.args[1]
         head = line[:8].encode() if isinstance(line, str) else bytes(line[:8])
@@ -89,7 +89,14 @@ def malformed_request_error(status: int, exc: BaseException | None) -> tuple[str
             return "too_large", f"the request target is longer than {limit} bytes", 414
         return "too_large", f"a header is longer than {limit} bytes", 431
     if isinstance(exc, ContentEncodingError):
-        return "unsupported_media_type", f"{exc.message}"[:200], 415
+        # aiohttp's text goes on to ask for a package on the server: the
+        # client is told which encoding, no more.
+        which = str(exc.message).split(". ", 1)[0]
+        return (
+            "unsupported_media_type",
+            f"the body's encoding is not one this node reads: {which}"[:200],
+            415,
+        )
     if isinstance(exc, HttpProcessingError):
         reason = str(exc.message or "").splitlines()[0].strip() if exc.message else ""
         return "bad_request", f"malformed HTTP request: {reason or 'unreadable'}"[:240], 400
