@@ -375,12 +375,23 @@ class Writer:
         answered = set(map(id, late))
         return [item for item in batch if id(item) not in answered]
 
-    def _store_down(self, batch: list[_Item[Any]], error: Exception) -> None:
-        """The store failed ``batch`` as a whole: nothing of it was recorded."""
+    def _store_down(
+        self, batch: list[_Item[Any]], error: Exception, *, committing: bool = False
+    ) -> None:
+        """The store failed ``batch`` as a whole. Nothing of it was recorded,
+        unless the store went while it was being committed on a server
+        (``committing`` on a shared store): the commit may have landed and its
+        answer been lost, which the 503's message says, with the safe retry."""
         if self._health is not None:
             self._health.failed(error, write=True)
+        message = f"store unavailable: {error}"
+        if committing and self._shared:
+            message += (
+                "; the store went while this was being committed, so it may have been "
+                "recorded: a retry with the same message_id or task_id records it once"
+            )
         for item in batch:
-            item.outcome = (False, StoreUnavailable(f"store unavailable: {error}"))
+            item.outcome = (False, StoreUnavailable(message))
         self._resolve(batch, [])
 
     def _process(self, batch: list[_Item[Any]]) -> None:
@@ -406,11 +417,20 @@ class Writer:
                 return
             touched = list(uow.touched.values())
             pending = [a for a in touched if a.pending_events]
-            try:
-                if self._shared and self._stale([a for a in touched if not a.pending_events]):
+            if self._shared:
+                try:
+                    stale = self._stale([a for a in touched if not a.pending_events])
+                except Exception as e:  # the store, down while it was asked
+                    self.cache.forget(touched)
+                    if not store_down(e):
+                        raise
+                    self._store_down(batch, e)
+                    return
+                if stale:
                     self.cache.forget(touched)
                     self.stale_reads += 1
                     continue
+            try:
                 recorded = self._save(pending, batch)
             except IntegrityError:
                 self.cache.forget(touched)
@@ -429,7 +449,7 @@ class Writer:
             except Exception as e:
                 self.cache.forget(touched)
                 if store_down(e):
-                    self._store_down(batch, e)
+                    self._store_down(batch, e, committing=True)
                 elif len(batch) > 1:
                     # The store refused what one command made (data it cannot
                     # encode or hold): run each alone, so only that one fails.

@@ -30,7 +30,13 @@ from domain.ids import connection_stream, session_stream
 from domain.session import Session
 from service.application import commands
 from service.application.auth import Principal
-from service.application.writer import Command, CommandFailed, UnitOfWork, Writer
+from service.application.writer import (
+    Command,
+    CommandFailed,
+    StoreUnavailable,
+    UnitOfWork,
+    Writer,
+)
 from service.storage.store import SessiondApplication, open_store, parse_store_url
 
 ALICE = Principal("alice", frozenset({"user"}))
@@ -42,10 +48,12 @@ WAIT = 60.0  # a guard against hanging forever, never an assertion about speed
 class Running:
     """An application and its writer, recording what the writer published."""
 
-    def __init__(self, store: SessiondApplication) -> None:
+    def __init__(self, store: SessiondApplication, *, shared: bool = False) -> None:
         self.store = store
         self.published: list[Any] = []
-        self.writer = Writer(store, on_commit=self.published.extend, max_batch=MAX_BATCH)
+        self.writer = Writer(
+            store, on_commit=self.published.extend, max_batch=MAX_BATCH, shared=shared
+        )
 
     def types(self, stream_id: str) -> list[str]:
         return [e.type_name() for e in self.store.stream_events(stream_id)]
@@ -58,8 +66,8 @@ class Running:
         self.store.close()
 
 
-async def start(url: str) -> Running:
-    running = Running(open_store(parse_store_url(url)))
+async def start(url: str, *, shared: bool = False) -> Running:
+    running = Running(open_store(parse_store_url(url)), shared=shared)
     running.writer.start(asyncio.get_running_loop())
     return running
 
@@ -81,8 +89,8 @@ def shared_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 async def two_nodes(shared_store_url: str) -> AsyncIterator[tuple[Running, Running]]:
-    first = await start(shared_store_url)
-    second = await start(shared_store_url)
+    first = await start(shared_store_url, shared=True)
+    second = await start(shared_store_url, shared=True)
     yield first, second
     for r in (first, second):
         await r.stop()
@@ -591,6 +599,60 @@ async def test_a_stale_writer_retries_its_conflict_and_never_surfaces_it(
     assert ids == [None, "m-first-1", "m-second", "m-first-2"]
     # An idempotent repeat after the retry still finds the first position.
     assert await first.writer.execute(message("shared", "m-second")) == (3, False)
+
+
+async def test_a_refusal_made_on_what_another_node_has_changed_is_judged_again(
+    two_nodes: tuple[Running, Running],
+) -> None:
+    """A command that records nothing cannot conflict: a writer holding the
+    session from before another node changed it would refuse from that (a
+    task not found, a connection not attached) and no save would tell it.
+    It reads again and judges on what is recorded."""
+    first, second = two_nodes
+    await first.writer.execute(commands.create_session("elsewhere", ALICE, None))
+    position, new = await second.writer.execute(
+        commands.start_task("elsewhere", ALICE, task_id="t-1", name="crawl", total=2)
+    )
+    assert (position, new) == (2, True)
+    # first's session is at version 1, without the task.
+    progress = commands.report_progress(
+        "elsewhere", ALICE, task_id="t-1", done=1, total=None, note=None
+    )
+    assert await first.writer.execute(progress) == 3
+    assert first.writer.stale_reads + first.writer.conflicts >= 1
+    # And a command that records nothing answers from what is recorded.
+    await second.writer.execute(message("elsewhere", "m-elsewhere"))
+    view, created = await first.writer.execute(commands.create_session("elsewhere", ALICE, None))
+    assert (created, view["position"], view["message_count"]) == (False, 4, 1)
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared-store", "one-node"])
+async def test_a_store_that_goes_during_the_commit_is_503_saying_when_it_may_be_recorded(
+    shared_store_url: str, shared: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit cut off on a server's store may have landed with its answer
+    lost: the 503 says so, and that a retry with the same ID is safe. An
+    embedded store's failed commit is rolled back, so there it says nothing
+    of the kind."""
+    from eventsourcing.persistence import OperationalError
+
+    node = await start(shared_store_url, shared=shared)
+    try:
+        await node.writer.execute(commands.create_session("cut", ALICE, None))
+
+        def cut_off(*aggregates: Any) -> Any:
+            raise OperationalError("server closed the connection unexpectedly")
+
+        monkeypatch.setattr(node.store, "record_aggregates", cut_off)
+        with pytest.raises(StoreUnavailable) as refused:
+            await node.writer.execute(message("cut", "m-cut"))
+        said = str(refused.value)
+        assert said.startswith("store unavailable: server closed the connection")
+        assert ("may have been recorded" in said) is shared
+        assert ("same message_id" in said) is shared
+    finally:
+        monkeypatch.undo()
+        await node.stop()
 
 
 async def test_a_conflict_retries_the_whole_batch_without_doubling_its_other_writes(
