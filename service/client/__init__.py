@@ -26,7 +26,14 @@ socket as a refresh, so the socket outlives its first token:
 A socket whose token expired anyway (closed 4401 ``token_expired``) is
 reconnected with a token asked for again, resuming with ``after``; a 4401 for
 that new token stops the client with ClientRefused. An exception raised by
-the provider ends the iteration with it.
+the provider ends the iteration with it, except a network error
+(ConnectionError, TimeoutError, aiohttp's ClientError), which is taken as a
+dropped connection and tried again after the backoff.
+
+An upgrade the server refuses for good (HTTP 400, 401, 403 or 404: an ID it
+does not take, an origin it does not allow, a session it does not know)
+stops the client with ClientRefused too; one it refuses for now (429, 503) is
+tried again after the ``Retry-After`` it sent, or the backoff if longer.
 """
 
 from __future__ import annotations
@@ -46,6 +53,8 @@ import aiohttp
 log = logging.getLogger("sessiond.client")
 
 RETRYABLE_CLOSES = {1001, 1006, 1011, 1012, 1013, 4408}
+# HTTP answers to the upgrade that no retry of the same request changes.
+REFUSED_UPGRADES = (400, 401, 403, 404)
 
 TokenProvider = Callable[[], str] | Callable[[], Awaitable[str]]
 
@@ -60,8 +69,19 @@ async def fresh_token(token: str | TokenProvider) -> str:
     return answer
 
 
+def _retry_after(headers: Any) -> float:
+    """The seconds a refusal's ``Retry-After`` asks for (0 without one)."""
+    try:
+        return max(0.0, float((headers or {}).get("Retry-After", 0)))
+    except (TypeError, ValueError):
+        return 0.0
+
+
 class ClientRefused(Exception):
-    """The server refused this client (bad token, another user's session)."""
+    """The server refused this client for good: a bad or expired token (4401),
+    another user's session, an ended session or a kick (4403, the reason
+    says which), or an upgrade it will not take (HTTP 400, 401, 403, 404;
+    ``code`` is then the status)."""
 
     def __init__(self, code: int | None, reason: str) -> None:
         super().__init__(f"refused with {code}: {reason}")
@@ -144,17 +164,34 @@ class SessionClient(HttpUser):
         self._heartbeat = heartbeat
         self._closed = False
         self._live = asyncio.Event()
+        # Set once the client has stopped for good (refused, superseded,
+        # given up, closed): nothing waits for a live socket after that.
+        self._stopped = asyncio.Event()
 
     async def close(self) -> None:
         self._closed = True
+        self._stopped.set()
         if self._ws is not None and not self._ws.closed:
             await self._ws.close()
         await super().close()
         self.state = "CLOSED"
 
     async def wait_live(self) -> None:
-        """Wait until the current connection is in PROCESSING_READY."""
-        await self._live.wait()
+        """Wait until the current connection is in PROCESSING_READY; raise
+        ConnectionError once the client has stopped for good (refused,
+        superseded, given up or closed). The client connects while it is
+        iterated: something must be iterating it."""
+        if self._live.is_set():
+            return
+        live = asyncio.ensure_future(self._live.wait())
+        stopped = asyncio.ensure_future(self._stopped.wait())
+        try:
+            await asyncio.wait({live, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            live.cancel()
+            stopped.cancel()
+        if not self._live.is_set():
+            raise ConnectionError("the client has stopped; it will not be live again")
 
     async def send_message(
         self, content: str, *, role: str = "user", message_id: str | None = None
@@ -162,7 +199,10 @@ class SessionClient(HttpUser):
         """Send a message frame on the live socket; returns its message_id.
 
         The message comes back as an event like every other (the sender's
-        socket included); a repeated message_id is recorded once.
+        socket included); a repeated message_id is recorded once. A frame the
+        server refuses (too large, the store down) is answered with an error
+        frame, which the client logs: the event coming back is what says the
+        message was recorded.
         """
         await self.wait_live()
         assert self._ws is not None
@@ -180,16 +220,30 @@ class SessionClient(HttpUser):
         return self._events()
 
     async def _events(self) -> AsyncIterator[dict[str, Any]]:
+        try:
+            async for event in self._connections():
+                yield event
+        finally:
+            self._stopped.set()
+
+    async def _connections(self) -> AsyncIterator[dict[str, Any]]:
         backoff = self._min_backoff
         while not self._closed:
             if self._max_attempts is not None and self.failures >= self._max_attempts:
                 raise ConnectionError(f"gave up after {self.failures} attempts in a row")
             self.attempts += 1
             went_live = False
+            wait = 0.0  # what the server asked for, if it refused the upgrade for now
             try:
                 async for event in self._one_connection():
                     went_live = True
                     yield event
+            except aiohttp.WSServerHandshakeError as e:
+                self.close_code, self.close_reason = None, f"upgrade refused: HTTP {e.status}"
+                if e.status in REFUSED_UPGRADES:
+                    raise ClientRefused(e.status, self.close_reason) from None
+                wait = _retry_after(e.headers)
+                log.info("upgrade refused", extra={"session_id": self.session_id, "error": e})
             except (TimeoutError, aiohttp.ClientError, ConnectionError) as e:
                 log.info("connection lost", extra={"session_id": self.session_id, "error": e})
             finally:
@@ -205,7 +259,7 @@ class SessionClient(HttpUser):
             else:
                 self.failures += 1
             self.reconnects += 1
-            await asyncio.sleep(backoff * (0.5 + random.random()))
+            await asyncio.sleep(max(wait, backoff * (0.5 + random.random())))
             backoff = min(self._max_backoff, backoff * 2)
 
     async def _one_connection(self) -> AsyncIterator[dict[str, Any]]:

@@ -12,7 +12,7 @@ watcher fell behind, its token expired) it is asked for again with
 ``Last-Event-ID`` = the last position yielded, after a backoff with jitter,
 so no position is yielded twice or skipped. Iteration ends when the session
 has ended (its ``SessionEnded`` was yielded, or the server answers 204); an
-answer of 401, 403 or 404 stops it with :class:`~service.client.ClientRefused`.
+answer of 400, 401, 403 or 404 stops it with :class:`~service.client.ClientRefused`.
 ``token`` is a string or a token provider, asked on every (re)connect.
 
 The parsing follows the event-stream format of the HTML standard (fields,
@@ -93,10 +93,18 @@ async def read_event_stream(
 ) -> AsyncIterator[Message | Comment]:
     """The messages and comments of an event-stream body, as they arrive."""
     parser = EventStreamParser()
-    async for raw in content:
-        found = parser.line(raw.decode().rstrip("\r\n"))
-        if found is not None:
-            yield found
+    # Lines are split here, not by the reader's readline, which refuses a
+    # line past its buffer's limit (512 KiB): an event's data line holds the
+    # whole event, and a message may be 1 MiB.
+    pending = bytearray()
+    async for chunk in content.iter_any():
+        pending += chunk
+        lines = pending.split(b"\n")
+        pending = lines.pop()
+        for raw in lines:
+            found = parser.line(raw.decode().rstrip("\r"))
+            if found is not None:
+                yield found
 
 
 class StreamWatcher(HttpUser):

@@ -190,6 +190,27 @@ async def test_another_users_session_raises_client_refused_with_4403(
     assert client.reconnects == 0
 
 
+async def test_an_upgrade_refused_for_good_raises_client_refused_and_ends_waiting(
+    serve: Callable[..., Any],
+) -> None:
+    """An upgrade the server refuses before it happens (here 400 invalid_id)
+    is not retried forever as a dropped connection: ClientRefused with the
+    status. A task waiting for the socket to be live is told, not left
+    waiting forever."""
+    api: Api = await serve("memory://")
+    async with SessionClient(api.base_url, "not an id", token("alice")) as client:
+        waiting = asyncio.create_task(client.send_message("never sent"))
+        with pytest.raises(ClientRefused) as refused:
+            async with asyncio.timeout(GUARD):
+                async for _ in client:
+                    pass
+        assert refused.value.code == 400
+        assert client.reconnects == 0
+        with pytest.raises(ConnectionError):
+            async with asyncio.timeout(GUARD):
+                await waiting
+
+
 async def test_a_bad_token_raises_client_refused_with_4401(
     serve: Callable[..., Any],
 ) -> None:

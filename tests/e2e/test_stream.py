@@ -359,3 +359,29 @@ async def test_a_stream_on_one_node_sees_what_another_records_in_order(
         acked = await post_messages(b.http, b.base_url, "st-far", 20, "from-b")
         await s.until_position(acked[-1])
     assert_dense(s.positions, 1, acked[-1])
+
+
+async def test_the_python_watcher_reads_an_event_of_a_megabyte(
+    sqlite_url: str, serve: Serve
+) -> None:
+    """An event's data line holds the whole event: a message of 1,000,000
+    characters (the body limit allows it) is one line far past aiohttp's
+    readline limit, and the watcher still yields it, then the session's end."""
+    from service.client.stream import StreamWatcher
+
+    api = await serve(sqlite_url)
+    await new_session(api, "st-big")
+    content = "x" * 1_000_000
+    status, _ = await api.call(
+        "POST", "/v1/sessions/st-big/messages", json={"role": "user", "content": content}
+    )
+    assert status == 201
+    status, _ = await api.call("DELETE", "/v1/sessions/st-big")
+    assert status == 200
+    seen: list[dict[str, Any]] = []
+    async with StreamWatcher(api.base_url, "st-big", api.signer.mint("alice", ["user"])) as w:
+        async with asyncio.timeout(GUARD):
+            async for event in w:
+                seen.append(event)
+    assert [e["type"] for e in seen] == ["SessionCreated", "MessageRecorded", "SessionEnded"]
+    assert seen[1]["data"]["content"] == content
