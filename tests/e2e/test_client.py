@@ -69,6 +69,15 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
+async def refusal(client: SessionClient) -> ClientRefused:
+    """What the client stops with when iterated: ClientRefused, in time."""
+    with pytest.raises(ClientRefused) as refused:
+        async with asyncio.timeout(GUARD):
+            async for _ in client:
+                pass
+    return refused.value
+
+
 def token(user: str = "alice") -> str:
     return SIGNER.mint(user, ["user"])
 
@@ -180,12 +189,9 @@ async def test_another_users_session_raises_client_refused_with_4403(
     status, _ = await api.call("POST", "/v1/sessions", user="bob", json={"session_id": "bobs"})
     assert status == 201
     async with SessionClient(api.base_url, "bobs", token("alice")) as client:
-        with pytest.raises(ClientRefused) as refused:
-            async with asyncio.timeout(GUARD):
-                async for _ in client:
-                    pass
-    assert refused.value.code == 4403
-    assert "forbidden" in refused.value.reason
+        refused = await refusal(client)
+    assert refused.code == 4403
+    assert "forbidden" in refused.reason
     assert client.close_code == 4403
     assert client.reconnects == 0
 
@@ -200,11 +206,8 @@ async def test_an_upgrade_refused_for_good_raises_client_refused_and_ends_waitin
     api: Api = await serve("memory://")
     async with SessionClient(api.base_url, "not an id", token("alice")) as client:
         waiting = asyncio.create_task(client.send_message("never sent"))
-        with pytest.raises(ClientRefused) as refused:
-            async with asyncio.timeout(GUARD):
-                async for _ in client:
-                    pass
-        assert refused.value.code == 400
+        refused = await refusal(client)
+        assert refused.code == 400
         assert client.reconnects == 0
         with pytest.raises(ConnectionError):
             async with asyncio.timeout(GUARD):
@@ -216,11 +219,8 @@ async def test_a_bad_token_raises_client_refused_with_4401(
 ) -> None:
     api: Api = await serve("memory://")
     async with SessionClient(api.base_url, "cli-4", "not-a-token") as client:
-        with pytest.raises(ClientRefused) as refused:
-            async with asyncio.timeout(GUARD):
-                async for _ in client:
-                    pass
-    assert refused.value.code == 4401
+        refused = await refusal(client)
+    assert refused.code == 4401
     assert client.reconnects == 0
 
 
@@ -430,10 +430,7 @@ async def test_a_fixed_token_that_expired_stops_the_client_with_client_refused_a
     api: Api = await serve("memory://", token_warning=0)
     token = SIGNER.mint("alice", ["user"], ttl=SHORT)
     async with SessionClient(api.base_url, "cli-fixed", token) as client:
-        with pytest.raises(ClientRefused) as refused:
-            async with asyncio.timeout(GUARD):
-                async for _ in client:
-                    pass
-    assert refused.value.code == 4401
-    assert "expired" in refused.value.reason and refused.value.reason != "token_expired"
+        refused = await refusal(client)
+    assert refused.code == 4401
+    assert "expired" in refused.reason and refused.reason != "token_expired"
     assert client.reconnects == 1
