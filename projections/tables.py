@@ -199,30 +199,8 @@ class Tables:
     def list_sessions_as_of(
         self, owner: str | None, limit: int, before: tuple[str, str] | None
     ) -> tuple[list[Row], int]:
-        """:meth:`list_sessions`, and the sessions projection's position."""
-        inner, params = self._list_sessions_sql(owner, limit, before)
-        sql = (
-            f"SELECT t.position, v.view FROM sessiond_tracking t LEFT JOIN ({inner}) v "
-            "ON 1 = 1 WHERE t.name = ? ORDER BY v.created_at DESC, v.session_id DESC"
-        )
-        with self.read() as c:
-            c.execute(self.sql(sql), [*params, "sessions"])
-            found = c.fetchall()
-        position = int(found[0][0]) if found else 0
-        return [orjson.loads(v) for _, v in found if v is not None], position
-
-    def list_sessions(
-        self, owner: str | None, limit: int, before: tuple[str, str] | None
-    ) -> list[Row]:
-        """Newest first; ``before`` is the (created_at, session_id) of the last one seen."""
-        sql, params = self._list_sessions_sql(owner, limit, before)
-        with self.read() as c:
-            c.execute(self.sql(sql), params)
-            return [orjson.loads(v) for (v, _, _) in c.fetchall()]
-
-    def _list_sessions_sql(
-        self, owner: str | None, limit: int, before: tuple[str, str] | None
-    ) -> tuple[str, list[Any]]:
+        """Newest first (``before`` is the (created_at, session_id) of the last
+        one seen), and the sessions projection's position."""
         where: list[str] = []
         params: list[Any] = []
         if owner is not None:
@@ -231,12 +209,19 @@ class Tables:
         if before is not None:
             where.append("(created_at < ? OR (created_at = ? AND session_id < ?))")
             params.extend([before[0], before[0], before[1]])
-        sql = "SELECT view, created_at, session_id FROM sessiond_sessions"
+        inner = "SELECT view, created_at, session_id FROM sessiond_sessions"
         if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY created_at DESC, session_id DESC LIMIT ?"
-        params.append(limit)
-        return sql, params
+            inner += " WHERE " + " AND ".join(where)
+        inner += " ORDER BY created_at DESC, session_id DESC LIMIT ?"
+        sql = (
+            f"SELECT t.position, v.view FROM sessiond_tracking t LEFT JOIN ({inner}) v "
+            "ON 1 = 1 WHERE t.name = ? ORDER BY v.created_at DESC, v.session_id DESC"
+        )
+        with self.read() as c:
+            c.execute(self.sql(sql), [*params, limit, "sessions"])
+            found = c.fetchall()
+        position = int(found[0][0]) if found else 0
+        return [orjson.loads(v) for _, v in found if v is not None], position
 
     def open_connections(self, node: str | None) -> list[Row]:
         """Connections not yet CLOSED (on ``node``, or anywhere)."""

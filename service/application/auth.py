@@ -259,18 +259,21 @@ def _b64decode(segment: str) -> bytes:
     return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
 
 
-def _recordable(text: str) -> bool:
-    """Whether ``text`` can be recorded as it stands: UTF-8 (JSON's standard
-    library decodes an escaped lone surrogate, which orjson then refuses to
-    encode) and no NUL (PostgreSQL's text columns refuse it, and the subject
-    is the owner column of the sessions table)."""
-    if "\x00" in text:
-        return False
+def utf8_text(text: str) -> bool:
+    """Whether ``text`` can be written out as UTF-8, as orjson must: JSON's
+    standard library decodes an escaped lone surrogate, which cannot."""
     try:
         text.encode()
     except UnicodeEncodeError:
         return False
     return True
+
+
+def _recordable(text: str) -> bool:
+    """Whether ``text`` can be recorded as it stands: UTF-8, and no NUL
+    (PostgreSQL's text columns refuse it, and the subject is the owner column
+    of the sessions table)."""
+    return "\x00" not in text and utf8_text(text)
 
 
 def _is_whole(value: object) -> TypeGuard[int]:

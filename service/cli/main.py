@@ -260,38 +260,41 @@ def cmd_projections(args: argparse.Namespace) -> int:
     store, config = _open(args)
     try:
         tables = open_tables(config)
-    except Exception as e:
-        store.close()
-        raise _store_failure(e, config.url) from e
-    projector = make_projector(store, tables, batch_size=args.batch_size)
-    try:
         try:
-            chosen = [p.name for p in projector.select(args.names)]
-        except ValueError as e:
-            raise CliError(str(e)) from None
-        projector.setup()
-        if args.action == "rebuild":
-            head = store.ping()
-            bar = ProgressBar(head, sys.stderr)
-            applied = rebuild(projector, chosen, bar.update)
-            bar.done()
-            rows = ", ".join(f"{n} {name}" for name, n in projector.counts(chosen).items())
-            print(
-                f"rebuilt {', '.join(chosen)} from position 0 to {projector.position}: "
-                f"{applied} events, {rows}"
-            )
-        else:
-            print(f"{'projection':<12} {'position':>10} {'head':>10} {'lag':>8}")
-            for status in projector.status(chosen):
-                print(f"{status.name:<12} {status.position:>10} {status.head:>10} {status.lag:>8}")
+            _projections(args, store, make_projector(store, tables, batch_size=args.batch_size))
+        finally:
+            tables.close()
     except CliError:
         raise
     except Exception as e:
         raise _store_failure(e, config.url) from e
     finally:
-        tables.close()
         store.close()
     return 0
+
+
+def _projections(
+    args: argparse.Namespace, store: SessiondApplication, projector: Projector
+) -> None:
+    try:
+        chosen = [p.name for p in projector.select(args.names)]
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    projector.setup()
+    if args.action == "rebuild":
+        head = store.ping()
+        bar = ProgressBar(head, sys.stderr)
+        applied = rebuild(projector, chosen, bar.update)
+        bar.done()
+        rows = ", ".join(f"{n} {name}" for name, n in projector.counts(chosen).items())
+        print(
+            f"rebuilt {', '.join(chosen)} from position 0 to {projector.position}: "
+            f"{applied} events, {rows}"
+        )
+    else:
+        print(f"{'projection':<12} {'position':>10} {'head':>10} {'lag':>8}")
+        for status in projector.status(chosen):
+            print(f"{status.name:<12} {status.position:>10} {status.head:>10} {status.lag:>8}")
 
 
 def _store_failure(e: Exception, url: str) -> Exception:

@@ -161,16 +161,13 @@ def run(args: argparse.Namespace) -> int:
     """``sessiond tail``, once its arguments are parsed."""
     if args.url is None:
         args.url = default_url()
-    parts = urlsplit(args.url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        print(
-            f"sessiond: error: the server's URL must be http://HOST[:PORT] or https://..., "
-            f"not {args.url!r}",
-            file=sys.stderr,
-        )
-        return 2
     console = Console(emoji=False, highlight=False, markup=False, soft_wrap=True)
     try:
+        parts = urlsplit(args.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise TailError(
+                f"the server's URL must be http://HOST[:PORT] or https://..., not {args.url!r}", 2
+            )
         return asyncio.run(follow(args, console))
     except TailError as e:
         print(f"sessiond: error: {e}", file=sys.stderr)

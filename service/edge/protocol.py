@@ -150,6 +150,7 @@ class ConnectionProtocol(ClientFrames):
             self._deliver,
             stopped=lambda: self.ending is not None,
             settled=lambda: self._go_live() if self._going_live else [],
+            passed=lambda event: self._end_detached(event) if self._detached_me(event) else [],
         )
         self._going_live = False
         # CONNECTING: None until recorded or refused (``_opening`` once asked).
@@ -362,15 +363,6 @@ class ConnectionProtocol(ClientFrames):
     def live(self, events: list[EventFrame]) -> Effects:
         """Events the hub queued for this socket, in the order recorded (each
         with its frame, encoded once for every socket)."""
-        last_sent = self.seam.last_sent
-        for item in events:
-            event = item.event
-            if event["position"] <= last_sent and self._detached_me(event):
-                # A position the client said it has seen (an ``after`` past
-                # the session's end when it attached) is not sent, but the
-                # record still says this connection was detached: a socket
-                # never outlives the record, whatever ``after`` it gave.
-                return self._end_detached(event)
         return self.seam.queued(events)
 
     def _deliver(self, event: dict[str, Any], encoded: bytes | None) -> Effects:
@@ -391,7 +383,8 @@ class ConnectionProtocol(ClientFrames):
     def _end_detached(self, event: dict[str, Any]) -> Effects:
         """Superseded by a newer connection, kicked, its session ended, or
         given up for lost by a peer that thought this node dead: the socket
-        must not outlive the record."""
+        must not outlive the record, whatever ``after`` it gave (the seam
+        hands over a detach it does not send again)."""
         reason = str(event["data"].get("reason"))
         code = DETACHED_CLOSES.get(reason)
         if code is not None:

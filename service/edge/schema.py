@@ -29,6 +29,7 @@ import msgspec.inspect
 
 from domain.ids import ID_PATTERN
 from domain.session import MESSAGE_ROLES
+from service.application.auth import utf8_text
 
 T = TypeVar("T")
 
@@ -442,17 +443,8 @@ def frame_ref(data: str | bytes) -> tuple[str | None, str | None]:
     kind, ref = raw.get("type"), raw.get("ref")
     return (
         kind if isinstance(kind, str) else None,
-        ref if isinstance(ref, str) and _echoable(ref) else None,
+        ref if isinstance(ref, str) and utf8_text(ref) else None,
     )
-
-
-def _echoable(text: str) -> bool:
-    """Whether ``text`` can be sent back in a frame (UTF-8: no lone surrogate)."""
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 # Built now, so a declaration msgspec cannot compile fails at import, not on a request.

@@ -45,6 +45,10 @@ def _deliver_nothing(event: dict[str, Any], encoded: bytes | None) -> Effects:
     return []
 
 
+def _mean_nothing(event: dict[str, Any]) -> Effects:
+    return []
+
+
 class Seam:
     """Positions after ``after``, each handed to ``deliver`` once, in order."""
 
@@ -54,11 +58,17 @@ class Seam:
         deliver: Deliver,
         stopped: Callable[[], bool],
         settled: Callable[[], Effects] = _nothing,
+        passed: Callable[[dict[str, Any]], Effects] = _mean_nothing,
     ) -> None:
         self.last_sent = after
         self._deliver = deliver
         self._stopped = stopped
         self._settled = settled
+        # What a queued event at or before the last position sent still means
+        # to the owner, though it is not sent again: the owner's ``after`` may
+        # have been past the session's end, and a detach of the owner or the
+        # session's end among those positions still ends it.
+        self._passed = passed
         self._pending: deque[EventFrame] = deque()
         self._filling = False
         # Set by hold(): the last position of the backlog, and what to do
@@ -72,6 +82,7 @@ class Seam:
         each other until the cycle collector came by. A released seam is
         stopped and delivers nothing."""
         self._deliver = _deliver_nothing
+        self._passed = _mean_nothing
         self._stopped = _always
         self._settled = self._reached = _nothing
         self._pending.clear()
@@ -160,7 +171,8 @@ class Seam:
     def _next(self, event: dict[str, Any], encoded: bytes | None) -> Effects:
         """Deliver ``event`` if it is the next position (an older one was
         delivered already)."""
-        if event["position"] != self.last_sent + 1:
-            return []
+        position = event["position"]
+        if position != self.last_sent + 1:
+            return self._passed(event) if position <= self.last_sent else []
         self.last_sent += 1
         return self._deliver(event, encoded)

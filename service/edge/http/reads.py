@@ -3,6 +3,7 @@ caller's own writes, else from the log; and who may read which."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -33,14 +34,26 @@ async def caught_up(request: web.Request) -> int | None:
 
 async def session_view(request: web.Request, session_id: str) -> dict[str, Any] | None:
     """The session view from the projection, or from the log if it lags."""
+    tables, store = request.app[READMODELS].tables, request.app[STORE]
+    return await _view(request, tables.session_as_of, store.get_session, session_id)
+
+
+async def _view(
+    request: web.Request,
+    as_of: Callable[[str], tuple[dict[str, Any] | None, int]],
+    from_log: Callable[[str], Any],
+    key: str,
+) -> dict[str, Any] | None:
+    """``key``'s view from its table (``as_of``: the row and its table's
+    position) once that holds the head, else folded from the log
+    (``from_log``: the aggregate, or None)."""
     head = await caught_up(request)
     if head is not None:
-        tables = request.app[READMODELS].tables
-        view, position = await run_read(request, tables.session_as_of, session_id)
+        view, position = await run_read(request, as_of, key)
         if position >= head:
             return view
-    session = await run_read(request, request.app[STORE].get_session, session_id)
-    return None if session is None else wire_view(session.view())
+    found = await run_read(request, from_log, key)
+    return None if found is None else wire_view(found.view())
 
 
 async def readable_session(
@@ -57,14 +70,8 @@ async def readable_session(
 async def readable_connection(
     request: web.Request, connection_id: str, actor: Principal
 ) -> dict[str, Any]:
-    head = await caught_up(request)
-    view, position = None, -1
-    if head is not None:
-        tables = request.app[READMODELS].tables
-        view, position = await run_read(request, tables.connection_as_of, connection_id)
-    if head is None or position < head:
-        connection = await run_read(request, request.app[STORE].get_connection, connection_id)
-        view = None if connection is None else wire_view(connection.view())
+    tables, store = request.app[READMODELS].tables, request.app[STORE]
+    view = await _view(request, tables.connection_as_of, store.get_connection, connection_id)
     if view is None:
         raise ApiError("connection_not_found", f"no connection {connection_id!r}")
     if actor.is_auditor or actor.is_service or view["user_id"] == actor.user_id:

@@ -37,7 +37,7 @@ from aiohttp import web
 from domain.ids import session_stream
 from service.application.auth import Principal
 from service.application.budgets import RETRY_HELD
-from service.application.hub import EventFrame, SlowConsumer, Subscription, event_json
+from service.application.hub import SlowConsumer, Subscription, event_json
 from service.edge.budgets import rate_limited
 from service.edge.context import BUDGETS, HUB, READERS, SETTINGS, STORE, WATCHERS
 from service.edge.contract import operation
@@ -103,7 +103,9 @@ class Watcher:
         self.session_id = session_id
         self.actor = actor
         self.response = web.StreamResponse(headers=HEADERS)
-        self.seam = Seam(after, self._deliver, stopped=lambda: self.reason is not None)
+        self.seam = Seam(
+            after, self._deliver, stopped=lambda: self.reason is not None, passed=self._passed
+        )
         self.reason: str | None = None
         self.finished = asyncio.Event()
         self._follower: asyncio.Task[None] | None = None
@@ -118,17 +120,12 @@ class Watcher:
             self.reason = "session_ended"
         return [Send(event, data=sse_message(event, data))]
 
-    def _queued(self, items: list[EventFrame]) -> Effects:
-        """What the hub queued, through the seam; the session's end ends the
-        stream even at a position the watcher said it has seen (an ``after``
-        past the session's end when it started), which the seam drops."""
-        last_sent = self.seam.last_sent
-        if any(
-            i.event["position"] <= last_sent and i.event["type"] == "SessionEnded" for i in items
-        ):
+    def _passed(self, event: dict[str, Any]) -> Effects:
+        """The session's end ends the stream even at a position the watcher
+        said it has seen (an ``after`` past the session's end), not sent."""
+        if event["type"] == "SessionEnded":
             self.reason = "session_ended"
-            return []
-        return self.seam.queued(items)
+        return []
 
     def stop(self, reason: str) -> None:
         """End the stream now (shutdown, a slow watcher), whatever it is doing."""
@@ -192,7 +189,9 @@ class Watcher:
         exp = self.actor.exp
         expires = None if exp is None else loop.time() + (exp - time.time())
         try:
-            await self._perform(self.seam.backlog(None, lambda: self._queued(subscription.drain())))
+            await self._perform(
+                self.seam.backlog(None, lambda: self.seam.queued(subscription.drain()))
+            )
             while self.reason is None:
                 wake = loop.time() + heartbeat
                 if expires is not None:
@@ -206,7 +205,7 @@ class Watcher:
                     else:
                         await self.response.write(PING)
                     continue
-                await self._perform(self._queued([item]))
+                await self._perform(self.seam.queued([item]))
         except SlowConsumer:
             self.reason = "slow_consumer"
         except ApiError:
