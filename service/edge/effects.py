@@ -177,6 +177,11 @@ def peer_close(code: int | None, *, timed_out: bool, layer_error: int | None) ->
     the client's, a drop, a missed pong, or the WebSocket layer refusing a
     frame (``layer_error``: the code aiohttp sent, which is what is recorded)."""
     code = Close.ABNORMAL if code is None else code
+    if code == 0:
+        # A close frame without a status code (a browser's close() with no
+        # arguments; aiohttp reads it as 0, a code RFC 6455 does not have):
+        # the server's reply is 1000, so 1000 is what both ends saw.
+        code = Close.NORMAL
     if timed_out:
         return code, "timeout"
     if layer_error is not None:

@@ -701,6 +701,15 @@ async def test_a_client_close_is_recorded_with_its_code_and_its_own_words(
         "code": 1000,
         "reason": "normal",
     }
+    # A close frame with no status code at all (a browser's close() with no
+    # arguments) is answered 1000, and 1000 is recorded.
+    bare = await open_live(api, "s-bye-3", connection_id="conn-no-code")
+    await bare.ws.send_frame(b"", aiohttp.WSMsgType.CLOSE)
+    assert await bare.until_closed() == 1000
+    assert (await closed_record(api, "conn-no-code"))["data"]["details"] == {
+        "code": 1000,
+        "reason": "normal",
+    }
 
 
 async def test_a_client_that_vanishes_is_recorded_closed(sqlite_url: str, serve: Serve) -> None:

@@ -393,6 +393,7 @@ def test_events_already_sent_are_dropped_and_each_position_goes_out_once() -> No
     ("code", "timed_out", "layer_error", "recorded"),
     [
         (1000, False, None, (1000, "normal")),
+        (0, False, None, (1000, "normal")),  # a close frame with no status code
         (1001, False, None, (1001, "client_going_away")),
         (None, False, None, (1006, "dropped")),
         (1006, True, None, (1006, "timeout")),
