@@ -147,6 +147,9 @@ class LiveConnection:
         self._ticked: asyncio.Future[None] | None = None
         # The text of the client's close frame, if it sent one with text.
         self.said: str | None = None
+        # Set once the welcome has been written: the client's frames are read
+        # from then on (see receive_loop).
+        self._welcomed = asyncio.Event()
 
     def release(self) -> None:
         """Drop what ties this connection to its own tasks once it is over.
@@ -232,7 +235,11 @@ class LiveConnection:
         for effect in sends:
             if effect.error is not None:
                 self.metrics.ws_error(effect.error)
-        if not await self._write([dumps(s.frame) if s.data is None else s.data for s in sends]):
+        written = await self._write([dumps(s.frame) if s.data is None else s.data for s in sends])
+        if self.protocol.opened is not None:
+            # The first frames of an opened connection begin with its welcome.
+            self._welcomed.set()
+        if not written:
             return
         for effect in sends:
             event = effect.frame.get("event")
@@ -435,8 +442,15 @@ class LiveConnection:
     # --- frames from the client (receive loop) ------------------------------------------
 
     async def receive_loop(self) -> None:
+        """The client's frames, each handed to the protocol as it arrives,
+        from the moment the welcome has been written: the welcome is the
+        first frame a client gets, so a frame sent before it (the upgrade's
+        response was enough for the client to send) waits, unread, until the
+        connection is recorded and welcomed. A connection that never opens
+        is closed without this loop reading anything (it is cancelled)."""
         loop = asyncio.get_running_loop()
         ws = self.ws
+        await self._welcomed.wait()
         while True:
             msg = await ws.receive()
             if msg.type == WSMsgType.TEXT:

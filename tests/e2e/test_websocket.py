@@ -479,6 +479,41 @@ async def test_a_message_frame_before_processing_ready_is_not_ready_and_the_sock
     await client.close()
 
 
+@pytest.mark.parametrize("header_token", [False, True], ids=["auth-frame", "header-token"])
+async def test_frames_sent_before_the_welcome_are_answered_after_it(
+    sqlite_url: str, serve: Serve, header_token: bool
+) -> None:
+    """The welcome is the first frame, and every recorded transition is
+    announced before anything else, however early the client speaks."""
+    api = await serve(sqlite_url)
+    cid = f"conn-eager-{header_token}"
+    headers = {"Authorization": f"Bearer {api.signer.mint('alice')}"} if header_token else None
+    client = await connect(api, "s-eager", connection_id=cid, headers=headers)
+    # Sent the moment the upgrade's answer arrived, before any frame came.
+    await client.send({"type": "bogus", "ref": "r-1"})
+    await client.send({"type": "message", "content": "hi", "ref": "r-2"})
+    if not header_token:
+        await client.send({"type": "auth", "token": api.signer.mint("alice")})
+    await client.until_state("PROCESSING_READY")
+    if header_token:
+        # Read once the socket is live (its token came with the upgrade): the
+        # message is recorded, and comes back as an event.
+        await client.until(
+            lambda f: f["type"] == "event" and f["event"]["type"] == "MessageRecorded"
+        )
+        expected = [("unknown_type", "r-1")]
+    else:
+        expected = [("unknown_type", "r-1"), ("not_ready", "r-2")]
+    while sum(f["type"] == "error" for f in client.frames) < len(expected):
+        await client.receive()
+    assert client.frames[0]["type"] == "welcome", client.frames
+    states = [f["state"] for f in client.frames if f["type"] in ("welcome", "state")]
+    assert states == ["ACCEPTED", "AUTHENTICATED", "SERVICES_READY", "PROCESSING_READY"]
+    errors = [(f["code"], f["ref"]) for f in client.frames if f["type"] == "error"]
+    assert errors == expected
+    await client.close()
+
+
 async def test_message_frames_reach_every_socket_of_the_session_including_the_sender(
     store_url: str, serve: Serve
 ) -> None:
