@@ -66,6 +66,13 @@ class NotLive(DomainError):
     code = "not_ready"
 
 
+class TokenExpired(DomainError):
+    """A socket's step (its handshake, a refresh, a message) reached the
+    writer at or after its token's exp: nothing of it is recorded."""
+
+    code = "token_expired"
+
+
 class TokenForAnotherUser(DomainError):
     """A connection's token refreshed with a token for someone else."""
 

@@ -8,6 +8,7 @@ command's name is what the writer's log says when it fails.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -19,6 +20,7 @@ from domain.errors import (
     DomainError,
     InvalidCommand,
     SessionNotFound,
+    TokenExpired,
 )
 from domain.ids import connection_stream
 from domain.lifecycle import consult
@@ -65,6 +67,14 @@ def on_session(
         return act(session)
 
     return Command(name, run)
+
+
+def within_token(exp: float | None) -> None:
+    """A socket acts on its token until the token's exp (PROTOCOL.md v1.1):
+    a step of it that the writer runs at or after that moment is refused,
+    with nothing recorded, however shortly before it the frame arrived."""
+    if exp is not None and time.time() >= exp:
+        raise TokenExpired("the socket's token has expired")
 
 
 # --- sessions -----------------------------------------------------------------
@@ -118,12 +128,14 @@ def record_message(
     tokens: int | None = None,
     metadata: dict[str, Any] | None = None,
     connection_id: str | None = None,
+    token_exp: float | None = None,
 ) -> Command[tuple[int, bool]]:
-    return on_session(
-        "record_message",
-        session_id,
-        actor,
-        lambda session: session.record_message(
+    """A message; from a socket (``connection_id``), refused once the
+    socket's token has expired (``token_exp``)."""
+
+    def record(session: Session) -> tuple[int, bool]:
+        within_token(token_exp)
+        return session.record_message(
             message_id=message_id,
             role=role,
             content=content,
@@ -132,8 +144,9 @@ def record_message(
             tokens=tokens,
             metadata=metadata,
             connection_id=connection_id,
-        ),
-    )
+        )
+
+    return on_session("record_message", session_id, actor, record)
 
 
 def start_task(
@@ -224,7 +237,10 @@ def accept(connection_id: str) -> Command[str]:
 
 
 def authenticate(connection_id: str, actor: Principal) -> Command[str]:
+    """AUTHENTICATED, unless the token expired before the writer got to it."""
+
     def run(uow: UnitOfWork) -> str:
+        within_token(actor.exp)
         connection = _connection(uow, connection_id)
         return connection.authenticate(
             user_id=actor.user_id, roles=sorted(actor.roles), exp=actor.exp
@@ -243,14 +259,18 @@ def refuse_transition(connection_id: str, transition: str, reason: str) -> Comma
     return Command("refuse_transition", run)
 
 
-def refresh_token(connection_id: str, actor: Principal) -> Command[int]:
+def refresh_token(
+    connection_id: str, actor: Principal, *, holds_until: float | None = None
+) -> Command[int]:
     """A live connection's new token (``TokenRefreshed``); returns its exp.
 
     The new token must allow what the attach allowed (write to the session:
     its owner, or a service), so a refresh cannot keep a socket on a session
-    its new token could not open."""
+    its new token could not open; and it must reach the writer while the
+    token it replaces still holds (until ``holds_until``, its exp)."""
 
     def run(uow: UnitOfWork) -> int:
+        within_token(holds_until)
         if actor.exp is None:
             raise InvalidCommand("a refreshed token must have an expiry")
         connection = _connection(uow, connection_id)

@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from domain.errors import TokenExpired
 from service.application import commands
 from service.application.auth import AuthError, Principal
 from service.edge.effects import (
@@ -64,6 +65,7 @@ class ClientFrames:
         token: str | None
         awaiting_auth: bool
         ending: tuple[int, str] | None
+        announcing: int
         expiry: Expiry
         admission: Admission
         verify: Callable[[object], Principal]
@@ -81,7 +83,7 @@ class ClientFrames:
         if self.ending is not None:
             return []
         if self.expiry.expired(now):
-            return self.end(Close.UNAUTHENTICATED, "token_expired")
+            return self._expired()
         if isinstance(data, bytes):
             return self._bad_frame("bad_frame", "frames are JSON text", None, now)
         try:
@@ -110,8 +112,21 @@ class ClientFrames:
             tokens=frame.token_count,
             metadata=frame.metadata,
             connection_id=self.connection_id,
+            token_exp=self.expiry.exp,
         )
-        return [Record(command, answer_errors(frame.ref))]
+        return [Record(command, self._answered(frame.ref))]
+
+    def _answered(self, ref: str | None) -> Callable[[Outcome], Effects]:
+        """A message frame's answer: an error frame if it was refused, and the
+        socket's end if the refusal was its token's exp passing first."""
+        answer = answer_errors(ref)
+
+        def then(outcome: Outcome) -> Effects:
+            if isinstance(outcome, Refused) and isinstance(outcome.error, TokenExpired):
+                return self.end(Close.UNAUTHENTICATED, "token_expired")
+            return answer(outcome)
+
+        return then
 
     def _on_auth(self, frame: AuthFrame, now: float) -> Effects:
         if self.awaiting_auth and self.token is None:
@@ -146,22 +161,28 @@ class ClientFrames:
             return self._bad_frame("unauthenticated", message, frame.ref, now)
         if principal.user_id != self.principal.user_id:
             return self.end(Close.FORBIDDEN, "forbidden: a token for another user")
-        command = commands.refresh_token(self.connection_id, principal)
+        command = commands.refresh_token(self.connection_id, principal, holds_until=self.expiry.exp)
+        self.announcing += 1
         return [Record(command, self._refreshed(principal, frame.ref, now))]
 
     def _refreshed(
         self, principal: Principal, ref: str | None, now: float
     ) -> Callable[..., Effects]:
         def then(outcome: Outcome) -> Effects:
+            self.announcing -= 1
             if self.ending is not None:
                 return []
             if isinstance(outcome, Recorded):
                 self.principal = principal
                 self.expiry.hold(principal.exp, now)
                 return [Send(server_frame(TokenFrame(exp=outcome.value))), *self._wake()]
+            if isinstance(outcome, Refused) and isinstance(outcome.error, TokenExpired):
+                return self.end(Close.UNAUTHENTICATED, "token_expired")
             if isinstance(outcome, Refused) and outcome.error.code == "forbidden":
                 return self.end(Close.FORBIDDEN, f"forbidden: {outcome.error.message}"[:100])
-            return answer_errors(ref)(outcome)
+            # Refused or not recorded: the current token holds, and its exp
+            # (which may have passed meanwhile) is looked at again.
+            return answer_errors(ref)(outcome) + self._wake()
 
         return then
 
@@ -171,13 +192,21 @@ class ClientFrames:
         if self.ending is not None:
             return []
         if self.expiry.expired(now):
-            return self.end(Close.UNAUTHENTICATED, "token_expired")
+            return self._expired()
         effects: Effects = []
         if self.state == self.live_state and self.expiry.warning_due(now):
             exp = self.expiry.exp
             assert exp is not None
             effects.append(Send(server_frame(TokenExpiringFrame(exp=exp))))
         return effects + self._wake()
+
+    def _expired(self) -> Effects:
+        """The token's exp has passed: the socket ends (4401), once what is
+        being recorded on its authority has been announced (the announcement
+        asks for the clock again); until then, nothing more is acted on."""
+        if self.announcing:
+            return []
+        return self.end(Close.UNAUTHENTICATED, "token_expired")
 
     def _wake(self) -> Effects:
         """Ask the shell to call :meth:`tick` at the next deadline, if any."""

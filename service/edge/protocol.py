@@ -66,7 +66,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from domain.connection import Connection
-from domain.errors import DomainError
+from domain.errors import DomainError, TokenExpired
 from domain.lifecycle import initial_state
 from service.application import commands
 from service.application.auth import AuthError, Principal
@@ -158,6 +158,11 @@ class ConnectionProtocol(ClientFrames):
         self._opening = False
         self._bad_frames: deque[float] = deque()
         self.expiry = Expiry(self.wall_offset, self.limits.token_warning)
+        # Steps on the token's authority being recorded and not yet announced
+        # (the handshake until PROCESSING_READY is sent, a refresh until its
+        # answer): the token's exp passing meanwhile ends the socket only
+        # once they are, so the client is told everything the record says.
+        self.announcing = 0
 
     @property
     def last_sent(self) -> int:
@@ -295,6 +300,7 @@ class ConnectionProtocol(ClientFrames):
             commands.go_live_attached(self.connection_id, self.session_id, after=self.after),
         ]
         then = self._handshake_recorded(principal, opening=bool(opening))
+        self.announcing += 1
         return [*self._wake(), Subscribe(), Record(commands.chain(*steps), then)]
 
     def _rate_limited(self) -> Effects:
@@ -316,6 +322,8 @@ class ConnectionProtocol(ClientFrames):
                 steps = iter(outcome.value)
             ok, state = next(steps)
             if not ok:
+                if isinstance(state, TokenExpired):  # before the writer got to it
+                    return effects + self.end(Close.UNAUTHENTICATED, "token_expired")
                 return effects + self.end(Close.INTERNAL, "internal_error")
             self.state = state
             effects.append(self._announce(user_id=principal.user_id))
@@ -351,6 +359,7 @@ class ConnectionProtocol(ClientFrames):
         been sent: announce it; live events follow."""
         self.state = self.live_state
         self._going_live = True
+        self.announcing -= 1
         return [self._announce(session_id=self.session_id, position=position), *self._wake()]
 
     def _go_live(self) -> Effects:

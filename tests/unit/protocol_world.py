@@ -197,6 +197,8 @@ class Socket:
         self.wake_at: float | None = None  # the last WakeAt, until it fires
         self.hold_reads = False  # leave ReadEvents unanswered (a slow store)
         self.held_reads: list[ReadEvents] = []
+        self.hold_records = False  # leave Records unanswered (a commit in flight)
+        self.held_records: list[Record] = []
         self.closed: tuple[int, str] | None = None
         self.now = 0.0
 
@@ -232,6 +234,14 @@ class Socket:
             self.run([read])
         self.world.flush()
 
+    def release_records(self) -> None:
+        """Commit the records held while ``hold_records`` was set."""
+        self.hold_records = False
+        held, self.held_records = self.held_records, []
+        for record in held:
+            self.run([record])
+        self.world.flush()
+
     # --- effects ------------------------------------------------------------------------
 
     def run(self, effects: list[Effect]) -> None:
@@ -242,6 +252,8 @@ class Socket:
                 case Send(frame=frame):
                     if self.closed is None:
                         self.frames.append(frame)
+                case Record() as record if self.hold_records:
+                    self.held_records.append(record)
                 case Record(command=command, then=then):
                     more = then(self.world.execute(command))
                 case RecordLater(command=command):

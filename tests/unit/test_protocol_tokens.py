@@ -10,12 +10,15 @@ from typing import Any
 import jwt
 import pytest
 
+from domain.errors import TokenExpired
 from domain.ids import connection_stream
+from service.application import commands
 from service.edge.effects import Close
 from service.edge.protocol import Limits
 from tests.unit.protocol_world import SECRET, Socket, World
 
 EXPIRED = (Close.UNAUTHENTICATED, "token_expired")
+LIFECYCLE = ["CONNECTING", "ACCEPTED", "AUTHENTICATED", "SERVICES_READY", "PROCESSING_READY"]
 
 
 def live(world: World, token: str, cid: str = "c-1", sid: str = "s-1") -> Socket:
@@ -226,7 +229,9 @@ def test_a_refresh_the_store_cannot_record_is_answered_unavailable_and_the_old_t
     assert socket.closed == EXPIRED
 
 
-def test_a_token_that_expires_during_the_handshake_closes_it_before_it_is_live() -> None:
+def test_a_token_that_expires_during_the_handshake_closes_it_once_it_is_announced() -> None:
+    """Everything the handshake recorded is announced (the backlog and
+    PROCESSING_READY included) before the socket closes at its token's exp."""
     world = World()
     live(world, world.token(), cid="c-0")  # history, so the next socket reads a backlog
     socket = Socket(world, "c-1", "s-1")
@@ -234,9 +239,92 @@ def test_a_token_that_expires_during_the_handshake_closes_it_before_it_is_live()
     socket.upgrade(world.token(ttl=100))
     assert socket.protocol.state == "SERVICES_READY"
     socket.tick(end_of(socket))
-    assert socket.closed == EXPIRED
+    assert socket.closed is None  # the handshake is announced first
     socket.release_reads()
-    # PROCESSING_READY was recorded with the attach (ADR 0037), never announced.
+    socket.tick(socket.now)  # the deadline asked for again, already passed
+    assert socket.closed == EXPIRED
     assert world.connection_states("c-1")[-2:] == ["PROCESSING_READY", "CLOSED"]
-    assert ("state", "PROCESSING_READY") not in socket.kinds()
+    kinds = socket.kinds()
+    assert kinds.index(("state", "PROCESSING_READY")) < kinds.index(("state", "CLOSED"))
     assert of_type(socket, "token_expiring") == []
+
+
+def test_a_token_that_expires_while_its_handshake_commits_is_announced_then_closed() -> None:
+    world = World()
+    socket = Socket(world, "c-1", "s-1")
+    socket.hold_records = True
+    socket.upgrade(world.token(ttl=100))
+    socket.tick(end_of(socket))  # the timer fires while the commit is in flight
+    assert socket.closed is None
+    socket.release_records()
+    socket.tick(socket.now)
+    assert socket.closed == EXPIRED
+    assert [kind for kind in socket.kinds() if kind[0] != "event"] == [
+        ("welcome", "ACCEPTED"),
+        ("state", "AUTHENTICATED"),
+        ("state", "SERVICES_READY"),
+        ("state", "PROCESSING_READY"),
+        ("state", "CLOSED"),
+    ]
+    assert world.connection_states("c-1") == [*LIFECYCLE, "CLOSED"]
+
+
+def test_a_refresh_recorded_while_the_old_token_expires_holds() -> None:
+    """A refresh sent before exp and committed as the timer fires is answered
+    and honoured, not recorded and then ignored."""
+    world = World()
+    socket = live(world, world.token(ttl=100))
+    end = end_of(socket)
+    socket.hold_records = True
+    socket.send({"type": "auth", "token": world.token(ttl=3600), "ref": "r"})
+    socket.tick(end)
+    assert socket.closed is None
+    socket.release_records()
+    socket.tick(end + 1)
+    assert socket.closed is None
+    assert [f["exp"] for f in of_type(socket, "token")] == [socket.protocol.expiry.exp]
+    assert [kind for kind, _ in connection_events(world, "c-1")][-1] == "TokenRefreshed"
+
+
+def past_exp(monkeypatch: pytest.MonkeyPatch, socket: Socket) -> None:
+    """The writer's wall clock past the socket's token's exp (its own clock not)."""
+    exp = socket.protocol.expiry.exp
+    assert exp is not None
+    monkeypatch.setattr(commands.time, "time", lambda: exp + 0.001)
+
+
+def test_a_handshake_the_writer_reaches_after_exp_records_nothing_of_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    world = World()
+    socket = Socket(world, "c-1", "s-1").upgrade()
+    socket.hold_records = True
+    socket.send({"type": "auth", "token": world.token(ttl=100)})
+    past_exp(monkeypatch, socket)
+    socket.release_records()
+    assert socket.closed == EXPIRED
+    assert world.connection_states("c-1") == ["CONNECTING", "ACCEPTED", "CLOSED"]
+    assert world.session_events("s-1") == []
+    assert socket.kinds() == [("welcome", "ACCEPTED"), ("state", "CLOSED")]
+
+
+def test_a_message_or_refresh_the_writer_reaches_after_exp_is_not_recorded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    world = World()
+    talker = live(world, world.token(ttl=100))
+    refresher = live(world, world.token(ttl=100), cid="c-2", sid="s-2")
+    past_exp(monkeypatch, talker)
+    talker.send({"type": "message", "content": "too late", "ref": "m"})
+    assert talker.closed == EXPIRED
+    assert "MessageRecorded" not in [e["type"] for e in world.session_events("s-1")]
+    refresher.send({"type": "auth", "token": world.token(ttl=3600)})
+    assert refresher.closed == EXPIRED
+    assert "TokenRefreshed" not in [kind for kind, _ in connection_events(world, "c-2")]
+
+
+def test_the_writer_refuses_a_sockets_step_at_or_after_its_tokens_exp() -> None:
+    commands.within_token(None)
+    commands.within_token(time.time() + 60)
+    with pytest.raises(TokenExpired):
+        commands.within_token(time.time())
