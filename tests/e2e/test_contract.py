@@ -144,3 +144,27 @@ async def test_schemathesis_finds_nothing_against_a_live_server(
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     assert " passed" in result.stdout and "failures" not in result.stdout.lower()
+
+
+async def test_a_node_builds_its_documents_once_however_often_they_are_asked_for(
+    sqlite_url: str, serve: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Anyone may ask for the documents, with no token: each is built once per
+    node and served from then on as the bytes it was."""
+    import service.edge.http.documents as served
+
+    built: list[str] = []
+    for name in ("openapi", "asyncapi"):
+        build = getattr(served, name)
+        monkeypatch.setattr(
+            served, name, lambda *a, _b=build, _n=name, **k: built.append(_n) or _b(*a, **k)
+        )
+    api = await serve(sqlite_url)
+    bodies: dict[str, set[bytes]] = {}
+    for path in ("/v1/openapi.json", "/v1/asyncapi.json") * 3:
+        async with api.http.get(api.url(path)) as response:
+            assert response.status == 200
+            bodies.setdefault(path, set()).add(await response.read())
+    assert sorted(built) == ["asyncapi", "openapi"]
+    assert [len(each) for each in bodies.values()] == [1, 1]
+    assert json.loads(next(iter(bodies["/v1/openapi.json"])))["openapi"].startswith("3.1")
