@@ -8,11 +8,13 @@ Two kinds, both keyed by a string (a user ID, a client address):
   is the ``Retry-After`` of a 429.
 - :class:`InFlight`: so many held at once (live sockets, upgrades waiting for
   their token), counted up and down.
+- :class:`BytesInFlight` and :class:`BytesPerKey`: bytes of request bodies
+  being read at once, across the node and per client address.
 
-Memory is bounded for both: a rate key whose bucket is full again is the same
+Memory is bounded for all: a rate key whose bucket is full again is the same
 as no key and is swept away, at most :data:`MAX_KEYS` keys are kept (newer
 keys past that share one bucket), and an in-flight key goes when its count
-returns to 0. Each budget is used from one thread only (the event loop; the
+(or its bytes) returns to 0. Each budget is used from one thread only (the event loop; the
 session budget from the writer thread, inside the create command), so none
 takes a lock.
 
@@ -165,6 +167,36 @@ class BytesInFlight:
         self.reserved -= size
 
 
+class BytesPerKey:
+    """Bytes reserved at once per key, at most ``limit`` each (0: no limit);
+    a key's one reservation alone is always admitted, whatever its size. A
+    key is kept only while it holds bytes."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._reserved: dict[str, int] = {}
+
+    def reserve(self, key: str, size: int) -> bool:
+        held = self._reserved.get(key, 0)
+        if self.limit and held and held + size > self.limit:
+            return False
+        self._reserved[key] = held + size
+        return True
+
+    def release(self, key: str, size: int) -> None:
+        held = self._reserved.get(key, 0) - size
+        if held > 0:
+            self._reserved[key] = held
+        else:
+            self._reserved.pop(key, None)
+
+    def reserved(self, key: str) -> int:
+        return self._reserved.get(key, 0)
+
+    def __len__(self) -> int:
+        return len(self._reserved)
+
+
 class Budgets:
     """Every budget of one node, from its settings."""
 
@@ -173,11 +205,13 @@ class Budgets:
         # Taken from the writer thread only, inside the commands that create.
         self.user_sessions = RateBudget(settings.user_sessions, clock=clock)
         self.user_sockets = InFlight(settings.user_sockets)
+        self.user_upgrades = RateBudget(settings.user_upgrades, clock=clock)
         self.user_watchers = InFlight(settings.user_watchers)
         self.pending_upgrades = InFlight(settings.address_pending_upgrades)
         self.failed_upgrades = RateBudget(settings.address_failed_upgrades, clock=clock)
         self.unauthenticated = RateBudget(settings.address_unauthenticated, clock=clock)
         self.bodies = BytesInFlight(settings.bodies_in_flight_bytes)
+        self.address_bodies = BytesPerKey(settings.address_bodies_in_flight_bytes)
 
     def session_gate(self, user_id: str) -> Callable[[], None]:
         """What a create command calls just before it creates a session for
@@ -206,7 +240,8 @@ class Admission(Protocol):
     """What a connection's protocol asks of the budgets."""
 
     def authenticated(self, user_id: str) -> bool:
-        """The socket's token names ``user_id``: may it hold one more live socket?"""
+        """The socket's token names ``user_id``: may it open one more socket
+        (one more of its upgrades, one more live socket)?"""
 
     def write(self, user_id: str) -> float:
         """A ``message`` frame: 0.0, or the seconds until one fits."""
@@ -231,8 +266,8 @@ class Unlimited:
 class SocketAdmission:
     """One socket's standing with the budgets: until it authenticates, one of
     its address's pending upgrades (and, if it never does, one of its failed
-    ones); after, one of its user's live sockets. :meth:`ended` gives back
-    whatever is held."""
+    ones); once it does, one of its user's upgrades spent and one of its live
+    sockets held. :meth:`ended` gives back whatever is held."""
 
     def __init__(self, budgets: Budgets, address: str) -> None:
         self.budgets = budgets
@@ -245,7 +280,7 @@ class SocketAdmission:
         """Before anything is recorded: 0.0 to go on, else seconds to wait.
         ``user_id`` is the upgrade request's valid token's, if it had one."""
         if user_id is not None:
-            return 0.0 if self.authenticated(user_id) else RETRY_HELD
+            return self._admit_user(user_id)
         budgets = self.budgets
         wait = budgets.failed_upgrades.peek(self.address)
         if wait > 0:
@@ -256,14 +291,28 @@ class SocketAdmission:
         return 0.0
 
     def authenticated(self, user_id: str) -> bool:
+        return self._admit_user(user_id) == 0.0
+
+    def _admit_user(self, user_id: str) -> float:
+        """The socket is ``user_id``'s: 0.0 once it spends one of the user's
+        upgrades and holds one of its live sockets, else the seconds until
+        one would fit (nothing spent). Asked again for the same user (the
+        protocol asks after the shell did), it is already admitted."""
         if self.user_id == user_id:
-            return True
+            return 0.0
         self.authenticated_once = True
         self._release_pending()
-        if self.user_id is None and self.budgets.user_sockets.acquire(user_id):
-            self.user_id = user_id
-            return True
-        return False
+        if self.user_id is not None:  # another user's socket already
+            return RETRY_HELD
+        budgets = self.budgets
+        if not budgets.user_sockets.acquire(user_id):
+            return RETRY_HELD
+        wait = budgets.user_upgrades.take(user_id)
+        if wait > 0:
+            budgets.user_sockets.release(user_id)
+            return wait
+        self.user_id = user_id
+        return 0.0
 
     def write(self, user_id: str) -> float:
         return self.budgets.write(user_id)

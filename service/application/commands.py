@@ -22,7 +22,7 @@ from domain.errors import (
     SessionNotFound,
     TokenExpired,
 )
-from domain.ids import connection_stream
+from domain.ids import connection_stream, session_stream
 from domain.lifecycle import consult
 from domain.session import Session
 from service.application.auth import Principal
@@ -107,6 +107,14 @@ def create_session(
         return wire_view(session.view()), True
 
     return Command("create_session", run)
+
+
+def session_recorded(session_id: str) -> Command[bool]:
+    """Whether the session is recorded: asked before an upgrade only when
+    its user has no sessions left to create, to refuse the upgrade that would
+    create one. Asked of the writer, which holds what it has just created
+    (the read models may not have it yet), as :func:`connection_recorded`."""
+    return Command("session_recorded", lambda uow: uow.recorded(session_stream(session_id)))
 
 
 def end_session(session_id: str, actor: Principal) -> Command[dict[str, Any]]:

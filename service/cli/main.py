@@ -467,6 +467,7 @@ SERVE_ENVIRONMENT = (
     ),
     ("SESSIOND_USER_SESSIONS", f"per user: sessions created (else {Settings.user_sessions})"),
     ("SESSIOND_USER_SOCKETS", f"per user: live sockets (else {Settings.user_sockets})"),
+    ("SESSIOND_USER_UPGRADES", f"per user: socket upgrades (else {Settings.user_upgrades})"),
     ("SESSIOND_USER_WATCHERS", f"per user: event streams (else {Settings.user_watchers})"),
     (
         "SESSIOND_ADDRESS_PENDING_UPGRADES",
@@ -482,6 +483,14 @@ SERVE_ENVIRONMENT = (
     ),
     ("SESSIOND_FORWARDED_HOPS", "proxies whose X-Forwarded-For names the client (else 0)"),
     ("SESSIOND_BODIES_IN_FLIGHT_BYTES", "request body bytes read at once (else 64 MiB)"),
+    (
+        "SESSIOND_ADDRESS_BODIES_IN_FLIGHT_BYTES",
+        "per address: request body bytes read at once (else 8 MiB)",
+    ),
+    (
+        "SESSIOND_BODY_TIMEOUT",
+        f"seconds a request body may take to arrive (else {Settings.body_timeout:g})",
+    ),
     ("SESSIOND_WRITER_MAX_BATCH", "commands per transaction at most (else 256)"),
     ("SESSIOND_NODE_TIMEOUT", "seconds of silence before a node is dead (else 15)"),
     ("SESSIOND_POLL_INTERVAL", "seconds a lost NOTIFY delays delivery at most (else 1)"),

@@ -1,23 +1,28 @@
 """The budgets at the edge (service/application/budgets.py keeps their
 arithmetic): who a client is by address, what a refusal looks like (429
-``rate_limited`` with ``Retry-After``), and the cap on request bodies in
-flight."""
+``rate_limited`` with ``Retry-After``), what a WebSocket upgrade is charged
+before anything is recorded, and the caps on request bodies in flight (the
+node's, each address's share of it, and how long one body may take)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import ipaddress
 
 from aiohttp import web
 
+from service.application import commands
 from service.application.auth import AuthError, Principal
 from service.application.budgets import SocketAdmission
-from service.edge.context import BUDGETS, SETTINGS, SIGNER
+from service.application.writer import StoreUnavailable
+from service.edge.context import BUDGETS, SETTINGS, SIGNER, WRITER
 from service.edge.errors import ApiError
 
-# What a 503 for bodies in flight tells the client to wait: bodies are read
-# in milliseconds, so the next second is already another situation.
+# What a refusal for bodies in flight (503 for the node's cap, 429 for an
+# address's share) tells the client to wait: bodies are read in
+# milliseconds, so the next second is already another situation.
 BODIES_RETRY = 1.0
 
 
@@ -59,13 +64,18 @@ def rate_limited(message: str, retry_after: float) -> ApiError:
     return ApiError("rate_limited", message, retry_after=retry_after)
 
 
-def admit_socket(request: web.Request, header_token: str | None) -> SocketAdmission:
+async def admit_socket(
+    request: web.Request, header_token: str | None, session_id: str
+) -> SocketAdmission:
     """A WebSocket upgrade and the budgets, before anything is recorded: a
-    valid token in the upgrade request spends one of its user's live
-    sockets; without one, the upgrade waits for its token as one of its
-    address's pending upgrades, and is refused once the address has spent
-    its failed ones. Over budget: 429."""
-    admission = SocketAdmission(request.app[BUDGETS], client_address(request))
+    valid token in the upgrade request spends one of its user's upgrades and
+    holds one of its live sockets, and when the user has no sessions left to
+    create, an upgrade that would create one is refused; without a token,
+    the upgrade waits for its token as one of its address's pending
+    upgrades, and is refused once the address has spent its failed ones.
+    Over budget: 429, and nothing is held."""
+    budgets = request.app[BUDGETS]
+    admission = SocketAdmission(budgets, client_address(request))
     user: Principal | None = None
     if header_token:
         with contextlib.suppress(AuthError):
@@ -73,30 +83,78 @@ def admit_socket(request: web.Request, header_token: str | None) -> SocketAdmiss
     wait = admission.before_upgrade(None if user is None else user.user_id)
     if wait:
         if user is not None:
-            raise rate_limited(f"user {user.user_id!r} holds every live socket allowed", wait)
+            sockets = budgets.user_sockets
+            if sockets.limit and sockets.held(user.user_id) >= sockets.limit:
+                raise rate_limited(f"user {user.user_id!r} holds every live socket allowed", wait)
+            raise rate_limited(
+                f"user {user.user_id!r} is opening sockets faster than "
+                f"{budgets.user_upgrades.rate} allows",
+                wait,
+            )
         raise rate_limited("too many upgrades without a token from this address", wait)
+    if user is not None and user.can_write:
+        # The session budget is spent by the writer, inside the attach; read
+        # here without a lock, it may be a moment behind, which at worst
+        # leaves the attach's own refusal (close 4429) to decide. Only a user
+        # with nothing left pays for the question whether the session exists.
+        wait = budgets.user_sessions.peek(user.user_id)
+        if wait:
+            try:
+                exists = await request.app[WRITER].execute(commands.session_recorded(session_id))
+            except BaseException as e:
+                admission.release()
+                if isinstance(e, StoreUnavailable):
+                    raise ApiError("unavailable", str(e)) from None
+                raise
+            if not exists:
+                admission.release()
+                raise rate_limited(
+                    f"user {user.user_id!r} is creating sessions faster than "
+                    f"{budgets.user_sessions.rate} allows",
+                    wait,
+                )
     return admission
 
 
 async def read_body(request: web.Request) -> bytes:
-    """The request's body, read under the node's cap on bodies being read at
-    once: each reserves its ``Content-Length`` (the body limit when it has
-    none) while it is read; past the cap, 503 ``unavailable`` before a byte
-    of it is read."""
-    limit = request.app[SETTINGS].max_body_bytes
+    """The request's body, read under the caps on bodies being read at once:
+    each reserves its ``Content-Length`` (the body limit when it has none)
+    while it is read, against its client address's share (past it: 429
+    ``rate_limited``, that address only) and the node's cap (past it: 503
+    ``unavailable``), both before a byte of it is read. A body that has not
+    all arrived within ``body_timeout`` is refused 400 ``invalid_body`` and
+    its reservation given back."""
+    settings = request.app[SETTINGS]
+    limit = settings.max_body_bytes
     size = min(request.content_length or limit, limit)
-    bodies = request.app[BUDGETS].bodies
-    if not bodies.reserve(size):
-        raise ApiError(
-            "unavailable",
-            f"the node is reading {bodies.reserved} bytes of request bodies; try again",
-            retry_after=BODIES_RETRY,
+    budgets = request.app[BUDGETS]
+    address = client_address(request)
+    if not budgets.address_bodies.reserve(address, size):
+        raise rate_limited(
+            f"this address is sending {budgets.address_bodies.reserved(address)} bytes of "
+            f"request bodies at once, its share of the node's; try again",
+            BODIES_RETRY,
         )
     try:
-        return await request.read()
-    except web.RequestPayloadError as e:
-        # The body does not decode as its headers say (a corrupt gzip or
-        # deflate body, a malformed chunk): the client's mistake.
-        raise ApiError("invalid_body", f"the body could not be read: {e}") from e
+        if not budgets.bodies.reserve(size):
+            raise ApiError(
+                "unavailable",
+                f"the node is reading {budgets.bodies.reserved} bytes of request bodies; try again",
+                retry_after=BODIES_RETRY,
+            )
+        try:
+            async with asyncio.timeout(settings.body_timeout):
+                return await request.read()
+        except TimeoutError:
+            raise ApiError(
+                "invalid_body",
+                f"the body did not arrive within {settings.body_timeout:g} s",
+            ) from None
+        except web.RequestPayloadError as e:
+            # The body does not decode as its headers say (a corrupt gzip or
+            # deflate body, a malformed chunk): the client's mistake.
+            raise ApiError("invalid_body", f"the body could not be read: {e}") from e
+        finally:
+            budgets.bodies.release(size)
     finally:
-        bodies.release(size)
+        budgets.address_bodies.release(address, size)

@@ -146,6 +146,10 @@ class Settings:
     user_writes: Rate | None = Rate(1000, 1.0)
     user_sessions: Rate | None = Rate(100, 1.0)
     user_sockets: int = 100
+    # WebSocket upgrades with a valid token, over time: a burst of more than
+    # the live sockets allowed (every tab reconnecting at once after a
+    # restart), then four a second.
+    user_upgrades: Rate | None = Rate(120, 30.0)
     # Event-stream watchers (GET /v1/sessions/{id}/stream) at once; a budget
     # of their own, so watching never costs a user a socket.
     user_watchers: int = 100
@@ -157,8 +161,12 @@ class Settings:
     # Proxies in front whose X-Forwarded-For entry names the client (0: none,
     # the peer address is the client's).
     forwarded_hops: int = 0
-    # Request bodies being read at once, in bytes, across requests.
+    # Request bodies being read at once, in bytes, across requests; of it,
+    # what one client address may hold; and how long one body may take to
+    # arrive once its headers have.
     bodies_in_flight_bytes: int = 64 * MIB
+    address_bodies_in_flight_bytes: int = 8 * MIB
+    body_timeout: float = 20.0
     # Commands the writer commits in one transaction at most.
     writer_max_batch: int = 256
     # On SIGTERM the node answers 503 to /readyz and to new upgrades for this
@@ -214,6 +222,7 @@ class Settings:
             user_sessions=_env_rate(env, "SESSIOND_USER_SESSIONS", cls.user_sessions),
             user_sockets=_env_int(env, "SESSIOND_USER_SOCKETS", cls.user_sockets),
             user_watchers=_env_int(env, "SESSIOND_USER_WATCHERS", cls.user_watchers),
+            user_upgrades=_env_rate(env, "SESSIOND_USER_UPGRADES", cls.user_upgrades),
             stream_heartbeat=_env_float(
                 env, "SESSIOND_STREAM_HEARTBEAT", cls.stream_heartbeat, minimum=0.01
             ),
@@ -230,6 +239,10 @@ class Settings:
             bodies_in_flight_bytes=_env_int(
                 env, "SESSIOND_BODIES_IN_FLIGHT_BYTES", cls.bodies_in_flight_bytes, minimum=1024
             ),
+            address_bodies_in_flight_bytes=_env_int(
+                env, "SESSIOND_ADDRESS_BODIES_IN_FLIGHT_BYTES", cls.address_bodies_in_flight_bytes
+            ),
+            body_timeout=_env_float(env, "SESSIOND_BODY_TIMEOUT", cls.body_timeout, minimum=0.01),
             writer_max_batch=_env_int(env, "SESSIOND_WRITER_MAX_BATCH", 256, minimum=1),
             drain_seconds=_env_float(env, "SESSIOND_DRAIN_SECONDS", cls.drain_seconds),
             node_timeout=_env_float(env, "SESSIOND_NODE_TIMEOUT", 15.0, minimum=0.1),

@@ -11,12 +11,13 @@ import math
 import os
 import time
 from collections.abc import Callable
+from json import loads
 from typing import Any
 
 import aiohttp
 
-from service.edge.context import STORE
-from service.runtime.settings import Rate
+from service.edge.context import BUDGETS, STORE
+from service.runtime.settings import Rate, Settings
 from tests.conftest import Api
 from tests.e2e.wsclient import (
     AUDITOR,
@@ -186,6 +187,122 @@ async def test_bodies_past_the_cap_in_flight_get_503_with_retry_after_before_bei
     assert status == 201, body
 
 
+# Another client address on this machine: the server listens on 127.0.0.1,
+# and Linux routes all of 127.0.0.0/8 to the loopback interface.
+OTHER_ADDRESS = "127.0.0.2"
+MIB = 1024 * 1024
+
+
+async def stalled_body(
+    api: Api, session_id: str, *, user: str, size: int = MIB, sent: int = 30
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A POST from OTHER_ADDRESS that announces ``size`` bytes of body,
+    sends ``sent`` of them and stalls."""
+    server = api.server  # type: ignore[attr-defined]
+    reader, writer = await asyncio.open_connection(
+        server.host, server.port, local_addr=(OTHER_ADDRESS, 0)
+    )
+    head = (
+        f"POST /v1/sessions/{session_id}/messages HTTP/1.1\r\n"
+        f"Host: {server.host}:{server.port}\r\n"
+        f"Authorization: {api.auth(user)['Authorization']}\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {size}\r\n\r\n"
+    )
+    writer.write(head.encode() + b'{"role": "user", "content": "' + b"x" * (sent - 29))
+    await writer.drain()
+    return reader, writer
+
+
+async def answered(reader: asyncio.StreamReader, within: float) -> bytes | None:
+    """The start of the answer on a raw connection, or None if none came."""
+    try:
+        return await asyncio.wait_for(reader.read(4096), within)
+    except TimeoutError:
+        return None
+
+
+async def test_one_address_past_its_share_of_bodies_in_flight_gets_429_and_others_are_served(
+    serve: Serve,
+) -> None:
+    """64 connections from one address, each announcing 1 MiB of body and
+    sending 30 bytes, once held the node's whole cap (64 MiB) and every
+    other user's writes answered 503 while they stayed open. With every
+    budget at its default, the address holds its share and is refused past
+    it; other addresses are served."""
+    api: Api = await serve("memory://")
+    for user in ("mallory", "bob"):
+        status, body = await api.call("POST", "/v1/sessions", user=user, json={"session_id": user})
+        assert status == 201, body
+    share = Settings().address_bodies_in_flight_bytes
+    stalled = [await stalled_body(api, "mallory", user="mallory") for _ in range(64)]
+    try:
+        answers = await asyncio.gather(*(answered(reader, 3.0) for reader, _ in stalled))
+        held = [a for a in answers if a is None]
+        assert len(held) == share // MIB, len(held)
+        for answer_ in answers:
+            if answer_ is not None:
+                assert answer_.startswith(b"HTTP/1.1 429"), answer_
+                assert b"rate_limited" in answer_ and b"Retry-After: 1\r\n" in answer_, answer_
+        # Another address, another user, is served while mallory's stay open.
+        message = {"role": "user", "content": "y" * 3000}
+        for _ in range(5):
+            status, body = await api.call(
+                "POST", "/v1/sessions/bob/messages", user="bob", json=message
+            )
+            assert status == 201, body
+        # mallory's address, whoever's token, has no share left: 429, not 503.
+        connector = aiohttp.TCPConnector(local_addr=(OTHER_ADDRESS, 0))
+        async with (
+            aiohttp.ClientSession(connector=connector) as http,
+            http.post(
+                api.url("/v1/sessions/bob/messages"), json=message, headers=api.auth("bob")
+            ) as r,
+        ):
+            assert_rate_limited(
+                r.status, await r.json(content_type=None), r.headers.get("Retry-After")
+            )
+    finally:
+        for _, writer in stalled:
+            writer.close()
+
+
+async def test_a_body_that_does_not_arrive_in_time_gets_400_and_gives_back_its_share(
+    serve: Serve,
+) -> None:
+    """A slow-loris body: headers, 30 bytes of an announced MiB, then nothing.
+    Past the body deadline it is refused in the contract's error shape and
+    its address's reservation is given back."""
+    api: Api = await serve("memory://", body_timeout=0.5, address_bodies_in_flight_bytes=MIB)
+    status, body = await api.call("POST", "/v1/sessions", json={"session_id": "s-slow"})
+    assert status == 201, body
+    budgets = api.server.app[BUDGETS]  # type: ignore[attr-defined]
+    reader, writer = await stalled_body(api, "s-slow", user="alice")
+    try:
+        started = time.monotonic()
+        reply = await answered(reader, 10.0)
+        assert reply is not None, "the stalled body was never answered"
+        assert time.monotonic() - started < 5.0
+        assert reply.startswith(b"HTTP/1.1 400"), reply
+        head, _, payload = reply.partition(b"\r\n\r\n")
+        assert b"application/json" in head, head
+        error = loads(payload)["error"]
+        assert error["code"] == "invalid_body", error
+        assert "did not arrive" in error["message"], error
+    finally:
+        writer.close()
+    assert budgets.address_bodies.reserved(OTHER_ADDRESS) == 0
+    assert budgets.bodies.reserved == 0
+    # The address's whole share is free again: a full-size body from it fits.
+    connector = aiohttp.TCPConnector(local_addr=(OTHER_ADDRESS, 0))
+    async with aiohttp.ClientSession(connector=connector) as http:
+        message = {"role": "user", "content": "z" * (MIB - 100)}
+        async with http.post(
+            api.url("/v1/sessions/s-slow/messages"), json=message, headers=api.auth()
+        ) as r:
+            assert r.status == 201, await r.text()
+
+
 async def _eventually(check: Callable[[], Any], tries: int = 100) -> bool:
     for _ in range(tries):
         if await check():
@@ -307,6 +424,67 @@ async def test_a_users_live_sockets_past_the_budget_get_429_before_the_upgrade_o
     await again.until_state("PROCESSING_READY")
 
 
+async def test_a_users_upgrades_past_the_budget_get_429_before_the_upgrade_or_4429(
+    sqlite_url: str, serve: Serve
+) -> None:
+    """Sockets opened and closed one after another hold at most one live
+    socket at a time; what bounds them is the user's upgrades over time."""
+    api: Api = await serve(sqlite_url, user_upgrades=Rate(3, 60.0))
+    for n in range(3):
+        client = await connect(api, "s-u", connection_id=f"c-{n}", headers=api.auth())
+        await client.until_state("PROCESSING_READY")
+        await client.close()
+        await closed_record(api, f"c-{n}")
+    head = logged(api)
+    # The token in the upgrade request names the user: refused before anything.
+    wait = assert_rate_limited(*await upgrade(api, "s-u", api.auth(), connection_id="c-3"))
+    assert wait == 20  # three a minute: the next one fits in 20 s
+    assert logged(api) == head
+    status, _ = await api.call("GET", "/v1/connections/c-3", **AUDITOR)
+    assert status == 404
+    # With the token in an auth frame the user is known only after the upgrade.
+    late = await connect(api, "s-u", connection_id="c-4")
+    await late.until_state("ACCEPTED")
+    await late.send({"type": "auth", "token": api.signer.mint("alice")})
+    assert await late.until_closed() == 4429
+    closed = await closed_record(api, "c-4")
+    details = closed["data"]["details"]
+    assert (details["code"], details["reason"]) == (4429, "rate_limited")
+    assert "AUTHENTICATED" not in await connection_states(api, "c-4")
+    # Another user's upgrades are their own.
+    bob = await connect(api, "s-b", headers=api.auth("bob"))
+    await bob.until_state("PROCESSING_READY")
+
+
+async def test_one_users_socket_churn_is_refused_with_429_after_its_budget_of_upgrades(
+    sqlite_url: str, serve: Serve
+) -> None:
+    """One user opening and closing sockets as fast as it can, with its token
+    in the upgrade request and every budget at its default: its burst, then
+    four a second, then 429s that record nothing."""
+    api: Api = await serve(sqlite_url)
+    budget = Settings().user_upgrades
+    assert budget is not None
+    opened = refused = 0
+    waits: set[str] = set()
+    started = time.monotonic()
+    for _ in range(budget.count + 80):
+        try:
+            client = await connect(api, "s-churn", headers=api.auth())
+        except aiohttp.WSServerHandshakeError as e:
+            assert e.status == 429, e
+            assert e.headers is not None
+            waits.add(e.headers["Retry-After"])
+            refused += 1
+            continue
+        opened += 1
+        await client.close()
+    elapsed = time.monotonic() - started
+    assert opened <= budget.count + math.ceil(elapsed * budget.count / budget.period) + 1, opened
+    assert refused > 0
+    assert all(wait.isdigit() and int(wait) >= 1 for wait in waits)
+
+
 async def test_message_frames_past_the_users_write_budget_close_4429(
     sqlite_url: str, serve: Serve
 ) -> None:
@@ -337,17 +515,40 @@ async def test_message_frames_past_the_users_write_budget_close_4429(
     )
 
 
-async def test_a_socket_that_would_create_a_session_past_the_users_budget_closes_4429(
+async def test_a_socket_that_would_create_a_session_past_the_users_budget_gets_429_or_4429(
     sqlite_url: str, serve: Serve
 ) -> None:
-    api: Api = await serve(sqlite_url, user_sessions=Rate(1, 60.0))
-    await open_live(api, "s-1")
-    late = await connect(api, "s-2", connection_id="c-late", headers=api.auth())
-    assert await late.until_closed() == 4429
+    api: Api = await serve(sqlite_url, user_sessions=Rate(1, 60.0), max_connections_per_session=5)
+    first = await open_live(api, "s-1")  # held: a socket let go of would close
+    head = logged(api)
+    # The token in the upgrade request names the user, whose sessions are
+    # spent, and s-2 does not exist: refused before anything is recorded.
+    wait = assert_rate_limited(*await upgrade(api, "s-2", api.auth(), connection_id="c-late"))
+    assert wait >= 59  # one a minute, spent just now
+    assert logged(api) == head
+    status, _ = await api.call("GET", "/v1/connections/c-late", **AUDITOR)
+    assert status == 404
     status, _ = await api.call("GET", "/v1/sessions/s-2")
     assert status == 404
-    # Joining a session that exists creates nothing: admitted.
+    # Joining a session that exists creates nothing: admitted, token in the
+    # upgrade request or in an auth frame.
+    joined = await connect(api, "s-1", headers=api.auth())
+    await joined.until_state("PROCESSING_READY")
     await open_live(api, "s-1")
+    # With the token in an auth frame the user is known only after the upgrade.
+    late = await connect(api, "s-3", connection_id="c-later")
+    await late.until_state("ACCEPTED")
+    await late.send({"type": "auth", "token": api.signer.mint("alice")})
+    assert await late.until_closed() == 4429
+    closed = await closed_record(api, "c-later")
+    details = closed["data"]["details"]
+    assert (details["code"], details["reason"]) == (4429, "rate_limited")
+    status, _ = await api.call("GET", "/v1/sessions/s-3")
+    assert status == 404
+    # Another user's sessions are their own.
+    bob = await connect(api, "s-bob", headers=api.auth("bob"))
+    await bob.until_state("PROCESSING_READY")
+    await first.close()
 
 
 # --- honest heavy use ---------------------------------------------------------------

@@ -59,12 +59,14 @@ async def refused_attach(api: Api, session_id: str) -> None:
 async def test_hostile_traffic_leaves_metrics_parseable_with_the_same_series(
     sqlite_url: str, serve: Serve
 ) -> None:
-    # Hundreds of sessions and of refused upgrades from one address are the
-    # point here, not a flood to stop: those budgets are lifted.
+    # Hundreds of sessions and of refused upgrades from one address (bob's
+    # attaches to alice's sessions, hundreds in a few seconds) are the point
+    # here, not a flood to stop: those budgets are lifted.
     api = await serve(
         sqlite_url,
         address_failed_upgrades=Rate(100_000, 60.0),
         user_sessions=Rate(100_000, 1.0),
+        user_upgrades=Rate(100_000, 1.0),
     )
     before = await scrape(api)
     series_before = frozenset(before)

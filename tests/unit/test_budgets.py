@@ -8,6 +8,7 @@ from service.application.budgets import (
     SHARED_KEY,
     Budgets,
     BytesInFlight,
+    BytesPerKey,
     InFlight,
     RateBudget,
     RateLimited,
@@ -171,6 +172,46 @@ def test_upgrades_that_never_authenticate_spend_the_address_failed_budget() -> N
     assert SocketAdmission(budgets, "10.0.0.10").before_upgrade(None) == 0.0
     # A token in the upgrade request is not the address's business.
     assert SocketAdmission(budgets, "10.0.0.9").before_upgrade("carol") == 0.0
+
+
+def test_a_users_upgrades_are_a_rate_spent_once_per_socket_whichever_way_it_authenticates() -> None:
+    clock = Clock()
+    budgets = Budgets(Settings(user_upgrades=Rate(2, 10.0)), clock=clock)
+    header = SocketAdmission(budgets, "10.0.0.1")
+    assert header.before_upgrade("alice") == 0.0
+    assert header.authenticated("alice")  # the protocol asks again: not spent twice
+    header.ended()
+    framed = SocketAdmission(budgets, "10.0.0.1")
+    assert framed.before_upgrade(None) == 0.0
+    assert framed.authenticated("alice")  # the token came in an auth frame
+    framed.ended()
+    # Both spent, both closed: live sockets are free, upgrades are not.
+    assert budgets.user_sockets.held("alice") == 0
+    over = SocketAdmission(budgets, "10.0.0.1")
+    assert over.before_upgrade("alice") == pytest.approx(5.0)
+    assert budgets.user_sockets.held("alice") == 0  # a refusal holds nothing
+    late = SocketAdmission(budgets, "10.0.0.1")
+    assert late.before_upgrade(None) == 0.0
+    assert not late.authenticated("alice")
+    late.ended()
+    assert budgets.failed_upgrades.peek("10.0.0.1") == 0.0  # it did authenticate
+    assert SocketAdmission(budgets, "10.0.0.1").before_upgrade("bob") == 0.0
+    clock.now += 5.0
+    assert SocketAdmission(budgets, "10.0.0.1").before_upgrade("alice") == 0.0
+
+
+def test_bytes_per_key_are_a_share_each_and_one_body_alone_always_fits() -> None:
+    bodies = BytesPerKey(100)
+    assert bodies.reserve("a", 60) and bodies.reserve("a", 40)
+    assert not bodies.reserve("a", 1)
+    assert bodies.reserve("b", 100)  # another key's share is its own
+    assert bodies.reserve("c", 500)  # alone, whatever its size
+    bodies.release("a", 40)
+    assert bodies.reserved("a") == 60 and bodies.reserve("a", 40)
+    for key, size in (("a", 100), ("b", 100), ("c", 500)):
+        bodies.release(key, size)
+    assert len(bodies) == 0  # keys go with their last byte
+    assert BytesPerKey(0).reserve("a", 10**9) and BytesPerKey(0).reserve("a", 1)
 
 
 @pytest.mark.parametrize(

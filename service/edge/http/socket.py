@@ -108,7 +108,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     if not health.up:
         raise ApiError("unavailable", "the store is down; try again later")
     header_token = _header_token(request)
-    admission = admit_socket(request, header_token)
+    admission = await admit_socket(request, header_token, asked.session_id)
     protocol = ConnectionProtocol(
         connection_id=asked.connection_id or new_connection_id(),
         session_id=asked.session_id,
