@@ -438,6 +438,23 @@ class ConnectionProtocol(ClientFrames):
         code, reason = peer_close(code, timed_out=timed_out, layer_error=layer_error)
         return self._record_end(code, reason, said)
 
+    def layer_closing(self, code: int) -> dict[str, Any] | None:
+        """The ``state`` CLOSED frame for a close the WebSocket layer decided
+        (1002, 1007, 1009: a client's frame it refused), written before its
+        close frame; None if the connection was never recorded or already
+        ends. Its CLOSED is recorded by :meth:`socket_closed`, with the same
+        code and reason."""
+        if self.ending is not None or self.opened is not True:
+            return None
+        code, reason = peer_close(None, timed_out=False, layer_error=code)
+        return {
+            "type": "state",
+            "connection_id": self.connection_id,
+            "state": self.closed_state,
+            "code": code,
+            "reason": reason,
+        }
+
     def upgrade_failed(self) -> Effects:
         """The upgrade itself failed: no connection, nothing recorded (the
         shell logs and counts it)."""

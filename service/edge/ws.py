@@ -23,6 +23,7 @@ import logging
 import struct
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -44,6 +45,7 @@ from service.edge.context import (
 )
 from service.edge.effects import (
     AwaitAuth,
+    Close,
     Closing,
     Effect,
     FollowLive,
@@ -88,6 +90,36 @@ def _text_frame(payload: bytes) -> bytes:
     if size < 65536:
         return _LENGTH_16(0x81, 126, size) + payload
     return _LENGTH_64(0x81, 127, size) + payload
+
+
+# The codes the WebSocket layer (aiohttp's reader) closes a socket with by
+# itself, inside ``receive()``, when a client's frame breaks RFC 6455 or the
+# frame size limit: sessiond never sees that frame.
+LAYER_CLOSES = frozenset({Close.PROTOCOL_ERROR, Close.INVALID_DATA, Close.TOO_LARGE})
+
+
+class SocketResponse(web.WebSocketResponse):
+    """aiohttp's WebSocket response, announcing the closes its reader decides.
+
+    Every close sessiond decides is preceded by a ``state`` CLOSED frame with
+    its code and reason; a close of the WebSocket layer (``LAYER_CLOSES``)
+    happens inside aiohttp, so ``last_word`` (given the code) supplies that
+    frame and the reason, written just before aiohttp's close frame."""
+
+    last_word: Callable[[int], tuple[bytes, str] | None] | None = None
+
+    async def close(
+        self, *, code: int = Close.NORMAL, message: bytes = b"", drain: bool = True
+    ) -> bool:
+        last_word, self.last_word = self.last_word, None
+        if last_word is not None and code in LAYER_CLOSES and not self.closed:
+            said = last_word(code)
+            if said is not None:
+                frame, reason = said
+                with contextlib.suppress(Exception):
+                    await self.send_frame(frame, WSMsgType.TEXT)
+                message = message or reason.encode()
+        return await super().close(code=code, message=message, drain=drain)
 
 
 class SocketRegistry:
@@ -371,6 +403,13 @@ class LiveConnection:
             await self.run(self.protocol.live(events))
 
     # --- the end ------------------------------------------------------------------------
+
+    def layer_closing(self, code: int) -> tuple[bytes, str] | None:
+        """The WebSocket layer is closing the socket with ``code``: the
+        ``state`` CLOSED frame to write first, and the reason, as the
+        protocol says (see SocketResponse)."""
+        frame = self.protocol.layer_closing(code)
+        return None if frame is None else (dumps(frame), str(frame["reason"]))
 
     def log_end(self) -> None:
         """The socket's access line: how it ended, for whom, after how long."""

@@ -631,8 +631,16 @@ async def test_a_frame_larger_than_the_limit_closes_the_socket_with_1009(
     await client.until(lambda f: f["type"] == "event" and f["event"]["type"] == "MessageRecorded")
     await client.send_raw(head + "x" * (2049 - len(head) - 2) + '"}')
     assert await client.until_closed() == 1009
+    # Announced as every close is, though the WebSocket layer decided it.
+    assert client.frames[-1] == {
+        "type": "state",
+        "connection_id": "conn-huge",
+        "state": "CLOSED",
+        "code": 1009,
+        "reason": "too_large",
+    }
     closed = await closed_record(api, "conn-huge")
-    assert closed["data"]["details"]["code"] == 1009
+    assert closed["data"]["details"] == {"code": 1009, "reason": "too_large"}
     assert await connection_states(api, "conn-huge") == [*LIFECYCLE, "CLOSED"]
     contents = [e["data"].get("content", "") for e in await session_events(api, "s-huge")]
     assert "x" * (2049 - len(head) - 2) not in contents
@@ -916,6 +924,13 @@ async def test_a_close_the_websocket_layer_sends_is_recorded_with_the_code_sent(
     client = await open_live(api, "s-layer", connection_id=cid)
     await client.ws.send_frame(payload, opcode)  # type: ignore[arg-type]
     assert await client.until_closed() == code
+    assert client.frames[-1] == {
+        "type": "state",
+        "connection_id": cid,
+        "state": "CLOSED",
+        "code": code,
+        "reason": reason,
+    }
     closed = await closed_record(api, cid)
     assert closed["data"]["details"] == {"code": code, "reason": reason}
 

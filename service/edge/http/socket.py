@@ -38,7 +38,7 @@ from service.edge.cors import origin_allowed
 from service.edge.errors import ApiError
 from service.edge.protocol import ConnectionProtocol, Limits
 from service.edge.schema import SchemaError, SocketQuery, decode_query
-from service.edge.ws import LiveConnection, finished
+from service.edge.ws import LiveConnection, SocketResponse, finished
 
 log = logging.getLogger("sessiond.ws")
 
@@ -93,7 +93,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         )
     # aiohttp refuses a message of ``max_msg_size`` bytes or more; the
     # contract allows frames up to the limit, the limit included.
-    ws = web.WebSocketResponse(
+    ws = SocketResponse(
         heartbeat=settings.heartbeat, max_msg_size=settings.max_frame_bytes + 1, autoping=True
     )
     # A cheap look at the upgrade header (aiohttp's can_prepare() runs the
@@ -130,6 +130,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         facts.connection_id = protocol.connection_id
         facts.session_id = protocol.session_id
     conn = LiveConnection(request, ws, protocol, opened_at=opened_at)
+    ws.last_word = conn.layer_closing
     registry = request.app[SOCKETS]
     try:
         # A proposed ID held by a socket of this node (its CONNECTING may be
