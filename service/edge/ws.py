@@ -194,6 +194,8 @@ class LiveConnection:
         frees a connection the moment it ends.
         """
         self.stop_timer()
+        if isinstance(self.ws, SocketResponse):
+            self.ws.last_word = None  # the socket's way back to this connection
         self.receiver = None
         self._ending = None
         self._ticked = None
