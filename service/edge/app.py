@@ -56,6 +56,7 @@ from service.edge.http import route_defs
 from service.edge.http.stream import WatcherRegistry
 from service.edge.metrics import Metrics, stamped
 from service.runtime import tracing
+from service.runtime.logs import hide_offered_subprotocols
 from service.runtime.settings import Settings
 from service.storage.lock import PostgresNodeLock, SqliteServeLock
 from service.storage.store import StoreConfig, StoreError, open_store, parse_store_url
@@ -382,6 +383,9 @@ def create_app(
     an endpoint and the ``otel`` extra is installed, else nowhere
     (service/runtime/tracing.py)."""
     settings = settings or Settings.from_env()
+    # Here, not in the command's logging set-up: whatever runs this app, a
+    # token a browser offers as a subprotocol never reaches its log.
+    hide_offered_subprotocols()
     config: StoreConfig = parse_store_url(settings.store_url)
     secret = settings.secret or load_or_create_key(config.key_dir)
     app = web.Application(

@@ -167,6 +167,42 @@ class ClientJunk(logging.Filter):
         return True
 
 
+class OfferedSubprotocols(logging.Filter):
+    """aiohttp logs, at WARNING, the WebSocket subprotocols a client offers
+    when none is one the server speaks (sessiond speaks none), values and all.
+    Browser code often offers its bearer token that way
+    (``Sec-WebSocket-Protocol: bearer, <JWT>``), which would put a signed
+    token in the log. One line at INFO says how many were offered, never
+    what; the answer names no subprotocol, as before."""
+
+    # Part of the line aiohttp logs (aiohttp/web_ws.py, ``_handshake``).
+    NEEDLE = "Client protocols"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.NEEDLE not in str(record.msg):
+            return True
+        args = record.args if isinstance(record.args, tuple) else ()
+        offered = next((a for a in args if isinstance(a, (list, tuple))), None)
+        peer = args[0] if args and isinstance(args[0], str) else "a client"
+        record.msg = (
+            "%s offered %s WebSocket subprotocol(s), none spoken here; answered with none "
+            "(what was offered is not logged: it may be a token)"
+        )
+        record.args = (peer, len(offered) if offered is not None else "some")
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+# One filter, so adding it again (one app per test) leaves one on the logger.
+OFFERED_SUBPROTOCOLS = OfferedSubprotocols()
+
+
+def hide_offered_subprotocols() -> None:
+    """Keep the values a client offers as WebSocket subprotocols out of the
+    log (``OfferedSubprotocols``): called by every app that serves sockets."""
+    logging.getLogger("aiohttp.websocket").addFilter(OFFERED_SUBPROTOCOLS)
+
+
 def formatter(log_format: LogFormat) -> logging.Formatter:
     if log_format == "json":
         return JsonFormatter()

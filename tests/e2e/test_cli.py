@@ -174,6 +174,31 @@ def test_client_junk_is_one_line_at_info_without_a_traceback(tmp_path: Path) -> 
     assert "refused a malformed request" in output
 
 
+async def test_a_token_offered_as_a_websocket_subprotocol_never_reaches_the_log(
+    tmp_path: Path,
+) -> None:
+    """Browser code often offers its token as a subprotocol (``bearer, <JWT>``);
+    aiohttp would log every value offered when none is one the server speaks."""
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    proc, port = start_server("--store", url, cwd=tmp_path)
+    try:
+        token = sessiond("token", "--user", "alice", "--store", url, cwd=tmp_path).stdout.strip()
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(
+                f"http://127.0.0.1:{port}/v1/ws?session_id=sub-1", protocols=("bearer", token)
+            ) as ws,
+        ):
+            assert ws.protocol is None  # none is spoken, as before
+            assert (await ws.receive_json(timeout=10))["type"] == "welcome"
+    finally:
+        output = stop(proc)
+    signature = token.rsplit(".", 1)[1]
+    assert token not in output and signature not in output, output
+    assert "offered 2 WebSocket subprotocol(s)" in output, output
+    assert "Traceback" not in output
+
+
 async def test_a_token_for_another_store_folder_uses_that_stores_key(tmp_path: Path) -> None:
     store = tmp_path / "data"
     store.mkdir()

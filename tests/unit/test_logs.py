@@ -22,6 +22,7 @@ from service.runtime.logs import (
     BufferedStreamHandler,
     JsonFormatter,
     KeyValueFormatter,
+    OfferedSubprotocols,
     configure,
     formatter,
     text_value,
@@ -318,3 +319,29 @@ def test_the_flusher_outlives_a_failed_flush(tmp_path: Path) -> None:
     finally:
         handler.close()
         target.close()
+
+
+def test_the_subprotocols_a_client_offers_are_counted_never_logged() -> None:
+    """aiohttp's own call (aiohttp/web_ws.py), rewritten; its other lines pass
+    as they are."""
+    offered = ["bearer", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl"]
+    record = logging.LogRecord(
+        "aiohttp.websocket",
+        logging.WARNING,
+        __file__,
+        1,
+        "%s: Client protocols %r don\u2019t overlap server-known ones %r",
+        ("127.0.0.1", offered, ()),
+        None,
+    )
+    assert OfferedSubprotocols().filter(record)
+    line = record.getMessage()
+    assert "eyJ" not in line and "bearer" not in line, line
+    assert line.startswith("127.0.0.1 offered 2 WebSocket subprotocol(s)"), line
+    assert record.levelname == "INFO"
+
+    other = logging.LogRecord(
+        "aiohttp.websocket", logging.WARNING, __file__, 1, "reader stalled", (), None
+    )
+    assert OfferedSubprotocols().filter(other)
+    assert (other.getMessage(), other.levelname) == ("reader stalled", "WARNING")
