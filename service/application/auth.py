@@ -62,6 +62,11 @@ class Principal:
     def can_write_to(self, owner: str) -> bool:
         return (self.user_id == owner and ROLE_USER in self.roles) or self.is_service
 
+    def can_end(self, owner: str) -> bool:
+        """Ending a session is its owner's alone: a ``service`` writes to any
+        session (tasks, progress, messages) but ends none but its own."""
+        return self.user_id == owner and self.can_write
+
 
 class KeyFileError(Exception):
     """The shared key file is missing, empty or unreadable."""

@@ -118,11 +118,19 @@ def session_recorded(session_id: str) -> Command[bool]:
 
 
 def end_session(session_id: str, actor: Principal) -> Command[dict[str, Any]]:
-    def act(session: Session) -> dict[str, Any]:
+    """End the session: its owner's alone, not any writer's (a ``service``
+    token writes to every session but ends only its own)."""
+
+    def run(uow: UnitOfWork) -> dict[str, Any]:
+        session = _session(uow, session_id)
+        if actor.user_id != session.owner:
+            raise Forbidden(f"only its owner may end session {session_id!r}")
+        if not actor.can_end(session.owner):
+            raise Forbidden("auditors read; they do not end sessions")
         session.end(user_id=actor.user_id)
         return wire_view(session.view())
 
-    return on_session("end_session", session_id, actor, act)
+    return Command("end_session", run)
 
 
 def record_message(

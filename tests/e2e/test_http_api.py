@@ -479,6 +479,32 @@ async def test_the_service_role_may_post_to_any_session(serve: Serve, sqlite_url
     ]
 
 
+async def test_only_its_owner_ends_a_session_a_service_token_of_another_user_is_403(
+    serve: Serve, sqlite_url: str
+) -> None:
+    """A service writes to any session (tasks, progress, messages) but ending
+    one is its owner's alone: nothing in the contract gives it to a service."""
+    api = await serve(sqlite_url)
+    await create(api, "s-owned")
+    worker: dict[str, Any] = {"user": "worker-7", "roles": ("service",)}
+    worker_and_user: dict[str, Any] = {"user": "worker-8", "roles": ("user", "service")}
+    for who in (worker, worker_and_user):
+        status, answer = await api.call("DELETE", "/v1/sessions/s-owned", **who)
+        assert status == 403, (who, answer)
+        assert_error(answer, "forbidden")
+    status, view = await api.call("GET", "/v1/sessions/s-owned")
+    assert (status, view["state"]) == (200, "ACTIVE"), view
+    assert [e["type"] for e in await events(api, "s-owned")] == ["SessionCreated"]
+
+    # A session the service created is its own to end; the owner ends theirs.
+    status, body = await api.call("POST", "/v1/sessions", json={"session_id": "s-its"}, **worker)
+    assert status == 201, body
+    status, view = await api.call("DELETE", "/v1/sessions/s-its", **worker)
+    assert (status, view["state"]) == (200, "ENDED"), view
+    status, view = await api.call("DELETE", "/v1/sessions/s-owned")
+    assert (status, view["state"]) == (200, "ENDED"), view
+
+
 # --- bad input: never a 500, never recorded ---------------------------------------------
 
 

@@ -130,7 +130,7 @@ async def get_session(request: web.Request) -> web.Response:
 
 @routes.delete("/v1/sessions/{session_id}")
 @operation(
-    summary="End a session; its live sockets are closed 4403 session_ended",
+    summary="End a session (its owner only); its live sockets are closed 4403 session_ended",
     answers={200: SessionView},
     errors=("invalid_id", "forbidden", "session_not_found"),
 )
