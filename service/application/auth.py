@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 import os
 import re
 import secrets
@@ -125,7 +126,11 @@ class TokenSigner:
         self._verified: dict[str, Principal] = {}
 
     def mint(self, user_id: str, roles: list[str] | None = None, ttl: int = 3600) -> str:
-        roles = list(roles or [ROLE_USER])
+        # Only the roles verify() accepts: a token naming none, or one it does
+        # not know, would be refused by every server.
+        roles = [ROLE_USER] if roles is None else list(roles)
+        if not roles:
+            raise ValueError(f"a token names at least one role; roles are {', '.join(ROLES)}")
         unknown = [r for r in roles if r not in ROLES]
         if unknown:
             raise ValueError(f"unknown role(s) {unknown}; roles are {', '.join(ROLES)}")
@@ -173,10 +178,12 @@ class TokenSigner:
             raise AuthError(
                 "the token's subject has a NUL or a lone surrogate, which no store can hold"
             )
-        raw_roles = claims.get("roles", [ROLE_USER])
-        if not isinstance(raw_roles, list) or not all(isinstance(r, str) for r in raw_roles):
-            raise AuthError("roles must be a list of strings")
-        roles = frozenset(r for r in raw_roles if r in ROLES) or frozenset({ROLE_USER})
+        roles = _roles(claims.get("roles", [ROLE_USER]))
+        # RFC 7519 makes each date a JSON number; PyJWT judges them with
+        # int(), which takes a numeric string or a bool too.
+        for name in _DATE_CLAIMS:
+            if name in claims and not _is_number(claims[name]):
+                raise AuthError(f"the token's {name} must be a number of seconds")
         # PyJWT judges ``exp`` by its whole seconds (int()), and the fast path
         # takes whole numbers only: the whole seconds are the token's expiry.
         exp = int(claims["exp"])
@@ -253,6 +260,7 @@ MAX_EXP = 2**63 - 1
 
 _PLAIN_HEADERS = ({"alg": ALGORITHM, "typ": "JWT"}, {"alg": ALGORITHM})
 _UNPLAIN_CLAIMS = frozenset({"nbf", "aud", "iss"})
+_DATE_CLAIMS = ("exp", "nbf", "iat")
 
 
 _B64URL = re.compile(r"[A-Za-z0-9_-]+")
@@ -283,6 +291,28 @@ def _recordable(text: str) -> bool:
 
 def _is_whole(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    """A JSON number: an int or a finite float, never a bool or a string."""
+    return _is_whole(value) or (isinstance(value, float) and math.isfinite(value))
+
+
+def _roles(raw: object) -> frozenset[str]:
+    """The roles a token's ``roles`` claim names. A role this server does not
+    know (a misspelling, another system's ``admin``) is refused, never read
+    as the default ``user``: that would give a token meant for a narrower
+    role the right to write. So is a list naming none: the default is for a
+    token without the claim."""
+    if not isinstance(raw, list) or not all(isinstance(r, str) for r in raw):
+        raise AuthError("roles must be a list of strings")
+    if not raw:
+        raise AuthError(f"roles names no role; roles are {', '.join(ROLES)}")
+    unknown = [r for r in raw if r not in ROLES]
+    if unknown:
+        named = ", ".join(repr(r[:40]) for r in unknown[:3])
+        raise AuthError(f"unknown role(s) {named}; roles are {', '.join(ROLES)}")
+    return frozenset(raw)
 
 
 def bearer_token(header: str | None) -> str:

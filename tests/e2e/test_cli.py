@@ -245,8 +245,11 @@ def test_a_port_in_use_is_a_readable_error(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr + result.stdout
 
 
-def test_an_unknown_role_is_refused_by_sessiond_token(tmp_path: Path) -> None:
-    result = sessiond("token", "--user", "u", "--role", "admin", cwd=tmp_path)
+@pytest.mark.parametrize("role", ["admin", "Auditor", ""])
+def test_an_unknown_role_is_refused_by_sessiond_token(tmp_path: Path, role: str) -> None:
+    """The server refuses a token naming a role it does not know (or naming
+    one miscapitalised), so the command does not make one."""
+    result = sessiond("token", "--user", "u", "--role", role, cwd=tmp_path)
     assert result.returncode == 2
     assert "invalid choice" in result.stderr
 

@@ -348,6 +348,12 @@ def expired_token() -> str:
     )
 
 
+def signed(claims: dict[str, Any]) -> str:
+    """A token signed with the server's key, with ``claims`` as they are (an
+    ``exp`` ten minutes ahead unless they name one)."""
+    return jwt.encode({"exp": int(time.time()) + 600, **claims}, TEST_SECRET, algorithm="HS256")
+
+
 @pytest.mark.parametrize(
     "authorization",
     [
@@ -358,8 +364,24 @@ def expired_token() -> str:
         "EXPIRED",
         "BAD_SIGNATURE",
         "UNSIGNED",
+        "ROLE:admin",
+        "ROLE:Auditor",
+        "ROLE:",
+        "STRING_EXP",
     ],
-    ids=["missing", "empty", "basic", "garbage", "expired", "bad-signature", "alg-none"],
+    ids=[
+        "missing",
+        "empty",
+        "basic",
+        "garbage",
+        "expired",
+        "bad-signature",
+        "alg-none",
+        "unknown-role",
+        "miscapitalised-role",
+        "no-role",
+        "string-exp",
+    ],
 )
 async def test_a_request_without_a_valid_token_is_401_unauthenticated(
     serve: Serve, sqlite_url: str, authorization: str | None
@@ -374,6 +396,11 @@ async def test_a_request_without_a_valid_token_is_401_unauthenticated(
         authorization = "Bearer " + jwt.encode(
             {"sub": "alice", "exp": int(time.time()) + 60}, key=None, algorithm="none"
         )
+    elif authorization is not None and authorization.startswith("ROLE:"):
+        roles = [r for r in authorization.removeprefix("ROLE:").split(",") if r]
+        authorization = "Bearer " + signed({"sub": "alice", "roles": roles})
+    elif authorization == "STRING_EXP":
+        authorization = "Bearer " + signed({"sub": "alice", "exp": str(int(time.time()) + 600)})
     headers = {} if authorization is None else {"Authorization": authorization}
     for method, path, body in [
         ("GET", "/v1/sessions/s-auth", None),

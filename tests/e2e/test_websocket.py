@@ -362,9 +362,25 @@ def expired_token() -> str:
     return jwt.encode({"sub": "alice", "exp": now - 60}, TEST_SECRET, algorithm="HS256")
 
 
+def signed(claims: dict[str, Any]) -> str:
+    """A token signed with the server's key, with ``claims`` as they are."""
+    return jwt.encode(
+        {"sub": "alice", "exp": int(time.time()) + 600, **claims}, TEST_SECRET, algorithm="HS256"
+    )
+
+
+# Signed with the server's key, and still malformed.
+MALFORMED_CLAIMS: dict[str, dict[str, Any]] = {
+    "unknown-role": {"roles": ["admin"]},
+    "miscapitalised-role": {"roles": ["Auditor"]},
+    "no-role": {"roles": []},
+    "string-exp": {"exp": "4102444800"},
+}
+
+
 @pytest.mark.parametrize(
     "token",
-    ["garbage", "expired", "bad-signature", "empty"],
+    ["garbage", "expired", "bad-signature", "empty", *MALFORMED_CLAIMS],
 )
 async def test_a_bad_token_closes_the_socket_with_4401(
     sqlite_url: str, serve: Serve, token: str
@@ -375,6 +391,7 @@ async def test_a_bad_token_closes_the_socket_with_4401(
         "expired": expired_token(),
         "bad-signature": TokenSigner("some-other-secret-0123456789abcdef").mint("alice"),
         "empty": "",
+        **{name: signed(claims) for name, claims in MALFORMED_CLAIMS.items()},
     }[token]
     client = await connect(api, "s-badtoken", connection_id=f"conn-{token}")
     await client.until_state("ACCEPTED")
@@ -388,15 +405,19 @@ async def test_a_bad_token_closes_the_socket_with_4401(
     assert status == 404
 
 
+@pytest.mark.parametrize("token", ["garbage", *MALFORMED_CLAIMS])
 async def test_a_bad_authorization_header_closes_the_socket_with_4401(
-    sqlite_url: str, serve: Serve
+    sqlite_url: str, serve: Serve, token: str
 ) -> None:
     api = await serve(sqlite_url)
+    sent = "x" if token == "garbage" else signed(MALFORMED_CLAIMS[token])
+    cid = f"conn-badheader-{token}"
     client = await connect(
-        api, "s-badheader", connection_id="conn-badheader", headers={"Authorization": "Bearer x"}
+        api, "s-badheader", connection_id=cid, headers={"Authorization": f"Bearer {sent}"}
     )
     assert await client.until_closed() == 4401
-    assert (await closed_record(api, "conn-badheader"))["data"]["details"]["code"] == 4401
+    assert (await closed_record(api, cid))["data"]["details"]["code"] == 4401
+    assert await connection_states(api, cid) == ["CONNECTING", "ACCEPTED", "CLOSED"]
 
 
 async def test_no_auth_within_the_auth_timeout_closes_the_socket_with_4401(

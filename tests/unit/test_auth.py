@@ -186,3 +186,76 @@ def test_a_token_whose_claims_cannot_be_recorded_is_refused(claims: dict[str, An
 def test_mint_refuses_a_token_the_server_would_refuse(user: str, ttl: int) -> None:
     with pytest.raises(ValueError):
         TokenSigner(SECRET).mint(user, ttl=ttl)
+
+
+# Shapes a token's claims take to reach each path: the fast path's plain
+# shape, and PyJWT's (an ``nbf`` in the past is what the fast path hands on).
+PATHS = {"fast path": {}, "pyjwt": {"nbf": 0}}
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize(
+    "roles",
+    [["admin"], ["Auditor"], ["user", "admin"], ["service", "USER"], [], ["auditor", ""]],
+    ids=["admin", "miscapitalised", "user-and-admin", "service-and-USER", "empty", "blank"],
+)
+def test_a_token_whose_roles_name_a_role_the_server_does_not_know_is_refused(
+    roles: list[str], path: str
+) -> None:
+    """Not read as the default ``user``: a token meant for a narrower role
+    would get the right to write."""
+    claims = {"sub": "alice", "exp": int(time.time()) + 600, "roles": roles, **PATHS[path]}
+    signer = TokenSigner(SECRET)
+    token = jwt.encode(claims, SECRET, algorithm="HS256")
+    assert (signer._plain_claims(token) is not None) == (path == "fast path")
+    with pytest.raises(AuthError, match="role"):
+        signer.verify(token)
+
+
+@pytest.mark.parametrize(
+    "roles",
+    [["user"], ["service"], ["auditor"], ["user", "service", "auditor"], ["user", "user"]],
+)
+def test_a_token_naming_known_roles_gets_exactly_them(roles: list[str]) -> None:
+    token = jwt.encode(
+        {"sub": "alice", "exp": int(time.time()) + 600, "roles": roles}, SECRET, algorithm="HS256"
+    )
+    assert TokenSigner(SECRET).verify(token).roles == frozenset(roles)
+
+
+def test_a_token_without_roles_is_a_user() -> None:
+    token = jwt.encode({"sub": "alice", "exp": int(time.time()) + 600}, SECRET, algorithm="HS256")
+    assert TokenSigner(SECRET).verify(token).roles == frozenset({"user"})
+
+
+@pytest.mark.parametrize(
+    "dates",
+    [
+        lambda t: {"exp": str(t + 600)},
+        lambda t: {"exp": t + 600, "iat": str(t - 10)},
+        lambda t: {"exp": t + 600, "nbf": str(t - 10)},
+        lambda t: {"exp": t + 600, "iat": True},
+        lambda t: {"exp": t + 600, "nbf": False},
+    ],
+    ids=["string-exp", "string-iat", "string-nbf", "bool-iat", "bool-nbf"],
+)
+def test_a_date_claim_that_is_not_a_json_number_is_refused(
+    dates: Callable[[int], dict[str, Any]],
+) -> None:
+    """RFC 7519 makes exp, nbf and iat JSON numbers; PyJWT's int() would take
+    a numeric string or a bool."""
+    token = jwt.encode({"sub": "alice", **dates(int(time.time()))}, SECRET, algorithm="HS256")
+    with pytest.raises(AuthError, match="must be a number"):
+        TokenSigner(SECRET).verify(token)
+
+
+def test_a_fractional_exp_is_a_number_and_its_whole_seconds_are_the_expiry() -> None:
+    exp = int(time.time()) + 600
+    token = jwt.encode({"sub": "alice", "exp": exp + 0.5}, SECRET, algorithm="HS256")
+    assert TokenSigner(SECRET).verify(token).exp == exp
+
+
+@pytest.mark.parametrize("roles", [[], ["admin"], ["Auditor"]], ids=["empty", "admin", "caps"])
+def test_mint_refuses_roles_the_server_would_refuse(roles: list[str]) -> None:
+    with pytest.raises(ValueError, match="role"):
+        TokenSigner(SECRET).mint("alice", roles)

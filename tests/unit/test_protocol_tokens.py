@@ -180,6 +180,13 @@ def test_a_refresh_with_a_token_that_may_not_hold_the_session_closes_4403() -> N
     assert "TokenRefreshed" not in world.connection_states("c-1")
 
 
+def _signed(**claims: Any) -> str:
+    """Alice's token, signed with the server's key, with ``claims`` as given."""
+    return jwt.encode(
+        {"sub": "alice", "exp": int(time.time()) + 3600, **claims}, SECRET, algorithm="HS256"
+    )
+
+
 def _expired() -> str:
     return jwt.encode({"sub": "alice", "exp": int(time.time()) - 60}, SECRET, algorithm="HS256")
 
@@ -194,8 +201,11 @@ def _expired() -> str:
             "another-key-0123456789abcdef-0123456789",
             algorithm="HS256",
         ),
+        lambda: _signed(roles=["admin"]),
+        lambda: _signed(roles=["Auditor"]),
+        lambda: _signed(exp=str(int(time.time()) + 3600)),
     ],
-    ids=["malformed", "expired", "wrong key"],
+    ids=["malformed", "expired", "wrong key", "unknown role", "miscapitalised role", "string exp"],
 )
 def test_a_refresh_with_a_bad_token_is_answered_with_an_error_and_the_old_token_holds(
     make: Any,
