@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 
 from domain.connection import Connection
-from domain.lifecycle import state_values
+from domain.lifecycle import initial_state, state_values
 from service.edge.effects import Close
 from service.edge.schema import (
     SERVER_FRAMES,
@@ -47,6 +47,40 @@ def _name(kind: type) -> str:
     return kind.__name__
 
 
+# The fields a state frame carries with each state (PROTOCOL.md, "Lifecycle").
+STATE_FIELDS = {
+    "AUTHENTICATED": ["user_id"],
+    "SERVICES_READY": ["session_id"],
+    "PROCESSING_READY": ["session_id", "position"],
+    "CLOSED": ["code", "reason"],
+}
+
+
+def _by_state(schemas: dict[str, Any]) -> None:
+    """The frames' state fields as the lifecycle has them: the welcome's is
+    ACCEPTED, a state frame's one of the lifecycle's states, with the fields
+    that state comes with required."""
+    lifecycle: Any = Connection.lifecycle
+    states = state_values(lifecycle)
+    accepted = str(lifecycle.ACCEPTED.value)
+    assert set(STATE_FIELDS) <= set(states), "a state of STATE_FIELDS left the lifecycle"
+    schemas["WelcomeFrame"]["properties"]["state"] = {"type": "string", "const": accepted}
+    # CONNECTING is recorded, never announced; ACCEPTED is the welcome's.
+    announced = [s for s in states if s not in (initial_state(lifecycle), accepted)]
+    frame = schemas["StateFrame"]
+    frame["properties"]["state"] = {"type": "string", "enum": announced}
+    frame["allOf"] = [
+        {
+            "if": {"properties": {"state": {"const": state}}, "required": ["state"]},
+            "then": {
+                "required": fields,
+                "properties": {field: {"not": {"type": "null"}} for field in fields},
+            },
+        }
+        for state, fields in STATE_FIELDS.items()
+    ]
+
+
 def asyncapi(*, version: str, host: str = "127.0.0.1:8080") -> dict[str, Any]:
     """The AsyncAPI 3.0 document of ``GET /v1/ws``."""
     client = [AuthFrame, MessageFrame]
@@ -56,6 +90,7 @@ def asyncapi(*, version: str, host: str = "127.0.0.1:8080") -> dict[str, Any]:
     )
     query = schemas.pop(SocketQuery.__name__)
     schemas["JsonValue"] = json_value_schema()
+    _by_state(schemas)
     messages = {
         _name(kind): {
             "name": _name(kind),
@@ -91,7 +126,15 @@ def asyncapi(*, version: str, host: str = "127.0.0.1:8080") -> dict[str, Any]:
             ),
             "license": {"name": "MIT"},
         },
-        "servers": {"local": {"host": host, "protocol": "ws", "pathname": "/"}},
+        "servers": {
+            "node": {
+                "host": "{host}",
+                "protocol": "ws",
+                "pathname": "/",
+                "description": "any sessiond node: its host and port",
+                "variables": {"host": {"default": host}},
+            }
+        },
         "channels": {
             "session": {
                 "address": "/v1/ws",

@@ -91,6 +91,40 @@ def test_every_frame_a_socket_is_sent_fits_its_declaration() -> None:
         msgspec.convert(frame, union)
 
 
+def test_the_asyncapi_document_tells_a_right_frame_from_a_wrong_one(
+    generated: dict[str, Any],
+) -> None:
+    """Every frame a socket is sent fits the document's own schema of it, and
+    the state frames' fields are the ones their state comes with."""
+    document = generated["asyncapi.json"]
+
+    def fits(name: str, frame: dict[str, Any]) -> bool:
+        schema = {"$ref": f"#/components/schemas/{name}", "components": document["components"]}
+        return not list(jsonschema.Draft202012Validator(schema).iter_errors(frame))
+
+    world = World()
+    socket = Socket(world, "c-doc", "s-doc").upgrade()
+    socket.send({"type": "auth", "token": world.token()})
+    socket.send({"type": "message", "content": "hello"})
+    socket.run(socket.protocol.end(1000, "normal"))
+    names = {kind.__name__: kind for kind in SERVER_FRAMES}
+    by_type = {
+        "welcome": "WelcomeFrame",
+        "state": "StateFrame",
+        "event": "EventFrame",
+        "error": "ErrorFrame",
+    }
+    for frame in socket.frames:
+        assert by_type[frame["type"]] in names
+        assert fits(by_type[frame["type"]], frame), frame
+    live = next(f for f in socket.frames if f.get("state") == "PROCESSING_READY")
+    assert not fits("StateFrame", {k: v for k, v in live.items() if k != "position"})
+    assert not fits("StateFrame", {**live, "state": "NOT_A_STATE"})
+    closed = socket.frames[-1]
+    assert closed["state"] == "CLOSED" and not fits("StateFrame", {**closed, "code": None})
+    assert not fits("WelcomeFrame", {**socket.frames[0], "state": "PROCESSING_READY"})
+
+
 @pytest.fixture
 def contract_server(tmp_path: Path, request: pytest.FixtureRequest) -> ServerProcess:
     store = request.param
