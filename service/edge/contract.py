@@ -107,10 +107,23 @@ def _codes(op: Operation) -> list[str]:
     return list(dict.fromkeys(codes))
 
 
+# What aiohttp's HTTP parser refuses before any handler runs, answered in the
+# error shape on every operation (service/edge/errors.py, ADR 0046): a request
+# target or a header over its limit, a body in an encoding the node cannot
+# read, a malformed request.
+PARSER_ERRORS = (
+    (400, "bad_request"),
+    (414, "too_large"),
+    (415, "unsupported_media_type"),
+    (431, "too_large"),
+)
+
+
 def _errors(op: Operation) -> dict[str, Any]:
     by_status: dict[int, list[str]] = {}
-    for code in _codes(op):
-        by_status.setdefault(STATUS_BY_CODE[code], []).append(code)
+    for status, code in [(STATUS_BY_CODE[c], c) for c in _codes(op)] + list(PARSER_ERRORS):
+        if code not in by_status.setdefault(status, []):
+            by_status[status].append(code)
     answers: dict[str, Any] = {}
     for status, codes in sorted(by_status.items()):
         answer: dict[str, Any] = {

@@ -74,6 +74,17 @@ def test_every_route_of_the_router_is_in_the_document(generated: dict[str, Any])
     assert routes == documented
 
 
+def test_every_operation_declares_what_the_http_parser_answers_before_it(
+    generated: dict[str, Any],
+) -> None:
+    """Any request can be refused by the parser (a header over 8,190 bytes: a
+    long bearer token is enough), so every operation says so."""
+    for path, operations in generated["openapi.json"]["paths"].items():
+        for method, op in operations.items():
+            for status in ("400", "414", "415", "431"):
+                assert status in op["responses"], (method, path, status)
+
+
 def test_every_frame_a_socket_is_sent_fits_its_declaration() -> None:
     world = World()
     socket = Socket(world, "c-doc", "s-doc").upgrade()
