@@ -24,6 +24,7 @@ from projections.projection import Row
 from service.storage.faults import read_only
 from service.storage.postgres_url import LIBPQ_DEFAULTS, RECONNECT_TIMEOUT, SCHEMA_LOCK_KEY
 from service.storage.store import SQLITE_BUSY_TIMEOUT
+from service.storage.storefile import StoreFile
 
 TRACKING_DDL = """CREATE TABLE IF NOT EXISTS sessiond_tracking (
     name TEXT PRIMARY KEY,
@@ -236,23 +237,38 @@ class Tables:
 
 
 class SQLiteTables(Tables):
-    """A SQLite file (WAL), or a private in-memory database for memory://."""
+    """A SQLite file (WAL), or a private in-memory database for memory://.
+
+    The file is the one at ``path`` when the tables were opened (the event
+    log's, opened first), and only while the path still leads to it
+    (service/storage/storefile.py): a write first checks that it does, and a
+    thread's first connection never creates a file at the path."""
 
     def __init__(self, path: str | None) -> None:
         self._path = path
         self._local = threading.local()
         self._lock = threading.RLock()
         self._shared: sqlite3.Connection | None = None
+        self._file: StoreFile | None = None
         if path is None:
             self._shared = self._connect(":memory:")
+        else:
+            with suppress(FileNotFoundError):
+                self._file = StoreFile.at(path)
 
     def _connect(self, target: str) -> sqlite3.Connection:
-        conn = sqlite3.connect(
-            target,
-            isolation_level=None,
-            check_same_thread=False,
-            timeout=float(SQLITE_BUSY_TIMEOUT),
-        )
+        options: dict[str, Any] = {
+            "isolation_level": None,
+            "check_same_thread": False,
+            "timeout": float(SQLITE_BUSY_TIMEOUT),
+        }
+        if self._file is not None:
+            conn = self._file.connect(**options)
+        else:
+            # In memory, or a new database whose tables come before its log.
+            conn = sqlite3.connect(target, **options)
+            if target != ":memory:":
+                self._file = StoreFile.at(target)
         if target != ":memory:":
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
@@ -272,6 +288,9 @@ class SQLiteTables(Tables):
     def write(self) -> Iterator[Cursor]:
         with self._lock if self._shared is not None else _nolock():
             conn = self._conn()
+            if self._file is not None:
+                # Never written into a file no longer at the store's path.
+                self._file.check()
             try:
                 cur = conn.cursor()
                 cur.execute("BEGIN IMMEDIATE")

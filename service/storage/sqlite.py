@@ -20,6 +20,13 @@ are known without a round trip per row. Same table, same rows, same IDs, same
 exceptions (eventsourcing's ``IntegrityError`` for a conflicting row, which the
 writer retries); see docs/adr/0014-insert-a-batch-with-one-statement-on-sqlite.md
 and docs/adr/0019-insert-a-sqlite-batch-as-one-statement-in-its-own-transaction.md.
+
+The file is the one the store was opened on, and only while its path still
+leads to it (service/storage/storefile.py): every batch and every
+``max_notification_id`` (the health probe's ping) first checks that it does,
+and a connection opened later never creates a file at the path. Other reads
+do not check: they read what was recorded before, and the health view stops
+them once the probe has seen the file gone (ADR 0051).
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore
 
 from service.storage.faults import read_only
 from service.storage.rows import LogRow, StreamRow, stream_rows
+from service.storage.storefile import StoreFile
 
 # Batch sizes whose INSERT text is kept (larger ones are rare: bulk loads).
 KEPT_INSERTS = 1024
@@ -79,6 +87,24 @@ class BatchSQLiteRecorder(SQLiteApplicationRecorder):
             "ORDER BY originator_version LIMIT ?"
         )
         self._max_id = f"SELECT MAX(rowid) FROM {table}"
+        # The file this store is, taken once its table exists (create_table,
+        # or the first connection); None for an in-memory database.
+        self.file: StoreFile | None = None
+        self._in_memory = bool(getattr(datastore.pool, "is_sqlite_memory_mode", False))
+
+    def create_table(self) -> None:
+        super().create_table()
+        self._pin()
+
+    def _pin(self) -> StoreFile | None:
+        """The store's file, taken the first time it is asked for."""
+        if self.file is None and not self._in_memory:
+            pool: Any = self.datastore.pool
+            try:
+                self.file = StoreFile.at(pool.db_name)
+            except OSError as e:
+                raise InterfaceError(e) from e
+        return self.file
 
     # --- connections ------------------------------------------------------------
 
@@ -86,15 +112,18 @@ class BatchSQLiteRecorder(SQLiteApplicationRecorder):
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             pool: Any = self.datastore.pool
+            options: dict[str, Any] = {
+                "check_same_thread": False,  # closed by close(), from another thread
+                "isolation_level": None,
+                "cached_statements": 256,  # an INSERT per batch size, among others
+                "timeout": pool.lock_timeout or 5,
+            }
+            file = self._pin()
             try:
-                conn = sqlite3.connect(
-                    pool.db_name,
-                    uri=True,
-                    check_same_thread=False,  # closed by close(), from another thread
-                    isolation_level=None,
-                    cached_statements=256,  # an INSERT per batch size, among others
-                    timeout=pool.lock_timeout or 5,
-                )
+                if file is None:
+                    conn = sqlite3.connect(pool.db_name, uri=True, **options)
+                else:  # never a new empty file where the store was
+                    conn = file.connect(**options)
             except sqlite3.Error as e:
                 raise InterfaceError(e) from e
             self._local.conn = conn
@@ -153,6 +182,10 @@ class BatchSQLiteRecorder(SQLiteApplicationRecorder):
             return []
         conn = self._conn()
         per_insert = self._local.rows_per_insert
+        if self.file is not None:
+            # Committed to a file that is no longer at the store's path, the
+            # batch would be acknowledged and lost: refused, nothing recorded.
+            self.file.check()
         try:
             if len(rows) <= per_insert:
                 last = self._insert(conn, rows)
@@ -189,6 +222,10 @@ class BatchSQLiteRecorder(SQLiteApplicationRecorder):
     # --- reads ------------------------------------------------------------------
 
     def max_notification_id(self) -> int:
+        """The last notification ID; StoreFileGone if the file is no longer
+        at the store's path (this is the health probe's ping)."""
+        if self.file is not None:
+            self.file.check()
         return int(self._query(self._max_id, ())[0][0] or 0)
 
     def select_rows(self, start: int, limit: int) -> list[LogRow]:

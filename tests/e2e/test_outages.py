@@ -2,8 +2,9 @@
 (docs/PROTOCOL.md v1.1 "Faults"; docs/adr/0028-fail-fast-while-the-store-is-down.md).
 
 PostgreSQL is a private cluster that the test stops and starts (never the
-shared server); SQLite faults are a full disk (a small tmpfs the test mounts)
-and a store file made immutable. While the store cannot be reached or
+shared server); SQLite faults are a full disk (a small tmpfs the test mounts),
+a store file made immutable, and the store's folder moved away, removed or
+replaced while the node runs. While the store cannot be reached or
 written, every call that needs it answers 503 ``unavailable`` with
 ``Retry-After``, never 500; reads of what exists keep working where the
 store can still be read; nothing false is left in the record; and once the
@@ -19,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import shutil
+import sqlite3
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -28,6 +31,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from service.storage.store import open_store, parse_store_url
 from tests.conftest import Api, ServerProcess, ThrowawayPostgres
 from tests.e2e.wsclient import (
     AUDITOR,
@@ -398,4 +402,145 @@ async def test_a_read_only_sqlite_store_refuses_writes_with_503_keeps_reads_and_
         await reads_still_work(api, "ro-1")
     await writes_succeed(api, "ro-1", "after-read-only")
     await reads_still_work(api, "ro-1")
+    await no_internal_errors(api)
+
+
+# --- the SQLite store's file gone from its path -----------------------------------------
+# An open connection holds the file, not its path: before ADR 0051 a node whose
+# store folder was removed or moved away went on answering 201 into a file
+# nobody else would ever see, and lost all of it when it stopped.
+
+
+async def message_ids(api: Api, session_id: str) -> list[str]:
+    status, body = await api.call("GET", f"/v1/sessions/{session_id}/events")
+    assert status == 200, body
+    return [e["data"]["message_id"] for e in body["events"] if "message_id" in e["data"]]
+
+
+async def every_write_refused(api: Api, session_id: str, tries: int = 8) -> None:
+    """Each write, from the first, answered 503 ``unavailable`` in time."""
+    for i in range(tries):
+        answer = await timed_call(
+            api,
+            "POST",
+            f"/v1/sessions/{session_id}/messages",
+            json={"role": "user", "content": "while gone", "message_id": f"gone-{i}"},
+        )
+        assert_unavailable(f"write {i} after the store file went", *answer)
+
+
+async def down_everywhere(api: Api, session_id: str) -> None:
+    """/readyz and /healthz 503 (within a probe's round), then every call that
+    needs the store 503, an upgrade refused before it happens."""
+
+    async def not_ready() -> bool:
+        return await status_of(api, "/readyz") == 503
+
+    await eventually(not_ready, "/readyz to answer 503", 3 * BUDGET)
+    for path in ("/readyz", "/healthz"):
+        assert_unavailable(path, *await timed_call(api, "GET", path, authorized=False))
+    assert (await timed_call(api, "GET", "/livez", authorized=False))[0] == 200
+    await every_write_refused(api, session_id)
+    for path in (
+        "/v1/sessions",
+        f"/v1/sessions/{session_id}",
+        f"/v1/sessions/{session_id}/events",
+    ):
+        assert_unavailable(f"GET {path}", *await timed_call(api, "GET", path))
+    started = time.monotonic()
+    status, body = await refused_upgrade(
+        api, api.ws_url(session_id, connection_id="never-gone"), api.auth("alice")
+    )
+    assert (status, body["error"]["code"]) == (503, "unavailable")
+    assert time.monotonic() - started < BUDGET
+
+
+async def test_a_sqlite_store_moved_away_is_down_until_it_is_back_and_nothing_acknowledged_is_lost(
+    tmp_path: Path,
+    server_process: Callable[..., ServerProcess],
+    http: aiohttp.ClientSession,
+) -> None:
+    folder = tmp_path / "store"
+    folder.mkdir()
+    url = f"sqlite:///{folder / 'sessiond.db'}"
+    node = await asyncio.to_thread(server_process, url)
+    api = api_of(node, http)
+    assert (await api.call("POST", "/v1/sessions", json={"session_id": "moved-1"}))[0] == 201
+    await writes_succeed(api, "moved-1", "before")
+    client = await open_live(api, "moved-1", connection_id="rider")
+    await message_until_recorded(client, "socket-before")
+
+    # The folder with the .db, -wal, -shm and lock files moved away, and an
+    # empty one where it was: the node must create nothing in it.
+    away = tmp_path / "away"
+    folder.rename(away)
+    folder.mkdir()
+    await every_write_refused(api, "moved-1")
+    await client.send(
+        {"type": "message", "content": "x", "message_id": "socket-gone", "ref": "gone"}
+    )
+    frame = await client.until(lambda f: f.get("type") == "error" and f.get("ref") == "gone")
+    assert frame["code"] == "unavailable", frame
+    await down_everywhere(api, "moved-1")
+    await asyncio.sleep(1.5)  # a few of the probe's rounds, the projector's too
+    assert list(folder.iterdir()) == [], "the node created files where its store was"
+    await no_internal_errors(api)
+
+    # The same file back at its path: everything works again, no restart.
+    folder.rmdir()
+    away.rename(folder)
+    await writes_succeed(api, "moved-1", "after")
+    await message_until_recorded(client, "socket-after")
+
+    async def ready() -> bool:
+        return await status_of(api, "/readyz") == 200
+
+    await eventually(ready, "/readyz to answer 200 again")
+    await reads_still_work(api, "moved-1")
+    status, _ = await api.call("GET", "/v1/connections/never-gone", **AUDITOR)
+    assert status == 404, "a refused upgrade recorded a connection"
+    await client.close()
+    await no_internal_errors(api)
+
+    # Everything acknowledged is in the file, and nothing that was refused.
+    expected = ["before", "socket-before", "after", "socket-after"]
+    assert await message_ids(api, "moved-1") == expected
+    assert node.terminate() == 0
+    again = api_of(await asyncio.to_thread(server_process, url), http)
+    assert await message_ids(again, "moved-1") == expected
+
+
+async def test_a_sqlite_store_removed_or_replaced_stays_down_and_nothing_is_written_in_its_place(
+    tmp_path: Path,
+    server_process: Callable[..., ServerProcess],
+    http: aiohttp.ClientSession,
+) -> None:
+    folder = tmp_path / "store"
+    folder.mkdir()
+    db = folder / "sessiond.db"
+    node = await asyncio.to_thread(server_process, f"sqlite:///{db}")
+    api = api_of(node, http)
+    assert (await api.call("POST", "/v1/sessions", json={"session_id": "removed-1"}))[0] == 201
+    await writes_succeed(api, "removed-1", "before")
+    # Another store, kept aside (a backup, a copy of another node's): it is
+    # put where the removed one was.
+    other = tmp_path / "other"
+    other.mkdir()
+    with contextlib.closing(open_store(parse_store_url(f"sqlite:///{other / 'sessiond.db'}"))):
+        pass
+
+    def rows(path: Path) -> int:
+        with contextlib.closing(sqlite3.connect(path)) as c:
+            return int(c.execute("SELECT COUNT(*) FROM stored_events").fetchone()[0])
+
+    shutil.rmtree(folder)
+    await every_write_refused(api, "removed-1")
+    await down_everywhere(api, "removed-1")
+    assert not folder.exists()
+    await no_internal_errors(api)
+
+    other.rename(folder)
+    await asyncio.sleep(2.5)  # a few of the probe's rounds
+    await down_everywhere(api, "removed-1")
+    assert rows(db) == 0, "the node wrote into a file it did not open"
     await no_internal_errors(api)
