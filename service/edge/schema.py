@@ -56,8 +56,12 @@ Count = (
     | Annotated[float, msgspec.Meta(ge=0, lt=float(2**63), multiple_of=1)]
 )
 # An amount of a task's work: a whole number stays whole (``5``, not ``5.0``)
-# in what is recorded; never negative.
-Amount = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)] | Annotated[float, msgspec.Meta(ge=0)]
+# in what is recorded; never negative; within 64 bits however it is written
+# (``1e19`` is a whole number past the range to JSON Schema as to the store).
+Amount = (
+    Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
+    | Annotated[float, msgspec.Meta(ge=0, lt=float(2**63))]
+)
 Role = Literal["user", "assistant", "system"]
 assert set(Role.__args__) == set(MESSAGE_ROLES)  # type: ignore[attr-defined]
 # Free JSON (metadata, a task's result): any JSON value, numbers within 64
@@ -96,20 +100,22 @@ class SchemaError(Exception):
         self.message = message
 
 
-def check_json(value: Any, depth: int = 1) -> None:
+def check_json(value: Any, depth: int = 2) -> None:
     """Refuse free JSON (``metadata``, ``result``) the store could not record:
     nested deeper than MAX_DEPTH, or an integer outside 64 bits (and, so that
-    the document can say it, any number outside that range)."""
-    if depth > MAX_DEPTH:
-        raise ValueError(f"JSON nested deeper than {MAX_DEPTH} levels")
+    the document can say it, any number outside that range).
+
+    The depth counts objects and arrays, the body (or frame) itself being
+    level 1, so a field's value is at level 2 (``depth``); a plain value adds
+    no level. A body is refused when any object or array in it is deeper
+    than MAX_DEPTH, whatever it holds."""
     if type(value) is int or type(value) is float:
         if not INT64_MIN <= value <= INT64_MAX:
             raise ValueError("a number outside the signed 64-bit range")
-    elif type(value) is dict:
-        for item in value.values():
-            check_json(item, depth + 1)
-    elif type(value) is list:
-        for item in value:
+    elif type(value) is dict or type(value) is list:
+        if depth > MAX_DEPTH:
+            raise ValueError(f"JSON nested deeper than {MAX_DEPTH} levels")
+        for item in value.values() if type(value) is dict else value:
             check_json(item, depth + 1)
 
 
@@ -373,9 +379,27 @@ def decode_body(raw: bytes, kind: type[T]) -> T:
     except msgspec.ValidationError as e:
         raise _refusal(kind, e, "invalid_body") from None
     except msgspec.DecodeError as e:
-        raise SchemaError("invalid_json", f"the body is not valid JSON: {e}") from None
+        raise _not_json(raw, e) from None
     except RecursionError:
         raise SchemaError("invalid_body", f"JSON nested deeper than {MAX_DEPTH} levels") from None
+
+
+def _not_json(raw: bytes, error: msgspec.DecodeError) -> SchemaError:
+    """A body msgspec could not decode: ``invalid_json`` if it is not JSON;
+    ``invalid_body`` if it is JSON-like but holds a number that is not finite
+    (``NaN``, ``Infinity``: what Python's ``json.dumps`` writes for them),
+    which the contract lists among what the store cannot record. Only a
+    refused body pays for this second look."""
+    seen: list[str] = []
+    try:
+        json.loads(raw, parse_constant=seen.append)
+    except (ValueError, RecursionError):
+        seen = []  # not JSON even so
+    if seen:
+        return SchemaError(
+            "invalid_body", f"a number that is not finite ({seen[0]}) cannot be recorded"
+        )
+    return SchemaError("invalid_json", f"the body is not valid JSON: {error}")
 
 
 def decode_query(values: Any, kind: type[T]) -> T:

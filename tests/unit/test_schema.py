@@ -18,6 +18,7 @@ from service.edge.schema import (
     ReportProgress,
     SchemaError,
     SocketQuery,
+    StartTask,
     TokenExpiringFrame,
     TokenFrame,
     decode_body,
@@ -77,6 +78,50 @@ def test_free_json_up_to_the_limits_is_accepted_as_sent() -> None:
     body = decode_body(orjson.dumps({"metadata": metadata}), CreateSession)
     assert body.metadata == metadata
     assert decode_body(b"", CreateSession) == CreateSession()
+
+
+def containers(count: int, innermost: Any) -> Any:
+    """``count`` objects nested in one another, the innermost holding ``innermost``
+    (an empty object holds nothing)."""
+    value: Any = {} if innermost is None else {"a": innermost}
+    for _ in range(count - 1):
+        value = {"a": value}
+    return value
+
+
+@pytest.mark.parametrize("innermost", [None, 1, "text"], ids=["empty", "number", "string"])
+def test_the_depth_counts_objects_and_arrays_from_the_body_whatever_the_innermost_holds(
+    innermost: Any,
+) -> None:
+    """The body is level 1 and its metadata's object level 2: objects and
+    arrays down to level 64 are taken, one more is refused."""
+    deepest_allowed = containers(MAX_DEPTH - 1, innermost)
+    body = orjson.dumps({"metadata": deepest_allowed})
+    assert decode_body(body, CreateSession).metadata == deepest_allowed
+    assert refused(orjson.dumps({"metadata": containers(MAX_DEPTH, innermost)}), CreateSession) == (
+        "invalid_body"
+    )
+    frame = {"type": "message", "content": "c", "metadata": containers(MAX_DEPTH, innermost)}
+    with pytest.raises(SchemaError) as e:
+        decode_frame(orjson.dumps(frame).decode())
+    assert e.value.code == "bad_frame"
+
+
+@pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity"])
+def test_a_number_that_is_not_finite_is_invalid_body_not_invalid_json(literal: bytes) -> None:
+    """What Python's json.dumps writes for float("nan") is JSON-like, but no
+    store can record it: refused as the contract says, invalid_body."""
+    assert refused(b'{"done": ' + literal + b"}", ReportProgress) == "invalid_body"
+    assert refused(b'{"metadata": {"x": ' + literal + b"}}", CreateSession) == "invalid_body"
+    assert refused(b'{"metadata": {"x": ' + literal + b"}", CreateSession) == "invalid_json"
+
+
+def test_an_amount_past_64_bits_is_refused_however_it_is_written() -> None:
+    for written in (b"9223372036854775808", b"9223372036854775808.0", b"1e19"):
+        assert refused(b'{"done": ' + written + b"}", ReportProgress) == "invalid_body"
+        assert refused(b'{"name": "n", "total": ' + written + b"}", StartTask) == "invalid_body"
+    assert decode_body(b'{"done": 9.2e18}', ReportProgress).done == 9.2e18
+    assert decode_body(b'{"done": 9223372036854775807}', ReportProgress).done == 2**63 - 1
 
 
 def test_whole_numbers_stay_whole_and_results_are_checked_too() -> None:
