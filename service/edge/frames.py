@@ -106,7 +106,7 @@ class ClientFrames:
             self.session_id,
             self.principal,
             message_id=frame.message_id or _new_message_id(),
-            role=frame.role,
+            role=frame.role or "user",
             content=frame.content,
             model=frame.model,
             tokens=frame.token_count,

@@ -225,7 +225,9 @@ class AuthFrame(msgspec.Struct, tag="auth", tag_field="type", forbid_unknown_fie
 
 
 class MessageFrame(MessageFields, tag="message", tag_field="type", kw_only=True):
-    role: Role = "user"
+    # Optional in a frame, and ``null`` means absent (ADR 0008): a user's
+    # either way (the socket records it so).
+    role: Role | None = "user"
     ref: str | None = None
 
 

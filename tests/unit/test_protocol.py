@@ -317,6 +317,15 @@ def budgets(**settings: Any) -> Budgets:
     return Budgets(Settings(**settings))
 
 
+def test_a_message_frame_with_a_null_role_is_recorded_as_a_users() -> None:
+    world = World()
+    socket = live_socket(world, "c-1", "s-1")
+    socket.send({"type": "message", "content": "hi", "role": None, "ref": "r"})
+    assert socket.errors() == []
+    recorded = [e for e in world.session_events("s-1") if e["type"] == "MessageRecorded"]
+    assert [e["data"]["role"] for e in recorded] == ["user"]
+
+
 def test_message_frames_past_the_users_write_budget_close_4429_and_record_nothing() -> None:
     world = World()
     shared = budgets(user_writes=Rate(2, 60.0))

@@ -47,6 +47,9 @@ def test_a_message_is_declared_once_for_http_and_for_frames() -> None:
     assert isinstance(frame, MessageFrame)
     assert (body.content, body.tokens) == (frame.content, frame.tokens)
     assert frame.role == "user"  # a frame's role defaults; a body's is required
+    # ``null`` for an optional field is the field left out (ADR 0008).
+    unsaid = decode_frame('{"type": "message", "content": "hi", "role": null}')
+    assert isinstance(unsaid, MessageFrame) and (unsaid.role or "user") == "user"
     assert refused(b'{"content": "hi"}', PostMessage) == "invalid_body"
 
 
