@@ -14,16 +14,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from aiohttp import web
 
-from service.edge.schema import ID
+from service.edge.schema import ID, Timestamp
 
-Timestamp = Annotated[
-    str,
-    msgspec.Meta(
-        pattern=r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$",
-        description="RFC 3339, UTC, microseconds",
-        examples=["2026-11-22T06:37:37.123456Z"],
-    ),
-]
 Position = Annotated[int, msgspec.Meta(ge=0, description="a position in a session's history")]
 Number = int | float
 

@@ -281,13 +281,24 @@ class StateFrame(msgspec.Struct, tag="state", tag_field="type", kw_only=True):
     reason: str | None = None
 
 
+# Every timestamp of an answer or a frame: the same pattern in both documents.
+Timestamp = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$",
+        description="RFC 3339, UTC, microseconds",
+        examples=["2026-11-22T06:37:37.123456Z"],
+    ),
+]
+
+
 class EventFrameBody(msgspec.Struct, kw_only=True):
     """A recorded session event, the same object as over HTTP."""
 
     session_id: ID
     position: Annotated[int, msgspec.Meta(ge=1)]
     type: str
-    at: str
+    at: Timestamp
     data: dict[str, Any]
 
 

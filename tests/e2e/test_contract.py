@@ -134,6 +134,9 @@ def test_the_asyncapi_document_tells_a_right_frame_from_a_wrong_one(
     closed = socket.frames[-1]
     assert closed["state"] == "CLOSED" and not fits("StateFrame", {**closed, "code": None})
     assert not fits("WelcomeFrame", {**socket.frames[0], "state": "PROCESSING_READY"})
+    # An event is the same object over HTTP and on a socket: its time too.
+    event = next(f for f in socket.frames if f["type"] == "event")
+    assert not fits("EventFrame", {**event, "event": {**event["event"], "at": "yesterday"}})
 
 
 @pytest.fixture
