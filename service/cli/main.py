@@ -482,6 +482,10 @@ SERVE_ENVIRONMENT = (
         f"per address: requests without a valid token (else {Settings.address_unauthenticated})",
     ),
     ("SESSIOND_FORWARDED_HOPS", "proxies whose X-Forwarded-For names the client (else 0)"),
+    (
+        "SESSIOND_PAGE_BYTES",
+        "bytes of stored events one page of events holds at most, one event always (else 4 MiB)",
+    ),
     ("SESSIOND_BODIES_IN_FLIGHT_BYTES", "request body bytes read at once (else 64 MiB)"),
     (
         "SESSIOND_ADDRESS_BODIES_IN_FLIGHT_BYTES",

@@ -103,6 +103,7 @@ class SessionEvents(Answer):
 
 class ConnectionEvents(Answer):
     events: list[ConnectionEvent]
+    next_after: Position
 
 
 class Recorded(Answer):

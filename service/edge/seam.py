@@ -97,21 +97,25 @@ class Seam:
 
     def backlog(self, until: int | None, then: Callable[[], Effects]) -> Effects:
         """Deliver what the store holds after ``last_sent`` up to ``until``
-        (None: up to the end of the log as each page finds it), page by page;
-        then ``then()``."""
+        (None: up to the end of the log, where a page comes back empty),
+        page by page; then ``then()``."""
         limit = BACKLOG_PAGE if until is None else min(BACKLOG_PAGE, until - self.last_sent)
         if limit <= 0:
             return then()
-        return [ReadEvents(self.last_sent, limit, self._page(until, limit, then))]
+        return [ReadEvents(self.last_sent, limit, self._page(until, then))]
 
     def _page(
-        self, until: int | None, limit: int, then: Callable[[], Effects]
+        self, until: int | None, then: Callable[[], Effects]
     ) -> Callable[[list[dict[str, Any]]], Effects]:
         def read(events: list[dict[str, Any]]) -> Effects:
             effects = self._deliver_stored(events)
             if self._stopped():
                 return effects
-            if len(events) < limit:
+            # A page may end short of ``limit`` before the store's end: the
+            # store bounds a page by bytes too. So only an empty page is the
+            # end (or, with ``until``, reaching it: ``backlog`` says so
+            # without a read).
+            if not events:
                 return effects + then()
             return effects + self.backlog(until, then)
 

@@ -356,6 +356,7 @@ class LiveConnection:
             session_stream(self.protocol.session_id),
             after=effect.after,
             limit=effect.limit,
+            max_bytes=self.app[SETTINGS].page_bytes,
         )
         try:
             return await self.app[HEALTH].read(self.app[READERS], read)

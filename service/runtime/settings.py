@@ -138,6 +138,10 @@ class Settings:
     # and the bytes of them plus what its transport still holds.
     send_queue_limit: int = 1000
     send_queue_bytes: int = 4 * MIB
+    # Bytes of stored events one read of a stream's events holds at most (a
+    # page of GET .../events, a backlog page of a socket or an event stream,
+    # a page of a past state's fold); a single larger event is still read.
+    page_bytes: int = 4 * MIB
     # An event stream with nothing to send says so (a comment) this often,
     # so proxies and clients see it alive and a gone client is noticed.
     stream_heartbeat: float = 15.0
@@ -218,6 +222,7 @@ class Settings:
             send_queue_bytes=_env_int(
                 env, "SESSIOND_SEND_QUEUE_BYTES", cls.send_queue_bytes, minimum=1024
             ),
+            page_bytes=_env_int(env, "SESSIOND_PAGE_BYTES", cls.page_bytes, minimum=1024),
             user_writes=_env_rate(env, "SESSIOND_USER_WRITES", cls.user_writes),
             user_sessions=_env_rate(env, "SESSIOND_USER_SESSIONS", cls.user_sessions),
             user_sockets=_env_int(env, "SESSIOND_USER_SOCKETS", cls.user_sockets),

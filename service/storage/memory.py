@@ -15,7 +15,7 @@ from eventsourcing.persistence import ApplicationRecorder, StoredEvent
 from eventsourcing.popo import POPOApplicationRecorder, POPOFactory
 from eventsourcing.utils import resolve_topic
 
-from service.storage.rows import LogRow, StreamRow, stream_rows
+from service.storage.rows import LogRow, StreamRow, fitting, stream_rows
 
 
 class MemoryRecorder(POPOApplicationRecorder):
@@ -29,9 +29,15 @@ class MemoryRecorder(POPOApplicationRecorder):
         ]
 
     def select_stream_rows(
-        self, stream_id: str, *, gt: int | None = None, limit: int | None = None
+        self,
+        stream_id: str,
+        *,
+        gt: int | None = None,
+        limit: int | None = None,
+        max_bytes: int | None = None,
     ) -> list[StreamRow]:
-        return stream_rows(self.select_events(stream_id, gt=gt or None, limit=limit))
+        rows = stream_rows(self.select_events(stream_id, gt=gt or None, limit=limit))
+        return fitting(rows, max_bytes)
 
     def close_connections(self) -> None:
         """Nothing to close: the events are in this process's memory."""

@@ -127,6 +127,19 @@ class FailFastPostgresRecorder(PostgresApplicationRecorder):
             "WHERE originator_id = %s AND originator_version > %s "
             "ORDER BY originator_version LIMIT %s"
         ).format(schema=schema, table=Identifier(self.events_table_name))
+        # The same rows, as many as fit a number of bytes of state (and always
+        # the first): the running total is of octet_length, which PostgreSQL
+        # reads from a stored value's header without fetching it, so what
+        # does not fit is never read, let alone sent.
+        self.select_stream_page_statement = SQL(
+            "SELECT originator_id, originator_version, topic, state FROM ("
+            "SELECT originator_id, originator_version, topic, state, "
+            "SUM(octet_length(state)) OVER w AS upto, ROW_NUMBER() OVER w AS n "
+            "FROM {schema}.{table} WHERE originator_id = %s AND originator_version > %s "
+            "WINDOW w AS (ORDER BY originator_version ROWS UNBOUNDED PRECEDING) "
+            "ORDER BY originator_version LIMIT %s"
+            ") page WHERE upto <= %s OR n = 1 ORDER BY originator_version"
+        ).format(schema=schema, table=Identifier(self.events_table_name))
         self.append_statement = SQL(
             "SELECT {schema}.{fn}(%s::text[], %s::bigint[], %s::text[], %s::bytea[], %s) AS ids"
         ).format(schema=schema, fn=Identifier(self.append_function))
@@ -198,12 +211,23 @@ class FailFastPostgresRecorder(PostgresApplicationRecorder):
 
     @_fail_fast
     def select_stream_rows(
-        self, stream_id: str, *, gt: int | None = None, limit: int | None = None
+        self,
+        stream_id: str,
+        *,
+        gt: int | None = None,
+        limit: int | None = None,
+        max_bytes: int | None = None,
     ) -> list[StreamRow]:
-        """A stream's rows after position ``gt``, oldest first (no limit: LIMIT NULL)."""
-        params = (stream_id, gt or 0, limit)
+        """A stream's rows after position ``gt``, oldest first (no limit: LIMIT
+        NULL); with ``max_bytes``, those that fit it, the first always."""
+        params: tuple[Any, ...]
+        if max_bytes is None:
+            statement, params = self.select_stream_rows_statement, (stream_id, gt or 0, limit)
+        else:
+            statement = self.select_stream_page_statement
+            params = (stream_id, gt or 0, limit, max_bytes)
         with self.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as curs:
-            curs.execute(self.select_stream_rows_statement, params, prepare=True)
+            curs.execute(statement, params, prepare=True)
             return [(o, v, t, bytes(s)) for o, v, t, s in curs.fetchall()]
 
     def close_connections(self) -> None:

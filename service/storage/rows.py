@@ -14,7 +14,7 @@ these rows: a ``RowRecorder``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Protocol, runtime_checkable
 
 from eventsourcing.persistence import StoredEvent
@@ -40,15 +40,39 @@ class RowRecorder(Protocol):
         ...
 
     def select_stream_rows(
-        self, stream_id: str, *, gt: int | None = None, limit: int | None = None
+        self,
+        stream_id: str,
+        *,
+        gt: int | None = None,
+        limit: int | None = None,
+        max_bytes: int | None = None,
     ) -> list[StreamRow]:
-        """A stream's rows after position ``gt``, oldest first."""
+        """A stream's rows after position ``gt``, oldest first; with
+        ``max_bytes``, only as many as fit that many bytes of state (always
+        the first, whatever its size): see :func:`fitting`."""
         ...
 
     def close_connections(self) -> None:
         """Close the connections the recorder opened outside eventsourcing's
         datastore (the application closes the datastore)."""
         ...
+
+
+def fitting(rows: Iterable[StreamRow], max_bytes: int | None) -> list[StreamRow]:
+    """The leading rows of ``rows`` whose states add up to at most
+    ``max_bytes`` (None: all of them), and always the first, so a reader
+    paging through a stream always moves on. ``rows`` is consumed only as
+    far as needed: one row past the bound at most is held."""
+    if max_bytes is None:
+        return list(rows)
+    page: list[StreamRow] = []
+    total = 0
+    for row in rows:
+        total += len(row[3])
+        if page and total > max_bytes:
+            break
+        page.append(row)
+    return page
 
 
 def stream_rows(stored_events: Sequence[StoredEvent]) -> list[StreamRow]:

@@ -48,7 +48,7 @@ from eventsourcing.persistence import (
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore
 
 from service.storage.faults import read_only
-from service.storage.rows import LogRow, StreamRow, stream_rows
+from service.storage.rows import LogRow, StreamRow, fitting, stream_rows
 from service.storage.storefile import StoreFile
 
 # Batch sizes whose INSERT text is kept (larger ones are rare: bulk loads).
@@ -233,10 +233,28 @@ class BatchSQLiteRecorder(SQLiteApplicationRecorder):
         return self._query(self._rows, (start, limit))
 
     def select_stream_rows(
-        self, stream_id: str, *, gt: int | None = None, limit: int | None = None
+        self,
+        stream_id: str,
+        *,
+        gt: int | None = None,
+        limit: int | None = None,
+        max_bytes: int | None = None,
     ) -> list[StreamRow]:
-        """A stream's (stream ID, position, topic, state) rows, oldest first."""
-        return self._query(self._stream_rows, (stream_id, gt or 0, -1 if limit is None else limit))
+        """A stream's (stream ID, position, topic, state) rows, oldest first.
+        With ``max_bytes`` the rows are stepped through one at a time and the
+        statement is given up at the first that does not fit, so a page of
+        large events never holds more than one row past its bound."""
+        params = (stream_id, gt or 0, -1 if limit is None else limit)
+        if max_bytes is None:
+            return self._query(self._stream_rows, params)
+        try:
+            cursor = self._conn().execute(self._stream_rows, params)
+            try:
+                return fitting(cursor, max_bytes)
+            finally:
+                cursor.close()
+        except sqlite3.Error as e:
+            raise _translated(e) from e
 
     def select_notifications(
         self,

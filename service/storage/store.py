@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import orjson
-from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import PersistenceError, Transcoder
+from eventsourcing.application import AggregateNotFoundError, Application, project_aggregate
+from eventsourcing.persistence import PersistenceError, StoredEvent, Transcoder
 from eventsourcing.utils import Environment, EnvType, get_topic
 
 from domain.base import Aggregate
@@ -145,6 +145,10 @@ def stored_row(event: Aggregate.Event) -> StreamRow:
     return originator_id, originator_version, get_topic(cls), orjson.dumps(state)
 
 
+# Events a page of a past state's fold reads at most (and its bytes as asked).
+STATE_PAGE = 500
+
+
 class SessiondApplication(Application[str]):
     """The one event-sourced application: sessions and connections in one log."""
 
@@ -174,13 +178,39 @@ class SessiondApplication(Application[str]):
 
     # --- reads (thread-safe; called from executor threads) ------------------
 
-    def get_session(self, session_id: str, version: int | None = None) -> Session | None:
+    def get_session(
+        self, session_id: str, version: int | None = None, *, max_bytes: int | None = None
+    ) -> Session | None:
+        """The session as it stands, or as it stood at ``version``. With
+        ``max_bytes``, a past version is folded from pages of at most that
+        many bytes of stored events (:meth:`session_at`)."""
+        if version is not None and max_bytes is not None:
+            return self.session_at(session_id, version, max_bytes)
         try:
             agg: object = self.repository.get(session_stream(session_id), version=version)
         except AggregateNotFoundError:
             return None
         assert isinstance(agg, Session)
         return agg
+
+    def session_at(self, session_id: str, version: int, max_bytes: int) -> Session | None:
+        """The session as it stood at ``version``, folded page by page: the
+        repository reads every event up to it at once, and a session of large
+        messages would be held whole for one ``state?at=`` read."""
+        stream = session_stream(session_id)
+        found: Any = None
+        after = 0
+        while after < version:
+            rows = self.row_recorder.select_stream_rows(
+                stream, gt=after, limit=min(STATE_PAGE, version - after), max_bytes=max_bytes
+            )
+            if not rows:
+                break
+            events = (self.mapper.to_domain_event(StoredEvent(*row)) for row in rows)
+            found = project_aggregate(found, events)
+            after = rows[-1][1]
+        assert found is None or isinstance(found, Session)
+        return found
 
     def get_connection(self, connection_id: str) -> Connection | None:
         # Imported here, not above: the connection's lifecycle brings the
@@ -202,19 +232,34 @@ class SessiondApplication(Application[str]):
         return [e for e in events if isinstance(e, Aggregate.Event)]
 
     def stream_wire_events(
-        self, stream_id: str, *, after: int = 0, limit: int | None = None
+        self,
+        stream_id: str,
+        *,
+        after: int = 0,
+        limit: int | None = None,
+        max_bytes: int | None = None,
     ) -> list[dict[str, Any]]:
         """A stream's events in wire shape, decoded straight from the rows."""
-        return wire_from_rows4(self.stream_rows(stream_id, after=after, limit=limit))
+        rows = self.stream_rows(stream_id, after=after, limit=limit, max_bytes=max_bytes)
+        return wire_from_rows4(rows)
 
     def stream_rows(
-        self, stream_id: str, *, after: int = 0, limit: int | None = None
+        self,
+        stream_id: str,
+        *,
+        after: int = 0,
+        limit: int | None = None,
+        max_bytes: int | None = None,
     ) -> list[StreamRow]:
         """A stream's stored rows (stream ID, position, topic, state), oldest
         first: what ``stream_wire_events`` decodes, for a reader that writes
-        them out as JSON lines (``wire.json_line_from_row4``)."""
+        them out as JSON lines (``wire.json_line_from_row4``). With
+        ``max_bytes``, only the rows whose states fit it (the first always):
+        a page may then be shorter than ``limit`` before the stream's end."""
         id_from_stream(stream_id)  # refuses anything but a sessiond stream
-        return self.row_recorder.select_stream_rows(stream_id, gt=after, limit=limit)
+        return self.row_recorder.select_stream_rows(
+            stream_id, gt=after, limit=limit, max_bytes=max_bytes
+        )
 
     def stream_exists(self, stream_id: str) -> bool:
         """Whether anything is recorded under ``stream_id`` (one indexed row read)."""

@@ -4,15 +4,27 @@ or a service."""
 
 from __future__ import annotations
 
+import functools
+
 from aiohttp import web
 
 from domain.ids import connection_stream
 from service.application import commands
-from service.edge.context import STORE
+from service.edge.context import SETTINGS, STORE
 from service.edge.contract import operation
 from service.edge.http.reads import readable_connection
-from service.edge.requests import json_response, path_id, principal, run_command, run_read, writer
+from service.edge.http.sessions import PAGE_DESCRIPTION
+from service.edge.requests import (
+    json_response,
+    path_id,
+    principal,
+    query,
+    run_command,
+    run_read,
+    writer,
+)
 from service.edge.responses import ConnectionEvents, ConnectionView, Kicked, respond
+from service.edge.schema import EventsQuery
 
 routes = web.RouteTableDef()
 
@@ -31,17 +43,29 @@ async def get_connection(request: web.Request) -> web.Response:
 
 @routes.get("/v1/connections/{connection_id}/events")
 @operation(
-    summary="A connection's lifecycle, in order",
+    summary="A connection's lifecycle, in order; an empty page is the end",
+    query=EventsQuery,
     answers={200: ConnectionEvents},
     errors=("invalid_id", "forbidden", "connection_not_found"),
+    description=PAGE_DESCRIPTION,
 )
 async def connection_events(request: web.Request) -> web.Response:
+    """Paged as a session's history is: a connection that refreshes its
+    token for days has as many events as it had refreshes."""
     actor = principal(request)
     connection_id = path_id(request, "connection_id")
+    asked = query(request, EventsQuery)
     await readable_connection(request, connection_id, actor)
-    store = request.app[STORE]
-    events = await run_read(request, store.stream_wire_events, connection_stream(connection_id))
-    return json_response({"events": events})
+    read = functools.partial(
+        request.app[STORE].stream_wire_events,
+        connection_stream(connection_id),
+        after=asked.after,
+        limit=asked.limit,
+        max_bytes=request.app[SETTINGS].page_bytes,
+    )
+    events = await run_read(request, read)
+    next_after = events[-1]["position"] if events else asked.after
+    return json_response({"events": events, "next_after": next_after})
 
 
 @routes.delete("/v1/connections/{connection_id}")

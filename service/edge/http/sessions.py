@@ -12,7 +12,7 @@ from aiohttp import web
 
 from domain.ids import new_session_id, session_stream
 from service.application import commands
-from service.edge.context import BUDGETS, READMODELS, STORE
+from service.edge.context import BUDGETS, READMODELS, SETTINGS, STORE
 from service.edge.contract import Link, operation
 from service.edge.errors import ApiError
 from service.edge.http.reads import caught_up, readable_session
@@ -37,6 +37,15 @@ from service.edge.schema import (
 from service.storage.wire import wire_view
 
 routes = web.RouteTableDef()
+
+# What a page of events is, for the OpenAPI document.
+PAGE_DESCRIPTION = (
+    "A page holds at most `limit` events and at most a few MiB of them "
+    "(`SESSIOND_PAGE_BYTES`, 4 MiB unless set), but always one event when one "
+    "is left: a page may be shorter than `limit` before the end. Ask again "
+    "with `after` set to `next_after` (the last position returned); an empty "
+    "`events` list is the end."
+)
 
 # What a client calls next with the session it created.
 _SESSION = {"session_id": "$response.body#/session_id"}
@@ -175,6 +184,7 @@ async def post_message(request: web.Request) -> web.Response:
     query=EventsQuery,
     answers={200: SessionEvents},
     errors=("invalid_id", "forbidden", "session_not_found"),
+    description=PAGE_DESCRIPTION,
 )
 async def session_events(request: web.Request) -> web.Response:
     actor = principal(request)
@@ -186,6 +196,7 @@ async def session_events(request: web.Request) -> web.Response:
         session_stream(session_id),
         after=asked.after,
         limit=asked.limit,
+        max_bytes=request.app[SETTINGS].page_bytes,
     )
     wire = await run_read(request, read)
     next_after = wire[-1]["position"] if wire else asked.after
@@ -206,7 +217,10 @@ async def session_state_at(request: web.Request) -> web.Response:
     current = await readable_session(request, session_id, actor)
     if at is None or at >= current["position"]:
         return json_response(current)
-    past = await run_read(request, request.app[STORE].get_session, session_id, at)
+    read = functools.partial(
+        request.app[STORE].get_session, session_id, at, max_bytes=request.app[SETTINGS].page_bytes
+    )
+    past = await run_read(request, read)
     if past is None:
         raise ApiError("session_not_found", f"no session {session_id!r}")
     return json_response(wire_view(past.view()))

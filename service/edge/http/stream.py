@@ -238,6 +238,7 @@ class Watcher:
             session_stream(self.session_id),
             after=effect.after,
             limit=effect.limit,
+            max_bytes=self.app[SETTINGS].page_bytes,
         )
         try:
             events: list[dict[str, Any]] = await asyncio.get_running_loop().run_in_executor(

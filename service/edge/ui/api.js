@@ -61,6 +61,20 @@ export class Api {
     return (await this.call("GET", path, options)).json();
   }
 
+  /** The events of a paged events path (`pathOf(after, limit)`) after `after`, up to
+   * position `until`, page by page: a page may end short of its limit before the end
+   * (the server bounds it by bytes too), so only an empty page is the end. */
+  async events(pathOf, after, options, until = Infinity) {
+    const events = [];
+    while (after < until) {
+      const page = await this.get(pathOf(after, Math.min(1000, until - after)), options);
+      if (!page.events.length) break;
+      events.push(...page.events);
+      after = page.next_after;
+    }
+    return events;
+  }
+
   async del(path, options) {
     const response = await this.call("DELETE", path, options);
     return response.status === 204 ? null : response.json().catch(() => null);
@@ -80,7 +94,7 @@ export const paths = {
   sessionEvents: (id, after, limit) => `/v1/sessions/${q(id)}/events?after=${after}&limit=${limit}`,
   stream: (id, after) => `/v1/sessions/${q(id)}/stream?after=${after}`,
   connection: (id) => `/v1/connections/${q(id)}`,
-  connectionEvents: (id) => `/v1/connections/${q(id)}/events`,
+  connectionEvents: (id, after, limit) => `/v1/connections/${q(id)}/events?after=${after}&limit=${limit}`,
   node: () => "/v1/node",
 };
 

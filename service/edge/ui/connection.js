@@ -66,9 +66,9 @@ export function connectionPage({ api, claims, signal, problem }, connectionId) {
 
   async function load() {
     try {
-      const [c, { events }] = await Promise.all([
+      const [c, events] = await Promise.all([
         api.get(paths.connection(connectionId), { signal }),
-        api.get(paths.connectionEvents(connectionId), { signal }),
+        api.events((after, limit) => paths.connectionEvents(connectionId, after, limit), 0, { signal }),
       ]);
       if (owner === null) {
         owner = await api.get(paths.session(c.session_id), { signal }).then((s) => s.owner, () => "");

@@ -170,7 +170,8 @@ export function sessionPage({ api, claims, signal, problem }, sessionId) {
     earlier.disabled = true;
     try {
       const after = Math.max(0, first - 1 - BACKLOG);
-      const older = (await api.get(paths.sessionEvents(sessionId, after, first - 1 - after), { signal })).events;
+      const pathOf = (from, limit) => paths.sessionEvents(sessionId, from, limit);
+      const older = await api.events(pathOf, after, { signal }, first - 1);
       older.toReversed().forEach((event) => timeline.append(timelineItem(event, view)));
       first = older.length ? older[0].position : first;
       earlier.hidden = first <= 1;
