@@ -47,8 +47,10 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
 from typing import Any, Self
+from urllib.parse import quote
 
 import aiohttp
+from yarl import URL
 
 log = logging.getLogger("sessiond.client")
 
@@ -57,6 +59,27 @@ RETRYABLE_CLOSES = {1001, 1006, 1011, 1012, 1013, 4408}
 REFUSED_UPGRADES = (400, 401, 403, 404)
 
 TokenProvider = Callable[[], str] | Callable[[], Awaitable[str]]
+
+
+def api_url(base_url: str, *segments: str) -> URL:
+    """``base_url`` with ``/segment/...`` appended to its path, each segment
+    percent-encoded on its own, as a URL aiohttp sends as it is.
+
+    An ID may be ``.`` or ``..`` (the contract's grammar allows both), which a
+    URL library takes for dot segments and removes: yarl turns
+    ``/v1/sessions/./stream`` into ``/v1/sessions/stream``, a call on another
+    resource. Such a segment is sent as ``%2E`` or ``%2E%2E``, which the
+    server decodes back to the ID; every other character the grammar allows
+    is sent as it is."""
+    base = URL(base_url)
+    path = base.raw_path.rstrip("/") + "".join("/" + _segment(s) for s in segments)
+    return base.with_path(path, encoded=True)
+
+
+def _segment(text: str) -> str:
+    if text in (".", ".."):
+        return "%2E" * len(text)
+    return quote(text, safe="-._~:@!$&'()*+,;=")
 
 
 async def fresh_token(token: str | TokenProvider) -> str:

@@ -32,7 +32,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from service.client import ClientRefused, HttpUser, TokenProvider, fresh_token
+from service.client import ClientRefused, HttpUser, TokenProvider, api_url, fresh_token
 
 log = logging.getLogger("sessiond.client")
 
@@ -166,7 +166,7 @@ class StreamWatcher(HttpUser):
             "Accept": "text/event-stream",
             "Last-Event-ID": str(self.last_position),
         }
-        url = f"{self.base_url}/v1/sessions/{self.session_id}/stream"
+        url = api_url(self.base_url, "v1", "sessions", self.session_id, "stream")
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
         async with self._http.get(url, headers=headers, timeout=timeout) as response:
             if response.status == 204:

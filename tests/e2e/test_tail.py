@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 
 from service.application.replay import timeline_line
+from service.client import api_url
 from tests.conftest import TEST_SECRET, ServerProcess
 from tests.e2e.wsclient import GUARD, SIGNER, bearer, call, post_messages
 
@@ -151,6 +152,34 @@ async def test_tail_prints_each_event_once_across_a_server_restart_and_exits_0_a
     assert events[-1]["type"] == "SessionEnded"
     said = await tail.stderr()
     assert "resum" in said and "Traceback" not in said
+
+
+@pytest.mark.parametrize("session_id", [".", ".."])
+async def test_tail_follows_a_session_whose_id_is_a_dot_segment(
+    session_id: str, sqlite_url: str, server_process: Start, http: aiohttp.ClientSession
+) -> None:
+    """``.`` and ``..`` are IDs by the contract's grammar; in a URL they are
+    dot segments, which a client removes unless they are percent-encoded."""
+    server = server_process(sqlite_url)
+    base = server.base_url
+    status, _ = await call(http, "POST", f"{base}/v1/sessions", json={"session_id": session_id})
+    assert status == 201
+    messages = api_url(base, "v1", "sessions", session_id, "messages")
+    async with http.post(messages, json={"role": "user", "content": "hi"}, headers=bearer()) as r:
+        assert r.status == 201, await r.text()
+    tail = await start_tail(session_id, "--url", base, env=tail_env(SESSIOND_SECRET=TEST_SECRET))
+    await tail.lines_until(2)
+    async with http.delete(api_url(base, "v1", "sessions", session_id), headers=bearer()) as r:
+        assert r.status == 200, await r.text()
+    assert await tail.exit_code() == 0
+    assert tail.proc.stdout is not None
+    tail.lines += (await tail.proc.stdout.read()).decode().splitlines()
+    events = api_url(base, "v1", "sessions", session_id, "events")
+    async with http.get(events, headers=bearer("auditor", "auditor")) as r:
+        assert r.status == 200, await r.text()
+        body = await r.json()
+    assert tail.lines == [timeline_line(e) for e in body["events"]]
+    assert [e["session_id"] for e in body["events"]] == [session_id] * 3
 
 
 @pytest.mark.parametrize("test_run", ["handles SIGINT", "ignores SIGINT"])
