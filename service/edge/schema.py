@@ -363,14 +363,15 @@ def _id_fields(kind: Any) -> frozenset[str]:
 
 
 def _refused_id(kind: Any, message: str) -> str | None:
-    """The ID field msgspec refused a well-typed string in (or found
-    missing): the contract's ``invalid_id``, not a value of the wrong type."""
+    """The ID field msgspec refused a value in (or found missing): the
+    contract refuses anything but an ID there with ``invalid_id``, a value
+    of another JSON type (``7``, ``true``, an array) included."""
     if message.startswith("Object missing required field `"):
         field = message.split("`")[1]
-    elif "got `" in message or " - at `$." not in message:
-        return None
-    else:
+    elif " - at `$." in message:
         field = message.rsplit("`$.", 1)[1].rstrip("`")
+    else:
+        return None
     return field if field in _id_fields(kind) else None
 
 
@@ -379,7 +380,61 @@ def _refusal(kind: Any, error: msgspec.ValidationError, code: str) -> SchemaErro
     field = _refused_id(kind, message)
     if field is None:
         return SchemaError(code, message)
+    if "got `" in message:
+        # Not a string at all: msgspec's message says which type came.
+        return SchemaError("invalid_id", f"{field} {ID_RULE}, as a JSON string ({message})")
     return SchemaError("invalid_id", f"{field} {ID_RULE}")
+
+
+def _undecodable(raw: bytes, kind: Any, error: msgspec.DecodeError) -> SchemaError:
+    """What is wrong with a body msgspec could not decode. JSON's grammar
+    allows an escaped lone surrogate (``"\\ud800"``), which msgspec refuses
+    with a message about truncated input, although the body is whole. Such a
+    string is no Unicode text, so it cannot be recorded: ``invalid_body``
+    saying so (``invalid_id`` in an ID field), as for any value the store
+    cannot hold. The standard library reads such a body; it runs only for a
+    body already refused.
+
+    A body that is JSON but for a number that is not finite (``NaN``,
+    ``Infinity``: what Python's ``json.dumps`` writes for them) holds what
+    the contract lists among what the store cannot record: ``invalid_body``
+    too."""
+    not_json = SchemaError("invalid_json", f"the body is not valid JSON: {error}")
+    not_finite: list[str] = []
+    try:
+        value = json.loads(raw, parse_constant=not_finite.append)
+    except (ValueError, RecursionError):
+        return not_json
+    if not_finite:
+        return SchemaError(
+            "invalid_body", f"a number that is not finite ({not_finite[0]}) cannot be recorded"
+        )
+    for field in sorted(_id_fields(kind)) if isinstance(value, dict) else ():
+        found = value.get(field)
+        if isinstance(found, str) and not utf8_text(found):
+            return SchemaError(
+                "invalid_id", f"{field} {ID_RULE}, and holds an escaped lone surrogate"
+            )
+    if not _all_text(value):
+        return SchemaError(
+            "invalid_body",
+            "the body holds an escaped lone surrogate (a \\ud800 to \\udfff escape "
+            "without its pair): a string that is not Unicode text cannot be recorded",
+        )
+    return not_json
+
+
+def _all_text(value: Any, depth: int = 1) -> bool:
+    """Whether every string in ``value`` (keys too) is Unicode text."""
+    if type(value) is str:
+        return utf8_text(value)
+    if depth > MAX_DEPTH:
+        return True
+    if type(value) is dict:
+        return all(utf8_text(k) and _all_text(v, depth + 1) for k, v in value.items())
+    if type(value) is list:
+        return all(_all_text(v, depth + 1) for v in value)
+    return True
 
 
 def decode_body(raw: bytes, kind: type[T]) -> T:
@@ -392,27 +447,9 @@ def decode_body(raw: bytes, kind: type[T]) -> T:
     except msgspec.ValidationError as e:
         raise _refusal(kind, e, "invalid_body") from None
     except msgspec.DecodeError as e:
-        raise _not_json(raw, e) from None
+        raise _undecodable(raw, kind, e) from None
     except RecursionError:
         raise SchemaError("invalid_body", f"JSON nested deeper than {MAX_DEPTH} levels") from None
-
-
-def _not_json(raw: bytes, error: msgspec.DecodeError) -> SchemaError:
-    """A body msgspec could not decode: ``invalid_json`` if it is not JSON;
-    ``invalid_body`` if it is JSON-like but holds a number that is not finite
-    (``NaN``, ``Infinity``: what Python's ``json.dumps`` writes for them),
-    which the contract lists among what the store cannot record. Only a
-    refused body pays for this second look."""
-    seen: list[str] = []
-    try:
-        json.loads(raw, parse_constant=seen.append)
-    except (ValueError, RecursionError):
-        seen = []  # not JSON even so
-    if seen:
-        return SchemaError(
-            "invalid_body", f"a number that is not finite ({seen[0]}) cannot be recorded"
-        )
-    return SchemaError("invalid_json", f"the body is not valid JSON: {error}")
 
 
 def decode_query(values: Any, kind: type[T]) -> T:

@@ -556,7 +556,6 @@ BAD_REQUESTS: list[tuple[str, str, dict[str, Any], int, str]] = [
     ("POST", SESSIONS, raw(b"{not json"), 400, "invalid_json"),
     ("POST", MESSAGES, raw(b'{"role": "user", "content": "x"'), 400, "invalid_json"),
     ("POST", SESSIONS, body(["a", "list"]), 400, "invalid_body"),
-    ("POST", SESSIONS, body({"session_id": 42}), 400, "invalid_body"),
     ("POST", SESSIONS, body({"metadata": "not an object"}), 400, "invalid_body"),
     ("POST", SESSIONS, body({"session_id": "s-new", "colour": "red"}), 400, "invalid_body"),
     ("POST", MESSAGES, body({"role": "user"}), 400, "invalid_body"),
@@ -579,6 +578,15 @@ BAD_REQUESTS: list[tuple[str, str, dict[str, Any], int, str]] = [
     ("POST", SESSIONS, body({"session_id": "sess/slash"}), 400, "invalid_id"),
     ("POST", SESSIONS, body({"session_id": "séance"}), 400, "invalid_id"),
     ("POST", MESSAGES, message(message_id="m 1"), 400, "invalid_id"),
+    # An ID of another JSON type is no ID either.
+    ("POST", SESSIONS, body({"session_id": 42}), 400, "invalid_id"),
+    ("POST", SESSIONS, body({"session_id": True}), 400, "invalid_id"),
+    ("POST", SESSIONS, body({"session_id": ["s-1"]}), 400, "invalid_id"),
+    ("POST", MESSAGES, message(message_id=7), 400, "invalid_id"),
+    ("POST", "/v1/sessions/s-bad/tasks", body({"name": "job", "task_id": {}}), 400, "invalid_id"),
+    # An escaped lone surrogate: a whole JSON body, with a string that is no text.
+    ("POST", SESSIONS, raw(b'{"session_id": "\\ud800"}'), 400, "invalid_id"),
+    ("POST", MESSAGES, raw(b'{"role": "user", "content": "\\ud800"}'), 400, "invalid_body"),
     ("GET", "/v1/sessions/bad%20id", {}, 400, "invalid_id"),
     ("GET", "/v1/sessions/" + "y" * 129, {}, 400, "invalid_id"),
     ("POST", "/v1/sessions/bad%24id/messages", message(), 400, "invalid_id"),

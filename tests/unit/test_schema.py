@@ -58,7 +58,11 @@ def test_a_message_is_declared_once_for_http_and_for_frames() -> None:
     [
         (b"{not json", "invalid_json"),
         (b"[1]", "invalid_body"),
-        (b'{"session_id": 42}', "invalid_body"),
+        (b'{"session_id": 42}', "invalid_id"),
+        (b'{"session_id": true}', "invalid_id"),
+        (b'{"session_id": ["s-1"]}', "invalid_id"),
+        (b'{"session_id": "\\ud800"}', "invalid_id"),
+        (b'{"metadata": {"note": "\\udfff"}}', "invalid_body"),
         (b'{"session_id": "has space"}', "invalid_id"),
         (b'{"session_id": ""}', "invalid_id"),
         (b'{"session_id": "ends-in-newline\\n"}', "invalid_id"),
@@ -74,6 +78,22 @@ def test_what_cannot_be_recorded_as_it_stands_is_refused_with_its_code(
     raw: bytes, code: str
 ) -> None:
     assert refused(raw, CreateSession) == code
+
+
+def test_a_refused_id_and_a_lone_surrogate_are_named_in_the_message() -> None:
+    with pytest.raises(SchemaError) as wrong_type:
+        decode_body(b'{"task_id": 7, "name": "job"}', StartTask)
+    assert wrong_type.value.code == "invalid_id"
+    assert "task_id must be 1 to 128 characters" in wrong_type.value.message
+    assert "got `int`" in wrong_type.value.message
+    with pytest.raises(SchemaError) as surrogate:
+        decode_body(b'{"role": "user", "content": "a\\ud800"}', PostMessage)
+    assert surrogate.value.code == "invalid_body"
+    assert "lone surrogate" in surrogate.value.message
+    assert "truncated" not in surrogate.value.message
+    with pytest.raises(SchemaError) as truncated:
+        decode_body(b'{"role": "user", "content": "a', PostMessage)
+    assert truncated.value.code == "invalid_json"
 
 
 def test_free_json_up_to_the_limits_is_accepted_as_sent() -> None:
