@@ -52,7 +52,7 @@ from service.edge.context import (
 from service.edge.cors import decorate, preflight
 from service.edge.effects import Close
 from service.edge.errors import ApiError, error_response
-from service.edge.http import route_defs
+from service.edge.http import empty_ids_matched, route_defs
 from service.edge.http.stream import WatcherRegistry
 from service.edge.metrics import Metrics, stamped
 from service.runtime import tracing
@@ -405,5 +405,5 @@ def create_app(
     app.cleanup_ctx.append(_store_ctx)
     app.on_cleanup.append(_stop_tracing)
     app.on_shutdown.append(_on_shutdown)
-    app.router.add_routes(route_defs())
+    app.router.add_routes(empty_ids_matched(route_defs()))
     return app

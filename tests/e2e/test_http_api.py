@@ -591,6 +591,15 @@ BAD_REQUESTS: list[tuple[str, str, dict[str, Any], int, str]] = [
     ("GET", "/v1/sessions/" + "y" * 129, {}, 400, "invalid_id"),
     ("POST", "/v1/sessions/bad%24id/messages", message(), 400, "invalid_id"),
     ("GET", "/v1/connections/bad%21id", {}, 400, "invalid_id"),
+    # An empty ID in a path is outside 1 to 128 characters like any other.
+    ("POST", "/v1/sessions//messages", message(), 400, "invalid_id"),
+    ("GET", "/v1/sessions/", {}, 400, "invalid_id"),
+    ("GET", "/v1/sessions//events", {}, 400, "invalid_id"),
+    ("DELETE", "/v1/sessions/", {}, 400, "invalid_id"),
+    ("POST", "/v1/sessions/s-bad/tasks//progress", body({"done": 1}), 400, "invalid_id"),
+    ("GET", "/v1/connections/", {}, 400, "invalid_id"),
+    ("GET", "/v1/connections//events", {}, 400, "invalid_id"),
+    ("DELETE", "/v1/connections/", {}, 400, "invalid_id"),
     (
         "POST",
         SESSIONS,

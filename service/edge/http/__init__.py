@@ -3,8 +3,10 @@
 Handlers are short: who is calling, what they sent (the one schema), then a
 command on the writer or a read on the reader pool."""
 
+import re
+
 from aiohttp import web
-from aiohttp.web_routedef import AbstractRouteDef
+from aiohttp.web_routedef import AbstractRouteDef, RouteDef
 
 from service.edge.http import (
     connections,
@@ -49,3 +51,27 @@ def route_defs() -> list[AbstractRouteDef]:
         return BUSIEST.index(path) if path in BUSIEST else len(BUSIEST)
 
     return sorted(defs, key=rank)
+
+
+# An ID in a path: aiohttp's own pattern for ``{session_id}`` takes one
+# character at least, so an empty one (``/v1/sessions//messages``,
+# ``/v1/connections/``) matched no route and was answered 404 ``not_found``,
+# a code the contract does not have. Matched empty, it reaches its handler,
+# which refuses it as it refuses any ID outside 1 to 128 characters: 400
+# ``invalid_id``. ``/v1/sessions`` (the list) is another route and stays so.
+_ID_PARAMETER = re.compile(r"\{(\w+_id)\}")
+
+
+def empty_ids_matched(routes: list[AbstractRouteDef]) -> list[AbstractRouteDef]:
+    """``routes`` with each ID parameter of a path matching an empty segment too."""
+    return [
+        RouteDef(
+            route.method,
+            _ID_PARAMETER.sub(r"{\1:[^{}/]*}", route.path),
+            route.handler,
+            route.kwargs,
+        )
+        if isinstance(route, RouteDef)
+        else route
+        for route in routes
+    ]
