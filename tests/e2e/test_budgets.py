@@ -60,6 +60,23 @@ async def session_events(api: Api, session_id: str) -> list[dict[str, Any]]:
 # --- HTTP ---------------------------------------------------------------------------
 
 
+async def refused_after_the_upgrade(
+    api: Api, session_id: str, connection_id: str, *, authenticated: bool = False
+) -> None:
+    """With the token in an auth frame the user is known only after the
+    upgrade: the socket is closed 4429 ``rate_limited``, and that is recorded
+    (a budget spent inside the attach comes after AUTHENTICATED)."""
+    late = await connect(api, session_id, connection_id=connection_id)
+    await late.until_state("ACCEPTED")
+    await late.send({"type": "auth", "token": api.signer.mint("alice")})
+    assert await late.until_closed() == 4429
+    closed = await closed_record(api, connection_id)
+    details = closed["data"]["details"]
+    assert (details["code"], details["reason"]) == (4429, "rate_limited")
+    states = await connection_states(api, connection_id)
+    assert ("AUTHENTICATED" in states) == authenticated
+
+
 async def test_writes_past_a_users_budget_get_429_with_retry_after_and_record_nothing(
     serve: Serve,
 ) -> None:
@@ -406,15 +423,7 @@ async def test_a_users_live_sockets_past_the_budget_get_429_before_the_upgrade_o
     wait = assert_rate_limited(*await upgrade(api, "s-3", api.auth(), connection_id="c-3"))
     assert wait == 1
     assert logged(api) == head
-    # With the token in an auth frame the user is known only after the upgrade.
-    third = await connect(api, "s-3", connection_id="c-4")
-    await third.until_state("ACCEPTED")
-    await third.send({"type": "auth", "token": api.signer.mint("alice")})
-    assert await third.until_closed() == 4429
-    closed = await closed_record(api, "c-4")
-    details = closed["data"]["details"]
-    assert (details["code"], details["reason"]) == (4429, "rate_limited")
-    assert "AUTHENTICATED" not in await connection_states(api, "c-4")
+    await refused_after_the_upgrade(api, "s-3", "c-4")
     # Another user is not concerned; and a closed socket gives its place back.
     bob = await connect(api, "s-b", headers=api.auth("bob"))
     await bob.until_state("PROCESSING_READY")
@@ -442,15 +451,7 @@ async def test_a_users_upgrades_past_the_budget_get_429_before_the_upgrade_or_44
     assert logged(api) == head
     status, _ = await api.call("GET", "/v1/connections/c-3", **AUDITOR)
     assert status == 404
-    # With the token in an auth frame the user is known only after the upgrade.
-    late = await connect(api, "s-u", connection_id="c-4")
-    await late.until_state("ACCEPTED")
-    await late.send({"type": "auth", "token": api.signer.mint("alice")})
-    assert await late.until_closed() == 4429
-    closed = await closed_record(api, "c-4")
-    details = closed["data"]["details"]
-    assert (details["code"], details["reason"]) == (4429, "rate_limited")
-    assert "AUTHENTICATED" not in await connection_states(api, "c-4")
+    await refused_after_the_upgrade(api, "s-u", "c-4")
     # Another user's upgrades are their own.
     bob = await connect(api, "s-b", headers=api.auth("bob"))
     await bob.until_state("PROCESSING_READY")
@@ -535,14 +536,7 @@ async def test_a_socket_that_would_create_a_session_past_the_users_budget_gets_4
     joined = await connect(api, "s-1", headers=api.auth())
     await joined.until_state("PROCESSING_READY")
     await open_live(api, "s-1")
-    # With the token in an auth frame the user is known only after the upgrade.
-    late = await connect(api, "s-3", connection_id="c-later")
-    await late.until_state("ACCEPTED")
-    await late.send({"type": "auth", "token": api.signer.mint("alice")})
-    assert await late.until_closed() == 4429
-    closed = await closed_record(api, "c-later")
-    details = closed["data"]["details"]
-    assert (details["code"], details["reason"]) == (4429, "rate_limited")
+    await refused_after_the_upgrade(api, "s-3", "c-later", authenticated=True)
     status, _ = await api.call("GET", "/v1/sessions/s-3")
     assert status == 404
     # Another user's sessions are their own.

@@ -4,15 +4,12 @@ or a service."""
 
 from __future__ import annotations
 
-import functools
-
 from aiohttp import web
 
 from domain.ids import connection_stream
 from service.application import commands
-from service.edge.context import SETTINGS, STORE
 from service.edge.contract import operation
-from service.edge.http.reads import readable_connection
+from service.edge.http.reads import events_page, readable_connection
 from service.edge.http.sessions import PAGE_DESCRIPTION
 from service.edge.requests import (
     json_response,
@@ -20,7 +17,6 @@ from service.edge.requests import (
     principal,
     query,
     run_command,
-    run_read,
     writer,
 )
 from service.edge.responses import ConnectionEvents, ConnectionView, Kicked, respond
@@ -56,16 +52,7 @@ async def connection_events(request: web.Request) -> web.Response:
     connection_id = path_id(request, "connection_id")
     asked = query(request, EventsQuery)
     await readable_connection(request, connection_id, actor)
-    read = functools.partial(
-        request.app[STORE].stream_wire_events,
-        connection_stream(connection_id),
-        after=asked.after,
-        limit=asked.limit,
-        max_bytes=request.app[SETTINGS].page_bytes,
-    )
-    events = await run_read(request, read)
-    next_after = events[-1]["position"] if events else asked.after
-    return json_response({"events": events, "next_after": next_after})
+    return await events_page(request, connection_stream(connection_id), asked.after, asked.limit)
 
 
 @routes.delete("/v1/connections/{connection_id}")

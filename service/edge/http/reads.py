@@ -3,15 +3,16 @@ caller's own writes, else from the log; and who may read which."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
 from service.application.auth import Principal
-from service.edge.context import READMODELS, STORE
+from service.edge.context import READMODELS, SETTINGS, STORE
 from service.edge.errors import ApiError
-from service.edge.requests import run_read
+from service.edge.requests import json_response, run_read
 from service.storage.wire import wire_view
 
 # How long a view waits for the projection to include the latest write before
@@ -80,3 +81,19 @@ async def readable_connection(
     if session is not None and session["owner"] == actor.user_id:
         return view
     raise ApiError("forbidden", f"connection {connection_id!r} belongs to another user")
+
+
+async def events_page(request: web.Request, stream_id: str, after: int, limit: int) -> web.Response:
+    """A page of a stream's events after ``after``: at most ``limit`` of them
+    and at most the node's page bytes (one at least), with ``next_after``,
+    the position to ask after next (ADR 0053)."""
+    read = functools.partial(
+        request.app[STORE].stream_wire_events,
+        stream_id,
+        after=after,
+        limit=limit,
+        max_bytes=request.app[SETTINGS].page_bytes,
+    )
+    events = await run_read(request, read)
+    next_after = events[-1]["position"] if events else after
+    return json_response({"events": events, "next_after": next_after})

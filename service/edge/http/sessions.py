@@ -15,7 +15,7 @@ from service.application import commands
 from service.edge.context import BUDGETS, READMODELS, SETTINGS, STORE
 from service.edge.contract import Link, operation
 from service.edge.errors import ApiError
-from service.edge.http.reads import caught_up, readable_session
+from service.edge.http.reads import caught_up, events_page, readable_session
 from service.edge.requests import (
     body,
     json_response,
@@ -191,16 +191,7 @@ async def session_events(request: web.Request) -> web.Response:
     session_id = path_id(request, "session_id")
     asked = query(request, EventsQuery)
     await readable_session(request, session_id, actor)
-    read = functools.partial(
-        request.app[STORE].stream_wire_events,
-        session_stream(session_id),
-        after=asked.after,
-        limit=asked.limit,
-        max_bytes=request.app[SETTINGS].page_bytes,
-    )
-    wire = await run_read(request, read)
-    next_after = wire[-1]["position"] if wire else asked.after
-    return json_response({"events": wire, "next_after": next_after})
+    return await events_page(request, session_stream(session_id), asked.after, asked.limit)
 
 
 @routes.get("/v1/sessions/{session_id}/state")
