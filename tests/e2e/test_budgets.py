@@ -77,6 +77,26 @@ async def refused_after_the_upgrade(
     assert ("AUTHENTICATED" in states) == authenticated
 
 
+async def churn(api: Api, sockets: int, how: Callable[[int], dict[str, Any]]) -> tuple[int, int]:
+    """Open and close ``sockets`` sockets one after another (``how(n)``: the
+    n-th upgrade's arguments): how many opened, and how many were refused
+    with 429 and a whole number of seconds to wait."""
+    opened = refused = 0
+    for n in range(sockets):
+        try:
+            client = await connect(api, "s-churn", **how(n))
+        except aiohttp.WSServerHandshakeError as e:
+            assert e.status == 429, e
+            assert e.headers is not None
+            wait = e.headers["Retry-After"]
+            assert wait.isdigit() and int(wait) >= 1, wait
+            refused += 1
+            continue
+        opened += 1
+        await client.close()
+    return opened, refused
+
+
 async def test_writes_past_a_users_budget_get_429_with_retry_after_and_record_nothing(
     serve: Serve,
 ) -> None:
@@ -382,25 +402,12 @@ async def test_a_tokenless_flood_is_refused_with_429_after_the_address_budget_of
     token, close, again. With the default budgets the address gets its budget
     of failures (60 a minute) and then 429s that record nothing."""
     api: Api = await serve(sqlite_url)
-    opened = refused = 0
-    waits: set[str] = set()
     started = time.monotonic()
-    for n in range(150):
-        try:
-            client = await connect(api, "s-flood", connection_id=f"flood-{n}")
-        except aiohttp.WSServerHandshakeError as e:
-            assert e.status == 429, e
-            assert e.headers is not None
-            waits.add(e.headers["Retry-After"])
-            refused += 1
-            continue
-        opened += 1
-        await client.close()
+    opened, refused = await churn(api, 150, lambda n: {"connection_id": f"flood-{n}"})
     # 60 at once, refilled at one a second while the flood lasts, and the one
     # still closing (its failure not yet counted) when the next came.
     assert opened <= 60 + math.ceil(time.monotonic() - started) + 2, opened
     assert refused >= 150 - opened and refused > 0
-    assert all(wait.isdigit() and int(wait) >= 1 for wait in waits)
     head = logged(api)
     for n in range(5):
         status, body, retry_after = await upgrade(api, "s-flood", connection_id=f"late-{n}")
@@ -466,24 +473,11 @@ async def test_one_users_socket_churn_is_refused_with_429_after_its_budget_of_up
     api: Api = await serve(sqlite_url)
     budget = Settings().user_upgrades
     assert budget is not None
-    opened = refused = 0
-    waits: set[str] = set()
     started = time.monotonic()
-    for _ in range(budget.count + 80):
-        try:
-            client = await connect(api, "s-churn", headers=api.auth())
-        except aiohttp.WSServerHandshakeError as e:
-            assert e.status == 429, e
-            assert e.headers is not None
-            waits.add(e.headers["Retry-After"])
-            refused += 1
-            continue
-        opened += 1
-        await client.close()
+    opened, refused = await churn(api, budget.count + 80, lambda _: {"headers": api.auth()})
     elapsed = time.monotonic() - started
     assert opened <= budget.count + math.ceil(elapsed * budget.count / budget.period) + 1, opened
     assert refused > 0
-    assert all(wait.isdigit() and int(wait) >= 1 for wait in waits)
 
 
 async def test_message_frames_past_the_users_write_budget_close_4429(
