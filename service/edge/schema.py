@@ -311,7 +311,18 @@ class EventFrame(msgspec.Struct, tag="event", tag_field="type"):
 class ErrorFrame(msgspec.Struct, tag="error", tag_field="type", kw_only=True):
     """A frame the server could not act on; ``ref`` echoes the frame's."""
 
-    code: str
+    code: Annotated[
+        str,
+        msgspec.Meta(
+            description=(
+                "snake_case, stable: `bad_frame`, `unknown_type`, `not_ready`, "
+                "`invalid_transition`, `unavailable` (the store is down); `unauthenticated` "
+                "(a refresh whose token was refused: the current one holds); or a refused "
+                "message's own code, as over HTTP (for example `session_ended`, `forbidden`, "
+                "`invalid_body`)"
+            )
+        ),
+    ]
     message: str
     ref: str | None = None
 
