@@ -267,7 +267,7 @@ export class SessiondClient extends EventTarget {
       const limit = this.#config.maxFrameBytes;
       return rejected(new MessageRefusedError("too_large", `${size} bytes; the limit is ${limit}`));
     }
-    const message = { text, sent: false, tries: 0 };
+    const message = { id: messageId, text, size, sent: false, tries: 0 };
     message.promise = new Promise((resolve, reject) => {
       Object.assign(message, { resolve, reject });
     });
@@ -314,7 +314,16 @@ export class SessiondClient extends EventTarget {
       this.#reconnectLater();
       return;
     }
-    const conn = { ws, connectionId, after, token, live: false, ending: null, refreshing: false };
+    const conn = {
+      ws,
+      connectionId,
+      after,
+      token,
+      live: false,
+      ending: null,
+      refreshing: false,
+      sentMessages: [], // the messages sent on this socket, for a 1009 to name
+    };
     this.#conn = conn;
     this.#connectionId = connectionId;
     this.#armWatchdog(conn);
@@ -410,6 +419,7 @@ export class SessiondClient extends EventTarget {
     const reason = conn.ending?.reason || closeReason || "";
     this.#closeCode = code;
     this.#closeReason = reason;
+    if (code === 1009) this.#refuseTooLarge(conn);
     const verdict = closeVerdict(code, reason, this.#refused > 0);
     if (verdict === "stop") {
       this.#stop(code, reason);
@@ -541,8 +551,28 @@ export class SessiondClient extends EventTarget {
       if (message.sent) continue;
       message.sent = true;
       message.tries += 1;
+      conn.sentMessages.push(message);
       this.#sendFrame(conn, message.text);
     }
+  }
+
+  /**
+   * The server closed the socket 1009: a frame was over its limit, which may
+   * be lower than this client's `maxFrameBytes`. The largest message sent on
+   * that socket and not yet recorded is that frame: it is refused
+   * (`too_large`), not sent again on every new socket.
+   */
+  #refuseTooLarge(conn) {
+    let largest = null;
+    for (const message of conn.sentMessages) {
+      if (!this.#outbox.has(message.id)) continue;
+      if (largest === null || message.size > largest.size) largest = message;
+    }
+    if (largest === null) return;
+    this.#outbox.delete(largest.id);
+    const detail = `${largest.size} bytes: over the server's frame limit (closed 1009)`;
+    largest.reject(new MessageRefusedError("too_large", detail));
+    this.#emit("error", { code: "too_large", message: detail, ref: largest.id });
   }
 
   #acknowledge(event) {

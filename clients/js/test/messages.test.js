@@ -168,3 +168,37 @@ test("send() on a closed client rejects", async () => {
   await assert.rejects(client.send("late"), { name: "ClientClosedError" });
   await assert.rejects(client.send(42), TypeError);
 });
+
+test("a message the server closes 1009 for is refused too_large, not sent on every new socket", async () => {
+  // The server's frame limit may be lower than this client's maxFrameBytes.
+  const { client, server, clock, seen } = makeClient();
+  client.connect();
+  await settle();
+  server.answers = false; // the frames reach the server, which records nothing
+  const big = client.send("x".repeat(2000), { messageId: "m-big" });
+  const small = client.send("small", { messageId: "m-small" });
+  const socket = server.last;
+  assert.deepEqual(
+    socket.sent.filter((f) => f.type === "message").map((f) => f.message_id),
+    ["m-big", "m-small"],
+  );
+  socket.frame({
+    type: "state",
+    connection_id: socket.connectionId,
+    state: "CLOSED",
+    code: 1009,
+    reason: "too_large",
+  });
+  socket.ended(1009, "too_large");
+  await assert.rejects(big, { name: "MessageRefusedError", code: "too_large" });
+  assert.ok(seen.errors.some((e) => e.code === "too_large" && e.ref === "m-big"));
+  assert.equal(client.unacknowledged, 1);
+  server.answers = true;
+  await clock.advance(clock.pending.at(-1));
+  await settle();
+  assert.equal(client.state, "connected");
+  assert.equal((await small).data.message_id, "m-small");
+  const resent = server.last.sent.filter((f) => f.type === "message").map((f) => f.message_id);
+  assert.deepEqual(resent, ["m-small"]);
+  client.close();
+});
