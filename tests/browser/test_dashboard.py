@@ -87,6 +87,22 @@ async def test_the_dashboard_signs_in_pages_through_sessions_and_shows_a_connect
     await expect(page.locator("dl.facts")).to_contain_text("1000 normal")
     await expect(page.get_by_role("button", name="Kick…")).to_have_count(0)  # not live
 
+    # A refresh shows the token's new expiry, and a client's close its own words.
+    refreshed = await open_live(api, "s-25", connection_id="tab-2")
+    await refreshed.send({"type": "auth", "token": api.signer.mint("alice")})
+    token = await refreshed.until_type("token")
+    await refreshed.ws.close(code=4000, message=b"tab closed")
+    await closed_record(api, "tab-2")
+    await page.goto(api.url("/ui/#/connections/tab-2"))
+    await expect(page.locator("#lifecycle li")).to_have_count(7)
+    until = await page.evaluate(f"new Date({token['exp']} * 1000).toLocaleTimeString()")
+    await expect(page.locator("#lifecycle")).to_contain_text(f"token until {until}")
+    await expect(page.locator("#lifecycle li").last).to_contain_text('said "tab closed"')
+    # The header counts the token's time down while the page is open.
+    chip = page.locator("#user .chip")
+    first = await chip.inner_text()
+    await expect(chip).not_to_have_text(first, timeout=3000)
+
     await page.goto(api.url("/ui/#/connections/no-such-tab"))
     await expect(page.get_by_role("alert")).to_contain_text("no connection 'no-such-tab'")
 

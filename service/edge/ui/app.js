@@ -13,6 +13,7 @@ import { signInPage } from "./signin.js";
 const TOKEN_KEY = "sessiond.token";
 const view = document.getElementById("view");
 let current = null; // the page on screen: its AbortController stops its streams and timers
+let countdown = null; // the header's timer counting down the token's time left
 
 const auth = {
   get token() {
@@ -61,11 +62,24 @@ function header(claims) {
   );
   const user = document.getElementById("user");
   if (!claims) {
+    clearInterval(countdown);
     replace(user);
     return;
   }
   const roles = (claims.roles ?? ["user"]).filter((r) => r !== "user");
-  const left = claims.exp ? claims.exp * 1000 - Date.now() : null;
+  const left = claims.exp ? h("span", {}) : null;
+  // The time the token has left, counted down while the page is open.
+  const tick = () => {
+    const ms = claims.exp * 1000 - Date.now();
+    left.className = ms > 0 ? "muted" : "bad";
+    left.textContent = ms > 0 ? ` · ${duration(ms)} left` : " · expired";
+    if (ms <= 0) clearInterval(countdown);
+  };
+  clearInterval(countdown);
+  if (left) {
+    tick();
+    countdown = setInterval(tick, 1000);
+  }
   replace(
     user,
     h(
@@ -73,7 +87,7 @@ function header(claims) {
       { class: "chip user", title: claims.exp ? `Token valid until ${new Date(claims.exp * 1000).toLocaleString()}` : "" },
       h("b", {}, claims.sub ?? "?"),
       roles.map((r) => h("span", { class: "role" }, r)),
-      left != null && h("span", { class: left > 0 ? "muted" : "bad" }, left > 0 ? ` · ${duration(left)} left` : " · expired"),
+      left,
     ),
     h("button", { class: "ghost", type: "button", onclick: () => auth.signOut() }, "Sign out"),
   );

@@ -126,10 +126,16 @@ export function lifecycleDetail(event) {
       return d.superseded?.length ? `superseded ${d.superseded.join(", ")}` : "attached to the session";
     case "PROCESSING_READY":
       return `live · backlog sent up to position ${d.position ?? "?"}`;
-    case "TokenRefreshed":
-      return d.exp ? `token until ${new Date(d.exp * 1000).toLocaleTimeString()}` : "token refreshed";
+    case "TokenRefreshed": {
+      // A refresh is not a transition: its exp is in the event's data itself.
+      const exp = event.data?.exp ?? d.exp;
+      return exp ? `token until ${new Date(exp * 1000).toLocaleTimeString()}` : "token refreshed";
+    }
     case "CLOSED":
-      return `${d.code ?? "?"} ${d.reason ?? ""}${closeMeaning(d.code) ? ` · ${closeMeaning(d.code)}` : ""}`;
+      return (
+        `${d.code ?? "?"} ${d.reason ?? ""}${closeMeaning(d.code) ? ` · ${closeMeaning(d.code)}` : ""}` +
+        (d.said ? ` · the client said ${JSON.stringify(d.said)}` : "")
+      );
     default:
       return "";
   }
