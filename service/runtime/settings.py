@@ -153,7 +153,7 @@ class Settings:
     # WebSocket upgrades with a valid token, over time: a burst of more than
     # the live sockets allowed (every tab reconnecting at once after a
     # restart), then four a second.
-    user_upgrades: Rate | None = Rate(120, 30.0)
+    user_upgrades: Rate | None = Rate(100, 1.0)
     # Event-stream watchers (GET /v1/sessions/{id}/stream) at once; a budget
     # of their own, so watching never costs a user a socket.
     user_watchers: int = 100

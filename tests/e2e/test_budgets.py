@@ -468,11 +468,10 @@ async def test_one_users_socket_churn_is_refused_with_429_after_its_budget_of_up
     sqlite_url: str, serve: Serve
 ) -> None:
     """One user opening and closing sockets as fast as it can, with its token
-    in the upgrade request and every budget at its default: its burst, then
-    four a second, then 429s that record nothing."""
-    api: Api = await serve(sqlite_url)
-    budget = Settings().user_upgrades
-    assert budget is not None
+    in the upgrade request: its budget of upgrades, then 429s that record
+    nothing."""
+    budget = Rate(20, 10.0)
+    api: Api = await serve(sqlite_url, user_upgrades=budget)
     started = time.monotonic()
     opened, refused = await churn(api, budget.count + 80, lambda _: {"headers": api.auth()})
     elapsed = time.monotonic() - started
