@@ -25,6 +25,12 @@ from service.edge.errors import ApiError
 # milliseconds, so the next second is already another situation.
 BODIES_RETRY = 1.0
 
+# A body this small is never refused for its address's share: it costs the
+# node little, and an honest request beside another's large bodies from the
+# same address (the same proxy, the same test process) must not fail because
+# of them. It still counts toward the node's cap, and has the deadline.
+SMALL_BODY = 64 * 1024
+
 
 def client_address(request: web.Request) -> str:
     """The client's address as its budgets know it: the peer's, or with
@@ -119,8 +125,9 @@ async def admit_socket(
 async def read_body(request: web.Request) -> bytes:
     """The request's body, read under the caps on bodies being read at once:
     each reserves its ``Content-Length`` (the body limit when it has none)
-    while it is read, against its client address's share (past it: 429
-    ``rate_limited``, that address only) and the node's cap (past it: 503
+    while it is read, against its client address's share unless it is small
+    (past it: 429 ``rate_limited``, that address only) and the node's cap
+    (past it: 503
     ``unavailable``), both before a byte of it is read. A body that has not
     all arrived within ``body_timeout`` is refused 400 ``invalid_body`` and
     its reservation given back."""
@@ -129,7 +136,8 @@ async def read_body(request: web.Request) -> bytes:
     size = min(request.content_length or limit, limit)
     budgets = request.app[BUDGETS]
     address = client_address(request)
-    if not budgets.address_bodies.reserve(address, size):
+    shared = size if size > SMALL_BODY else 0  # what counts against the share
+    if shared and not budgets.address_bodies.reserve(address, shared):
         raise rate_limited(
             f"this address is sending {budgets.address_bodies.reserved(address)} bytes of "
             f"request bodies at once, its share of the node's; try again",
@@ -157,4 +165,5 @@ async def read_body(request: web.Request) -> bytes:
         finally:
             budgets.bodies.release(size)
     finally:
-        budgets.address_bodies.release(address, size)
+        if shared:
+            budgets.address_bodies.release(address, shared)
