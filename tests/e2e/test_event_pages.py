@@ -14,7 +14,7 @@ from domain.session import Session
 from service.storage.store import SessiondApplication, open_store, parse_store_url
 from tests.conftest import Api
 from tests.e2e.test_stream import assert_dense, new_session, stream
-from tests.e2e.wsclient import AUDITOR, GUARD, open_live, post_messages
+from tests.e2e.wsclient import AUDITOR, GUARD, closed_record, open_live, post_messages
 
 Serve = Callable[..., Any]
 
@@ -123,3 +123,25 @@ def test_a_past_state_is_folded_from_byte_bound_pages(tmp_path: Any) -> None:
         assert len(reads) > 3 and all(size <= PAGE_BYTES for size in reads), reads
     finally:
         store.close()
+
+
+async def test_a_connections_lifecycle_comes_whole_without_a_limit_past_a_hundred_events(
+    sqlite_url: str, serve: Serve
+) -> None:
+    """The contract's connection events are "the connection's lifecycle, in
+    order": a socket that refreshed its token many times still has all of it
+    in one answer (up to the page's most, 1000 events)."""
+    api = await serve(sqlite_url)
+    await new_session(api, "pg-long")
+    client = await open_live(api, "pg-long", connection_id="pg-long-conn")
+    for _ in range(110):
+        await client.send({"type": "auth", "token": api.signer.mint("alice")})
+    while sum(f["type"] == "token" for f in client.frames) < 110:
+        await client.receive()
+    await client.close()
+    await closed_record(api, "pg-long-conn")
+    status, whole = await api.call("GET", "/v1/connections/pg-long-conn/events", **AUDITOR)
+    assert status == 200, whole
+    kinds = [e["type"] for e in whole["events"]]
+    assert kinds.count("TokenRefreshed") == 110 and kinds[-1] == "CLOSED", kinds
+    assert [e["position"] for e in whole["events"]] == list(range(1, len(kinds) + 1))

@@ -20,7 +20,7 @@ from service.edge.requests import (
     writer,
 )
 from service.edge.responses import ConnectionEvents, ConnectionView, Kicked, respond
-from service.edge.schema import EventsQuery
+from service.edge.schema import ConnectionEventsQuery
 
 routes = web.RouteTableDef()
 
@@ -40,7 +40,7 @@ async def get_connection(request: web.Request) -> web.Response:
 @routes.get("/v1/connections/{connection_id}/events")
 @operation(
     summary="A connection's lifecycle, in order; an empty page is the end",
-    query=EventsQuery,
+    query=ConnectionEventsQuery,
     answers={200: ConnectionEvents},
     errors=("invalid_id", "forbidden", "connection_not_found"),
     description=PAGE_DESCRIPTION,
@@ -50,7 +50,7 @@ async def connection_events(request: web.Request) -> web.Response:
     token for days has as many events as it had refreshes."""
     actor = principal(request)
     connection_id = path_id(request, "connection_id")
-    asked = query(request, EventsQuery)
+    asked = query(request, ConnectionEventsQuery)
     await readable_connection(request, connection_id, actor)
     return await events_page(request, connection_stream(connection_id), asked.after, asked.limit)
 
