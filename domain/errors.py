@@ -41,11 +41,17 @@ class ConnectionIdTaken(DomainError):
     code = "connection_id_taken"
 
 
-class ConnectionNotAttached(DomainError):
-    """A connection still in its handshake (not closed, not yet attached to
-    its session) asked to be kicked: only an attached one can be."""
+class ConnectionClosed(DomainError):
+    """A step of a connection's handshake reached the writer after the
+    connection was closed (kicked while it waited for its token): nothing is
+    recorded, and the socket ends with the code and reason recorded."""
 
-    code = "connection_not_attached"
+    code = "connection_closed"
+
+    def __init__(self, message: str, *, close_code: int, close_reason: str) -> None:
+        super().__init__(message)
+        self.close_code = close_code
+        self.close_reason = close_reason
 
 
 class InvalidTransition(DomainError):

@@ -14,8 +14,8 @@ from typing import Any, TypeVar
 
 from domain.connection import Connection
 from domain.errors import (
+    ConnectionClosed,
     ConnectionIdTaken,
-    ConnectionNotAttached,
     ConnectionNotFound,
     DomainError,
     InvalidCommand,
@@ -258,6 +258,14 @@ def authenticate(connection_id: str, actor: Principal) -> Command[str]:
     def run(uow: UnitOfWork) -> str:
         within_token(actor.exp)
         connection = _connection(uow, connection_id)
+        if connection.is_closed:
+            # Kicked while it waited for its token: it ends as recorded, and
+            # nothing more is recorded of it.
+            raise ConnectionClosed(
+                f"connection {connection_id!r} was closed before it authenticated",
+                close_code=int(connection.close_code or 0),
+                close_reason=str(connection.close_reason or ""),
+            )
         return connection.authenticate(
             user_id=actor.user_id, roles=sorted(actor.roles), exp=actor.exp
         )
@@ -392,17 +400,23 @@ def close_connection(
     return Command("close_connection", run)
 
 
-def kick_connection(connection_id: str, actor: Principal) -> Command[tuple[str, int | None]]:
-    """Detach a live connection from its session with reason ``kicked``, by
-    the session's owner or a service. The node holding its socket sees the
-    detach in the session's events and closes it 4403 ``kicked``, recording
-    its CLOSED (docs/adr/0030-watch-sessions-over-server-sent-events-and-kick-through-the-log.md).
+# How a kicked connection closes (PROTOCOL.md v1.1, Operators).
+KICKED_CODE, KICKED_REASON = 4403, "kicked"
 
-    Returns the session's ID and the detach's position; the position is None
-    when the connection is closed already (nothing is recorded). One still in
-    its handshake, not yet attached, is refused (ConnectionNotAttached)."""
 
-    def run(uow: UnitOfWork) -> tuple[str, int | None]:
+def kick_connection(connection_id: str, actor: Principal) -> Command[tuple[str, int | None, bool]]:
+    """Kick a connection, by its session's owner or a service (ADR 0030, ADR
+    0057). Returns its session's ID, the position of what was recorded on the
+    session (None if nothing was), and whether this kick ended it.
+
+    An attached one is detached from its session with reason ``kicked``: the
+    node holding its socket sees the detach in the session's events and
+    closes it 4403 ``kicked``, recording its CLOSED. One still in its
+    handshake is in no session's list yet: its CLOSED (4403 ``kicked``) is
+    recorded here, and its socket ends at once on its node, or at its next
+    step elsewhere. A closed one, or one detached already, records nothing."""
+
+    def run(uow: UnitOfWork) -> tuple[str, int | None, bool]:
         connection = _connection(uow, connection_id)
         session = uow.session(connection.session_id)
         if not actor.is_service and (session is None or not actor.can_write_to(session.owner)):
@@ -411,18 +425,16 @@ def kick_connection(connection_id: str, actor: Principal) -> Command[tuple[str, 
                 "may kick its connections"
             )
         if connection.is_closed:
-            return connection.session_id, None
-        if session is None or not session.detach(connection_id=connection_id, reason="kicked"):
-            if connection.live_position is not None:
-                # Attached once and detached since (superseded, its session
-                # ended, kicked by another call): its node is closing it and
-                # its CLOSED is on the way. Nothing to record.
-                return connection.session_id, None
-            raise ConnectionNotAttached(
-                f"connection {connection_id!r} is in {connection.state}, not attached to "
-                f"session {connection.session_id!r} yet; ask again once it is"
-            )
-        return session.session_id, session.version
+            return connection.session_id, None, False
+        if session is not None and session.detach(connection_id=connection_id, reason="kicked"):
+            return session.session_id, session.version, True
+        if connection.live_position is not None:
+            # Attached once and detached since (superseded, its session
+            # ended, kicked by another call): its node is closing it and its
+            # CLOSED is on the way. Nothing to record.
+            return connection.session_id, None, False
+        connection.close(code=KICKED_CODE, reason=KICKED_REASON)
+        return connection.session_id, None, True
 
     return Command("kick_connection", run)
 

@@ -24,7 +24,6 @@ STATUS_BY_CODE = {
     "session_owned_by_other": 409,
     "session_ended": 409,
     "connection_id_taken": 409,
-    "connection_not_attached": 409,
     "task_finished": 409,
     "invalid_transition": 409,
     "too_large": 413,

@@ -66,7 +66,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from domain.connection import Connection
-from domain.errors import DomainError, TokenExpired
+from domain.errors import ConnectionClosed, DomainError, TokenExpired
 from domain.lifecycle import initial_state
 from service.application import commands
 from service.application.auth import AuthError, Principal
@@ -324,6 +324,8 @@ class ConnectionProtocol(ClientFrames):
             if not ok:
                 if isinstance(state, TokenExpired):  # before the writer got to it
                     return effects + self.end(Close.UNAUTHENTICATED, "token_expired")
+                if isinstance(state, ConnectionClosed):  # kicked while it waited
+                    return effects + self.end(state.close_code, state.close_reason)
                 return effects + self.end(Close.INTERNAL, "internal_error")
             self.state = state
             effects.append(self._announce(user_id=principal.user_id))

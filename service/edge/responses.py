@@ -131,13 +131,14 @@ class Health(Answer):
 
 class Kicked(Answer):
     """A kick was taken: the socket, wherever it is, gets a ``state`` CLOSED
-    frame and close 4403 ``kicked`` once its node reads the detach."""
+    frame and close 4403 ``kicked``."""
 
     connection_id: ID
     session_id: ID
     # False: the connection was closed already, and nothing was recorded.
     kicked: bool
-    # The detach's position in the session's events (None when not kicked).
+    # The detach's position in the session's events (None when nothing was
+    # recorded on the session: not kicked, or kicked in its handshake).
     position: Position | None
 
 

@@ -437,6 +437,13 @@ class LiveConnection:
         if self._ending is not None:
             await asyncio.shield(self._ending)
 
+    def kicked(self, code: int, reason: str) -> None:
+        """Kicked while in its handshake (its CLOSED is recorded already): the
+        end starts now, without waiting for it (an HTTP answer waits on it)."""
+        for effect in self.protocol.end(code, reason):
+            if isinstance(effect, Closing):
+                self._close(effect)
+
     def _overflowed(self) -> None:
         """The hub could not queue another event (4408). The driver may be stuck
         writing to a client that stopped reading, so the end starts now."""

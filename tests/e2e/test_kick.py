@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Api
-from tests.e2e.wsclient import AUDITOR, WsClient, closed_record, open_live
+from tests.e2e.wsclient import AUDITOR, WsClient, closed_record, connect, open_live
 
 Serve = Callable[..., Any]
 SERVICE: dict[str, Any] = {"user": "worker-1", "roles": ("service",)}
@@ -152,3 +152,38 @@ async def test_ending_a_session_through_one_node_closes_its_sockets_on_both(
         await assert_closed_4403(tab, "session_ended")
         closed = await closed_record(node, tab.connection_id)
         assert closed["data"]["details"] == {"code": 4403, "reason": "session_ended"}
+
+
+async def test_a_socket_still_waiting_for_its_token_is_kicked_at_once(
+    sqlite_url: str, serve: Serve
+) -> None:
+    """ "Wherever it is": a socket in its handshake is in no session's list
+    yet; its CLOSED is recorded (4403 kicked) and its node closes it at once,
+    with nothing recorded on the session."""
+    api = await serve(sqlite_url)
+    status, body = await api.call("POST", "/v1/sessions", json={"session_id": "kick-early"})
+    assert status == 201, body
+    before = await session_events(api, "kick-early")
+    client = await connect(api, "kick-early", connection_id="tab-early")
+    await client.until_state("ACCEPTED")
+    status, body = await api.call("DELETE", "/v1/connections/tab-early")
+    assert status == 202, body
+    assert (body["kicked"], body["position"], body["session_id"]) == (True, None, "kick-early")
+    assert await client.until_closed() == 4403
+    closing = client.frames[-1]
+    assert (closing["type"], closing["state"], closing["code"], closing["reason"]) == (
+        "state",
+        "CLOSED",
+        4403,
+        "kicked",
+    )
+    closed = await closed_record(api, "tab-early")
+    assert closed["data"]["details"] == {"code": 4403, "reason": "kicked"}
+    status, events = await api.call("GET", "/v1/connections/tab-early/events", **AUDITOR)
+    assert [e["type"] for e in events["events"]] == ["CONNECTING", "ACCEPTED", "CLOSED"]
+    assert await session_events(api, "kick-early") == before
+    # A stranger may not, and nothing is recorded for a refusal.
+    stranger = await connect(api, "kick-early", connection_id="tab-early-2")
+    await stranger.until_state("ACCEPTED")
+    status, body = await api.call("DELETE", "/v1/connections/tab-early-2", user="bob")
+    assert (status, body["error"]["code"]) == (403, "forbidden")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 
-from domain.errors import DomainError
 from domain.ids import connection_stream
 from service.application import commands
 from service.application.auth import Principal
@@ -44,9 +43,10 @@ def test_a_kicked_socket_gets_its_detach_then_closed_4403_kicked_and_records_it(
 ) -> None:
     world = World()
     socket = live_socket(world, "c-1", "s-1")
-    session_id, position = world.record(commands.kick_connection("c-1", kicker))
+    session_id, position, kicked = world.record(commands.kick_connection("c-1", kicker))
     world.flush()
     assert (session_id, position) == ("s-1", world.session_events("s-1")[-1]["position"])
+    assert kicked
     assert socket.closed == (Close.FORBIDDEN, "kicked")
     assert socket.events()[-1]["type"] == "ConnectionDetached"
     assert socket.events()[-1]["data"]["reason"] == "kicked"
@@ -85,20 +85,27 @@ def test_kicking_a_closed_connection_records_nothing() -> None:
     socket = live_socket(world, "c-1", "s-1")
     socket.run(socket.protocol.end(Close.NORMAL, "normal"))
     before = len(world.log)
-    assert world.record(commands.kick_connection("c-1", ALICE)) == ("s-1", None)
+    assert world.record(commands.kick_connection("c-1", ALICE)) == ("s-1", None, False)
     assert len(world.log) == before
 
 
-def test_a_connection_still_in_its_handshake_is_not_kicked() -> None:
+def test_a_connection_still_in_its_handshake_is_kicked_by_recording_its_close() -> None:
+    """Not attached yet, it is in no session's list: its CLOSED (4403
+    kicked) is recorded, the session is untouched, and the socket ends as
+    recorded at its next step, with nothing more recorded of it."""
     world = World()
     live_socket(world, "c-0", "s-1")
     waiting = Socket(world, "c-1", "s-1").upgrade()  # ACCEPTED, no token yet
-    before = len(world.log)
-    outcome = world.execute(commands.kick_connection("c-1", ALICE))
-    error: DomainError = outcome.error  # type: ignore[union-attr]
-    assert error.code == "connection_not_attached"
-    assert len(world.log) == before
-    assert waiting.closed is None
+    session_before = world.session_events("s-1")
+    assert world.record(commands.kick_connection("c-1", ALICE)) == ("s-1", None, True)
+    assert world.session_events("s-1") == session_before
+    assert recorded_close(world, "c-1") == (4403, "kicked")
+    # Its node did not hear of it (another node's kick): its token comes.
+    waiting.send({"type": "auth", "token": world.token()})
+    assert waiting.closed == (Close.FORBIDDEN, "kicked")
+    assert waiting.frames[-1] == closed_frame("c-1", "kicked")
+    assert world.connection_states("c-1") == ["CONNECTING", "ACCEPTED", "CLOSED"]
+    assert world.session_events("s-1") == session_before
 
 
 def test_a_kick_racing_the_end_of_its_session_records_nothing_and_is_no_refusal() -> None:
@@ -110,7 +117,7 @@ def test_a_kick_racing_the_end_of_its_session_records_nothing_and_is_no_refusal(
     world.execute(commands.end_session("s-1", ALICE))  # the socket is not told yet
     assert world.connection_states("c-1")[-1] == "PROCESSING_READY"
     before = len(world.log)
-    assert world.record(commands.kick_connection("c-1", ALICE)) == ("s-1", None)
+    assert world.record(commands.kick_connection("c-1", ALICE)) == ("s-1", None, False)
     assert len(world.log) == before
     world.flush()
     assert socket.closed == (Close.FORBIDDEN, "session_ended")

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from domain.ids import connection_stream
 from service.application import commands
+from service.edge.context import SOCKETS
 from service.edge.contract import operation
 from service.edge.http.reads import events_page, readable_connection
 from service.edge.http.sessions import PAGE_DESCRIPTION
@@ -59,20 +60,24 @@ async def connection_events(request: web.Request) -> web.Response:
 @operation(
     summary="Kick: the socket, wherever it is, is closed 4403 kicked",
     answers={202: Kicked},
-    errors=("invalid_id", "forbidden", "connection_not_found", "connection_not_attached"),
+    errors=("invalid_id", "forbidden", "connection_not_found"),
 )
 async def kick_connection(request: web.Request) -> web.Response:
-    """202: the detach is recorded on the session (reason ``kicked``); the
-    node holding the socket closes it 4403 when it reads that (ADR 0030)."""
+    """202: an attached connection's detach is recorded on the session
+    (reason ``kicked``), and the node holding the socket closes it 4403 when
+    it reads that (ADR 0030); one still in its handshake has its CLOSED
+    recorded, and its socket is closed here at once if this node holds it
+    (ADR 0057)."""
     actor = writer(request)
     connection_id = path_id(request, "connection_id")
-    session_id, position = await run_command(
+    session_id, position, kicked = await run_command(
         request, commands.kick_connection(connection_id, actor)
     )
-    kicked = Kicked(
-        connection_id=connection_id,
-        session_id=session_id,
-        kicked=position is not None,
-        position=position,
+    if kicked and position is None:
+        socket = request.app[SOCKETS].sockets.get(connection_id)
+        if socket is not None:
+            socket.kicked(commands.KICKED_CODE, commands.KICKED_REASON)
+    answer = Kicked(
+        connection_id=connection_id, session_id=session_id, kicked=kicked, position=position
     )
-    return respond(kicked, 202)
+    return respond(answer, 202)
