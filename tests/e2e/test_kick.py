@@ -139,6 +139,27 @@ async def test_a_kick_through_one_node_closes_the_socket_on_another(
 
 
 @pytest.mark.postgres
+async def test_a_socket_in_its_handshake_kicked_through_another_node_ends_at_its_token(
+    two_nodes: tuple[Api, Api],
+) -> None:
+    """Its CLOSED is recorded by the kick; the node holding it learns it when
+    its token arrives, and ends it as recorded, recording nothing more."""
+    a, b = two_nodes
+    client = await connect(a, "far-early", connection_id="tab-early-on-a")
+    await client.until_state("ACCEPTED")
+    status, body = await b.call("DELETE", "/v1/connections/tab-early-on-a", **SERVICE)
+    assert status == 202, body
+    assert (body["kicked"], body["position"]) == (True, None)
+    await client.send({"type": "auth", "token": a.signer.mint("alice")})
+    assert await client.until_closed() == 4403
+    assert (client.frames[-1]["state"], client.frames[-1]["reason"]) == ("CLOSED", "kicked")
+    status, events = await b.call("GET", "/v1/connections/tab-early-on-a/events", **AUDITOR)
+    assert [e["type"] for e in events["events"]] == ["CONNECTING", "ACCEPTED", "CLOSED"]
+    status, _ = await b.call("GET", "/v1/sessions/far-early", **AUDITOR)
+    assert status == 404  # never attached: no session was made for it
+
+
+@pytest.mark.postgres
 async def test_ending_a_session_through_one_node_closes_its_sockets_on_both(
     postgres_url: str, serve: Serve
 ) -> None:
