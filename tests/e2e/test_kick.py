@@ -23,8 +23,8 @@ async def session_events(api: Api, session_id: str) -> list[dict[str, Any]]:
     return list(body["events"])
 
 
-async def assert_closed_4403(client: WsClient, reason: str) -> None:
-    """The socket got its detach, a ``state`` CLOSED frame, then close 4403."""
+async def assert_closing_4403(client: WsClient, reason: str) -> None:
+    """The socket got a ``state`` CLOSED frame, then close 4403."""
     assert await client.until_closed() == 4403
     closing = client.frames[-1]
     assert (closing["type"], closing["state"], closing["code"], closing["reason"]) == (
@@ -33,6 +33,11 @@ async def assert_closed_4403(client: WsClient, reason: str) -> None:
         4403,
         reason,
     )
+
+
+async def assert_closed_4403(client: WsClient, reason: str) -> None:
+    """The socket got its detach, a ``state`` CLOSED frame, then close 4403."""
+    await assert_closing_4403(client, reason)
     detach = client.events[-1]
     assert detach["type"] == "ConnectionDetached"
     assert (detach["data"]["connection_id"], detach["data"]["reason"]) == (
@@ -151,8 +156,7 @@ async def test_a_socket_in_its_handshake_kicked_through_another_node_ends_at_its
     assert status == 202, body
     assert (body["kicked"], body["position"]) == (True, None)
     await client.send({"type": "auth", "token": a.signer.mint("alice")})
-    assert await client.until_closed() == 4403
-    assert (client.frames[-1]["state"], client.frames[-1]["reason"]) == ("CLOSED", "kicked")
+    await assert_closing_4403(client, "kicked")
     status, events = await b.call("GET", "/v1/connections/tab-early-on-a/events", **AUDITOR)
     assert [e["type"] for e in events["events"]] == ["CONNECTING", "ACCEPTED", "CLOSED"]
     status, _ = await b.call("GET", "/v1/sessions/far-early", **AUDITOR)
@@ -190,14 +194,7 @@ async def test_a_socket_still_waiting_for_its_token_is_kicked_at_once(
     status, body = await api.call("DELETE", "/v1/connections/tab-early")
     assert status == 202, body
     assert (body["kicked"], body["position"], body["session_id"]) == (True, None, "kick-early")
-    assert await client.until_closed() == 4403
-    closing = client.frames[-1]
-    assert (closing["type"], closing["state"], closing["code"], closing["reason"]) == (
-        "state",
-        "CLOSED",
-        4403,
-        "kicked",
-    )
+    await assert_closing_4403(client, "kicked")
     closed = await closed_record(api, "tab-early")
     assert closed["data"]["details"] == {"code": 4403, "reason": "kicked"}
     status, events = await api.call("GET", "/v1/connections/tab-early/events", **AUDITOR)
