@@ -14,9 +14,9 @@ Two kinds, both keyed by a string (a user ID, a client address):
 Memory is bounded for all: a rate key whose bucket is full again is the same
 as no key and is swept away, at most :data:`MAX_KEYS` keys are kept (newer
 keys past that share one bucket), and an in-flight key goes when its count
-(or its bytes) returns to 0. Each budget is used from one thread only (the event loop; the
-session budget from the writer thread, inside the create command), so none
-takes a lock.
+(or its bytes) returns to 0. Each budget is used from one thread only (the
+event loop; the session budget from the writer thread, inside the create
+command), so none takes a lock.
 
 :class:`SocketAdmission` is one socket's standing with these budgets, from
 its upgrade to its end. docs/adr/0027-bound-every-caller-by-budgets-and-every-queue-by-bytes.md

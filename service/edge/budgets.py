@@ -107,10 +107,11 @@ async def admit_socket(
         if wait:
             try:
                 exists = await request.app[WRITER].execute(commands.session_recorded(session_id))
-            except BaseException as e:
+            except StoreUnavailable as e:
                 admission.release()
-                if isinstance(e, StoreUnavailable):
-                    raise ApiError("unavailable", str(e)) from None
+                raise ApiError("unavailable", str(e)) from None
+            except BaseException:
+                admission.release()
                 raise
             if not exists:
                 admission.release()
@@ -127,8 +128,7 @@ async def read_body(request: web.Request) -> bytes:
     each reserves its ``Content-Length`` (the body limit when it has none)
     while it is read, against its client address's share unless it is small
     (past it: 429 ``rate_limited``, that address only) and the node's cap
-    (past it: 503
-    ``unavailable``), both before a byte of it is read. A body that has not
+    (past it: 503 ``unavailable``), both before a byte of it is read. A body that has not
     all arrived within ``body_timeout`` is refused 400 ``invalid_body`` and
     its reservation given back."""
     settings = request.app[SETTINGS]

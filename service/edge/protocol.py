@@ -415,13 +415,7 @@ class ConnectionProtocol(ClientFrames):
         self.ending = (code, reason)
         if not self.recorded_anything:
             return [Closing(code, reason, None, None)]
-        frame = {
-            "type": "state",
-            "connection_id": self.connection_id,
-            "state": self.closed_state,
-            "code": code,
-            "reason": reason,
-        }
+        frame = self._closed_frame(code, reason)
         return [Closing(code, reason, self._close_record(code, reason), frame)]
 
     def socket_closed(
@@ -448,7 +442,10 @@ class ConnectionProtocol(ClientFrames):
         code and reason."""
         if self.ending is not None or self.opened is not True:
             return None
-        code, reason = peer_close(None, timed_out=False, layer_error=code)
+        return self._closed_frame(*peer_close(None, timed_out=False, layer_error=code))
+
+    def _closed_frame(self, code: int, reason: str) -> dict[str, Any]:
+        """The ``state`` CLOSED frame: the close's code and reason."""
         return {
             "type": "state",
             "connection_id": self.connection_id,

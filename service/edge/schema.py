@@ -199,12 +199,11 @@ class EventsQuery(Query):
     limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
 
 
-class ConnectionEventsQuery(Query):
+class ConnectionEventsQuery(EventsQuery):
     """A connection's lifecycle: whole in one answer unless it is long (a
     socket that refreshed its token hundreds of times); then paged like a
     session's history."""
 
-    after: Position = 0
     limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 1000
 
 

@@ -440,14 +440,17 @@ class LiveConnection:
     def kicked(self, code: int, reason: str) -> None:
         """Kicked while in its handshake (its CLOSED is recorded already): the
         end starts now, without waiting for it (an HTTP answer waits on it)."""
-        for effect in self.protocol.end(code, reason):
-            if isinstance(effect, Closing):
-                self._close(effect)
+        self._end_now(self.protocol.end(code, reason))
 
     def _overflowed(self) -> None:
         """The hub could not queue another event (4408). The driver may be stuck
         writing to a client that stopped reading, so the end starts now."""
-        for effect in self.protocol.overflowed():
+        self._end_now(self.protocol.overflowed())
+
+    def _end_now(self, effects: list[Effect]) -> None:
+        """Start the close among ``effects`` in a task of its own, from outside
+        the tasks that serve the socket (which may be waiting on it)."""
+        for effect in effects:
             if isinstance(effect, Closing):
                 self._close(effect)
 
