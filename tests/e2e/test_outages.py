@@ -455,18 +455,30 @@ async def down_everywhere(api: Api, session_id: str) -> None:
     assert time.monotonic() - started < BUDGET
 
 
+async def node_on_a_store_folder(
+    tmp_path: Path,
+    server_process: Callable[..., ServerProcess],
+    http: aiohttp.ClientSession,
+    session_id: str,
+) -> tuple[Path, ServerProcess, Api]:
+    """A node on a SQLite store in a folder of its own (``store/sessiond.db``),
+    with ``session_id`` created and written to."""
+    folder = tmp_path / "store"
+    folder.mkdir()
+    node = await asyncio.to_thread(server_process, f"sqlite:///{folder / 'sessiond.db'}")
+    api = api_of(node, http)
+    assert (await api.call("POST", "/v1/sessions", json={"session_id": session_id}))[0] == 201
+    await writes_succeed(api, session_id, "before")
+    return folder, node, api
+
+
 async def test_a_sqlite_store_moved_away_is_down_until_it_is_back_and_nothing_acknowledged_is_lost(
     tmp_path: Path,
     server_process: Callable[..., ServerProcess],
     http: aiohttp.ClientSession,
 ) -> None:
-    folder = tmp_path / "store"
-    folder.mkdir()
+    folder, node, api = await node_on_a_store_folder(tmp_path, server_process, http, "moved-1")
     url = f"sqlite:///{folder / 'sessiond.db'}"
-    node = await asyncio.to_thread(server_process, url)
-    api = api_of(node, http)
-    assert (await api.call("POST", "/v1/sessions", json={"session_id": "moved-1"}))[0] == 201
-    await writes_succeed(api, "moved-1", "before")
     client = await open_live(api, "moved-1", connection_id="rider")
     await message_until_recorded(client, "socket-before")
 
@@ -515,13 +527,8 @@ async def test_a_sqlite_store_removed_or_replaced_stays_down_and_nothing_is_writ
     server_process: Callable[..., ServerProcess],
     http: aiohttp.ClientSession,
 ) -> None:
-    folder = tmp_path / "store"
-    folder.mkdir()
+    folder, _node, api = await node_on_a_store_folder(tmp_path, server_process, http, "removed-1")
     db = folder / "sessiond.db"
-    node = await asyncio.to_thread(server_process, f"sqlite:///{db}")
-    api = api_of(node, http)
-    assert (await api.call("POST", "/v1/sessions", json={"session_id": "removed-1"}))[0] == 201
-    await writes_succeed(api, "removed-1", "before")
     # Another store, kept aside (a backup, a copy of another node's): it is
     # put where the removed one was.
     other = tmp_path / "other"
