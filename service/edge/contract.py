@@ -21,7 +21,7 @@ import msgspec
 import msgspec.structs
 from aiohttp import web
 
-from service.edge.errors import STATUS_BY_CODE
+from service.edge.codes import STATUS_BY_CODE
 from service.edge.responses import ErrorBody, SessionEvent
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -5,34 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from service.application.budgets import retry_after_header
+from service.edge.codes import STATUS_BY_CODE
 from service.storage.wire import dumps
-
-STATUS_BY_CODE = {
-    "bad_request": 400,
-    "invalid_id": 400,
-    "invalid_body": 400,
-    "invalid_json": 400,
-    "invalid_query": 400,
-    "unauthenticated": 401,
-    "forbidden": 403,
-    "forbidden_origin": 403,
-    "not_found": 404,
-    "session_not_found": 404,
-    "connection_not_found": 404,
-    "task_not_found": 404,
-    "method_not_allowed": 405,
-    "session_owned_by_other": 409,
-    "session_ended": 409,
-    "connection_id_taken": 409,
-    "task_finished": 409,
-    "invalid_transition": 409,
-    "too_large": 413,
-    "unsupported_media_type": 415,
-    "upgrade_required": 426,
-    "rate_limited": 429,
-    "unavailable": 503,
-    "internal": 500,
-}
 
 
 class ApiError(Exception):

@@ -42,15 +42,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
 
+from service.edge.codes import ERROR_CODES
 from service.edge.effects import Close
-from service.edge.errors import STATUS_BY_CODE
 
 OTHER = "other"
 
-# The error codes of error frames that HTTP never answers (PROTOCOL.md,
-# "Frames from the server"); the rest are HTTP's codes too.
-FRAME_ERROR_CODES = ("bad_frame", "unknown_type", "not_ready")
-ERROR_CODES = frozenset(STATUS_BY_CODE) | frozenset(FRAME_ERROR_CODES)
 
 # Every close reason sessiond records, by its head (what comes before any
 # ": detail"; "store unavailable" as "store_unavailable"), and the codes it is

@@ -30,6 +30,7 @@ import msgspec.inspect
 from domain.ids import ID_PATTERN
 from domain.session import MESSAGE_ROLES
 from service.application.auth import utf8_text
+from service.edge.codes import ERROR_CODES
 
 T = TypeVar("T")
 
@@ -328,7 +329,8 @@ class ErrorFrame(msgspec.Struct, tag="error", tag_field="type", kw_only=True):
                 "(a refresh whose token was refused: the current one holds); or a refused "
                 "message's own code, as over HTTP (for example `session_ended`, `forbidden`, "
                 "`invalid_body`)"
-            )
+            ),
+            extra_json_schema={"enum": sorted(ERROR_CODES)},
         ),
     ]
     message: str

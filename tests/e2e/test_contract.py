@@ -115,8 +115,10 @@ def test_the_asyncapi_document_tells_a_right_frame_from_a_wrong_one(
 
     world = World()
     socket = Socket(world, "c-doc", "s-doc").upgrade()
+    socket.send({"type": "message", "content": "too early", "ref": "r"})
     socket.send({"type": "auth", "token": world.token()})
     socket.send({"type": "message", "content": "hello"})
+    socket.send("{not json")
     socket.run(socket.protocol.end(1000, "normal"))
     names = {kind.__name__: kind for kind in SERVER_FRAMES}
     by_type = {
@@ -134,6 +136,10 @@ def test_the_asyncapi_document_tells_a_right_frame_from_a_wrong_one(
     closed = socket.frames[-1]
     assert closed["state"] == "CLOSED" and not fits("StateFrame", {**closed, "code": None})
     assert not fits("WelcomeFrame", {**socket.frames[0], "state": "PROCESSING_READY"})
+    # An error frame's code is one of the codes sessiond has, never free text.
+    errors = [f for f in socket.frames if f["type"] == "error"]
+    assert {f["code"] for f in errors} == {"not_ready", "bad_frame"}
+    assert not fits("ErrorFrame", {**errors[0], "code": "something went wrong"})
     # An event is the same object over HTTP and on a socket: its time too.
     event = next(f for f in socket.frames if f["type"] == "event")
     assert not fits("EventFrame", {**event, "event": {**event["event"], "at": "yesterday"}})
