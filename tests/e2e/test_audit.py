@@ -6,6 +6,8 @@ position, auditors who read everything and write nothing, and the
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -496,3 +498,27 @@ async def test_a_server_repairs_its_read_model_after_a_rebuild_died_half_way(
         return status == 200 and listed["sessions"] == [snapshots[-1]]
 
     await eventually(listed_again, "the session list after the interrupted rebuild")
+
+
+async def test_a_tampered_cursor_is_400_on_every_store(
+    store_url: str, serve: Callable[..., Any]
+) -> None:
+    """A cursor is two strings the service wrote: a timestamp and a session
+    ID. One that decodes to two other strings (a NUL, which PostgreSQL's
+    text cannot hold; a date that is none; an ID outside the ID rule) was
+    not handed out: 400 invalid_query, never the store's refusal as 503."""
+    api: Api = await serve(store_url)
+    await ok(api, "POST", "/v1/sessions", json={"session_id": "kept"}, status=201)
+    for created_at, session_id in (
+        ("\u0000", "kept"),
+        ("2026-11-22T06:37:37.123456Z", "a\u0000b"),
+        ("yesterday", "kept"),
+        ("2026-11-22T06:37:37.123456Z", "not an id"),
+    ):
+        raw = json.dumps([created_at, session_id]).encode()
+        cursor = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+        status, body = await api.call("GET", f"/v1/sessions?cursor={cursor}")
+        assert status == 400, (created_at, session_id, body)
+        assert body["error"]["code"] == "invalid_query", body
+    listed = await ok(api, "GET", "/v1/sessions")
+    assert [s["session_id"] for s in listed["sessions"]] == ["kept"]

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import base64
 import functools
+import re
 import uuid
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from domain.ids import new_session_id, session_stream
+from domain.ids import is_valid_id, new_session_id, session_stream
 from service.application import commands
 from service.edge.context import BUDGETS, READMODELS, SETTINGS, STORE
 from service.edge.contract import Link, operation
@@ -112,13 +113,23 @@ def _encode_cursor(row: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+# A cursor's time, as the session view writes ``created_at``.
+_CURSOR_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")
+
+
 def _decode_cursor(cursor: str | None) -> tuple[str, str] | None:
+    """The (created_at, session_id) a cursor carries. Only what a cursor
+    this service wrote can hold passes: anything else (a NUL, which
+    PostgreSQL's text refuses, would be answered as the store's failure)
+    is the client's mistake."""
     if not cursor:
         return None
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created_at, session_id = orjson.loads(raw)
-        if not isinstance(created_at, str) or not isinstance(session_id, str):
+        if not isinstance(created_at, str) or not _CURSOR_TIME.fullmatch(created_at):
+            raise ValueError
+        if not is_valid_id(session_id):
             raise ValueError
     except (ValueError, TypeError, orjson.JSONDecodeError):
         raise ApiError("invalid_query", "cursor is not one this service handed out") from None
