@@ -29,6 +29,11 @@ ROLE_AUDITOR = "auditor"
 ROLES = (ROLE_USER, ROLE_SERVICE, ROLE_AUDITOR)
 KEY_FILE_NAME = "sessiond.key"
 ALGORITHM = "HS256"
+# The longest subject, in UTF-8 bytes: the subject is the owner column of the
+# sessions table, indexed with the creation time and the session ID for the
+# list, and PostgreSQL's index rows hold 2704 bytes. A longer one stalled the
+# projection for every user. (OpenID Connect's own ``sub`` is at most 255.)
+MAX_SUBJECT_BYTES = 1024
 
 
 class AuthError(Exception):
@@ -138,6 +143,8 @@ class TokenSigner:
             raise ValueError("ttl must be a positive number of seconds")
         if not user_id or not _recordable(user_id):
             raise ValueError("the user must be a non-empty string with no NUL or lone surrogate")
+        if len(user_id.encode()) > MAX_SUBJECT_BYTES:
+            raise ValueError(f"the user must be at most {MAX_SUBJECT_BYTES} bytes of UTF-8")
         now = int(time.time())
         if now + ttl > MAX_EXP:
             raise ValueError(f"ttl must be at most {MAX_EXP - now} seconds (64 bits of expiry)")
@@ -178,6 +185,8 @@ class TokenSigner:
             raise AuthError(
                 "the token's subject has a NUL or a lone surrogate, which no store can hold"
             )
+        if len(sub.encode()) > MAX_SUBJECT_BYTES:
+            raise AuthError(f"the token's subject is longer than {MAX_SUBJECT_BYTES} bytes")
         roles = _roles(claims.get("roles", [ROLE_USER]))
         # RFC 7519 makes each date a JSON number; PyJWT judges them with
         # int(), which takes a numeric string or a bool too.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import sqlite3
 import time
@@ -413,6 +414,33 @@ async def test_a_request_without_a_valid_token_is_401_unauthenticated(
         assert status == 401, (method, path, answer)
         assert_error(answer, "unauthenticated")
     assert [e["type"] for e in await events(api, "s-auth")] == ["SessionCreated"]
+
+
+async def test_a_token_whose_subject_no_index_can_hold_is_401_and_hurts_nobody(
+    serve: Serve, store_url: str
+) -> None:
+    """A subject is the owner column of the sessions table, indexed for the
+    list: one of thousands of bytes (PostgreSQL's index rows hold 2704)
+    stalled the sessions projection for every user, whose lists then left
+    out what they had just created. Refused at the token, 401."""
+    api = await serve(store_url)
+    long_sub = os.urandom(2500).hex()
+    headers = {"Authorization": "Bearer " + signed({"sub": long_sub})}
+    status, answer = await api.call(
+        "POST", "/v1/sessions", user=None, headers=headers, json={"session_id": "s-long"}
+    )
+    assert status == 401, answer
+    assert_error(answer, "unauthenticated")
+    await create(api, "s-after-long")
+    status, listing = await api.call("GET", "/v1/sessions")
+    assert status == 200, listing
+    assert [s["session_id"] for s in listing["sessions"]] == ["s-after-long"]
+    # A subject of a sensible length (an e-mail address, a URI) is a user.
+    headers = {"Authorization": "Bearer " + signed({"sub": "u" * 1024})}
+    status, answer = await api.call(
+        "POST", "/v1/sessions", user=None, headers=headers, json={"session_id": "s-kilo"}
+    )
+    assert status == 201, answer
 
 
 async def test_another_users_session_is_403_forbidden_for_reads_and_writes(
