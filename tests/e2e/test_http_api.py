@@ -925,3 +925,35 @@ async def test_views_read_while_the_tables_are_rebuilt_under_the_node_are_never_
         assert r.status == 503 and r.headers["Retry-After"] == "1"
         assert (await r.json())["error"]["code"] == "unavailable"
     await client.close()
+
+
+async def test_the_session_list_is_503_not_stale_while_the_projector_cannot_catch_up(
+    serve: Serve, sqlite_url: str
+) -> None:
+    """A projector that fails (a row its tables refuse, a full disk) or lags
+    past the patience of a read leaves the tables behind the head. A single
+    view is read from the log then; the list has no other source, so it is
+    503 ``unavailable``, never a list without the caller's newest session."""
+    api = await serve(sqlite_url)
+    await create(api, "s-listed")
+    status, listed = await api.call("GET", "/v1/sessions")
+    assert [s["session_id"] for s in listed["sessions"]] == ["s-listed"]
+    readmodels = api.server.app[READMODELS]  # type: ignore[attr-defined]
+
+    def refuse() -> int:
+        raise RuntimeError("the tables refuse this batch")
+
+    readmodels.projector.catch_up = refuse
+    await create(api, "s-unlisted")
+    for _ in range(200):
+        if readmodels.failures:
+            break
+        await asyncio.sleep(0.02)
+    assert readmodels.failures
+    status, view = await api.call("GET", "/v1/sessions/s-unlisted")
+    assert status == 200, view
+    async with api.http.get(api.url("/v1/sessions"), headers=api.auth()) as r:
+        body = await r.json()
+        assert r.status == 503, body
+        assert r.headers["Retry-After"] == "1"
+        assert_error(body, "unavailable")

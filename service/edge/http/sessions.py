@@ -95,13 +95,14 @@ async def list_sessions(request: web.Request) -> web.Response:
     rows, position = await run_read(
         request, request.app[READMODELS].tables.list_sessions_as_of, owner, limit + 1, before
     )
-    if head is not None and position < head:
-        # This node's projector had the head, its tables do not: they are
-        # being rebuilt (``sessiond projections rebuild``). A list has no
-        # other source; an incomplete one would be a wrong answer.
+    if head is None or position < head:
+        # The tables do not hold the head: this node's projector did not
+        # reach it in time (it lags, or fails on a batch), or had it and the
+        # tables are being rebuilt (``sessiond projections rebuild``). A list
+        # has no other source; an incomplete one would be a wrong answer.
         raise ApiError(
             "unavailable",
-            "the session list is being rebuilt; try again",
+            "the session list is behind the log (its tables lag or are being rebuilt); try again",
             retry_after=REBUILDING_RETRY,
         )
     next_cursor = _encode_cursor(rows[limit - 1]) if len(rows) > limit else None
