@@ -53,14 +53,21 @@ def preflight(request: web.Request) -> web.StreamResponse | None:
 
 
 def decorate(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
-    """Let a page on an allowed origin read ``response`` (errors included)."""
+    """Let a page on an allowed origin read ``response`` (errors included).
+
+    Every answer says ``Vary: Origin``, whether it carries the CORS headers
+    or not: they depend on the request's Origin, so a cache (the browser's
+    own) must not hand an answer made for one origin, or for none, to a
+    request from another."""
+    if response.prepared:
+        return response
+    vary = response.headers.get("Vary")
+    if vary is None:
+        response.headers["Vary"] = "Origin"
+    elif "origin" not in {v.strip().lower() for v in vary.split(",")}:
+        response.headers["Vary"] = f"{vary}, Origin"
     origin = request.headers.get("Origin")
-    if (
-        origin is not None
-        and not response.prepared
-        and origin_allowed(request, request.app[SETTINGS].cors_origins)
-    ):
+    if origin is not None and origin_allowed(request, request.app[SETTINGS].cors_origins):
         response.headers["Access-Control-Allow-Origin"] = origin
         response.headers["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
-        response.headers["Vary"] = "Origin"
     return response

@@ -762,6 +762,26 @@ async def test_an_error_answer_to_an_allowed_origin_carries_the_cors_headers(
         assert "Access-Control-Allow-Origin" not in r.headers
 
 
+async def test_every_answer_varies_by_origin_whatever_its_origin(
+    serve: Serve, sqlite_url: str
+) -> None:
+    """Whether an answer carries Access-Control-Allow-Origin depends on the
+    request's Origin, so every answer says ``Vary: Origin``: one made for a
+    request without an Origin (the service's own page) or from an origin not
+    listed, kept by the browser's cache, must not be handed to a listed
+    page, which could not read it."""
+    api = await serve(sqlite_url, cors_origins=("http://localhost:3000",))
+    await create(api, "s-vary")
+    for origin in (None, "http://evil.example", "http://localhost:3000"):
+        headers = api.auth() if origin is None else {"Origin": origin, **api.auth()}
+        for path in ("/v1/sessions/s-vary", "/v1/sessions/no-such", "/v1/openapi.json"):
+            async with api.http.get(api.url(path), headers=headers) as r:
+                vary = {v.strip().lower() for v in r.headers.get("Vary", "").split(",")}
+                assert "origin" in vary, (origin, path, r.headers)
+                allowed = r.headers.get("Access-Control-Allow-Origin")
+                assert allowed == (origin if origin == "http://localhost:3000" else None)
+
+
 async def test_a_preflight_from_an_origin_not_listed_gets_no_cors_headers(
     serve: Serve, sqlite_url: str
 ) -> None:
