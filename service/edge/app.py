@@ -35,6 +35,7 @@ from service.edge.access import CLIENT_GONE, access_middleware
 from service.edge.context import (
     BUDGETS,
     CLOSES,
+    FOLDS,
     HEALTH,
     HUB,
     METRICS,
@@ -52,6 +53,7 @@ from service.edge.context import (
 from service.edge.cors import decorate, preflight
 from service.edge.effects import Close
 from service.edge.errors import ApiError, error_response
+from service.edge.folds import Folds
 from service.edge.http import empty_ids_matched, route_defs
 from service.edge.http.stream import WatcherRegistry
 from service.edge.metrics import Metrics, stamped
@@ -197,6 +199,7 @@ async def _serving(app: web.Application) -> AsyncIterator[None]:
     app[STORE] = store
     readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="sessiond-read")
     app[READERS] = readers
+    folds = app[FOLDS] = Folds()
     readmodels = ReadModels(store, config)
     await loop.run_in_executor(None, readmodels.start, loop)
     app[READMODELS] = readmodels
@@ -276,6 +279,7 @@ async def _serving(app: web.Application) -> AsyncIterator[None]:
         await writer.stop()
         await loop.run_in_executor(None, readmodels.stop)
         readers.shutdown(wait=True)
+        await loop.run_in_executor(None, folds.shutdown)
         store.close()
         log.info("store closed", extra={"store": config.kind})
 

@@ -20,6 +20,7 @@ from service.storage.store import SessiondApplication, StoreConfig
 
 if TYPE_CHECKING:
     from service.application.readmodels import ReadModels
+    from service.edge.folds import Folds
     from service.edge.http.stream import WatcherRegistry
     from service.edge.ws import SocketRegistry
 
@@ -38,3 +39,4 @@ CLOSES = web.AppKey("closes", UnrecordedCloses)
 SOCKETS: web.AppKey[SocketRegistry] = web.AppKey("sockets")
 WATCHERS: web.AppKey[WatcherRegistry] = web.AppKey("watchers")
 READMODELS: web.AppKey[ReadModels] = web.AppKey("readmodels")
+FOLDS: web.AppKey[Folds] = web.AppKey("folds")

@@ -6,6 +6,7 @@ shape; a client's mistake is never a 500."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -75,10 +76,13 @@ async def run_command(request: web.Request, command: Command[T]) -> T:
         raise ApiError("unavailable", str(e)) from None
 
 
-async def run_read(request: web.Request, fn: Callable[..., T], *args: Any) -> T:
-    """``fn(*args)`` on the read pool; 503 at once while the store cannot be read."""
+async def run_read(
+    request: web.Request, fn: Callable[..., T], *args: Any, executor: Executor | None = None
+) -> T:
+    """``fn(*args)`` on the read pool (or ``executor``); 503 at once while
+    the store cannot be read."""
     try:
-        return await request.app[HEALTH].read(request.app[READERS], fn, *args)
+        return await request.app[HEALTH].read(executor or request.app[READERS], fn, *args)
     except DomainError as e:
         raise ApiError(e.code, e.message) from None
     except StoreUnavailable as e:

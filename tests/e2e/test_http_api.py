@@ -11,11 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import jwt
 import pytest
 
 from service.application.auth import TokenSigner
-from service.edge.context import READMODELS
+from service.edge.context import READMODELS, STORE
 from tests.conftest import TEST_SECRET, Api
 from tests.e2e.wsclient import connection_events, open_live, refused_upgrade
 
@@ -977,3 +978,41 @@ async def test_the_session_list_is_503_not_stale_while_the_projector_cannot_catc
         assert r.status == 503, body
         assert r.headers["Retry-After"] == "1"
         assert_error(body, "unavailable")
+
+
+async def test_one_users_long_past_states_leave_everyone_elses_reads_alone(
+    serve: Serve, sqlite_url: str
+) -> None:
+    """A past state (``state?at=N``) folds the session's events up to N: a
+    second for a session of a few tens of thousands of events. Many asked
+    at once by one user held every thread of the node's reads, and another
+    user's plain read waited behind them until it was refused 503
+    ``unavailable``, with the store up. Folds run apart, one per user at a
+    time; every one of them is still answered."""
+    api = await serve(sqlite_url)
+    await create(api, "s-long-history")
+    await api.call(
+        "POST", "/v1/sessions/s-long-history/messages", json={"role": "user", "content": "x"}
+    )
+    await create(api, "s-bobs", user="bob")
+    store = api.server.app[STORE]  # type: ignore[attr-defined]
+    fold = store.get_session
+
+    def long_fold(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.4)  # a session of some 20,000 events
+        return fold(*args, **kwargs)
+
+    store.get_session = long_fold
+    past = [
+        api.call("GET", "/v1/sessions/s-long-history/state?at=1", timeout=aiohttp.ClientTimeout(60))
+        for _ in range(16)
+    ]
+    folds = asyncio.gather(*past)
+    await asyncio.sleep(0.2)
+    started = time.monotonic()
+    status, page = await api.call("GET", "/v1/sessions/s-bobs/events", user="bob")
+    assert status == 200, page
+    assert time.monotonic() - started < 1.0
+    answers = await folds
+    assert {status for status, _ in answers} == {200}
+    assert {view["position"] for _, view in answers} == {1}

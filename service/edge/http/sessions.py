@@ -13,7 +13,7 @@ from aiohttp import web
 
 from domain.ids import is_valid_id, new_session_id, session_stream
 from service.application import commands
-from service.edge.context import BUDGETS, READMODELS, SETTINGS, STORE
+from service.edge.context import BUDGETS, FOLDS, READMODELS, SETTINGS, STORE
 from service.edge.contract import Link, operation
 from service.edge.errors import ApiError
 from service.edge.http.reads import caught_up, events_page, readable_session
@@ -223,7 +223,9 @@ async def session_state_at(request: web.Request) -> web.Response:
     read = functools.partial(
         request.app[STORE].get_session, session_id, at, max_bytes=request.app[SETTINGS].page_bytes
     )
-    past = await run_read(request, read)
+    folds = request.app[FOLDS]
+    async with folds.turn(actor.user_id):
+        past = await run_read(request, read, executor=folds.executor)
     if past is None:
         raise ApiError("session_not_found", f"no session {session_id!r}")
     return json_response(wire_view(past.view()))
