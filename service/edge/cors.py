@@ -13,8 +13,10 @@ from service.edge.context import SETTINGS
 from service.edge.errors import error_response
 
 ALLOW_METHODS = "GET, POST, DELETE, OPTIONS"
-# Last-Event-ID: a page resuming an event stream with fetch() sends it.
-ALLOW_HEADERS = "Authorization, Content-Type, Last-Event-ID"
+# Last-Event-ID: a page resuming an event stream with fetch() sends it;
+# traceparent and tracestate: a page traced by OpenTelemetry sends them, and
+# an HTTP request's span is their child (service/runtime/tracing.py).
+ALLOW_HEADERS = "Authorization, Content-Type, Last-Event-ID, traceparent, tracestate"
 MAX_AGE = "600"
 # Response headers a page may read beyond the CORS-safelisted ones: how long
 # to wait after a 429 or a 503.

@@ -742,6 +742,27 @@ async def test_a_preflight_from_an_allowed_origin_gets_the_cors_headers(
         assert r.headers["Access-Control-Allow-Origin"] == "http://localhost:3000"
 
 
+async def test_a_preflight_allows_the_trace_headers_the_service_reads(
+    serve: Serve, sqlite_url: str
+) -> None:
+    """An HTTP request's span is a child of its W3C ``traceparent``
+    (docs/operations.md): a page traced by OpenTelemetry sends it, with
+    ``tracestate``, on every fetch, and a preflight that did not allow them
+    stopped every such page's call before it was made."""
+    api = await serve(sqlite_url, cors_origins=("http://localhost:3000",))
+    async with api.http.options(
+        api.url("/v1/sessions"),
+        headers={
+            "Origin": "http://localhost:3000",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type,traceparent,tracestate",
+        },
+    ) as r:
+        assert r.status == 204, await r.text()
+        allowed = {h.strip().lower() for h in r.headers["Access-Control-Allow-Headers"].split(",")}
+        assert {"authorization", "content-type", "traceparent", "tracestate"} <= allowed
+
+
 async def test_an_error_answer_to_an_allowed_origin_carries_the_cors_headers(
     serve: Serve, sqlite_url: str
 ) -> None:
