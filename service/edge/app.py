@@ -9,7 +9,7 @@ import os
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
 from aiohttp import web
@@ -228,6 +228,11 @@ async def _serving(app: web.Application) -> AsyncIterator[None]:
 
     nodes = NodeRegistry(readmodels.tables, settings.node_id)
     await loop.run_in_executor(app[READERS], nodes.setup)
+    # The node's heartbeat has a thread of its own: on the read pool, reads
+    # that hold every thread for a node timeout (long pages, many at once)
+    # would let the other nodes take this one for dead and record its live
+    # sockets as lost.
+    beats = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sessiond-beat")
 
     def settle() -> None:
         # Before reads are let through again: the closes owed to the store.
@@ -265,7 +270,7 @@ async def _serving(app: web.Application) -> AsyncIterator[None]:
         health.start()
         tasks.append(asyncio.create_task(closes.run()))
         await _record_lost_connections(app, settings.node_id)
-        tasks.append(asyncio.create_task(_watch_nodes(app, nodes)))
+        tasks.append(asyncio.create_task(_watch_nodes(app, nodes, beats)))
         yield
     finally:
         for task in tasks:
@@ -279,12 +284,13 @@ async def _serving(app: web.Application) -> AsyncIterator[None]:
         await writer.stop()
         await loop.run_in_executor(None, readmodels.stop)
         readers.shutdown(wait=True)
+        beats.shutdown(wait=True)
         await loop.run_in_executor(None, folds.shutdown)
         store.close()
         log.info("store closed", extra={"store": config.kind})
 
 
-async def _watch_nodes(app: web.Application, nodes: NodeRegistry) -> None:
+async def _watch_nodes(app: web.Application, nodes: NodeRegistry, beats: Executor) -> None:
     """Heartbeat this node; record the connections of dead peers as lost.
 
     Not while the store is down (every node's heartbeat stops then), and not
@@ -296,13 +302,13 @@ async def _watch_nodes(app: web.Application, nodes: NodeRegistry) -> None:
     while True:
         try:
             if health.up:
-                await loop.run_in_executor(app[READERS], nodes.heartbeat)
+                await loop.run_in_executor(beats, nodes.heartbeat)
             if health.up and time.monotonic() - health.up_since >= settings.node_timeout:
                 timeout = settings.node_timeout
-                for node in await loop.run_in_executor(app[READERS], nodes.dead_nodes, timeout):
+                for node in await loop.run_in_executor(beats, nodes.dead_nodes, timeout):
                     log.warning("node presumed dead", extra={"node": node})
                     await _record_lost_connections(app, node)
-                    await loop.run_in_executor(app[READERS], nodes.forget, node)
+                    await loop.run_in_executor(beats, nodes.forget, node)
         except asyncio.CancelledError:
             raise
         except Exception as e:
