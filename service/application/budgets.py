@@ -232,7 +232,7 @@ class Budgets:
         return admit
 
     def write(self, user_id: str) -> float:
-        """One write (an HTTP POST or DELETE, a socket's message) by ``user_id``."""
+        """One write (an HTTP POST or DELETE, a socket's message or refresh) by ``user_id``."""
         return self.user_writes.take(user_id)
 
 
@@ -244,7 +244,7 @@ class Admission(Protocol):
         (one more of its upgrades, one more live socket)?"""
 
     def write(self, user_id: str) -> float:
-        """A ``message`` frame: 0.0, or the seconds until one fits."""
+        """A ``message`` frame or a token refresh: 0.0, or the seconds until one fits."""
 
     def session_gate(self, user_id: str) -> Callable[[], None] | None:
         """The gate an attach that creates the session passes (None: none)."""

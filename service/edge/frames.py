@@ -150,8 +150,8 @@ class ClientFrames:
 
     def _refresh(self, frame: AuthFrame, now: float) -> Effects:
         """A new token on a live socket. One for the same user is recorded
-        (``TokenRefreshed``) and then holds; one for another user ends the
-        socket (4403); one that is not valid is answered with an error (and
+        (``TokenRefreshed``, one of the user's writes) and then holds; one for
+        another user ends the socket (4403); one that is not valid is answered with an error (and
         counts as a bad frame), and the current token holds until its exp."""
         assert self.principal is not None
         try:
@@ -161,6 +161,10 @@ class ClientFrames:
             return self._bad_frame("unauthenticated", message, frame.ref, now)
         if principal.user_id != self.principal.user_id:
             return self.end(Close.FORBIDDEN, "forbidden: a token for another user")
+        # A refresh records an event, so it is one of the user's writes, as a
+        # message is: past the budget the socket is closed 4429.
+        if self.admission.write(principal.user_id) > 0:
+            return self.end(Close.RATE_LIMITED, "rate_limited")
         command = commands.refresh_token(self.connection_id, principal, holds_until=self.expiry.exp)
         self.announcing += 1
         return [Record(command, self._refreshed(principal, frame.ref, now))]

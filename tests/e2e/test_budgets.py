@@ -516,6 +516,28 @@ async def test_message_frames_past_the_users_write_budget_close_4429(
     )
 
 
+async def test_token_refreshes_past_the_users_write_budget_close_4429(
+    sqlite_url: str, serve: Serve
+) -> None:
+    """A refresh records an event (TokenRefreshed), so it is a write like a
+    message: a socket cannot record refreshes without bound."""
+    api: Api = await serve(sqlite_url, user_writes=Rate(3, 60.0))
+    client = await open_live(api, "s-r", connection_id="c-r")
+    token = api.signer.mint("alice")
+    for _ in range(3):
+        await client.send({"type": "auth", "token": token})
+    await client.until(lambda f: sum(g.get("type") == "token" for g in client.frames) == 3)
+    await client.send({"type": "auth", "token": token})
+    assert await client.until_closed() == 4429
+    last = client.frames[-1]
+    assert (last["state"], last["code"], last["reason"]) == ("CLOSED", 4429, "rate_limited")
+    status, body = await api.call("GET", "/v1/connections/c-r/events", **AUDITOR)
+    assert status == 200, body
+    types = [e["type"] for e in body["events"]]
+    assert types.count("TokenRefreshed") == 3, types
+    assert types[-1] == "CLOSED"
+
+
 async def test_a_socket_that_would_create_a_session_past_the_users_budget_gets_429_or_4429(
     sqlite_url: str, serve: Serve
 ) -> None:
