@@ -22,6 +22,7 @@ names the field (``Expected `str`, got `int` - at `$.content```).
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
@@ -531,7 +532,9 @@ def frame_ref(data: str | bytes) -> tuple[str | None, str | None]:
         # too. It runs only for a frame already refused.
         try:
             raw = json.loads(data)
-        except (ValueError, RecursionError):
+        except RecursionError:
+            raw = _top_level_strings(data)
+        except ValueError:
             return None, None
     if not isinstance(raw, dict):
         return None, None
@@ -540,6 +543,53 @@ def frame_ref(data: str | bytes) -> tuple[str | None, str | None]:
         kind if isinstance(kind, str) else None,
         ref if isinstance(ref, str) and utf8_text(ref) else None,
     )
+
+
+# What a scan of JSON text needs to see: a string, a run of openers or of
+# closers (one match however deep it goes), a colon or a comma.
+_JSON_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[{\[][{\[\s]*|[}\]][}\]\s]*|[:,]')
+_SCAN_TOKENS = 10_000
+
+
+def _top_level_strings(data: str | bytes) -> dict[str, str]:
+    """The members of a JSON object whose values are strings, at its top
+    level only, read without recursion: a frame nested deeper than any
+    parser's stack still has its ``type`` and ``ref`` (a scan of the text
+    that keeps count of the depth; a later member wins, as in msgspec). The
+    scan gives up after ``_SCAN_TOKENS`` tokens, so a frame made to be slow
+    to scan costs little; its ``ref`` may then go unechoed."""
+    if isinstance(data, bytes):
+        try:
+            data = data.decode()
+        except UnicodeDecodeError:
+            return {}
+    found: dict[str, str] = {}
+    depth, last, key = 0, "", None
+    for count, match in enumerate(_JSON_TOKEN.finditer(data)):
+        if count == _SCAN_TOKENS:
+            return {}
+        token = match.group()
+        first = token[0]
+        if first == '"':
+            if depth == 1:
+                try:
+                    text = json.loads(token)
+                except ValueError:  # a bad escape: no text to take
+                    text = None
+                if text is None:
+                    key = None
+                elif last in ("{", ","):
+                    key = text
+                elif last == ":" and key is not None:
+                    found[key] = text
+            last = '"'
+            continue
+        if first in "{[":
+            depth += token.count("{") + token.count("[")
+        elif first in "}]":
+            depth -= token.count("}") + token.count("]")
+        last = token.rstrip()[-1]
+    return found
 
 
 # Built now, so a declaration msgspec cannot compile fails at import, not on a request.

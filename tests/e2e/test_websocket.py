@@ -617,6 +617,35 @@ async def test_bad_frames_get_error_frames_with_their_ref_and_the_socket_stays_o
     assert (await closed_record(api, "conn-badframes"))["data"]["details"]["code"] == 1000
 
 
+async def test_a_frame_nested_past_any_parsers_depth_gets_bad_frame_with_its_ref(
+    sqlite_url: str, serve: Serve
+) -> None:
+    """Nested thousands deep (past what msgspec and the standard library
+    decode), a frame is still refused with its ``ref`` echoed, wherever the
+    ref stands; before the token, such an ``auth`` frame is a bad token."""
+    api = await serve(sqlite_url)
+    client = await open_live(api, "s-deep", connection_id="conn-deep")
+    got: list[str | None] = []
+    deep = "[" * 5000 + "]" * 5000
+    for raw in (
+        f'{{"ref": "r-first", "type": "message", "content": "x", "metadata": {{"a": {deep}}}}}',
+        f'{{"type": "message", "content": "x", "metadata": {{"a": {deep}}}, "ref": "r-last"}}',
+        # A "ref" nested in the metadata is not the frame's; escapes decode.
+        f'{{"type": "message", "content": "x", "metadata": {{"a": {deep}, "ref": "no"}}, '
+        r'"ref": "r-\"q\u00e9"}',
+    ):
+        await client.send_raw(raw)
+        error = await client.until_type("error")
+        assert error["code"] == "bad_frame", error
+        got.append(error.get("ref"))
+    assert got == ["r-first", "r-last", 'r-"q\u00e9']
+    await client.close()
+    waiting = await connect(api, "s-deep-auth", connection_id="conn-deep-auth")
+    await waiting.until_state("ACCEPTED")
+    await waiting.send_raw(f'{{"type": "auth", "token": {deep}, "ref": "r-auth"}}')
+    assert await waiting.until_closed() == 4401
+
+
 async def test_more_than_ten_bad_frames_in_a_minute_close_the_socket_with_4400(
     sqlite_url: str, serve: Serve
 ) -> None:
