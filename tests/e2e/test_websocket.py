@@ -420,6 +420,27 @@ async def test_a_bad_authorization_header_closes_the_socket_with_4401(
     assert await connection_states(api, cid) == ["CONNECTING", "ACCEPTED", "CLOSED"]
 
 
+async def test_an_authorization_header_of_another_scheme_leaves_the_socket_to_its_auth_frame(
+    sqlite_url: str, serve: Serve
+) -> None:
+    """A browser behind a proxy that asks for HTTP Basic credentials sends
+    them on the upgrade by itself; the page cannot stop it. Such a header
+    carries no token of sessiond's, so the socket waits for its auth frame."""
+    api = await serve(sqlite_url)
+    client = await connect(
+        api,
+        "s-basic",
+        connection_id="conn-basic",
+        headers={"Authorization": "Basic YWxpY2U6c2VjcmV0"},
+    )
+    await client.until_state("ACCEPTED")
+    await client.send({"type": "auth", "token": api.signer.mint("alice")})
+    await client.until_state("PROCESSING_READY")
+    await client.close()
+    await closed_record(api, "conn-basic")
+    assert await connection_states(api, "conn-basic") == [*LIFECYCLE, "CLOSED"]
+
+
 async def test_no_auth_within_the_auth_timeout_closes_the_socket_with_4401(
     sqlite_url: str, serve: Serve
 ) -> None:

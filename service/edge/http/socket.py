@@ -56,8 +56,12 @@ def _peer_close_facts(ws: web.WebSocketResponse) -> tuple[int | None, bool, int 
 
 
 def _header_token(request: web.Request) -> str | None:
+    """The upgrade's bearer token; None when it names none (no header, or
+    one of another scheme, such as the Basic credentials a browser sends by
+    itself to a proxy that asked for them): the socket then waits for its
+    ``auth`` frame."""
     header = request.headers.get("Authorization")
-    if header is None:
+    if header is None or header.partition(" ")[0].lower() != "bearer":
         return None
     try:
         return bearer_token(header)
