@@ -961,7 +961,11 @@ async def test_a_finished_connection_is_freed_without_the_cycle_collector(
             if not alive or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.05)
-        assert alive == []
+        # What still holds each one, should one be left: the cycle to break.
+        holders = [
+            (type(o).__name__, [type(r).__name__ for r in gc.get_referrers(o)]) for o in alive
+        ]
+        assert alive == [], holders
     finally:
         gc.enable()
 
