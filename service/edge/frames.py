@@ -63,6 +63,7 @@ class ClientFrames:
         live_state: str
         principal: Principal | None
         token: str | None
+        auth_frame_refused: str | None
         awaiting_auth: bool
         ending: tuple[int, str] | None
         announcing: int
@@ -92,6 +93,7 @@ class ClientFrames:
             kind, ref = frame_ref(data)
             if kind == "auth" and self.awaiting_auth and self.token is None:
                 self.token = ""  # an auth frame without a token: unauthenticated
+                self.auth_frame_refused = e.message
                 return [Wake()]
             return self._bad_frame(e.code, e.message, ref, now)
         if isinstance(frame, AuthFrame):

@@ -143,6 +143,9 @@ class ConnectionProtocol(ClientFrames):
         self.state = initial_state(lifecycle)
         self.principal: Principal | None = None
         self.token: str | None = None  # from an auth frame, awaiting its check
+        # Why the schema refused an auth frame in the handshake (its token is
+        # then taken to be missing), for the close reason.
+        self.auth_frame_refused: str | None = None
         self.awaiting_auth = False
         self.ending: tuple[int, str] | None = None
         self.seam = Seam(
@@ -268,7 +271,10 @@ class ConnectionProtocol(ClientFrames):
         try:
             principal = self.verify(self.token)
         except AuthError as e:
-            return self.end(Close.UNAUTHENTICATED, why(e))
+            refused = e
+            if self.auth_frame_refused is not None:
+                refused = AuthError(f"the auth frame was refused: {self.auth_frame_refused}")
+            return self.end(Close.UNAUTHENTICATED, why(refused))
         return self._authenticated(principal, now)
 
     def _authenticated(

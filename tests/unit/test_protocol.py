@@ -192,6 +192,25 @@ def test_an_auth_frame_without_a_token_string_is_unauthenticated() -> None:
     assert socket.closed is not None and socket.closed[0] == Close.UNAUTHENTICATED
 
 
+def test_an_auth_frame_the_schema_refuses_closes_4401_saying_why_not_missing_token() -> None:
+    """A token is there, in a frame the schema refuses (a field it does not
+    have, a ref that is not a string): the close says what was wrong."""
+    world = World()
+    for i, frame in enumerate(
+        [
+            {"type": "auth", "token": world.token(), "extra": 1},
+            {"type": "auth", "token": world.token(), "ref": 7},
+        ]
+    ):
+        socket = Socket(world, f"c-{i}", "s-1").upgrade()
+        socket.send(frame)
+        assert socket.closed is not None
+        code, reason = socket.closed
+        assert code == Close.UNAUTHENTICATED
+        assert reason.startswith("unauthenticated: the auth frame was refused: "), reason
+        assert "missing token" not in reason
+
+
 def test_no_token_before_the_deadline_closes_4401_auth_timeout() -> None:
     world = World()
     socket = Socket(world, "c-1", "s-1").upgrade()
