@@ -20,17 +20,19 @@ from service.storage.wire import wire_view
 VIEW_PATIENCE = 5.0
 
 
-async def caught_up(request: web.Request) -> int | None:
+async def caught_up(request: web.Request) -> int:
     """Wait until this node's projector holds every event recorded so far
-    (read your writes, also those made through another node): the log's
-    head then, None if it lags.
+    (read your writes, also those made through another node), for at most
+    ``VIEW_PATIENCE`` and not at all while it is failing; the log's head.
 
-    The tables themselves may still be behind it: ``sessiond projections
-    rebuild``, run beside the server, empties them and refills them batch by
-    batch. Each read of a view therefore comes with the position its tables
-    stood at, and a view from tables behind the head is not answered."""
+    What a read compares with the head is the position its tables stood at,
+    read with the rows: the projector may lag or fail with the tables whole,
+    and ``sessiond projections rebuild``, run beside the server, empties them
+    and refills them batch by batch while the projector holds the head. A
+    view from tables behind the head is not answered from them."""
     head = await run_read(request, request.app[STORE].ping)
-    return head if await request.app[READMODELS].wait_for(head, VIEW_PATIENCE) else None
+    await request.app[READMODELS].wait_for(head, VIEW_PATIENCE)
+    return head
 
 
 async def session_view(request: web.Request, session_id: str) -> dict[str, Any] | None:
@@ -49,10 +51,9 @@ async def _view(
     position) once that holds the head, else folded from the log
     (``from_log``: the aggregate, or None)."""
     head = await caught_up(request)
-    if head is not None:
-        view, position = await run_read(request, as_of, key)
-        if position >= head:
-            return view
+    view, position = await run_read(request, as_of, key)
+    if position >= head:
+        return view
     found = await run_read(request, from_log, key)
     return None if found is None else wire_view(found.view())
 

@@ -95,11 +95,12 @@ async def list_sessions(request: web.Request) -> web.Response:
     rows, position = await run_read(
         request, request.app[READMODELS].tables.list_sessions_as_of, owner, limit + 1, before
     )
-    if head is None or position < head:
+    if position < head:
         # The tables do not hold the head: this node's projector did not
         # reach it in time (it lags, or fails on a batch), or had it and the
         # tables are being rebuilt (``sessiond projections rebuild``). A list
         # has no other source; an incomplete one would be a wrong answer.
+        # (Tables that hold the head answer, even with the projector failing.)
         raise ApiError(
             "unavailable",
             "the session list is behind the log (its tables lag or are being rebuilt); try again",
