@@ -81,6 +81,14 @@ def token_source(args: argparse.Namespace) -> str | Callable[[], str]:
     return lambda: signer.mint(MINTED_USER, ["auditor"], ttl=MINTED_TTL)
 
 
+def printable(text: str) -> str:
+    """``text`` with its control characters escaped, as the timeline shows
+    them: a name holding escape sequences must not drive the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class TaskBars:
     """A progress bar per running task, on a terminal only."""
 
@@ -89,7 +97,9 @@ class TaskBars:
         self.bars: dict[str, Any] = {}
         if console.is_terminal:
             self.progress = Progress(
-                TextColumn("{task.description}"),
+                # A task's name is its writer's text: shown as such, never
+                # read as markup (a stray "[/b]" would end the tail).
+                TextColumn("{task.description}", markup=False),
                 BarColumn(),
                 MofNCompleteColumn(),
                 console=console,
@@ -121,7 +131,7 @@ class TaskBars:
         if task_id not in self.bars:
             # A task started before --after is known by its ID alone.
             name = data.get("name")
-            label = f"{name} ({task_id})" if name else str(task_id)
+            label = f"{printable(str(name))} ({task_id})" if name else str(task_id)
             self.bars[task_id] = progress.add_task(label, total=None)
         total = data.get("total")
         done = data.get("done") if kind == "TaskProgressed" else None

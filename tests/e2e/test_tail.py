@@ -269,3 +269,38 @@ async def test_tail_help_shows_its_defaults_and_environment_variables() -> None:
         "default: 0",
     ):
         assert shown in text, shown
+
+
+async def test_a_task_name_reaches_the_terminal_as_text_never_as_markup_or_control_codes(
+    sqlite_url: str, server_process: Start, http: aiohttp.ClientSession
+) -> None:
+    """A task's name is whatever its writer sent: on a terminal its progress
+    bar shows it as text, so a name that reads as rich markup cannot end the
+    tail, and one holding escape sequences cannot clear the screen or retitle
+    the window."""
+    server = server_process(sqlite_url)
+    base = server.base_url
+    status, _ = await call(http, "POST", f"{base}/v1/sessions", json={"session_id": "tail-5"})
+    assert status == 201
+    name = "[/bold]\x1b[2J\x1b]0;pwned\x07export"
+    status, _ = await call(
+        http,
+        "POST",
+        f"{base}/v1/sessions/tail-5/tasks",
+        user="w",
+        roles=("service",),
+        json={"task_id": "t-1", "name": name, "total": 4},
+    )
+    assert status == 201
+    status, _ = await call(http, "DELETE", f"{base}/v1/sessions/tail-5")
+    assert status == 200
+    # TTY_COMPATIBLE: rich draws its bars as on a terminal though stdout is a pipe.
+    env = tail_env(SESSIOND_SECRET=TEST_SECRET, TTY_COMPATIBLE="1")
+    tail = await start_tail("tail-5", "--url", base, env=env)
+    assert await tail.exit_code() == 0
+    err = await tail.stderr()
+    assert "Traceback" not in err, err
+    assert tail.proc.stdout is not None
+    out = (await tail.proc.stdout.read()).decode()
+    assert "\x1b[2J" not in out and "\x1b]0;" not in out and "\x07" not in out
+    assert "[/bold]\\x1b[2J\\x1b]0;pwned\\x07export (t-1)" in out
