@@ -41,10 +41,19 @@ def iter_session_events(
         yield from wire_from_rows4(rows)
 
 
+def printable(text: str) -> str:
+    """``text`` with its control characters escaped as Python writes them
+    (``\\x1b``): what a writer or a token's ``sub`` put in an event is shown
+    to a terminal as text and never drives it (clears, retitles, moves)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def timeline_line(event: dict[str, Any]) -> str:
     """One event as a line of the timeline (``sessiond replay``, ``sessiond tail``)."""
     connection = event["data"].get("connection_id") or "-"
-    return (
+    return printable(
         f"{event['at']}  {event['position']:>6}  {event['type']:<18}  "
         f"conn={connection}  {timeline(event)}"
     )

@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from service.application.auth import KeyFileError, TokenSigner, read_key
-from service.application.replay import timeline_line
+from service.application.replay import printable, timeline_line
 from service.client import ClientRefused
 from service.client.stream import StreamWatcher
 from service.runtime.settings import Settings, SettingsError
@@ -79,14 +79,6 @@ def token_source(args: argparse.Namespace) -> str | Callable[[], str]:
             ) from None
     signer = TokenSigner(secret)
     return lambda: signer.mint(MINTED_USER, ["auditor"], ttl=MINTED_TTL)
-
-
-def printable(text: str) -> str:
-    """``text`` with its control characters escaped, as the timeline shows
-    them: a name holding escape sequences must not drive the terminal."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class TaskBars:

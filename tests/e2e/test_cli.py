@@ -471,3 +471,20 @@ def test_projections_on_a_store_locked_by_another_process_is_one_line(tmp_path: 
     assert "Traceback" not in result.stderr + result.stdout
     assert "locked" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_replay_prints_a_user_id_with_its_control_characters_escaped(tmp_path: Path) -> None:
+    """A user ID is a token's ``sub``, any text a token issuer put there: the
+    timeline shows its escape sequences as text, so replaying a session cannot
+    clear the reader's screen or retitle the window."""
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    owner = "\x1b[2J\x1b]0;pwned\x07eve"
+    store = open_store(parse_store_url(url))
+    try:
+        store.save(Session.create("s-evil", owner, None))
+    finally:
+        store.close()
+    result = sessiond("replay", "s-evil", "--store", url, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "\x1b" not in result.stdout and "\x07" not in result.stdout
+    assert "owner=\\x1b[2J\\x1b]0;pwned\\x07eve" in result.stdout
