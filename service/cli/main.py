@@ -182,6 +182,8 @@ def _open(args: argparse.Namespace) -> tuple[SessiondApplication, StoreConfig]:
             if not config.path.is_file():
                 raise StoreError(f"no store at {config.path} (from {settings.store_url!r})")
             _check_is_a_store(config.path, settings.store_url)
+        elif config.conninfo is not None:
+            _check_is_a_postgres_store(config)
         return open_store(config), config
     except StoreError as e:
         raise CliError(str(e), 1) from None
@@ -203,6 +205,28 @@ def _check_is_a_store(path: Path, url: str) -> None:
         raise StoreError(f"cannot open store {url!r}: {e}") from None
     if found is None:
         raise StoreError(f"{path} is not a sessiond store (from {url!r}): it has no events table")
+
+
+def _check_is_a_postgres_store(config: StoreConfig) -> None:
+    """The same refusal on PostgreSQL, before anything is created: a database
+    with no sessiond events table (another program's, a wrong name) is left
+    as it was."""
+    import psycopg
+
+    schema = config.env.get("POSTGRES_SCHEMA", "").strip() or "public"
+    table = f"{SessiondApplication.name.lower()}_events"
+    assert config.conninfo is not None
+    try:
+        with psycopg.connect(config.conninfo) as db:
+            found = db.execute(
+                "SELECT 1 FROM information_schema.tables"
+                " WHERE table_schema = %s AND table_name = %s",
+                (schema, table),
+            ).fetchone()
+    except psycopg.Error as e:
+        raise StoreError(f"cannot open store {config.url!r}: {type(e).__name__}: {e}") from None
+    if found is None:
+        raise StoreError(f"{config.url} is not a sessiond store: it has no table {schema}.{table}")
 
 
 def at_least(minimum: int) -> Callable[[str], int]:

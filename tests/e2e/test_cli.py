@@ -488,3 +488,26 @@ def test_replay_prints_a_user_id_with_its_control_characters_escaped(tmp_path: P
     assert result.returncode == 0, result.stderr
     assert "\x1b" not in result.stdout and "\x07" not in result.stdout
     assert "owner=\\x1b[2J\\x1b]0;pwned\\x07eve" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "command", [["replay", "s1"], ["projections", "status"], ["projections", "rebuild"]]
+)
+def test_a_reading_command_refuses_a_postgresql_database_that_is_no_store_and_adds_no_table(
+    tmp_path: Path, postgres_url: str, command: list[str]
+) -> None:
+    """Pointed at a PostgreSQL database that holds no sessiond store (another
+    program's, or the wrong name), ``replay`` and ``projections`` say so in
+    one line and create none of sessiond's tables in it, as on SQLite."""
+    import psycopg
+
+    tables = "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+    with psycopg.connect(postgres_url, autocommit=True) as db:
+        db.execute("CREATE TABLE orders (id int)")
+        before = sorted(row[0] for row in db.execute(tables).fetchall())
+    result = sessiond(*command, "--store", postgres_url, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "is not a sessiond store" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    with psycopg.connect(postgres_url, autocommit=True) as db:
+        assert sorted(row[0] for row in db.execute(tables).fetchall()) == before == ["orders"]
