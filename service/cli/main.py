@@ -358,14 +358,15 @@ def rebuild(
 
 class ProgressBar:
     def __init__(self, total: int, out: TextIO, width: int = 30) -> None:
-        self.total = max(total, 1)
+        self.total = max(total, 0)
         self.out = out
         self.width = width
         self.started = time.monotonic()
 
     def update(self, position: int, head: int) -> None:
-        self.total = max(head, 1)
-        frac = min(1.0, position / self.total)
+        self.total = max(head, 0)
+        # An empty log is rebuilt whole as soon as it is read.
+        frac = min(1.0, position / self.total) if self.total else 1.0
         filled = int(frac * self.width)
         rate = position / max(time.monotonic() - self.started, 1e-9)
         self.out.write(

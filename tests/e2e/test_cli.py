@@ -511,3 +511,14 @@ def test_a_reading_command_refuses_a_postgresql_database_that_is_no_store_and_ad
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     with psycopg.connect(postgres_url, autocommit=True) as db:
         assert sorted(row[0] for row in db.execute(tables).fetchall()) == before == ["orders"]
+
+
+def test_rebuilding_an_empty_store_shows_its_progress_bar_complete(tmp_path: Path) -> None:
+    """A store with no events is rebuilt in full at once: its bar says so,
+    not 0.0% of one event."""
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    open_store(parse_store_url(url)).close()
+    result = sessiond("projections", "rebuild", "--store", url, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "0 events" in result.stdout
+    assert "100.0% 0/0 " in result.stderr, result.stderr
