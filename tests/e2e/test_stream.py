@@ -166,6 +166,22 @@ async def test_last_event_id_wins_over_after_and_a_bad_one_is_refused(
     assert (status, body["error"]["code"]) == (400, "invalid_query")
 
 
+async def test_a_last_event_id_of_digits_other_than_ascii_is_refused_as_a_bad_query(
+    sqlite_url: str, serve: Serve
+) -> None:
+    """A position is written in ASCII digits: a superscript two or an
+    Arabic-Indic three (digits to Python's str.isdigit) is no position the
+    stream sent, refused 400 like any other, never a 500 nor read as a number."""
+    api = await serve(sqlite_url)
+    await new_session(api, "st-digits")
+    await post_messages(api.http, api.base_url, "st-digits", 4, "m")
+    for bad in ("\u00b2", "\u0663", "1\u00b9"):
+        status, body = await api.call(
+            "GET", "/v1/sessions/st-digits/stream", headers={"Last-Event-ID": bad}
+        )
+        assert (status, body["error"]["code"]) == (400, "invalid_query"), (bad, status, body)
+
+
 async def test_the_owner_a_service_and_an_auditor_read_it_and_no_one_else_nor_a_token_in_the_url(
     sqlite_url: str, serve: Serve
 ) -> None:

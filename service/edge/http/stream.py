@@ -278,7 +278,9 @@ def resume_from(request: web.Request) -> int:
     last_id = request.headers.get("Last-Event-ID", "").strip()
     if not last_id:
         return asked
-    if not last_id.isdigit() or int(last_id) > INT64_MAX:
+    # ASCII digits only: str.isdigit also takes other scripts' digits and
+    # superscripts, which int() reads as a number or refuses with ValueError.
+    if not (last_id.isascii() and last_id.isdigit()) or int(last_id) > INT64_MAX:
         raise ApiError("invalid_query", "Last-Event-ID must be a position the stream sent")
     return int(last_id)
 
