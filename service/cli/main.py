@@ -52,6 +52,13 @@ class CliError(Exception):
         self.status = status
 
 
+def one_line(text: str) -> str:
+    """An error's text on one line: a driver's message may run over several
+    (libpq adds a hint line to a refused connection), and a command's error
+    is one line."""
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
 def _settings(args: argparse.Namespace) -> Settings:
     try:
         return Settings.from_env(
@@ -764,7 +771,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # After the log lines it follows (they may be waiting in a buffer).
         for handler in logging.getLogger().handlers:
             handler.flush()
-        print(f"sessiond: error: {e}", file=sys.stderr)
+        print(f"sessiond: error: {one_line(str(e))}", file=sys.stderr)
         return e.status
     except KeyboardInterrupt:
         return 130

@@ -522,3 +522,18 @@ def test_rebuilding_an_empty_store_shows_its_progress_bar_complete(tmp_path: Pat
     assert result.returncode == 0, result.stderr
     assert "0 events" in result.stdout
     assert "100.0% 0/0 " in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("command", [["serve"], ["replay", "s1"], ["projections", "status"]])
+def test_a_postgresql_server_that_refuses_connections_is_a_one_line_error(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """libpq words a refused connection on two lines (the second a tab and
+    'Is the server running...'): the command still says it in one."""
+    if command == ["serve"]:
+        command += ["--port", str(free_port()), "--drain-seconds", "0"]
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/sessiond"
+    result = sessiond(*command, "--store", url, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr and "Connection refused" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
