@@ -270,7 +270,8 @@ async def _serving(app: web.Application) -> AsyncIterator[None]:
         health.start()
         tasks.append(asyncio.create_task(closes.run()))
         await _record_lost_connections(app, settings.node_id)
-        tasks.append(asyncio.create_task(_watch_nodes(app, nodes, beats)))
+        tasks.append(asyncio.create_task(_heartbeat(app, nodes, beats)))
+        tasks.append(asyncio.create_task(_watch_nodes(app, nodes)))
         yield
     finally:
         for task in tasks:
@@ -290,8 +291,30 @@ async def _serving(app: web.Application) -> AsyncIterator[None]:
         log.info("store closed", extra={"store": config.kind})
 
 
-async def _watch_nodes(app: web.Application, nodes: NodeRegistry, beats: Executor) -> None:
-    """Heartbeat this node; record the connections of dead peers as lost.
+async def _heartbeat(app: web.Application, nodes: NodeRegistry, beats: Executor) -> None:
+    """Heartbeat this node every third of ``node_timeout`` while the store is up.
+
+    A task and a thread (``beats``) of its own: recording a dead peer's
+    connections lost takes seconds for thousands of them, and reads may hold
+    every thread of the read pool; a node that stopped heartbeating
+    meanwhile would be taken for dead by the others, which would record its
+    own live sockets lost."""
+    settings = app[SETTINGS]
+    health = app[HEALTH]
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            if health.up:
+                await loop.run_in_executor(beats, nodes.heartbeat)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.warning("heartbeat failed", extra={"error": str(e)[:200]})
+        await asyncio.sleep(settings.node_timeout / 3)
+
+
+async def _watch_nodes(app: web.Application, nodes: NodeRegistry) -> None:
+    """Record the connections of dead peers as lost.
 
     Not while the store is down (every node's heartbeat stops then), and not
     until a whole ``node_timeout`` after it came back: live peers have had
@@ -301,14 +324,12 @@ async def _watch_nodes(app: web.Application, nodes: NodeRegistry, beats: Executo
     loop = asyncio.get_running_loop()
     while True:
         try:
-            if health.up:
-                await loop.run_in_executor(beats, nodes.heartbeat)
             if health.up and time.monotonic() - health.up_since >= settings.node_timeout:
                 timeout = settings.node_timeout
-                for node in await loop.run_in_executor(beats, nodes.dead_nodes, timeout):
+                for node in await loop.run_in_executor(app[READERS], nodes.dead_nodes, timeout):
                     log.warning("node presumed dead", extra={"node": node})
                     await _record_lost_connections(app, node)
-                    await loop.run_in_executor(beats, nodes.forget, node)
+                    await loop.run_in_executor(app[READERS], nodes.forget, node)
         except asyncio.CancelledError:
             raise
         except Exception as e:

@@ -239,3 +239,59 @@ def test_a_node_name_a_live_node_holds_is_refused_and_freed_when_that_node_dies(
     # kill -9 ends its connection, and with it the lock: the name is free at once.
     again = server_process(postgres_url, SESSIOND_NODE="node-twin")
     again.stop()
+
+
+async def test_a_peer_keeps_its_heartbeat_while_it_records_a_dead_nodes_many_connections(
+    postgres_url: str, server_process: Callable[..., ServerProcess]
+) -> None:
+    """Recording a dead node's connections lost takes a while when it held
+    many; the peer doing it must go on heartbeating meanwhile, or every
+    other node (one started then, one whose turn comes first) presumes it
+    dead too and records its live sockets lost."""
+    import psycopg
+
+    open_on_b = 800
+    unbudgeted = {
+        "SESSIOND_USER_SOCKETS": "0",
+        "SESSIOND_USER_UPGRADES": "100000/1s",
+        "SESSIOND_USER_SESSIONS": "100000/1s",
+    }
+    a = server_process(postgres_url, SESSIOND_NODE="node-a", SESSIOND_NODE_TIMEOUT="1")
+    b = server_process(
+        postgres_url, SESSIOND_NODE="node-b", SESSIOND_NODE_TIMEOUT="1", **unbudgeted
+    )
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        survivor, _ = await open_live(http, a.base_url, "stays-1", "tab-on-a")
+        handshakes = asyncio.Semaphore(20)
+
+        async def open_on_node_b(n: int) -> aiohttp.ClientWebSocketResponse:
+            async with handshakes:
+                ws, _ = await open_live(http, b.base_url, f"doomed-{n}", f"tab-{n}-on-b")
+                return ws
+
+        doomed = await asyncio.gather(*(open_on_node_b(n) for n in range(open_on_b)))
+        b.kill()
+        for ws in doomed:
+            await ws.close()
+
+        stalest = 0.0
+        with psycopg.connect(postgres_url, autocommit=True) as db:
+            deadline = time.monotonic() + 60
+            while True:
+                (open_left,) = db.execute(
+                    "SELECT count(*) FROM sessiond_connections "
+                    "WHERE node = 'node-b' AND state <> 'CLOSED'"
+                ).fetchone() or (0,)
+                row = db.execute(
+                    "SELECT EXTRACT(EPOCH FROM clock_timestamp()) - last_seen "
+                    "FROM sessiond_nodes WHERE node = 'node-a'"
+                ).fetchone()
+                stalest = max(stalest, float(row[0]) if row else float("inf"))
+                if open_left == 0:
+                    break
+                assert time.monotonic() < deadline, f"{open_left} of node-b's still open"
+                await asyncio.sleep(0.05)
+        assert stalest < 1.0, f"node-a went {stalest:.1f} s without a heartbeat (timeout 1 s)"
+        async with http.get(f"{a.base_url}/v1/connections/tab-on-a", headers=auth()) as r:
+            assert (await r.json())["state"] == "PROCESSING_READY"
+        await survivor.close()
