@@ -15,6 +15,7 @@ from projections.projection import Projection
 from projections.projector import PROJECTIONS, Projector
 from projections.tables import PostgresTables, SQLiteTables, Tables
 from service.runtime.osthread import name_native_thread
+from service.storage.rows import LogRow
 from service.storage.store import SessiondApplication, StoreConfig
 from service.storage.wire import wire_from_row
 
@@ -31,14 +32,23 @@ def open_tables(config: StoreConfig) -> Tables:
     return SQLiteTables(None)
 
 
+# Bytes of stored events one projector batch reads at most (and always one
+# event): a batch of 2,000 rows of 1 MiB messages would otherwise be 2 GiB.
+BATCH_BYTES = 4 * 1024 * 1024
+
+
 def make_projector(
     store: SessiondApplication,
     tables: Tables,
     batch_size: int = 2000,
     projections: Sequence[Projection] = PROJECTIONS,
+    batch_bytes: int = BATCH_BYTES,
 ) -> Projector:
+    def read_rows(start: int, limit: int) -> list[LogRow]:
+        return store.log_rows(start, limit, batch_bytes)
+
     return Projector(
-        store.log_rows,
+        read_rows,
         store.ping,
         wire_from_row,
         tables,
@@ -57,9 +67,10 @@ class ReadModels:
         *,
         poll_interval: float = 1.0,
         coalesce: float = 1.0,
+        batch_bytes: int = BATCH_BYTES,
     ) -> None:
         self.tables = open_tables(config)
-        self.projector = make_projector(store, self.tables)
+        self.projector = make_projector(store, self.tables, batch_bytes=batch_bytes)
         self._poll = poll_interval
         self._wake = threading.Event()
         # A reader waiting for its own write: catch up at once.

@@ -52,6 +52,7 @@ class LogFollower:
         on_events: Callable[[list[dict[str, Any]]], None],
         *,
         poll_interval: float = 1.0,
+        page_bytes: int = 4 * 1024 * 1024,
     ) -> None:
         recorder = store.recorder
         if not isinstance(recorder, FailFastPostgresRecorder):
@@ -61,6 +62,9 @@ class LogFollower:
         self.conninfo = conninfo
         self.on_events = on_events
         self.poll_interval = poll_interval
+        # Bytes of stored events one read holds at most (always one event),
+        # so a node far behind large messages catches up a page at a time.
+        self.page_bytes = page_bytes
         self.position = 0
         self.delivered = 0
         self.skipped = 0
@@ -149,10 +153,11 @@ class LogFollower:
 
     def _catch_up(self) -> None:
         while not self._stopping.is_set():
-            rows = self.store.log_rows(self.position + 1, PAGE)
+            rows = self.store.log_rows(self.position + 1, PAGE, self.page_bytes)
             if not rows:
                 return
             page, read = rows, len(rows)
+            size = sum(len(row[4]) for row in rows)
             rows = self._drop_own(rows)
             self.skipped += read - len(rows)
             # Only session events go to sockets; they are decoded with the
@@ -167,7 +172,10 @@ class LogFollower:
             self.position = last = page[-1][0]
             for key in [key for key in self._mine if key[1] <= last]:
                 del self._mine[key]
-            if read < PAGE:
+            # A page short of PAGE rows is the end of the log, unless its bytes
+            # may have cut it: then read on (an empty read ends it). One cut
+            # by an event over half the bound is read at the next poll.
+            if read < PAGE and size <= self.page_bytes // 2:
                 return
 
     def _drop_own(self, rows: list[LogRow]) -> list[LogRow]:

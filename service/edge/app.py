@@ -200,7 +200,7 @@ async def _serving(app: web.Application) -> AsyncIterator[None]:
     readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="sessiond-read")
     app[READERS] = readers
     folds = app[FOLDS] = Folds()
-    readmodels = ReadModels(store, config)
+    readmodels = ReadModels(store, config, batch_bytes=settings.page_bytes)
     await loop.run_in_executor(None, readmodels.start, loop)
     app[READMODELS] = readmodels
     publish = _publisher(app)
@@ -262,6 +262,7 @@ async def _serving(app: web.Application) -> AsyncIterator[None]:
             config.conninfo,
             on_followed,
             poll_interval=settings.poll_interval,
+            page_bytes=settings.page_bytes,
         )
         follower.start(loop)
     log.info("store open", extra={"store": config.kind, "node": settings.node_id})

@@ -22,11 +22,12 @@ class MemoryRecorder(POPOApplicationRecorder):
     def insert_rows(self, rows: Sequence[StreamRow]) -> list[int]:
         return list(self.insert_events([StoredEvent(*row) for row in rows]) or ())
 
-    def select_rows(self, start: int, limit: int) -> list[LogRow]:
-        return [
+    def select_rows(self, start: int, limit: int, max_bytes: int | None = None) -> list[LogRow]:
+        rows: list[LogRow] = [
             (n.id, str(n.originator_id), n.originator_version, n.topic, n.state)
             for n in self.select_notifications(start, limit)
         ]
+        return fitting(rows, max_bytes)
 
     def select_stream_rows(
         self,

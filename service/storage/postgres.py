@@ -122,6 +122,16 @@ class FailFastPostgresRecorder(PostgresApplicationRecorder):
             "SELECT notification_id, originator_id, originator_version, topic, state "
             "FROM {schema}.{table} WHERE notification_id >= %s ORDER BY notification_id LIMIT %s"
         ).format(schema=schema, table=Identifier(self.events_table_name))
+        # The same rows, as many as fit a number of bytes of state (as below).
+        self.select_rows_page_statement = SQL(
+            "SELECT notification_id, originator_id, originator_version, topic, state FROM ("
+            "SELECT notification_id, originator_id, originator_version, topic, state, "
+            "SUM(octet_length(state)) OVER w AS upto, ROW_NUMBER() OVER w AS n "
+            "FROM {schema}.{table} WHERE notification_id >= %s "
+            "WINDOW w AS (ORDER BY notification_id ROWS UNBOUNDED PRECEDING) "
+            "ORDER BY notification_id LIMIT %s"
+            ") page WHERE upto <= %s OR n = 1 ORDER BY notification_id"
+        ).format(schema=schema, table=Identifier(self.events_table_name))
         self.select_stream_rows_statement = SQL(
             "SELECT originator_id, originator_version, topic, state FROM {schema}.{table} "
             "WHERE originator_id = %s AND originator_version > %s "
@@ -203,10 +213,16 @@ class FailFastPostgresRecorder(PostgresApplicationRecorder):
         return found
 
     @_fail_fast
-    def select_rows(self, start: int, limit: int) -> list[LogRow]:
-        """Notification-log rows from ID ``start`` on, as tuples."""
+    def select_rows(self, start: int, limit: int, max_bytes: int | None = None) -> list[LogRow]:
+        """Notification-log rows from ID ``start`` on, as tuples; with
+        ``max_bytes``, those that fit it, the first always."""
+        statement, params = (
+            (self.select_rows_statement, (start, limit))
+            if max_bytes is None
+            else (self.select_rows_page_statement, (start, limit, max_bytes))
+        )
         with self.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as curs:
-            curs.execute(self.select_rows_statement, (start, limit), prepare=True)
+            curs.execute(statement, params, prepare=True)
             return [(i, o, v, t, bytes(s)) for i, o, v, t, s in curs.fetchall()]
 
     @_fail_fast

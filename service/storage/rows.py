@@ -15,12 +15,14 @@ these rows: a ``RowRecorder``.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 from eventsourcing.persistence import StoredEvent
 
 StreamRow = tuple[str, int, str, bytes]
 LogRow = tuple[int, str, int, str, bytes]
+# Either kind of row: the state is the last of each.
+Row = TypeVar("Row", StreamRow, LogRow)
 
 
 @runtime_checkable
@@ -35,8 +37,10 @@ class RowRecorder(Protocol):
         """Insert the rows in one transaction; their notification IDs."""
         ...
 
-    def select_rows(self, start: int, limit: int) -> list[LogRow]:
-        """Up to ``limit`` notification-log rows from ID ``start`` on."""
+    def select_rows(self, start: int, limit: int, max_bytes: int | None = None) -> list[LogRow]:
+        """Up to ``limit`` notification-log rows from ID ``start`` on; with
+        ``max_bytes``, only as many as fit that many bytes of state (always
+        the first): see :func:`fitting`."""
         ...
 
     def select_stream_rows(
@@ -58,17 +62,17 @@ class RowRecorder(Protocol):
         ...
 
 
-def fitting(rows: Iterable[StreamRow], max_bytes: int | None) -> list[StreamRow]:
+def fitting(rows: Iterable[Row], max_bytes: int | None) -> list[Row]:
     """The leading rows of ``rows`` whose states add up to at most
     ``max_bytes`` (None: all of them), and always the first, so a reader
     paging through a stream always moves on. ``rows`` is consumed only as
     far as needed: one row past the bound at most is held."""
     if max_bytes is None:
         return list(rows)
-    page: list[StreamRow] = []
+    page: list[Row] = []
     total = 0
     for row in rows:
-        total += len(row[3])
+        total += len(row[-1])
         if page and total > max_bytes:
             break
         page.append(row)

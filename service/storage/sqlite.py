@@ -228,9 +228,19 @@ class BatchSQLiteRecorder(SQLiteApplicationRecorder):
             self.file.check()
         return int(self._query(self._max_id, ())[0][0] or 0)
 
-    def select_rows(self, start: int, limit: int) -> list[LogRow]:
-        """Notification-log rows from ID ``start`` on, as tuples."""
-        return self._query(self._rows, (start, limit))
+    def select_rows(self, start: int, limit: int, max_bytes: int | None = None) -> list[LogRow]:
+        """Notification-log rows from ID ``start`` on, as tuples; with
+        ``max_bytes``, stepped through as ``select_stream_rows`` does."""
+        if max_bytes is None:
+            return self._query(self._rows, (start, limit))
+        try:
+            cursor = self._conn().execute(self._rows, (start, limit))
+            try:
+                return fitting(cursor, max_bytes)
+            finally:
+                cursor.close()
+        except sqlite3.Error as e:
+            raise _translated(e) from e
 
     def select_stream_rows(
         self,

@@ -266,11 +266,12 @@ class SessiondApplication(Application[str]):
         id_from_stream(stream_id)
         return bool(self.row_recorder.select_stream_rows(stream_id, gt=0, limit=1))
 
-    def log_rows(self, start: int, limit: int) -> list[LogRow]:
+    def log_rows(self, start: int, limit: int, max_bytes: int | None = None) -> list[LogRow]:
         """Up to ``limit`` rows of the notification log from ID ``start`` on,
-        as plain tuples (no Notification objects: the projector and the
+        and with ``max_bytes`` as many as fit that many bytes of state (always
+        one), as plain tuples (no Notification objects: the projector and the
         follower decode them straight to wire events)."""
-        return self.row_recorder.select_rows(start, limit)
+        return self.row_recorder.select_rows(start, limit, max_bytes)
 
     def record_aggregates(self, *aggregates: Aggregate) -> list[Aggregate.Event]:
         """Record our own aggregates' pending events in one transaction; the

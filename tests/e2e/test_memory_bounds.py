@@ -75,9 +75,9 @@ async def test_sockets_that_stop_reading_are_closed_4408_and_the_server_stays_bo
                 assert r.status in (200, 201), await r.text()
             # Read it back, as a client that reads its writes: the view waits
             # for the projector, which therefore never lags more than a few
-            # messages. (It reads up to 2,000 rows at once: lagging behind
-            # large messages, its batches would be the peak, a bound of the
-            # projector's own and not what this test is about.)
+            # messages. (Its batches, bounded by bytes, are a bound of the
+            # projector's own and not what this test is about: see the test
+            # of a node that fell behind, below.)
             async with http.get(f"{base}/v1/sessions/s-big", headers=owner) as r:
                 assert r.status == 200, await r.text()
 
@@ -142,3 +142,62 @@ async def _closed_view(
             if view.get("state") == "CLOSED":
                 return view
             await asyncio.sleep(0.1)
+
+
+async def test_a_node_that_fell_behind_large_messages_catches_up_in_bounded_pages(
+    server_process: Callable[..., ServerProcess], postgres_url: str
+) -> None:
+    """A node that stopped for a while (a pause, a cut network) catches up
+    on what the others recorded meanwhile: its log follower and its
+    projector read the log in pages bounded by bytes (SESSIOND_PAGE_BYTES),
+    as every other read of events is, not 1,000 or 2,000 rows at a time
+    whatever their size (a GiB or two of 1 MiB messages)."""
+    import signal
+
+    quiet = {
+        # No node takes the paused one for dead, and allocations are
+        # returned to the system when freed (see the test above).
+        "SESSIOND_NODE_TIMEOUT": "120",
+        "MALLOC_MMAP_THRESHOLD_": str(128 * 1024),
+    }
+    a = server_process(postgres_url, SESSIOND_NODE="node-a", **quiet)
+    b = server_process(postgres_url, SESSIOND_NODE="node-b", **quiet)
+    assert a.proc is not None
+    signer = TokenSigner(TEST_SECRET)
+    owner = {"Authorization": "Bearer " + signer.mint("alice", ["user"])}
+    service = {"Authorization": "Bearer " + signer.mint("ops", ["service"])}
+    content = "m" * (MIB - 1024)
+    sessions = [f"s-behind-{k}" for k in range(6)]
+    messages_each = 30
+    async with aiohttp.ClientSession() as http:
+        for session_id in sessions:
+            body = {"session_id": session_id}
+            assert await _call(http, "POST", f"{b.base_url}/v1/sessions", owner, body) == 201
+        before = rss(a.proc.pid, "VmHWM")
+        a.proc.send_signal(signal.SIGSTOP)
+        try:
+
+            async def producer(session_id: str) -> None:
+                for _ in range(messages_each):
+                    url = f"{b.base_url}/v1/sessions/{session_id}/messages"
+                    body = {"role": "user", "content": content}
+                    assert await _call(http, "POST", url, owner, body) == 201
+
+            async with asyncio.timeout(120):
+                await asyncio.gather(*(producer(s) for s in sessions))
+        finally:
+            a.proc.send_signal(signal.SIGCONT)
+
+        async with asyncio.timeout(60):
+            while True:
+                async with http.get(f"{a.base_url}/v1/node", headers=service) as r:
+                    node = await r.json()
+                if node["head"] and all(p["lag"] == 0 for p in node["projections"]):
+                    break
+                await asyncio.sleep(0.2)
+        await asyncio.sleep(2)  # the follower's last pages
+        peak_growth = rss(a.proc.pid, "VmHWM") - before
+    behind = len(sessions) * messages_each
+    assert peak_growth < 96 * MIB, (
+        f"catching up on {behind} MiB, node-a's peak grew by {peak_growth / MIB:.0f} MiB"
+    )

@@ -424,6 +424,12 @@ def test_every_recorder_reads_its_rows_exactly_as_eventsourcing_reads_them(
             (n.id, n.originator_id, n.originator_version, n.topic, n.state)
             for n in store.recorder.select_notifications(start, 4)
         ]
+    # Bounded by bytes of state: as many as fit (each state here is 7 or 8
+    # bytes), and always the first, however small the bound.
+    whole = store.row_recorder.select_rows(ids[0], 9)
+    for max_bytes, count in ((1, 1), (7, 1), (14, 2), (15, 2), (1000, 9)):
+        assert store.row_recorder.select_rows(ids[0], 9, max_bytes) == whole[:count]
+    assert store.log_rows(ids[0], 3, 1000) == whole[:3]
 
 
 def test_the_store_is_opened_as_its_url_says_whatever_the_environment_holds(
