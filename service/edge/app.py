@@ -270,7 +270,12 @@ async def _serving(app: web.Application) -> AsyncIterator[None]:
     try:
         health.start()
         tasks.append(asyncio.create_task(closes.run()))
-        await _record_lost_connections(app, settings.node_id)
+        # On a store only one serve may open (SQLite, memory), every
+        # connection still open belongs to a dead run, whatever that run's
+        # node name was (the host's by default, which a new container
+        # changes); on a shared one, only those under this node's name.
+        own = settings.node_id if config.conninfo is not None else None
+        await _record_lost_connections(app, own)
         tasks.append(asyncio.create_task(_heartbeat(app, nodes, beats)))
         tasks.append(asyncio.create_task(_watch_nodes(app, nodes)))
         yield
@@ -338,14 +343,15 @@ async def _watch_nodes(app: web.Application, nodes: NodeRegistry) -> None:
         await asyncio.sleep(settings.node_timeout / 3)
 
 
-async def _record_lost_connections(app: web.Application, node: str) -> None:
-    """Connections ``node`` left open when it died are CLOSED ``lost``.
+async def _record_lost_connections(app: web.Application, node: str | None) -> None:
+    """Connections ``node`` (None: any node) left open when it died are CLOSED ``lost``.
 
     At start this node holds no sockets, so every connection the read model
-    still shows open on this node belonged to a previous run that did not
-    shut down cleanly (kill -9, power loss); for a dead peer, every one of
-    its open connections. Each is recorded CLOSED with code 1006 and reason
-    ``lost``, and detached from its session.
+    still shows open on this node (on any node, on a store that only one
+    serve opens) belonged to a previous run that did not shut down cleanly
+    (kill -9, power loss); for a dead peer, every one of its open
+    connections. Each is recorded CLOSED with code 1006 and reason ``lost``,
+    and detached from its session.
     """
     loop = asyncio.get_running_loop()
     readmodels = app[READMODELS]

@@ -165,6 +165,39 @@ async def test_a_restart_after_a_kill_records_nothing_twice_for_a_second_restart
     assert [e["position"] for e in events] == list(range(1, len(events) + 1))
 
 
+async def test_a_restart_under_another_node_name_records_the_killed_runs_sockets_lost_first(
+    sqlite_url: str,
+    server_process: Callable[..., ServerProcess],
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    """One serve per SQLite store: whatever the node is called now (the
+    default name is the host's, which a re-created container changes), every
+    connection the store shows open at start was left by a dead run, and is
+    recorded lost before the node serves, not a node timeout later."""
+    first = await asyncio.to_thread(server_process, sqlite_url, SESSIOND_NODE="host-before")
+    base = first.base_url
+    tab = await open_socket(http, base, "renamed-1", connection_id="tab-before")
+    await asyncio.to_thread(first.kill)
+    await tab.close()
+
+    second = ServerProcess(sqlite_url, port=first.port, SESSIOND_NODE="host-after")
+    await asyncio.to_thread(second.start, tmp_path / "renamed.log")
+    try:
+        status, conn = await call(http, "GET", f"{base}/v1/connections/tab-before")
+        assert status == 200, conn
+        assert (conn["state"], conn["close_code"], conn["close_reason"], conn["node"]) == (
+            "CLOSED",
+            1006,
+            "lost",
+            "host-before",
+        )
+        status, view = await call(http, "GET", f"{base}/v1/sessions/renamed-1")
+        assert (status, view["connections"]) == (200, [])
+    finally:
+        second.stop()
+
+
 async def test_after_a_restart_known_ids_are_found_though_the_writer_holds_nothing(
     disk_store: str,
     server_process: Callable[..., ServerProcess],
