@@ -668,9 +668,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--at",
         type=positive_int,
         metavar="N",
-        help="stop at position N, and show the state then (default: the whole history)",
+        help=(
+            "stop at position N; the timeline then ends with the session's state at N "
+            "(GET /v1/sessions/ID/state?at=N has it as JSON) (default: the whole history)"
+        ),
     )
-    replay_cmd.add_argument("--json", action="store_true", help="JSON lines instead of a timeline")
+    replay_cmd.add_argument(
+        "--json", action="store_true", help="JSON lines, one event each, instead of a timeline"
+    )
     replay_cmd.set_defaults(func=cmd_replay)
 
     proj = command(
