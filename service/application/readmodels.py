@@ -15,6 +15,7 @@ from projections.projection import Projection
 from projections.projector import PROJECTIONS, Projector
 from projections.tables import PostgresTables, SQLiteTables, Tables
 from service.runtime.osthread import name_native_thread
+from service.runtime.settings import Settings
 from service.storage.rows import LogRow
 from service.storage.store import SessiondApplication, StoreConfig
 from service.storage.wire import wire_from_row
@@ -33,8 +34,9 @@ def open_tables(config: StoreConfig) -> Tables:
 
 
 # Bytes of stored events one projector batch reads at most (and always one
-# event): a batch of 2,000 rows of 1 MiB messages would otherwise be 2 GiB.
-BATCH_BYTES = 4 * 1024 * 1024
+# event), SESSIOND_PAGE_BYTES unless told: a batch of 2,000 rows of 1 MiB
+# messages would otherwise be 2 GiB.
+BATCH_BYTES = Settings.page_bytes
 
 
 def make_projector(

@@ -33,6 +33,7 @@ from psycopg import sql
 
 from domain.ids import SESSION_PREFIX as SESSION
 from service.runtime.osthread import name_native_thread
+from service.runtime.settings import Settings
 from service.storage.postgres import FailFastPostgresRecorder
 from service.storage.rows import LogRow
 from service.storage.store import SessiondApplication
@@ -52,7 +53,7 @@ class LogFollower:
         on_events: Callable[[list[dict[str, Any]]], None],
         *,
         poll_interval: float = 1.0,
-        page_bytes: int = 4 * 1024 * 1024,
+        page_bytes: int = Settings.page_bytes,
     ) -> None:
         recorder = store.recorder
         if not isinstance(recorder, FailFastPostgresRecorder):
