@@ -9,7 +9,8 @@ Two kinds, both keyed by a string (a user ID, a client address):
 - :class:`InFlight`: so many held at once (live sockets, upgrades waiting for
   their token), counted up and down.
 - :class:`BytesInFlight` and :class:`BytesPerKey`: bytes of request bodies
-  being read at once, across the node and per client address.
+  being read, and of answers being sent, at once, across the node and per
+  client address.
 
 Memory is bounded for all: a rate key whose bucket is full again is the same
 as no key and is swept away, at most :data:`MAX_KEYS` keys are kept (newer
@@ -212,6 +213,8 @@ class Budgets:
         self.unauthenticated = RateBudget(settings.address_unauthenticated, clock=clock)
         self.bodies = BytesInFlight(settings.bodies_in_flight_bytes)
         self.address_bodies = BytesPerKey(settings.address_bodies_in_flight_bytes)
+        self.answers = BytesInFlight(settings.answers_in_flight_bytes)
+        self.address_answers = BytesPerKey(settings.address_answers_in_flight_bytes)
 
     def session_gate(self, user_id: str) -> Callable[[], None]:
         """What a create command calls just before it creates a session for

@@ -527,6 +527,15 @@ SERVE_ENVIRONMENT = (
         "SESSIOND_BODY_TIMEOUT",
         f"seconds a request body may take to arrive (else {Settings.body_timeout:g})",
     ),
+    ("SESSIOND_ANSWERS_IN_FLIGHT_BYTES", "answer bytes over 64 KiB sent at once (else 64 MiB)"),
+    (
+        "SESSIOND_ADDRESS_ANSWERS_IN_FLIGHT_BYTES",
+        "per address: answer bytes over 64 KiB sent at once (else 16 MiB)",
+    ),
+    (
+        "SESSIOND_ANSWER_TIMEOUT",
+        f"seconds an answer may take to leave (else {Settings.answer_timeout:g})",
+    ),
     ("SESSIOND_WRITER_MAX_BATCH", "commands per transaction at most (else 256)"),
     ("SESSIOND_NODE_TIMEOUT", "seconds of silence before a node is dead (else 15)"),
     ("SESSIOND_POLL_INTERVAL", "seconds a lost NOTIFY delays delivery at most (else 1)"),

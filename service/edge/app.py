@@ -32,6 +32,7 @@ from service.cluster.follower import LogFollower
 from service.cluster.nodes import NodeRegistry
 from service.edge import ws
 from service.edge.access import CLIENT_GONE, access_middleware
+from service.edge.budgets import send_answer
 from service.edge.context import (
     BUDGETS,
     CLOSES,
@@ -88,7 +89,13 @@ async def edge_middleware(
         answer = await _answer(request, handler)
         if answer.status == 503 and "Retry-After" not in answer.headers:
             answer.headers["Retry-After"] = str(RETRY_AFTER)
-    return decorate(request, answer)
+    answer = decorate(request, answer)
+    try:
+        return await send_answer(request, answer)
+    except ApiError as e:
+        request.app[METRICS].http_error(e.code)
+        refusal = error_response(e.code, e.message, e.status, retry_after=e.retry_after)
+        return decorate(request, refusal)
 
 
 async def _answer(

@@ -172,3 +172,54 @@ async def read_body(request: web.Request) -> bytes:
     finally:
         if shared:
             budgets.address_bodies.release(address, shared)
+
+
+async def send_answer(request: web.Request, answer: web.StreamResponse) -> web.StreamResponse:
+    """Send ``answer`` now when it is a built body over 64 KiB (a page of
+    events, a past state, a list of large sessions), holding its size against
+    the caps on answers being sent at once until it has left: its client
+    address's share (past it: 429 ``rate_limited``, that address only) and
+    the node's cap (past it: 503 ``unavailable``), both before a byte of it
+    is sent. A client that stops reading would otherwise keep each answer it
+    asked for in the node's memory for as long as it keeps the connection;
+    one whose answer has not left within ``answer_timeout`` loses the
+    connection, and the answer's bytes are given back. Smaller answers, and
+    answers already sent (a stream, an upgrade), are left to aiohttp."""
+    if not isinstance(answer, web.Response) or answer.prepared:
+        return answer
+    body = answer.body
+    size = len(body) if isinstance(body, bytes | bytearray) else 0
+    if size <= SMALL_BODY:
+        return answer
+    budgets = request.app[BUDGETS]
+    address = client_address(request)
+    if not budgets.address_answers.reserve(address, size):
+        raise rate_limited(
+            f"this address is being sent {budgets.address_answers.reserved(address)} bytes "
+            f"of answers it has not read yet, its share of the node's; try again",
+            BODIES_RETRY,
+        )
+    try:
+        if not budgets.answers.reserve(size):
+            raise ApiError(
+                "unavailable",
+                f"the node is sending {budgets.answers.reserved} bytes of answers; try again",
+                retry_after=BODIES_RETRY,
+            )
+        try:
+            async with asyncio.timeout(request.app[SETTINGS].answer_timeout):
+                await answer.prepare(request)
+                await answer.write_eof()
+        except TimeoutError:
+            # The client does not read: drop the connection and what it
+            # left unsent (aiohttp's own finish of the answer then finds
+            # the connection gone, which it takes quietly).
+            if request.transport is not None:
+                request.transport.abort()
+        except ConnectionError:
+            pass  # the client went away; aiohttp takes that quietly too
+        finally:
+            budgets.answers.release(size)
+    finally:
+        budgets.address_answers.release(address, size)
+    return answer

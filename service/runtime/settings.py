@@ -171,6 +171,13 @@ class Settings:
     bodies_in_flight_bytes: int = 64 * MIB
     address_bodies_in_flight_bytes: int = 8 * MIB
     body_timeout: float = 20.0
+    # Answers over 64 KiB being sent at once, in bytes, across requests; of
+    # it, what one client address may hold; and how long one answer may take
+    # to leave once it is built (a client that stops reading holds its answer
+    # in the node's memory until then).
+    answers_in_flight_bytes: int = 64 * MIB
+    address_answers_in_flight_bytes: int = 16 * MIB
+    answer_timeout: float = 20.0
     # Commands the writer commits in one transaction at most.
     writer_max_batch: int = 256
     # On SIGTERM the node answers 503 to /readyz and to new upgrades for this
@@ -248,6 +255,17 @@ class Settings:
                 env, "SESSIOND_ADDRESS_BODIES_IN_FLIGHT_BYTES", cls.address_bodies_in_flight_bytes
             ),
             body_timeout=_env_float(env, "SESSIOND_BODY_TIMEOUT", cls.body_timeout, minimum=0.01),
+            answers_in_flight_bytes=_env_int(
+                env, "SESSIOND_ANSWERS_IN_FLIGHT_BYTES", cls.answers_in_flight_bytes, minimum=1024
+            ),
+            address_answers_in_flight_bytes=_env_int(
+                env,
+                "SESSIOND_ADDRESS_ANSWERS_IN_FLIGHT_BYTES",
+                cls.address_answers_in_flight_bytes,
+            ),
+            answer_timeout=_env_float(
+                env, "SESSIOND_ANSWER_TIMEOUT", cls.answer_timeout, minimum=0.01
+            ),
             writer_max_batch=_env_int(env, "SESSIOND_WRITER_MAX_BATCH", 256, minimum=1),
             drain_seconds=_env_float(env, "SESSIOND_DRAIN_SECONDS", cls.drain_seconds),
             node_timeout=_env_float(env, "SESSIOND_NODE_TIMEOUT", 15.0, minimum=0.1),
