@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -351,6 +352,36 @@ async def test_a_watcher_that_stops_reading_is_ended_and_resumes_with_last_event
     async with stream(api, "st-9", headers={"Last-Event-ID": "1"}) as s:
         await s.until_position(last)
     assert_dense(s.positions, 2, last)
+
+
+async def test_a_watcher_that_never_reads_its_backlog_is_ended_at_the_answer_deadline(
+    sqlite_url: str, serve: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A watcher that asked for a backlog of large events and read nothing
+    held its page (some 10 MB of the node's memory for 4 MiB of events) for
+    as long as it kept its connection: 90 of them took a node to 1 GB. Its
+    backlog has the same deadline as any large answer."""
+    caplog.set_level(logging.INFO, logger="sessiond.stream")
+    api = await serve(sqlite_url, answer_timeout=0.5)
+    await new_session(api, "st-slow")
+    await post_messages(api.http, api.base_url, "st-slow", 4, "big", content="x" * 1_000_000)
+    host, port = api.server.host, api.server.port
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, port))
+    _, writer = await asyncio.open_connection(sock=sock)
+    token = api.signer.mint("alice")
+    request = (
+        f"GET /v1/sessions/st-slow/stream HTTP/1.1\r\nHost: {host}\r\n"
+        f"Authorization: Bearer {token}\r\n\r\n"
+    )
+    writer.write(request.encode())
+    await eventually(lambda: asyncio.sleep(0, len(api.server.app[WATCHERS]) == 1), "the watcher")
+    await eventually(lambda: asyncio.sleep(0, not api.server.app[WATCHERS]), "its end")
+    ended = [r for r in caplog.records if r.getMessage() == "stream ended"]
+    assert [getattr(r, "reason", None) for r in ended] == ["slow_consumer"]
+    writer.close()
 
 
 async def test_the_stream_ends_cleanly_at_shutdown(sqlite_url: str, serve: Serve) -> None:

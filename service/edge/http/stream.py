@@ -227,10 +227,18 @@ class Watcher:
         await self._write(chunks)
 
     async def _write(self, chunks: list[bytes]) -> None:
+        """Write ``chunks`` at once; a watcher that has not taken them within
+        ``answer_timeout`` (a page of backlog waits on it in the node's
+        memory, and only live events count against its send queue) is a
+        slow consumer."""
         if chunks:
             data = b"".join(chunks)
             chunks.clear()
-            await self.response.write(data)
+            try:
+                async with asyncio.timeout(self.app[SETTINGS].answer_timeout):
+                    await self.response.write(data)
+            except TimeoutError:
+                raise SlowConsumer from None
 
     async def _read(self, effect: ReadEvents) -> list[dict[str, Any]]:
         read = functools.partial(
