@@ -174,6 +174,10 @@ async def read_body(request: web.Request) -> bytes:
             budgets.address_bodies.release(address, shared)
 
 
+# The methods whose answers are held to the caps on answers in flight.
+_READS = frozenset({"GET", "HEAD"})
+
+
 async def send_answer(request: web.Request, answer: web.StreamResponse) -> web.StreamResponse:
     """Send ``answer`` now when it is a built body over 64 KiB (a page of
     events, a past state, a list of large sessions), holding its size against
@@ -183,9 +187,13 @@ async def send_answer(request: web.Request, answer: web.StreamResponse) -> web.S
     is sent. A client that stops reading would otherwise keep each answer it
     asked for in the node's memory for as long as it keeps the connection;
     one whose answer has not left within ``answer_timeout`` loses the
-    connection, and the answer's bytes are given back. Smaller answers, and
-    answers already sent (a stream, an upgrade), are left to aiohttp."""
+    connection, and the answer's bytes are given back. Smaller answers,
+    answers already sent (a stream, an upgrade), and the answers to writes
+    (what they recorded is recorded: a 429 would tell the client otherwise;
+    writes have budgets of their own) are left to aiohttp."""
     if not isinstance(answer, web.Response) or answer.prepared:
+        return answer
+    if request.method not in _READS:
         return answer
     body = answer.body
     size = len(body) if isinstance(body, bytes | bytearray) else 0

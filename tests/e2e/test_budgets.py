@@ -686,6 +686,16 @@ async def test_answers_an_address_does_not_read_are_held_to_its_share_and_droppe
     try:
         await asyncio.sleep(0.3)  # its answer is built and waits on the client
         assert_rate_limited(*await get_from_other_address(api, path, "mallory"))
+        # A write's answer is never held to it: what the write recorded is
+        # recorded (a session whose view, with its metadata, is over 64 KiB).
+        connector = aiohttp.TCPConnector(local_addr=(OTHER_ADDRESS, 0))
+        big = {"session_id": "m-big", "metadata": {"notes": "n" * (100 * 1024)}}
+        async with (
+            aiohttp.ClientSession(connector=connector) as http,
+            http.post(api.url("/v1/sessions"), json=big, headers=api.auth("mallory")) as r,
+        ):
+            assert r.status == 201, await r.text()
+            assert len(await r.read()) > 64 * 1024
         # Another address is served in full meanwhile.
         status, body = await api.call("GET", path, user="mallory")
         assert status == 200 and len(body["events"]) == 9, status
