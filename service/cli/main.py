@@ -9,6 +9,7 @@ import errno
 import gc
 import logging
 import os
+import resource
 import socket
 import sys
 import textwrap
@@ -123,6 +124,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     app = create_app(settings)
     tune_garbage_collector()
+    raise_open_file_limit()
 
     def announce() -> None:
         print(
@@ -138,6 +140,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except StoreError as e:
         raise CliError(str(e), 1) from None
     return 0
+
+
+def raise_open_file_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit; the
+    soft limit now. Every socket is a file: at a soft limit of 1,024 (many
+    systems' default) a node holds about a thousand sockets, and one caller
+    holding that many idle connections leaves every other client refused,
+    while the hard limit the administrator set is often far higher."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft == resource.RLIM_INFINITY or soft >= hard:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):
+        return soft
+    return hard
 
 
 # Collect the youngest generation every 10,000 net allocations instead of 700,

@@ -5,17 +5,28 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+import resource
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from service.application.auth import TokenSigner
 from service.runtime.settings import Settings
-from tests.conftest import TEST_SECRET, Api, ServerProcess, unavailable
+from tests.conftest import (
+    TEST_SECRET,
+    Api,
+    ServerProcess,
+    free_port,
+    unavailable,
+    wait_for_port,
+)
 from tests.e2e.wsclient import (
     AUDITOR,
     closed_record,
@@ -176,3 +187,42 @@ def test_the_server_listens_with_the_backlog_it_is_set_to(
     assert _listen_backlog(default.port) == min(Settings.listen_backlog, somaxconn)
     chosen = server_process(sqlite_url.replace(".db", "-2.db"), SESSIOND_LISTEN_BACKLOG="777")
     assert _listen_backlog(chosen.port) == min(777, somaxconn)
+
+
+def _open_file_limits(pid: int) -> tuple[int, int]:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            soft, hard = line.split()[3:5]
+            return int(soft), int(hard)
+    raise AssertionError("no open-file limit in /proc/PID/limits")
+
+
+def test_serve_raises_its_open_file_limit_to_the_hard_one(tmp_path: Path) -> None:
+    """Every socket is a file: a node started under a soft limit of 256 (many
+    systems' default is 1,024) would hold only that many sockets, and one
+    caller's idle connections could take them all, with the administrator's
+    hard limit far higher."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard <= 256:
+        pytest.skip(f"the hard open-file limit here is {hard}: nothing to raise to")
+
+    def low_soft_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+
+    port = free_port()
+    log_path = tmp_path / "serve.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "service", "serve", "--port", str(port),
+             "--store", f"sqlite:///{tmp_path / 'limits.db'}"],
+            env={**os.environ, "SESSIOND_SECRET": TEST_SECRET},
+            stdout=log, stderr=subprocess.STDOUT, preexec_fn=low_soft_limit,
+        )  # fmt: skip
+    try:
+        wait_for_port(port, proc, log_path)
+        soft, raised_hard = _open_file_limits(proc.pid)
+        assert raised_hard == hard
+        assert soft == hard, f"soft limit {soft}, hard {hard}"
+    finally:
+        proc.terminate()
+        proc.wait(30)
