@@ -68,6 +68,7 @@ class Subscription:
         *,
         max_bytes: int = 0,
         buffered: Callable[[], int] = _nothing_buffered,
+        on_detach: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.hub = hub
         self.session_id = session_id
@@ -76,6 +77,10 @@ class Subscription:
         # Bytes its socket has written and not yet sent (the transport's buffer).
         self.buffered = buffered
         self.on_overflow = on_overflow
+        # Told of every ConnectionDetached as it is queued, before its turn:
+        # the owner may be stuck writing to a client that stopped reading,
+        # and a socket must not outlive the record that detached it.
+        self.on_detach = on_detach
         self.overflowed = False
         self.bytes = 0
         self._items: deque[EventFrame] = deque()
@@ -95,6 +100,8 @@ class Subscription:
         else:
             self._items.append(item)
             self.bytes += len(item.frame)
+            if self.on_detach is not None and item.event["type"] == "ConnectionDetached":
+                self.on_detach(item.event)
         self._ready.set()
 
     def _over_bytes(self, size: int) -> bool:
@@ -129,7 +136,9 @@ class Subscription:
 
     def close(self) -> None:
         self.hub.unsubscribe(self)
-        self.on_overflow = None  # a bound method of its socket: no cycle left behind
+        # Bound methods of its socket: no cycle left behind.
+        self.on_overflow = None
+        self.on_detach = None
 
 
 class Hub:
@@ -152,9 +161,16 @@ class Hub:
         *,
         max_bytes: int = 0,
         buffered: Callable[[], int] = _nothing_buffered,
+        on_detach: Callable[[dict[str, Any]], None] | None = None,
     ) -> Subscription:
         sub = Subscription(
-            self, session_id, limit, on_overflow, max_bytes=max_bytes, buffered=buffered
+            self,
+            session_id,
+            limit,
+            on_overflow,
+            max_bytes=max_bytes,
+            buffered=buffered,
+            on_detach=on_detach,
         )
         self._subs.setdefault(session_id, set()).add(sub)
         return sub

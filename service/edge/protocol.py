@@ -153,7 +153,7 @@ class ConnectionProtocol(ClientFrames):
             self._deliver,
             stopped=lambda: self.ending is not None,
             settled=lambda: self._go_live() if self._going_live else [],
-            passed=lambda event: self._end_detached(event) if self._detached_me(event) else [],
+            passed=lambda event: self.detached(event) if self._detached_me(event) else [],
         )
         self._going_live = False
         # CONNECTING: None until recorded or refused (``_opening`` once asked).
@@ -388,7 +388,7 @@ class ConnectionProtocol(ClientFrames):
         attached."""
         effects: Effects = [Send({"type": "event", "event": event}, data=encoded)]
         if self._detached_me(event):
-            return effects + self._end_detached(event)
+            return effects + self.detached(event)
         return effects
 
     def _detached_me(self, event: dict[str, Any]) -> bool:
@@ -397,7 +397,7 @@ class ConnectionProtocol(ClientFrames):
             and event["data"].get("connection_id") == self.connection_id
         )
 
-    def _end_detached(self, event: dict[str, Any]) -> Effects:
+    def detached(self, event: dict[str, Any]) -> Effects:
         """Superseded by a newer connection, kicked, its session ended, or
         given up for lost by a peer that thought this node dead: the socket
         must not outlive the record, whatever ``after`` it gave (the seam

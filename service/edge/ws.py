@@ -182,6 +182,8 @@ class LiveConnection:
         # Set once the welcome has been written: the client's frames are read
         # from then on (see receive_loop).
         self._welcomed = asyncio.Event()
+        # Armed when this connection's own detach is queued (_detach_queued).
+        self._detach_deadline: asyncio.TimerHandle | None = None
 
     def release(self) -> None:
         """Drop what ties this connection to its own tasks once it is over.
@@ -194,6 +196,9 @@ class LiveConnection:
         frees a connection the moment it ends.
         """
         self.stop_timer()
+        if self._detach_deadline is not None:
+            self._detach_deadline.cancel()
+            self._detach_deadline = None
         if isinstance(self.ws, SocketResponse):
             self.ws.last_word = None  # the socket's way back to this connection
         self.receiver = None
@@ -244,6 +249,7 @@ class LiveConnection:
                         on_overflow=self._overflowed,
                         max_bytes=settings.send_queue_bytes,
                         buffered=self._buffered,
+                        on_detach=self._detach_queued,
                     )
                 case TakeQueued() as take:
                     more = self._take_queued(take)
@@ -446,6 +452,24 @@ class LiveConnection:
         """The hub could not queue another event (4408). The driver may be stuck
         writing to a client that stopped reading, so the end starts now."""
         self._end_now(self.protocol.overflowed())
+
+    def _detach_queued(self, event: dict[str, Any]) -> None:
+        """A ConnectionDetached was queued for this socket: its own (it was
+        superseded, kicked, its session ended) ends it when its turn comes,
+        after the events before it. A socket whose client stopped reading
+        never gets there: past CLOSE_PATIENCE the end starts anyway, so the
+        socket does not outlive the record that detached it."""
+        if event["data"].get("connection_id") != self.connection_id:
+            return
+        if self._detach_deadline is None and self.protocol.ending is None:
+            self._detach_deadline = asyncio.get_running_loop().call_later(
+                CLOSE_PATIENCE, self._detach_overdue, event
+            )
+
+    def _detach_overdue(self, event: dict[str, Any]) -> None:
+        self._detach_deadline = None
+        if self.protocol.ending is None:
+            self._end_now(self.protocol.detached(event))
 
     def _end_now(self, effects: list[Effect]) -> None:
         """Start the close among ``effects`` in a task of its own, from outside

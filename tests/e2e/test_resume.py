@@ -277,3 +277,36 @@ async def test_a_client_that_stops_reading_altogether_is_closed_as_slow_consumer
         # Read again so the server can finish the socket and shut down promptly.
         with contextlib.suppress(TimeoutError, aiohttp.ClientError):
             await sock.until_closed()
+
+
+async def test_a_superseded_socket_whose_client_stopped_reading_does_not_outlive_its_detach(
+    serve: Callable[..., Any], slow_http: aiohttp.ClientSession
+) -> None:
+    """The detach that supersedes a socket is queued behind the events before
+    it; a client that stopped reading never lets the socket get there (its
+    queue is not full, so it is no slow consumer yet, and the pings are far
+    off): the socket stayed open, the connection recorded live, while the
+    session's record said it was gone. Its end starts once the detach has
+    waited out the close patience."""
+    # A queue that takes far more than the kernel's buffers hold, so the
+    # client is stuck long before it would be a slow consumer.
+    api: Api = await serve("memory://", heartbeat=120.0, send_queue_bytes=256 * 1024 * 1024)
+    await new_session(api, "stuck-1")
+    http, base = api.http, api.base_url
+    stuck = await open_socket(slow_http, base, "stuck-1", connection_id="stuck", max_msg_size=0)
+    # The client reads nothing from here on; the node's writes to it back up
+    # past the kernel's buffers (a few MiB each way on loopback).
+    await asyncio.gather(
+        *(post_messages(http, base, "stuck-1", 20, f"p{n}", content=big(n)) for n in range(8))
+    )
+    newer = await open_socket(http, base, "stuck-1", connection_id="newer")
+
+    async def closed() -> dict[str, Any] | None:
+        status, view = await call(http, "GET", f"{base}/v1/connections/stuck")
+        assert status == 200, view
+        return view if view["state"] == "CLOSED" else None
+
+    view = await eventually(closed, "the stuck socket's CLOSED", limit=30.0)
+    assert (view["close_code"], view["close_reason"]) == (4409, "superseded")
+    await newer.close()
+    await stuck.close()
