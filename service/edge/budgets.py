@@ -10,12 +10,13 @@ import asyncio
 import contextlib
 import functools
 import ipaddress
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from service.application import commands
 from service.application.auth import AuthError, Principal
-from service.application.budgets import SocketAdmission
+from service.application.budgets import BytesInFlight, BytesPerKey, SocketAdmission
 from service.application.writer import StoreUnavailable
 from service.edge.context import BUDGETS, SETTINGS, SIGNER, WRITER
 from service.edge.errors import ApiError
@@ -135,21 +136,10 @@ async def read_body(request: web.Request) -> bytes:
     limit = settings.max_body_bytes
     size = min(request.content_length or limit, limit)
     budgets = request.app[BUDGETS]
-    address = client_address(request)
     shared = size if size > SMALL_BODY else 0  # what counts against the share
-    if shared and not budgets.address_bodies.reserve(address, shared):
-        raise rate_limited(
-            f"this address is sending {budgets.address_bodies.reserved(address)} bytes of "
-            f"request bodies at once, its share of the node's; try again",
-            BODIES_RETRY,
-        )
-    try:
-        if not budgets.bodies.reserve(size):
-            raise ApiError(
-                "unavailable",
-                f"the node is reading {budgets.bodies.reserved} bytes of request bodies; try again",
-                retry_after=BODIES_RETRY,
-            )
+    async with _held(
+        request, budgets.address_bodies, budgets.bodies, shared, size, "reading", "request bodies"
+    ):
         try:
             if request.content.is_eof():
                 # All of it arrived with its headers (nearly every small
@@ -167,11 +157,43 @@ async def read_body(request: web.Request) -> bytes:
             # The body does not decode as its headers say (a corrupt gzip or
             # deflate body, a malformed chunk): the client's mistake.
             raise ApiError("invalid_body", f"the body could not be read: {e}") from e
+
+
+@contextlib.asynccontextmanager
+async def _held(
+    request: web.Request,
+    share: BytesPerKey,
+    cap: BytesInFlight,
+    shared: int,
+    size: int,
+    doing: str,
+    what: str,
+) -> AsyncIterator[None]:
+    """``size`` bytes held against the node's ``cap`` and ``shared`` of them
+    against the client address's ``share`` while the block runs, both taken
+    before it starts: past the share 429 ``rate_limited`` (that address
+    only), past the cap 503 ``unavailable``, each with a time to retry."""
+    address = client_address(request)
+    if shared and not share.reserve(address, shared):
+        raise rate_limited(
+            f"this address is {doing} {share.reserved(address)} bytes of {what} at once, "
+            "its share of the node's; try again",
+            BODIES_RETRY,
+        )
+    try:
+        if not cap.reserve(size):
+            raise ApiError(
+                "unavailable",
+                f"the node is {doing} {cap.reserved} bytes of {what}; try again",
+                retry_after=BODIES_RETRY,
+            )
+        try:
+            yield
         finally:
-            budgets.bodies.release(size)
+            cap.release(size)
     finally:
         if shared:
-            budgets.address_bodies.release(address, shared)
+            share.release(address, shared)
 
 
 # The methods whose answers are held to the caps on answers in flight.
@@ -200,20 +222,9 @@ async def send_answer(request: web.Request, answer: web.StreamResponse) -> web.S
     if size <= SMALL_BODY:
         return answer
     budgets = request.app[BUDGETS]
-    address = client_address(request)
-    if not budgets.address_answers.reserve(address, size):
-        raise rate_limited(
-            f"this address is being sent {budgets.address_answers.reserved(address)} bytes "
-            f"of answers it has not read yet, its share of the node's; try again",
-            BODIES_RETRY,
-        )
-    try:
-        if not budgets.answers.reserve(size):
-            raise ApiError(
-                "unavailable",
-                f"the node is sending {budgets.answers.reserved} bytes of answers; try again",
-                retry_after=BODIES_RETRY,
-            )
+    async with _held(
+        request, budgets.address_answers, budgets.answers, size, size, "sending", "answers"
+    ):
         try:
             async with asyncio.timeout(request.app[SETTINGS].answer_timeout):
                 await answer.prepare(request)
@@ -226,8 +237,4 @@ async def send_answer(request: web.Request, answer: web.StreamResponse) -> web.S
                 request.transport.abort()
         except ConnectionError:
             pass  # the client went away; aiohttp takes that quietly too
-        finally:
-            budgets.answers.release(size)
-    finally:
-        budgets.address_answers.release(address, size)
     return answer

@@ -233,14 +233,7 @@ class BatchSQLiteRecorder(SQLiteApplicationRecorder):
         ``max_bytes``, stepped through as ``select_stream_rows`` does."""
         if max_bytes is None:
             return self._query(self._rows, (start, limit))
-        try:
-            cursor = self._conn().execute(self._rows, (start, limit))
-            try:
-                return fitting(cursor, max_bytes)
-            finally:
-                cursor.close()
-        except sqlite3.Error as e:
-            raise _translated(e) from e
+        return self._query_fitting(self._rows, (start, limit), max_bytes)
 
     def select_stream_rows(
         self,
@@ -257,8 +250,14 @@ class BatchSQLiteRecorder(SQLiteApplicationRecorder):
         params = (stream_id, gt or 0, -1 if limit is None else limit)
         if max_bytes is None:
             return self._query(self._stream_rows, params)
+        return self._query_fitting(self._stream_rows, params, max_bytes)
+
+    def _query_fitting(self, sql: str, params: tuple[Any, ...], max_bytes: int) -> list[Any]:
+        """The leading rows of ``sql`` that fit ``max_bytes`` of state
+        (:func:`fitting`), stepped through one at a time: the statement is
+        given up at the first row that does not fit."""
         try:
-            cursor = self._conn().execute(self._stream_rows, params)
+            cursor = self._conn().execute(sql, params)
             try:
                 return fitting(cursor, max_bytes)
             finally:

@@ -320,21 +320,38 @@ async def test_a_users_watchers_past_the_budget_get_429_with_retry_after(
         await again.until_position(1)
 
 
+async def unread_watcher(
+    api: Api, session_id: str, *, receive_buffer: int | None = None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A watcher of ``session_id``'s stream that reads nothing (with a small
+    kernel receive buffer when ``receive_buffer`` is given), once the node
+    counts it among its watchers."""
+    host, port = api.server.host, api.server.port  # type: ignore[attr-defined]
+    sock = socket.socket()
+    if receive_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    token = api.signer.mint("alice")
+    writer.write(
+        (
+            f"GET /v1/sessions/{session_id}/stream HTTP/1.1\r\nHost: {host}\r\n"
+            f"Authorization: Bearer {token}\r\n\r\n"
+        ).encode()
+    )
+    watchers = api.server.app[WATCHERS]  # type: ignore[attr-defined]
+    await eventually(lambda: asyncio.sleep(0, len(watchers) == 1), "the watcher")
+    return reader, writer
+
+
 async def test_a_watcher_that_stops_reading_is_ended_and_resumes_with_last_event_id(
     sqlite_url: str, serve: Serve, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="sessiond.stream")
     api = await serve(sqlite_url, send_queue_bytes=64 * 1024, send_queue_limit=50)
     await new_session(api, "st-9")
-    host, port = api.server.host, api.server.port
-    reader, writer = await asyncio.open_connection(host, port)
-    token = api.signer.mint("alice")
-    request = (
-        f"GET /v1/sessions/st-9/stream HTTP/1.1\r\nHost: {host}\r\n"
-        f"Authorization: Bearer {token}\r\n\r\n"
-    )
-    writer.write(request.encode())
-    await eventually(lambda: asyncio.sleep(0, len(api.server.app[WATCHERS]) == 1), "the watcher")
+    reader, writer = await unread_watcher(api, "st-9")
     content = "x" * 32 * 1024
     # It reads nothing: its queue and the buffers fill until it is ended.
     for _ in range(200):
@@ -365,19 +382,7 @@ async def test_a_watcher_that_never_reads_its_backlog_is_ended_at_the_answer_dea
     api = await serve(sqlite_url, answer_timeout=0.5)
     await new_session(api, "st-slow")
     await post_messages(api.http, api.base_url, "st-slow", 4, "big", content="x" * 1_000_000)
-    host, port = api.server.host, api.server.port
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, (host, port))
-    _, writer = await asyncio.open_connection(sock=sock)
-    token = api.signer.mint("alice")
-    request = (
-        f"GET /v1/sessions/st-slow/stream HTTP/1.1\r\nHost: {host}\r\n"
-        f"Authorization: Bearer {token}\r\n\r\n"
-    )
-    writer.write(request.encode())
-    await eventually(lambda: asyncio.sleep(0, len(api.server.app[WATCHERS]) == 1), "the watcher")
+    _, writer = await unread_watcher(api, "st-slow", receive_buffer=4096)
     await eventually(lambda: asyncio.sleep(0, not api.server.app[WATCHERS]), "its end")
     ended = [r for r in caplog.records if r.getMessage() == "stream ended"]
     assert [getattr(r, "reason", None) for r in ended] == ["slow_consumer"]
