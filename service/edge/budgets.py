@@ -138,7 +138,9 @@ async def read_body(request: web.Request) -> bytes:
     budgets = request.app[BUDGETS]
     shared = size if size > SMALL_BODY else 0  # what counts against the share
     async with _held(
-        request, budgets.address_bodies, budgets.bodies, shared, size, "reading", "request bodies"
+        request,
+        (budgets.address_bodies, shared, "this address is sending {} bytes of request bodies"),
+        (budgets.bodies, size, "the node is reading {} bytes of request bodies"),
     ):
         try:
             if request.content.is_eof():
@@ -162,29 +164,28 @@ async def read_body(request: web.Request) -> bytes:
 @contextlib.asynccontextmanager
 async def _held(
     request: web.Request,
-    share: BytesPerKey,
-    cap: BytesInFlight,
-    shared: int,
-    size: int,
-    doing: str,
-    what: str,
+    address_share: tuple[BytesPerKey, int, str],
+    node_cap: tuple[BytesInFlight, int, str],
 ) -> AsyncIterator[None]:
-    """``size`` bytes held against the node's ``cap`` and ``shared`` of them
-    against the client address's ``share`` while the block runs, both taken
-    before it starts: past the share 429 ``rate_limited`` (that address
-    only), past the cap 503 ``unavailable``, each with a time to retry."""
+    """Bytes held against the client address's share and the node's cap
+    while the block runs, each given as (budget, bytes, what is held, with a
+    ``{}`` for the bytes held already), both taken before it starts: past the
+    share 429 ``rate_limited`` (that address only; no bytes: not counted),
+    past the cap 503 ``unavailable``, each with a time to retry."""
+    share, shared, held_by_address = address_share
+    cap, size, held_by_node = node_cap
     address = client_address(request)
     if shared and not share.reserve(address, shared):
         raise rate_limited(
-            f"this address is {doing} {share.reserved(address)} bytes of {what} at once, "
-            "its share of the node's; try again",
+            held_by_address.format(share.reserved(address))
+            + " at once, its share of the node's; try again",
             BODIES_RETRY,
         )
     try:
         if not cap.reserve(size):
             raise ApiError(
                 "unavailable",
-                f"the node is {doing} {cap.reserved} bytes of {what}; try again",
+                held_by_node.format(cap.reserved) + "; try again",
                 retry_after=BODIES_RETRY,
             )
         try:
@@ -223,7 +224,9 @@ async def send_answer(request: web.Request, answer: web.StreamResponse) -> web.S
         return answer
     budgets = request.app[BUDGETS]
     async with _held(
-        request, budgets.address_answers, budgets.answers, size, size, "sending", "answers"
+        request,
+        (budgets.address_answers, size, "this address is being sent {} bytes of answers"),
+        (budgets.answers, size, "the node is sending {} bytes of answers"),
     ):
         try:
             async with asyncio.timeout(request.app[SETTINGS].answer_timeout):
