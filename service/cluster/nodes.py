@@ -46,6 +46,12 @@ class NodeRegistry:
                 params,
             )
 
+    def heartbeats(self) -> dict[str, float]:
+        """Each node's last heartbeat, in the store's clock."""
+        with self.tables.read() as c:
+            c.execute(self.tables.sql("SELECT node, last_seen FROM sessiond_nodes"), [])
+            return {str(node): float(seen) for node, seen in c.fetchall()}
+
     def dead_nodes(self, timeout: float) -> list[str]:
         params: list[object] = ([] if self._pg else [time.time()]) + [timeout, self.node_id]
         with self.tables.read() as c:

@@ -182,8 +182,11 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         async with contextlib.AsyncExitStack() as stack:
             try:
-                await stack.enter_async_context(_serving(app))
+                unlocked_before = isinstance(lock, SqliteServeLock) and lock.created
+                await stack.enter_async_context(_serving(app, unlocked_before))
             except StoreError:
+                if isinstance(lock, SqliteServeLock):
+                    lock.unmake()
                 raise
             except Exception as e:
                 # A store that opens but cannot be written (a read-only file,
@@ -197,8 +200,40 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
             lock.release()
 
 
+async def _refuse_a_lockless_node_still_serving(app: web.Application, nodes: NodeRegistry) -> None:
+    """Exit, in one line, if a release that took no lock on its SQLite store
+    (0.1.0) still serves it.
+
+    Only asked when this start made the store's lock file, and only when a
+    heartbeat row is younger than a node timeout: a dead run's row stays as
+    it was, a live node's advances within a third of the timeout. Seen
+    advancing, the store is another node's: serving beside it would take its
+    live sockets for a dead run's and record them lost."""
+    settings = app[SETTINGS]
+    loop = asyncio.get_running_loop()
+    seen = await loop.run_in_executor(app[READERS], nodes.heartbeats)
+    fresh = {n: t for n, t in seen.items() if t > time.time() - settings.node_timeout}
+    if not fresh:
+        return
+    log.info(
+        "waiting for a heartbeat: the store had no lock file and a node's is recent",
+        extra={"node": ", ".join(sorted(fresh))},
+    )
+    deadline = time.monotonic() + settings.node_timeout / 3 + 0.5
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        now = await loop.run_in_executor(app[READERS], nodes.heartbeats)
+        beating = sorted(n for n, t in fresh.items() if now.get(n, t) > t)
+        if beating:
+            raise StoreError(
+                f"another sessiond serves this store: node {beating[0]!r} heartbeats without "
+                "holding its lock file (a sessiond from before the store lock, such as the "
+                "0.1.0 release of 2026-11-25); stop it first"
+            )
+
+
 @contextlib.asynccontextmanager
-async def _serving(app: web.Application) -> AsyncIterator[None]:
+async def _serving(app: web.Application, unlocked_before: bool = False) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     config = app[STORE_CONFIG]
     loop = asyncio.get_running_loop()
@@ -275,6 +310,9 @@ async def _serving(app: web.Application) -> AsyncIterator[None]:
     log.info("store open", extra={"store": config.kind, "node": settings.node_id})
     tasks: list[asyncio.Task[None]] = []
     try:
+        if unlocked_before:
+            # Before this node's own heartbeat could be taken for another's.
+            await _refuse_a_lockless_node_still_serving(app, nodes)
         health.start()
         tasks.append(asyncio.create_task(closes.run()))
         # On a store only one serve may open (SQLite, memory), every

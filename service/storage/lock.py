@@ -38,8 +38,12 @@ class SqliteServeLock:
         self.path = store_path.with_name(store_path.name + ".lock")
         self.holder = holder
         self._fd: int | None = None
+        # Whether this start made the lock file: a store served before only
+        # by a release that took no lock (0.1.0) has none beside it.
+        self.created = False
 
     def acquire(self) -> None:
+        existed = self.path.exists()
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
@@ -56,6 +60,15 @@ class SqliteServeLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, self.holder.encode() + b"\n", 0)
         self._fd = fd
+        self.created = not existed
+
+    def unmake(self) -> None:
+        """Remove the lock file this start made (while still holding it), so
+        that the next start asks again whether a lockless node serves."""
+        if self.created and self._fd is not None:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+            self.created = False
 
     def release(self) -> None:
         if self._fd is not None:

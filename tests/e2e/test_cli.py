@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -33,10 +35,13 @@ def sessiond(
     )
 
 
-def start_server(*args: str, cwd: Path) -> tuple[subprocess.Popen[str], int]:
+def start_server(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], int]:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SESSIOND_")}
-    env["SESSIOND_DRAIN_SECONDS"] = "0"  # stop() is about what follows the drain
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SESSIOND_")}
+    # stop() is about what follows the drain
+    env = {**base, "SESSIOND_DRAIN_SECONDS": "0", **(env or {})}
     proc = subprocess.Popen(
         [sys.executable, "-m", "service", "serve", "--port", str(port), *args],
         cwd=cwd,
@@ -303,6 +308,100 @@ async def test_a_second_serve_on_the_same_sqlite_store_exits_naming_the_first_an
     # Once the first has stopped, the store is free again.
     again, _ = start_server("--store", url, cwd=tmp_path)
     stop(again)
+
+
+def serve_once(url: str, env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
+    """Start ``serve`` and wait for it to exit (a failure if it serves on)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service", "serve", "--store", url, "--port", str(free_port())],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"it served on: {out} {err}") from None
+    return proc.returncode, out, err
+
+
+async def test_a_serve_on_a_sqlite_store_that_a_lockless_older_release_still_serves_exits(
+    tmp_path: Path,
+) -> None:
+    """Release 0.1.0 took no lock on its SQLite store, only wrote its
+    heartbeat row. A newer serve started while it still serves (an upgrade
+    done in the wrong order) must not take its live sockets for a dead run's
+    and record them lost: it waits for one more heartbeat and, seeing it,
+    exits in one line, recording nothing."""
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    db = tmp_path / "old.db"
+    first, port = start_server("--store", url, cwd=tmp_path)
+    token = sessiond("token", "--user", "alice", "--store", url, cwd=tmp_path).stdout.strip()
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(
+            f"http://127.0.0.1:{port}/v1/ws?session_id=s-old&connection_id=conn-old",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        while (await ws.receive_json()).get("state") != "PROCESSING_READY":
+            pass
+        # The store as the older release leaves it while it serves: no lock
+        # file beside it, a connection open, a heartbeat row kept fresh.
+        first.kill()
+        first.communicate()
+        await ws.close()
+    (tmp_path / "old.db.lock").unlink()
+    beating = threading.Event()
+    done = threading.Event()
+
+    def heartbeat() -> None:
+        with sqlite3.connect(db) as conn:
+            while not done.is_set():
+                conn.execute("UPDATE sessiond_nodes SET last_seen = ?", (time.time(),))
+                conn.commit()
+                beating.set()
+                done.wait(0.2)
+
+    beater = threading.Thread(target=heartbeat)
+    beater.start()
+    try:
+        assert beating.wait(10)
+
+        def recorded() -> int:
+            with sqlite3.connect(db) as conn:
+                return int(conn.execute("SELECT COUNT(*) FROM stored_events").fetchone()[0])
+
+        before = recorded()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SESSIOND_")}
+        env["SESSIOND_NODE_TIMEOUT"] = "1"
+        # Twice: a refused start leaves no lock file that would let the next
+        # one skip the question.
+        for _ in range(2):
+            returncode, out, err = serve_once(url, env, tmp_path)
+            assert returncode != 0
+            # The log lines of the start, then the error in one line.
+            last = err.strip().splitlines()[-1]
+            assert last.startswith("sessiond: error: another sessiond serves this store"), err
+            assert "heartbeats without holding its lock file" in last, last
+            assert "Traceback" not in out + err
+        assert recorded() == before, "the older release's live socket was recorded lost"
+    finally:
+        done.set()
+        beater.join()
+    # Once the older release is gone (its last heartbeat still recent, but no
+    # longer advancing), the store serves, and what it left open is recorded
+    # lost.
+    again, _ = start_server("--store", url, cwd=tmp_path, env={"SESSIOND_NODE_TIMEOUT": "1"})
+    output = stop(again)
+    assert "waiting for a heartbeat" in output, output
+    with sqlite3.connect(db) as conn:
+        (state,) = conn.execute(
+            "SELECT state FROM sessiond_connections WHERE connection_id = 'conn-old'"
+        ).fetchone()
+    assert state == "CLOSED"
 
 
 def test_sessiond_version_is_the_installed_packages(tmp_path: Path) -> None:
