@@ -145,6 +145,38 @@ def test_the_asyncapi_document_tells_a_right_frame_from_a_wrong_one(
     assert not fits("EventFrame", {**event, "event": {**event["event"], "at": "yesterday"}})
 
 
+def whole_number_schemas(node: Any) -> list[dict[str, Any]]:
+    """Every schema in ``node`` that allows whole numbers written as floats."""
+    found: list[dict[str, Any]] = []
+    if isinstance(node, dict):
+        if node.get("type") == "number" and node.get("multipleOf") == 1:
+            found.append(node)
+        for value in node.values():
+            found.extend(whole_number_schemas(value))
+    elif isinstance(node, list):
+        for value in node:
+            found.extend(whole_number_schemas(value))
+    return found
+
+
+def test_a_whole_number_the_documents_allow_fits_in_64_bits_however_it_is_compared(
+    generated: dict[str, Any],
+) -> None:
+    """A count given as a whole float (``tokens: 3.0``) is declared with a
+    float bound. Schemathesis turns a whole-number float branch into integers
+    up to that bound: an exclusive 2**63 let it generate 2**63 + 191, which
+    the server rightly refuses, and so its positive-data check failed. The
+    bound is the largest float below 2**63, inclusive, which a float and an
+    exact comparison read the same way."""
+    for name, document in generated.items():
+        schemas = whole_number_schemas(document)
+        assert schemas, name
+        for schema in schemas:
+            assert "exclusiveMaximum" not in schema, (name, schema)
+            assert int(schema["maximum"]) <= 2**63 - 1, (name, schema)
+            assert float(schema["maximum"]) == schema["maximum"], (name, schema)
+
+
 @pytest.fixture
 def contract_server(tmp_path: Path, request: pytest.FixtureRequest) -> ServerProcess:
     store = request.param
