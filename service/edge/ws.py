@@ -98,19 +98,48 @@ def _text_frame(payload: bytes) -> bytes:
 LAYER_CLOSES = frozenset({Close.PROTOCOL_ERROR, Close.INVALID_DATA, Close.TOO_LARGE})
 
 
+def sendable_close_code(code: int) -> bool:
+    """Whether a close frame may carry ``code`` (RFC 6455, 7.4): the
+    protocol's own codes but 1004 to 1006 and 1015 (reserved, never sent),
+    and 3000 to 4999 for applications. aiohttp's reader refuses the other
+    codes below 3000 with 1002 itself, but lets 1006 and 5000 or more
+    through as if a client could send them."""
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+
+
 class SocketResponse(web.WebSocketResponse):
     """aiohttp's WebSocket response, announcing the closes its reader decides.
 
     Every close sessiond decides is preceded by a ``state`` CLOSED frame with
     its code and reason; a close of the WebSocket layer (``LAYER_CLOSES``)
     happens inside aiohttp, so ``last_word`` (given the code) supplies that
-    frame and the reason, written just before aiohttp's close frame."""
+    frame and the reason, written just before aiohttp's close frame.
+
+    A client's close frame with a code no endpoint may send is refused as
+    aiohttp's reader refuses the other broken frames: closed 1002, and
+    ``refused`` holds the code sent (1002), so the close is recorded as the
+    protocol error it is, not as a drop (1006) or as the client's own code."""
 
     last_word: Callable[[int], tuple[bytes, str] | None] | None = None
+    refused: int | None = None
 
     async def close(
         self, *, code: int = Close.NORMAL, message: bytes = b"", drain: bool = True
     ) -> bool:
+        peer_code = self.close_code
+        if (
+            code == Close.NORMAL
+            and not self.closed
+            and self.exception() is None
+            and peer_code not in (None, 0)
+            and not sendable_close_code(peer_code)
+        ):
+            # aiohttp's answer to the client's close frame (it sets the
+            # frame's code before it answers; 0 for a frame with none, which
+            # is allowed): answer a code no endpoint may send as the protocol
+            # error it is.
+            self.refused = Close.PROTOCOL_ERROR
+            code = Close.PROTOCOL_ERROR
         last_word, self.last_word = self.last_word, None
         if last_word is not None and code in LAYER_CLOSES and not self.closed:
             said = last_word(code)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -988,14 +989,29 @@ def test_serve_freezes_what_start_up_loaded_and_collects_less_often() -> None:
     [
         (b"\xff\xfe not utf-8", aiohttp.WSMsgType.TEXT, 1007, "invalid_utf8"),
         (b"x", 0x3, 1002, "protocol_error"),  # a reserved opcode
+        # Close frames with codes RFC 6455 lets no endpoint send: 1005 and
+        # 1006 are reserved for "none was given" and "the connection
+        # dropped", and no code is 5000 or more. A client that sends one
+        # broke the protocol; it is not a drop (1006) nor its own code.
+        (struct.pack(">H", 1005), aiohttp.WSMsgType.CLOSE, 1002, "protocol_error"),
+        (struct.pack(">H", 1006), aiohttp.WSMsgType.CLOSE, 1002, "protocol_error"),
+        (struct.pack(">H", 5000), aiohttp.WSMsgType.CLOSE, 1002, "protocol_error"),
+        (struct.pack(">H", 65535), aiohttp.WSMsgType.CLOSE, 1002, "protocol_error"),
     ],
-    ids=["invalid-utf8", "reserved-opcode"],
+    ids=[
+        "invalid-utf8",
+        "reserved-opcode",
+        "close-1005",
+        "close-1006",
+        "close-5000",
+        "close-65535",
+    ],
 )
 async def test_a_close_the_websocket_layer_sends_is_recorded_with_the_code_sent(
     sqlite_url: str, serve: Serve, payload: bytes, opcode: int, code: int, reason: str
 ) -> None:
     api = await serve(sqlite_url)
-    cid = f"conn-layer-{code}"
+    cid = f"conn-layer-{code}-{payload.hex()}"
     client = await open_live(api, "s-layer", connection_id=cid)
     await client.ws.send_frame(payload, opcode)  # type: ignore[arg-type]
     assert await client.until_closed() == code

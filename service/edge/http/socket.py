@@ -52,6 +52,8 @@ def _peer_close_facts(ws: web.WebSocketResponse) -> tuple[int | None, bool, int 
     reads 1006, as it could not wait for the client's reply)."""
     exc = ws.exception()
     layer_error = exc.code if isinstance(exc, WebSocketError) else None
+    if layer_error is None and isinstance(ws, SocketResponse):
+        layer_error = ws.refused
     return ws.close_code, isinstance(exc, asyncio.TimeoutError), layer_error
 
 
