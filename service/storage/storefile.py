@@ -53,12 +53,12 @@ class StoreFile:
         try:
             st = os.stat(self.path)
         except OSError as e:
-            raise StoreFileGone(
-                f"the store file {self.path} is gone from its path ({e.strerror})"
-            ) from e
+            # The message reaches callers (503 answers, /readyz, which needs
+            # no token): it names no path; the node's start line names its store.
+            raise StoreFileGone(f"the store's file is gone from its path ({e.strerror})") from e
         if st.st_ino != self.inode or st.st_dev != self.device:
             raise StoreFileGone(
-                f"the store file {self.path} was replaced by another file; "
+                "the store's file was replaced by another file at its path; "
                 "the node goes on only with the file it opened"
             )
 
