@@ -486,10 +486,16 @@ def decode_query(values: Any, kind: type[T]) -> T:
     session a socket attaches to, or where a page starts, is never a guess
     (ADR 0047). Names it does not declare are ignored."""
     declared = _query_names(kind)
+    whole = _whole_number_names(kind)
     given: dict[str, str] = {}
     for name, value in values.items():
         if name in given and name in declared:
             raise SchemaError("invalid_query", f"the query gives {name!r} more than once")
+        if name in whole and not _DECIMAL.fullmatch(value):
+            # msgspec's reading of query text as a number also takes "1.0",
+            # "1e3" and "1e-400" (as 0): a position or a count is written in
+            # decimal digits, as Last-Event-ID must be.
+            raise SchemaError("invalid_query", f"{name} must be a whole number in decimal digits")
         given.setdefault(name, value)
     try:
         return msgspec.convert(given, kind, strict=False)
@@ -498,6 +504,29 @@ def decode_query(values: Any, kind: type[T]) -> T:
 
 
 _QUERY_NAMES: dict[type[Any], frozenset[str]] = {}
+_WHOLE_NUMBER_NAMES: dict[type[Any], frozenset[str]] = {}
+# A whole number as a query writes it: ASCII digits, no sign but a minus,
+# no leading zero (a minus is then refused by the field's own bound).
+_DECIMAL = re.compile(r"0|-?[1-9][0-9]*")
+
+
+def _whole_number_names(kind: type[Any]) -> frozenset[str]:
+    """The query names of ``kind`` whose values are integers."""
+    names = _WHOLE_NUMBER_NAMES.get(kind)
+    if names is None:
+        info = msgspec.inspect.type_info(kind)
+        assert isinstance(info, msgspec.inspect.StructType)
+        names = frozenset(f.encode_name for f in info.fields if _is_integer(f.type))
+        _WHOLE_NUMBER_NAMES[kind] = names
+    return names
+
+
+def _is_integer(t: msgspec.inspect.Type) -> bool:
+    if isinstance(t, msgspec.inspect.Metadata):
+        return _is_integer(t.type)
+    if isinstance(t, msgspec.inspect.UnionType):
+        return any(_is_integer(member) for member in t.types)
+    return isinstance(t, msgspec.inspect.IntType)
 
 
 def _query_names(kind: type[Any]) -> frozenset[str]:

@@ -186,6 +186,25 @@ def test_query_values_are_converted_and_bounded() -> None:
         assert e.value.code == "invalid_id"
 
 
+def test_a_whole_number_in_a_query_is_decimal_digits_and_nothing_else() -> None:
+    """msgspec reads query text as a number loosely ("1.0", "1e3", and
+    "1e-400" as 0); a position or a count is written in decimal digits, as
+    an event stream's Last-Event-ID must be."""
+    from service.edge.schema import StateQuery
+
+    assert decode_query({"after": "0", "limit": "10"}, EventsQuery) == EventsQuery(
+        after=0, limit=10
+    )
+    for kind, name in ((EventsQuery, "after"), (EventsQuery, "limit"), (StateQuery, "at")):
+        for text in ("1.0", "1e3", "1e-400", "-0", "+1", "01", " 1", "1_0", "\u0663"):
+            with pytest.raises(SchemaError) as e:
+                decode_query({name: text}, kind)
+            assert e.value.code == "invalid_query", (name, text)
+    with pytest.raises(SchemaError) as e:
+        decode_query({"session_id": "s", "after": "2e1"}, SocketQuery)
+    assert e.value.code == "invalid_query"
+
+
 def test_a_declared_query_name_given_twice_is_refused_and_others_are_ignored() -> None:
     from multidict import MultiDict
 
