@@ -153,7 +153,7 @@ class ConnectionProtocol(ClientFrames):
             self._deliver,
             stopped=lambda: self.ending is not None,
             settled=lambda: self._go_live() if self._going_live else [],
-            passed=lambda event: self.detached(event) if self._detached_me(event) else [],
+            passed=lambda event: self.detached(event) if self.detaches_me(event) else [],
         )
         self._going_live = False
         # CONNECTING: None until recorded or refused (``_opening`` once asked).
@@ -387,11 +387,11 @@ class ConnectionProtocol(ClientFrames):
         encoded); end the connection when the log says it is no longer
         attached."""
         effects: Effects = [Send({"type": "event", "event": event}, data=encoded)]
-        if self._detached_me(event):
+        if self.detaches_me(event):
             return effects + self.detached(event)
         return effects
 
-    def _detached_me(self, event: dict[str, Any]) -> bool:
+    def detaches_me(self, event: dict[str, Any]) -> bool:
         return bool(
             event["type"] == "ConnectionDetached"
             and event["data"].get("connection_id") == self.connection_id

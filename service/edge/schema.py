@@ -485,8 +485,7 @@ def decode_query(values: Any, kind: type[T]) -> T:
     ``kind`` declares, given twice, is refused whatever the values: which
     session a socket attaches to, or where a page starts, is never a guess
     (ADR 0047). Names it does not declare are ignored."""
-    declared = _query_names(kind)
-    whole = _whole_number_names(kind)
+    declared, whole = _query_names(kind)
     given: dict[str, str] = {}
     for name, value in values.items():
         if name in given and name in declared:
@@ -503,21 +502,23 @@ def decode_query(values: Any, kind: type[T]) -> T:
         raise _refusal(kind, e, "invalid_query") from None
 
 
-_QUERY_NAMES: dict[type[Any], frozenset[str]] = {}
-_WHOLE_NUMBER_NAMES: dict[type[Any], frozenset[str]] = {}
+# Each query kind's names, and those of them whose values are integers.
+_QUERY_NAMES: dict[type[Any], tuple[frozenset[str], frozenset[str]]] = {}
 # A whole number as a query writes it: ASCII digits, no sign but a minus,
 # no leading zero (a minus is then refused by the field's own bound).
 _DECIMAL = re.compile(r"0|-?[1-9][0-9]*")
 
 
-def _whole_number_names(kind: type[Any]) -> frozenset[str]:
-    """The query names of ``kind`` whose values are integers."""
-    names = _WHOLE_NUMBER_NAMES.get(kind)
+def _query_names(kind: type[Any]) -> tuple[frozenset[str], frozenset[str]]:
+    names = _QUERY_NAMES.get(kind)
     if names is None:
         info = msgspec.inspect.type_info(kind)
         assert isinstance(info, msgspec.inspect.StructType)
-        names = frozenset(f.encode_name for f in info.fields if _is_integer(f.type))
-        _WHOLE_NUMBER_NAMES[kind] = names
+        names = (
+            frozenset(f.encode_name for f in info.fields),
+            frozenset(f.encode_name for f in info.fields if _is_integer(f.type)),
+        )
+        _QUERY_NAMES[kind] = names
     return names
 
 
@@ -527,14 +528,6 @@ def _is_integer(t: msgspec.inspect.Type) -> bool:
     if isinstance(t, msgspec.inspect.UnionType):
         return any(_is_integer(member) for member in t.types)
     return isinstance(t, msgspec.inspect.IntType)
-
-
-def _query_names(kind: type[Any]) -> frozenset[str]:
-    names = _QUERY_NAMES.get(kind)
-    if names is None:
-        names = frozenset(field.encode_name for field in msgspec.structs.fields(kind))
-        _QUERY_NAMES[kind] = names
-    return names
 
 
 def decode_frame(data: str | bytes) -> AuthFrame | MessageFrame:

@@ -488,7 +488,7 @@ class LiveConnection:
         after the events before it. A socket whose client stopped reading
         never gets there: past CLOSE_PATIENCE the end starts anyway, so the
         socket does not outlive the record that detached it."""
-        if event["data"].get("connection_id") != self.connection_id:
+        if not self.protocol.detaches_me(event):
             return
         if self._detach_deadline is None and self.protocol.ending is None:
             self._detach_deadline = asyncio.get_running_loop().call_later(

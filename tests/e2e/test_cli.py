@@ -267,6 +267,20 @@ def test_sessiond_lifecycle_prints_the_diagram_of_the_machine_class(tmp_path: Pa
         assert state in result.stdout
 
 
+async def live_socket(
+    http: aiohttp.ClientSession, port: int, session_id: str, connection_id: str, token: str
+) -> aiohttp.ClientWebSocketResponse:
+    """A socket to the server on ``port``, walked to PROCESSING_READY with
+    the token in its upgrade."""
+    ws = await http.ws_connect(
+        f"http://127.0.0.1:{port}/v1/ws?session_id={session_id}&connection_id={connection_id}",
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    while (await ws.receive_json()).get("state") != "PROCESSING_READY":
+        pass
+    return ws
+
+
 async def test_a_second_serve_on_the_same_sqlite_store_exits_naming_the_first_and_touches_nothing(
     tmp_path: Path,
 ) -> None:
@@ -275,12 +289,7 @@ async def test_a_second_serve_on_the_same_sqlite_store_exits_naming_the_first_an
     try:
         token = sessiond("token", "--user", "alice", "--store", url, cwd=tmp_path).stdout.strip()
         async with aiohttp.ClientSession() as http:
-            ws = await http.ws_connect(
-                f"http://127.0.0.1:{port}/v1/ws?session_id=s-one&connection_id=conn-first",
-                headers={"Authorization": f"Bearer {token}"},
-            )
-            while (await ws.receive_json()).get("state") != "PROCESSING_READY":
-                pass
+            ws = await live_socket(http, port, "s-one", "conn-first", token)
             second = sessiond("serve", "--store", url, "--port", str(free_port()), cwd=tmp_path)
             assert second.returncode != 0
             assert "another sessiond already serves this store" in second.stderr
@@ -342,12 +351,7 @@ async def test_a_serve_on_a_sqlite_store_that_a_lockless_older_release_still_ser
     first, port = start_server("--store", url, cwd=tmp_path)
     token = sessiond("token", "--user", "alice", "--store", url, cwd=tmp_path).stdout.strip()
     async with aiohttp.ClientSession() as http:
-        ws = await http.ws_connect(
-            f"http://127.0.0.1:{port}/v1/ws?session_id=s-old&connection_id=conn-old",
-            headers={"Authorization": f"Bearer {token}"},
-        )
-        while (await ws.receive_json()).get("state") != "PROCESSING_READY":
-            pass
+        ws = await live_socket(http, port, "s-old", "conn-old", token)
         # The store as the older release leaves it while it serves: no lock
         # file beside it, a connection open, a heartbeat row kept fresh.
         first.kill()

@@ -712,18 +712,24 @@ async def test_unknown_paths_and_methods_answer_in_the_error_shape(
 # --- CORS and origins ---------------------------------------------------------------------
 
 
-async def test_a_preflight_from_an_allowed_origin_gets_the_cors_headers(
-    serve: Serve, sqlite_url: str
-) -> None:
-    api = await serve(sqlite_url, cors_origins=("http://localhost:3000",))
-    async with api.http.options(
+def preflight(api: Api, request_headers: str) -> Any:
+    """A page on http://localhost:3000 asking whether it may POST a session
+    with ``request_headers`` (the answer, as a context manager)."""
+    return api.http.options(
         api.url("/v1/sessions"),
         headers={
             "Origin": "http://localhost:3000",
             "Access-Control-Request-Method": "POST",
-            "Access-Control-Request-Headers": "authorization, content-type",
+            "Access-Control-Request-Headers": request_headers,
         },
-    ) as r:
+    )
+
+
+async def test_a_preflight_from_an_allowed_origin_gets_the_cors_headers(
+    serve: Serve, sqlite_url: str
+) -> None:
+    api = await serve(sqlite_url, cors_origins=("http://localhost:3000",))
+    async with preflight(api, "authorization, content-type") as r:
         assert r.status in (200, 204), await r.text()
         assert r.headers["Access-Control-Allow-Origin"] == "http://localhost:3000"
         assert "POST" in r.headers["Access-Control-Allow-Methods"]
@@ -752,14 +758,7 @@ async def test_a_preflight_allows_the_trace_headers_the_service_reads(
     ``tracestate``, on every fetch, and a preflight that did not allow them
     stopped every such page's call before it was made."""
     api = await serve(sqlite_url, cors_origins=("http://localhost:3000",))
-    async with api.http.options(
-        api.url("/v1/sessions"),
-        headers={
-            "Origin": "http://localhost:3000",
-            "Access-Control-Request-Method": "POST",
-            "Access-Control-Request-Headers": "authorization,content-type,traceparent,tracestate",
-        },
-    ) as r:
+    async with preflight(api, "authorization,content-type,traceparent,tracestate") as r:
         assert r.status == 204, await r.text()
         allowed = {h.strip().lower() for h in r.headers["Access-Control-Allow-Headers"].split(",")}
         assert {"authorization", "content-type", "traceparent", "tracestate"} <= allowed
